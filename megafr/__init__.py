@@ -1,0 +1,13 @@
+"""MegaFR: one-shot megapixel face reenactment (Kang et al., arXiv 2205.13368).
+
+The package holds every model, loss, renderer, data set and metric of the study;
+the notebooks under ``notebooks/`` only call into it.
+
+Conventions used across modules:
+- images between modules are float tensors ``[B, 3, H, W]`` in ``[-1, 1]``
+  (the StyleGAN2 / e4e / pSp / LPIPS convention); images on disk are 8-bit RGB PNG;
+- the 68 facial landmarks follow the iBUG order (``megafr.face3d.landmarks``);
+- every module runs on CPU and GPU: tensors are created on the device of the inputs.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Data sets: the synthetic SynthHeads world and the alignment of real photos."""
