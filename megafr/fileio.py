@@ -1,0 +1,188 @@
+"""Atomic file output shared by every module that writes results.
+
+A pipeline stage that is killed half-way (Ctrl-C, out of memory, a DVC timeout)
+must not leave a truncated ``metrics.json``, PNG or checkpoint behind that a later
+stage would read as valid. :func:`atomic_write` writes to a temporary file in the
+target's folder and moves it over the target with :func:`os.replace`, which POSIX
+and Windows both make atomic within one file system; on any exception (including
+``KeyboardInterrupt``) the temporary file is removed and the target is untouched.
+
+Hand-written rather than taken from a library: the standard library has no atomic
+writer, and the usual third-party one (``atomicwrites``) is unmaintained; the
+whole mechanism is ``open`` + ``fsync`` + ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from megafr.errors import InputError
+
+# Permission bits asked for when the temporary file is created; the process umask
+# is applied by the OS, so the result matches what a plain ``open(path, "w")`` gives.
+NEW_FILE_MODE = 0o666
+# Length in bytes of the random part of a temporary file name.
+TEMP_TOKEN_BYTES = 8
+# Suffix marking temporary files, so that a crash (power loss) leaves recognisable debris.
+TEMP_SUFFIX = ".tmp"
+# Indentation of :func:`write_json` output (the DVC example project's style).
+JSON_INDENT = 2
+
+
+def _temp_name(target: Path) -> Path:
+    """A fresh hidden name next to ``target``: ``.<name>.<random>.tmp``."""
+    return target.with_name(f".{target.name}.{secrets.token_hex(TEMP_TOKEN_BYTES)}{TEMP_SUFFIX}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entry table so the rename survives a power loss (POSIX only)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems (network mounts) refuse fsync on folders; the rename itself is done
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` when the block succeeds.
+
+    For writers that insist on a file name rather than a file object (video
+    encoders, ``torch.save`` with zip files, external tools). The temporary file
+    does not exist when the block starts; if the block raises, or leaves no file
+    there, nothing is moved and any temporary file is deleted.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_name(target)
+    try:
+        yield temp
+        if not temp.exists():
+            raise InputError(f"atomic_path({target}): the block wrote nothing to the temporary path {temp}; "
+                             f"write the output to the yielded path")
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
+    _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None,
+                 newline: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path`` for writing; replace ``path`` with it on success.
+
+    ``mode`` is ``"w"`` (text, UTF-8 unless ``encoding`` says otherwise) or ``"wb"``
+    (binary). Parent folders are created. On success the data is flushed and
+    fsync'ed before the rename, so ``path`` holds either the old content or the
+    complete new one, never a mixture; on an exception the temporary file is
+    deleted and the exception propagates.
+    """
+    if mode not in ("w", "wb"):
+        raise InputError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}; appending cannot be atomic")
+    binary = mode == "wb"
+    if binary and (encoding is not None or newline is not None):
+        raise InputError("atomic_write: encoding/newline only apply to text mode 'w'")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_name(target)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), NEW_FILE_MODE)
+    try:
+        if binary:
+            handle = os.fdopen(fd, "wb")
+        else:
+            handle = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline=newline)
+    except BaseException:
+        os.close(fd)
+        temp.unlink()
+        raise
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
+    _fsync_dir(target.parent)
+
+
+def _json_default(value: Any) -> Any:
+    """Convert the non-JSON types that metrics code commonly produces."""
+    # numpy and torch are imported lazily: this module stays importable without them.
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency of the package
+        torch = None
+    if torch is not None and isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    raise TypeError(f"object of type {type(value).__name__} is not JSON serialisable")
+
+
+def _find_non_finite(obj: Any, where: str = "") -> str | None:
+    """Key path of the first NaN/inf float in ``obj`` (after conversion), or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "<root>"
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            found = _find_non_finite(value, f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+    if isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            found = _find_non_finite(value, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def to_json_text(obj: Any) -> str:
+    """Serialise ``obj`` as write_json does: sorted keys, indent 2, trailing newline, no NaN."""
+    try:
+        # Round trip through the converter first, so NaN hidden in numpy values is seen too.
+        plain = json.loads(json.dumps(obj, default=_json_default))
+    except (TypeError, ValueError) as error:
+        raise InputError(f"cannot write JSON: {error}; convert the value to a number, string, list or dict") from error
+    bad = _find_non_finite(plain)
+    if bad is not None:
+        raise InputError(f"cannot write JSON: value at {bad} is NaN or infinite, which JSON cannot hold; "
+                         f"store None (null) or a finite number instead")
+    return json.dumps(plain, sort_keys=True, indent=JSON_INDENT, allow_nan=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` to ``path`` as JSON (sorted keys, indent 2), atomically; returns the path.
+
+    numpy scalars/arrays, torch tensors and paths are converted; NaN or infinity
+    raises :class:`~megafr.errors.InputError` before anything is written, because
+    DVC metrics files must be valid JSON.
+    """
+    text = to_json_text(obj)
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+    return Path(path)
