@@ -1,0 +1,33 @@
+# Two entry points, both from a fresh clone with nothing but Python 3.10+:
+#   make study   installs into .venv and runs the study (`dvc repro`, active profile in params.yaml)
+#   make test    installs into .venv (with test extras) and runs the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: study test profile-smoke profile-mini profile-paper benchmarks lab
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (megafr)"
+	touch $@
+
+study: $(VENV)/.installed
+	$(BIN)/dvc repro
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+profile-%: $(VENV)/.installed
+	$(BIN)/python -m megafr profile $*
+
+benchmarks: $(VENV)/.installed
+	$(BIN)/python -m benchmarks
+
+lab: $(VENV)/.installed
+	$(BIN)/jupyter lab

@@ -1,0 +1,142 @@
+"""Profiles, parameters and stage configurations.
+
+The study has one pipeline and three profiles of it (``profiles/<name>.yaml``):
+
+- ``smoke``: tiny sizes and a few steps per stage; what the tests and CI run;
+- ``mini``: the default, the synthetic world at 64 px trained from scratch on CPU;
+- ``paper``: 1024 px on FFHQ / CelebA-HQ with the official weight files, on a GPU.
+
+``params.yaml`` is the active profile: a copy of one profile file, written by
+``python -m megafr profile <name>``. DVC reads ``params.yaml``, so switching
+profile is a params change and re-runs exactly the stages whose values differ.
+
+Each stage's notebook builds a frozen dataclass from its ``parameters`` cell with
+:func:`build_config`, which validates names, types and ranges at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from megafr.errors import InputError
+from megafr.fileio import atomic_write
+
+PROFILES = ("smoke", "mini", "paper")
+PARAMS_FILE = "params.yaml"
+PROFILES_DIR = "profiles"
+
+
+def profile_file(name: str, root: str | os.PathLike = ".") -> Path:
+    """Path of the profile file ``profiles/<name>.yaml`` under the study root."""
+    if name not in PROFILES:
+        raise InputError(
+            f"unknown profile {name!r}; choose one of {', '.join(PROFILES)} "
+            f"(e.g. `python -m megafr profile mini`)"
+        )
+    path = Path(root) / PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise InputError(f"profile file {path} is missing; restore it from the repository (git checkout {path})")
+    return path
+
+
+def use_profile(name: str, root: str | os.PathLike = ".") -> Path:
+    """Make profile ``name`` the active one by copying its file onto ``params.yaml``."""
+    source = profile_file(name, root)
+    text = source.read_text()
+    loaded = yaml.safe_load(text)
+    if not isinstance(loaded, dict) or loaded.get("profile") != name:
+        raise InputError(f"{source} must be a mapping with `profile: {name}`; restore it from the repository")
+    target = Path(root) / PARAMS_FILE
+    with atomic_write(target, "w") as handle:
+        handle.write(text)
+    return target
+
+
+def study_root(start: str | os.PathLike | None = None) -> Path:
+    """The study's root folder: the nearest ancestor of ``start`` (default: the working directory) holding
+    ``dvc.yaml``. Notebooks opened in JupyterLab run in ``notebooks/``; their relative paths resolve here."""
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return here
+
+
+def study_path(path: str | os.PathLike) -> Path:
+    """``path`` if absolute, else ``path`` under :func:`study_root`."""
+    path = Path(path)
+    return path if path.is_absolute() else study_root() / path
+
+
+def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+    """Read a params file (``params.yaml`` or a profile) as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"params file {path} not found; run from the study root or `python -m megafr profile mini`")
+    loaded = yaml.safe_load(path.read_text())
+    if not isinstance(loaded, dict):
+        raise InputError(f"{path} must hold a YAML mapping of stage blocks, found {type(loaded).__name__}")
+    return loaded
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` fits a simple field annotation (int, float, str, bool, Optional/Union, tuple)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, (tuple, list))
+    return True
+
+
+def build_config(cls: type, values: dict[str, Any]):
+    """Build the frozen dataclass ``cls`` from ``values``, with clear errors for bad names and types.
+
+    Unknown names and missing names are both errors (a typo in a sweep must not pass
+    silently); ints are accepted for float fields and converted; lists become tuples.
+    Range checks live in each dataclass's ``__post_init__``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise InputError(f"{cls.__name__}: unknown parameter(s) {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        annotation = hints[name]
+        if not _type_ok(value, annotation):
+            raise InputError(
+                f"{cls.__name__}.{name} must be {getattr(annotation, '__name__', annotation)}, "
+                f"got {value!r} ({type(value).__name__}); fix it in params.yaml or the -p value"
+            )
+        if annotation is float and isinstance(value, int):
+            value = float(value)
+        if isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as error:  # missing required fields
+        raise InputError(f"{cls.__name__}: {error}; add the parameter to params.yaml") from None
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`InputError` with ``message`` unless ``condition`` holds (for ``__post_init__`` checks)."""
+    if not condition:
+        raise InputError(message)

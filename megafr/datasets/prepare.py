@@ -1,0 +1,230 @@
+"""The ``prepare`` stage (notebook 01): SynthHeads for the mini and smoke profiles, aligned photos for paper.
+
+Output layout under ``out_dir`` (``data/prepare``):
+
+```
+head_model/                 synthetic FLAME-format head model (synthetic source only)
+train/images.npy            uint8 [N, S, S, 3]
+train/meta.parquet          one row per image: identity, shape, expression, pose, camera, light, landmarks
+test/...                    test identities, never seen in training
+eval/cross/                 source.npy, target.npy, truth.npy, pairs.parquet (cross-reenactment)
+eval/self/                  same for self-reenactment
+eval/frontal/               source.npy, truth.npy, pairs.parquet
+eval/eyes/                  source.npy (closed eyes), truth.npy (opened, source-major), pairs.parquet
+eval/talking/               driving.npy, truth.npy, frames.parquet
+photos/                     aligned photos, landmarks.parquet, rejects.csv (photos source only)
+```
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from megafr.config import require, study_path
+from megafr.fileio import atomic_write
+
+SOURCES = ("synthetic", "photos")
+# Independent random streams, so that adding an evaluation set never changes the training images.
+STREAMS = ("train", "test", "cross", "self", "frontal", "eyes", "talking")
+YAW_BIN_DEG = 10.0
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    profile: str  # which profile produced the data (labels every figure and metric)
+    seed: int  # seed of every random choice
+    model_path: str  # FLAME-format model file (written here for the synthetic source)
+    landmark_path: str  # DECA-layout landmark embedding beside it
+    source: str  # "synthetic" (SynthHeads) or "photos" (align a folder of real photos)
+    image_size: int  # side of the output images, pixels
+    n_train_identities: int  # identities in the training split
+    n_test_identities: int  # identities in the test split (disjoint from training)
+    images_per_identity: int  # images rendered per identity
+    n_cross_pairs: int  # cross-reenactment evaluation pairs
+    n_self_pairs: int  # self-reenactment evaluation pairs
+    n_frontal: int  # frontalization evaluation sources
+    n_eye_sources: int  # closed-eye sources of the eye-opening set
+    talking_frames: int  # frames of the talking-head driving sequence
+    max_yaw_deg: float  # yaw drawn from U(-max, max)
+    max_pitch_deg: float  # pitch drawn from U(-max, max)
+    max_roll_deg: float  # roll drawn from U(-max, max)
+    photos_dir: str  # photos source: folder of photos to align
+    out_dir: str = "data/prepare"  # where the stage writes
+    run_dir: str = ""  # set by a sweep: write everything under <run_dir>/ instead of the canonical places
+
+    def __post_init__(self):
+        require(self.source in SOURCES, f"prepare.source must be one of {SOURCES}, got {self.source!r}")
+        require(self.image_size >= 16, f"prepare.image_size must be at least 16 px, got {self.image_size}")
+        if self.source == "synthetic":
+            for name in ("n_train_identities", "n_test_identities"):
+                require(getattr(self, name) >= 2, f"prepare.{name} must be at least 2 for SynthHeads")
+            require(self.images_per_identity >= 2, "prepare.images_per_identity must be at least 2 (self pairs)")
+            for name in ("n_cross_pairs", "n_self_pairs", "n_frontal", "n_eye_sources", "talking_frames"):
+                require(getattr(self, name) >= 1, f"prepare.{name} must be positive, got {getattr(self, name)}")
+            require(0 < self.max_yaw_deg <= 90 and 0 < self.max_pitch_deg < 90 and 0 <= self.max_roll_deg < 90,
+                    "prepare.max_*_deg must lie in (0, 90)")
+            require(bool(self.run_dir) or Path(self.model_path).parent == Path(self.out_dir) / "head_model",
+                    f"flame.model_path must lie in {self.out_dir}/head_model for the synthetic source, "
+                    f"got {self.model_path}")
+        else:
+            require(bool(self.photos_dir), "prepare.photos_dir must name a folder of photos for the photos source")
+            require(study_path(self.photos_dir).is_dir(),
+                    f"prepare.photos_dir {self.photos_dir!r} is not a folder; download FFHQ / CelebA-HQ "
+                    "(or put your photos there) and set prepare.photos_dir in params.yaml")
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the data set goes: ``out_dir``, or ``<run_dir>/prepare`` for a sweep run."""
+        return study_path(self.run_dir) / "prepare" if self.run_dir else study_path(self.out_dir)
+
+    @property
+    def bounds(self) -> tuple[float, float, float]:
+        return (self.max_yaw_deg, self.max_pitch_deg, self.max_roll_deg)
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """Write an ``.npy`` file atomically."""
+    with atomic_write(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+
+
+def save_table(path: Path, table: pd.DataFrame) -> None:
+    """Write a Parquet table atomically (no index, so the bytes depend only on the data)."""
+    with atomic_write(path, "wb") as handle:
+        table.to_parquet(handle, index=False)
+
+
+def _write_set(folder: Path, arrays: dict[str, np.ndarray], table: pd.DataFrame, table_name: str) -> None:
+    for name, array in arrays.items():
+        save_array(folder / f"{name}.npy", array)
+    save_table(folder / table_name, table)
+
+
+def build_synthheads(cfg: PrepareConfig) -> dict:
+    """Write the head model, the train/test splits and the evaluation sets; return a summary."""
+    from megafr.datasets import synthheads as sh
+    from megafr.face3d import headmodel
+
+    out = cfg.data_dir
+    if out.exists():
+        shutil.rmtree(out)  # the stage rewrites its outputs whole
+    files = headmodel.write_head_model(out / "head_model")
+    world = sh.HeadWorld(files.model_path, files.landmark_path, cfg.image_size)
+    streams = dict(zip(STREAMS, (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(len(STREAMS)))))
+
+    splits = {
+        "train": np.arange(cfg.n_train_identities),
+        "test": cfg.n_train_identities + np.arange(cfg.n_test_identities),
+    }
+    tables: dict[str, pd.DataFrame] = {}
+    test_params = None
+    for split, identities in splits.items():
+        params = sh.sample_split(world, streams[split], identities, cfg.images_per_identity, cfg.bounds)
+        rendered = world.render(params, progress=f"render {split}")
+        tables[split] = sh.scene_table(params, rendered, split)
+        _write_set(out / split, {"images": rendered["images"]}, tables[split], "meta.parquet")
+        if split == "test":
+            test_params, test_images = params, rendered["images"]
+
+    counts = {f"{split}_images": len(t) for split, t in tables.items()}
+    counts.update({f"{split}_identities": int(t["identity"].nunique()) for split, t in tables.items()})
+
+    # Reenactment pairs: source and target from the test split; truth rendered.
+    identity = test_params.identity
+    for name, sampler, n in (("cross", sh.cross_pairs, cfg.n_cross_pairs), ("self", sh.self_pairs, cfg.n_self_pairs)):
+        source, target = sampler(streams[name], identity, n)
+        truth = sh.reenact_truth(test_params, source, target)
+        rendered = world.render(truth, progress=f"render {name} truth")
+        table = sh.scene_table(truth, rendered, f"eval_{name}").assign(source_row=source, target_row=target)
+        arrays = {"source": test_images[source], "target": test_images[target], "truth": rendered["images"]}
+        _write_set(out / "eval" / name, arrays, table, "pairs.parquet")
+        counts[f"eval_{name}_pairs"] = n
+
+    source = streams["frontal"].integers(0, len(identity), cfg.n_frontal)
+    truth = sh.frontal_truth(test_params, source)
+    rendered = world.render(truth, progress="render frontal truth")
+    table = sh.scene_table(truth, rendered, "eval_frontal").assign(source_row=source)
+    _write_set(out / "eval" / "frontal", {"source": test_images[source], "truth": rendered["images"]}, table,
+               "pairs.parquet")
+    counts["eval_frontal"] = cfg.n_frontal
+
+    source = streams["eyes"].choice(len(identity), cfg.n_eye_sources, replace=cfg.n_eye_sources > len(identity))
+    closed, opened = sh.eye_opening_set(test_params, source)
+    closed_images = world.render(closed)["images"]
+    rendered = world.render(opened, progress="render eye truth")
+    degree = np.tile(np.asarray(sh.EYE_DEGREES, dtype=np.float32), len(source))
+    table = sh.scene_table(opened, rendered, "eval_eyes").assign(
+        source_index=np.repeat(np.arange(len(source)), len(sh.EYE_DEGREES)), degree=degree)
+    _write_set(out / "eval" / "eyes", {"source": closed_images, "truth": rendered["images"]}, table, "pairs.parquet")
+    counts["eval_eye_sources"] = cfg.n_eye_sources
+
+    first = np.flatnonzero(identity == identity[0])[0]
+    driver = np.flatnonzero(identity != identity[0])[0]
+    driving, truth = sh.talking_sequence(test_params, int(first), int(driver), cfg.talking_frames)
+    driving_images = world.render(driving, progress="render driving")["images"]
+    rendered = world.render(truth, progress="render talking truth")
+    table = sh.scene_table(truth, rendered, "eval_talking").assign(frame=np.arange(cfg.talking_frames))
+    _write_set(out / "eval" / "talking", {"driving": driving_images, "truth": rendered["images"]}, table,
+               "frames.parquet")
+    counts["eval_talking_frames"] = cfg.talking_frames
+
+    return {"counts": counts, "rejects": {}, "distribution": pose_distribution(tables["train"])}
+
+
+def pose_distribution(table: pd.DataFrame) -> dict:
+    """Summary of pose and expression in a split: mean/std/min/max per angle, activation rate per expression."""
+    summary = {}
+    for column in ("yaw_deg", "pitch_deg", "roll_deg", "jaw_deg"):
+        values = table[column].to_numpy(dtype=np.float64)
+        summary[column] = {
+            "mean": round(float(values.mean()), 4),
+            "std": round(float(values.std()), 4),
+            "min": round(float(values.min()), 4),
+            "max": round(float(values.max()), 4),
+        }
+    expr_cols = [c for c in table.columns if c.startswith("expr_")]
+    summary["expression_active_rate"] = {
+        c[len("expr_"):]: round(float((table[c] > 0).mean()), 4) for c in expr_cols
+    }
+    return summary
+
+
+def yaw_histogram(table: pd.DataFrame, bin_deg: float = YAW_BIN_DEG) -> pd.DataFrame:
+    """Counts of images per yaw bin (bin centres in degrees) for ``dvc plots``."""
+    edges = np.arange(-90.0, 90.0 + bin_deg, bin_deg)
+    counts, _ = np.histogram(table["yaw_deg"], bins=edges)
+    return pd.DataFrame({"yaw_deg": (edges[:-1] + edges[1:]) / 2, "count": counts})
+
+
+def align_photos(cfg: PrepareConfig) -> dict:
+    """Align a folder of real photos the FFHQ way (paper profile); rejects are listed, never dropped silently."""
+    from megafr.datasets.align import align_folder
+
+    out = cfg.data_dir
+    if out.exists():
+        shutil.rmtree(out)
+    report = align_folder(study_path(cfg.photos_dir), out / "photos", cfg.image_size)
+    return report.summary()
+
+
+def run_prepare(cfg: PrepareConfig) -> dict:
+    """Run the stage for ``cfg.source``; returns the metrics dict written to ``data/metrics/prepare.json``."""
+    return build_synthheads(cfg) if cfg.source == "synthetic" else align_photos(cfg)
+
+
+def load_split(cfg: PrepareConfig, split: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """Images uint8 [N, S, S, 3] and the ground-truth table of a SynthHeads split (``train`` or ``test``)."""
+    folder = cfg.data_dir / split
+    return np.load(folder / "images.npy"), pd.read_parquet(folder / "meta.parquet")
+
+
+def sample_rows(table: pd.DataFrame, n: int) -> np.ndarray:
+    """``n`` rows spread evenly over a table (one per identity first), for figures."""
+    firsts = table.drop_duplicates("identity").index.to_numpy()
+    rows = firsts if len(firsts) >= n else np.arange(len(table))
+    return rows[np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int)]

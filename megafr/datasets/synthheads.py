@@ -1,0 +1,354 @@
+"""SynthHeads: the synthetic face data set of the mini world, with every ground truth known.
+
+Heads are drawn from the synthetic FLAME-format head model (``megafr.face3d.headmodel``)
+and rendered with ``megafr.face3d.render`` in ``photo`` mode. Per image we sample an
+expression, a head pose (yaw, pitch, roll), a jaw opening, a gaze, a camera jitter,
+spherical-harmonics lighting and a background; per identity a shape and an appearance.
+Everything sampled is stored beside the image, so later stages can measure the true
+reenactment error, which the paper's real photos cannot give.
+
+All randomness comes from one ``numpy.random.Generator`` seeded from the params seed,
+and rendering is deterministic on CPU, so the same params give byte-identical files.
+
+The evaluation sets render the right answer with the same renderer:
+``cross`` (source identity with the target's expression and pose, target of another
+identity), ``self`` (same identity), ``frontal`` (source identity and expression, frontal
+pose), ``eyes`` (a closed-eye source and the same face opened to several degrees) and
+``talking`` (a smooth driving sequence and the test identity following it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from megafr.face3d import headmodel, pose as posemod
+from megafr.face3d.flame import FLAME
+from megafr.face3d.render import OrthoCamera, Renderer
+
+# Sampling constants (documented in the data set card, docs/synthheads.md).
+EXPRESSION_ACTIVE_PROB = 0.35  # each expression component is active in an image with this probability
+JAW_OPEN_PROB = 0.5  # probability that the mouth is open
+MAX_JAW_DEG = 22.0  # largest jaw opening, degrees about the x axis
+MAX_GAZE_DEG = 15.0  # largest eye rotation, degrees (both eyes together)
+CAMERA_SCALE = 7.5  # orthographic scale: NDC units per metre (the head spans about 3/4 of the frame)
+CAMERA_TY = -0.015  # vertical offset in metres that centres the face (eyes-to-chin) in the frame
+SCALE_JITTER = 0.04  # relative jitter of the camera scale
+SHIFT_JITTER = 0.006  # jitter of the camera translation, metres
+AMBIENT_RANGE = (0.75, 1.05)  # band-0 SH light strength
+DIRECTIONAL_RANGE = (0.15, 0.45)  # band-1 SH light strength
+TALKING_MOUTH_CYCLES = 4  # mouth open/close cycles over the talking-head sequence
+EYE_DEGREES = (0.0, 0.25, 0.5, 0.75, 1.0)  # eye-opening degrees rendered as ground truth
+RENDER_BATCH = 64
+
+
+@dataclass(frozen=True)
+class SceneParams:
+    """Everything needed to render a batch of images (numpy, one row per image)."""
+
+    identity: np.ndarray  # [B] int, identity label
+    shape: np.ndarray  # [B, n_shape]
+    appearance: np.ndarray  # [B, n_appearance]
+    expression: np.ndarray  # [B, n_expr]
+    pose: np.ndarray  # [B, 15] FLAME pose (axis-angle)
+    cam_scale: np.ndarray  # [B]
+    cam_translation: np.ndarray  # [B, 2]
+    sh: np.ndarray  # [B, 9, 3]
+    background: np.ndarray  # [B, 2, 3] top and bottom colours of a vertical gradient, in [0, 1]
+
+    def __len__(self) -> int:
+        return len(self.identity)
+
+    def take(self, index: np.ndarray) -> "SceneParams":
+        """The rows ``index`` of every field."""
+        return SceneParams(**{name: value[index] for name, value in vars(self).items()})
+
+    def with_(self, **fields) -> "SceneParams":
+        """A copy with some fields replaced (e.g. the target's expression and pose)."""
+        return replace(self, **fields)
+
+
+class HeadWorld:
+    """The synthetic head model and renderer, ready to sample and render SynthHeads scenes."""
+
+    def __init__(self, model_path: str | Path, landmark_path: str | Path, image_size: int):
+        self.flame = FLAME.from_files(model_path, landmark_path, headmodel.N_IDENTITY, headmodel.N_EXPRESSION)
+        appearance_path = Path(model_path).with_name(headmodel.APPEARANCE_FILE)
+        self.appearance = headmodel.AppearanceModel.load(appearance_path)
+        self.renderer = Renderer(self.flame.faces, image_size)
+        self.image_size = image_size
+        self.expression_names = headmodel.EXPRESSION_COMPONENTS
+
+    # ------------------------------------------------------------------ sampling
+    def sample_identities(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Shapes [n, n_shape] ~ N(0, 1) and appearances [n, A] from the appearance model."""
+        shape = rng.standard_normal((n, headmodel.N_IDENTITY)).astype(np.float32)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        appearance = self.appearance.sample(generator, n).numpy().astype(np.float32)
+        return shape, appearance
+
+    def sample_expression(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Sparse expressions [n, n_expr]: each component active with EXPRESSION_ACTIVE_PROB, strength U(0, 1)."""
+        active = rng.random((n, headmodel.N_EXPRESSION)) < EXPRESSION_ACTIVE_PROB
+        return (active * rng.random((n, headmodel.N_EXPRESSION))).astype(np.float32)
+
+    def sample_pose(self, rng: np.random.Generator, n: int, max_yaw: float, max_pitch: float, max_roll: float) -> np.ndarray:
+        """FLAME poses [n, 15] with uniform yaw/pitch/roll (degrees bounds), a jaw opening and a gaze."""
+        deg = math.pi / 180.0
+        yaw = rng.uniform(-max_yaw, max_yaw, n) * deg
+        pitch = rng.uniform(-max_pitch, max_pitch, n) * deg
+        roll = rng.uniform(-max_roll, max_roll, n) * deg
+        jaw = np.where(rng.random(n) < JAW_OPEN_PROB, rng.uniform(0.0, MAX_JAW_DEG, n), 0.0) * deg
+        gaze = rng.uniform(-MAX_GAZE_DEG, MAX_GAZE_DEG, (n, 2)) * deg
+        return make_pose(yaw, pitch, roll, jaw, gaze)
+
+    def sample_scene(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        """Per-image camera jitter, SH lighting and background colours."""
+        cam_scale = CAMERA_SCALE * (1.0 + rng.uniform(-SCALE_JITTER, SCALE_JITTER, n))
+        cam_translation = np.stack(
+            [rng.uniform(-SHIFT_JITTER, SHIFT_JITTER, n), CAMERA_TY + rng.uniform(-SHIFT_JITTER, SHIFT_JITTER, n)], axis=1
+        )
+        sh = np.zeros((n, 9, 3))
+        ambient = rng.uniform(*AMBIENT_RANGE, n)[:, None] * rng.uniform(0.9, 1.1, (n, 3))
+        sh[:, 0, :] = ambient
+        direction = rng.standard_normal((n, 3))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        direction[:, 2] = np.abs(direction[:, 2])  # light from the viewer's side
+        strength = rng.uniform(*DIRECTIONAL_RANGE, n)
+        sh[:, 1:4, :] = (direction * strength[:, None])[:, :, None]
+        background = rng.uniform(0.05, 0.95, (n, 2, 3))
+        return dict(
+            cam_scale=cam_scale.astype(np.float32),
+            cam_translation=cam_translation.astype(np.float32),
+            sh=sh.astype(np.float32),
+            background=background.astype(np.float32),
+        )
+
+    # ----------------------------------------------------------------- rendering
+    @torch.no_grad()
+    def render(self, params: SceneParams, progress: str | None = None) -> dict[str, np.ndarray]:
+        """Render ``params`` -> uint8 images [B, H, W, 3], 2D landmarks [B, 68, 2] (pixels), 3D landmarks [B, 68, 3]."""
+        images, lmk2d, lmk3d = [], [], []
+        starts = range(0, len(params), RENDER_BATCH)
+        for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
+            batch = params.take(np.arange(start, min(start + RENDER_BATCH, len(params))))
+            out = self.flame(
+                torch.from_numpy(batch.shape), torch.from_numpy(batch.expression), torch.from_numpy(batch.pose)
+            )
+            camera = OrthoCamera(torch.from_numpy(batch.cam_scale), torch.from_numpy(batch.cam_translation))
+            albedo = self.appearance.albedo(torch.from_numpy(batch.appearance))
+            rendered = self.renderer(
+                out.vertices,
+                camera,
+                mode="photo",
+                albedo=albedo,
+                sh=torch.from_numpy(batch.sh),
+                background=gradient_background(torch.from_numpy(batch.background), self.image_size),
+            )
+            images.append(to_uint8(rendered.image))
+            lmk2d.append(landmarks_to_pixels(out.landmarks, camera, self.image_size).numpy())
+            lmk3d.append(out.landmarks.numpy())
+        return dict(
+            images=np.concatenate(images),
+            landmarks_2d=np.concatenate(lmk2d).astype(np.float32),
+            landmarks_3d=np.concatenate(lmk3d).astype(np.float32),
+        )
+
+
+def make_pose(yaw, pitch, roll, jaw, gaze) -> np.ndarray:
+    """FLAME pose [n, 15] from head yaw/pitch/roll [n], jaw opening [n] and gaze [n, 2] (yaw, pitch), radians."""
+    n = len(yaw)
+    pose = np.zeros((n, posemod.POSE_DIM), dtype=np.float32)
+    as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+    pose[:, posemod.GLOBAL] = posemod.euler_to_axis_angle(as_t(yaw), as_t(pitch), as_t(roll)).numpy()
+    pose[:, posemod.JAW][:, 0] = jaw  # jaw opens by rotating about +x (chin moves down and back)
+    eye = posemod.euler_to_axis_angle(as_t(gaze[:, 0]), as_t(gaze[:, 1]), as_t(np.zeros(n))).numpy()
+    pose[:, posemod.LEFT_EYE] = eye
+    pose[:, posemod.RIGHT_EYE] = eye
+    return pose
+
+
+def gradient_background(colours: torch.Tensor, size: int) -> torch.Tensor:
+    """Vertical gradient images [B, 3, H, W] in [-1, 1] from top/bottom colours [B, 2, 3] in [0, 1]."""
+    t = torch.linspace(0.0, 1.0, size, dtype=colours.dtype)[None, None, :, None]  # [1, 1, H, 1]
+    top, bottom = colours[:, 0, :, None, None], colours[:, 1, :, None, None]  # [B, 3, 1, 1]
+    image = top * (1 - t) + bottom * t
+    return (image * 2.0 - 1.0).expand(-1, -1, -1, size).contiguous()
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """Images [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]."""
+    scaled = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return scaled.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def landmarks_to_pixels(landmarks: torch.Tensor, camera: OrthoCamera, size: int) -> torch.Tensor:
+    """3D landmarks [B, 68, 3] -> pixel coordinates [B, 68, 2] (x right, y down)."""
+    from megafr.face3d.render import ndc_to_pixels, project
+
+    return ndc_to_pixels(project(landmarks, camera)[..., :2], size)
+
+
+# ---------------------------------------------------------------------- data set
+def sample_split(
+    world: HeadWorld,
+    rng: np.random.Generator,
+    identities: np.ndarray,
+    images_per_identity: int,
+    bounds: tuple[float, float, float],
+) -> SceneParams:
+    """Scene parameters of a split: ``images_per_identity`` images of each identity label in ``identities``."""
+    shape, appearance = world.sample_identities(rng, len(identities))
+    rows = np.repeat(np.arange(len(identities)), images_per_identity)
+    n = len(rows)
+    return SceneParams(
+        identity=identities[rows].astype(np.int64),
+        shape=shape[rows],
+        appearance=appearance[rows],
+        expression=world.sample_expression(rng, n),
+        pose=world.sample_pose(rng, n, *bounds),
+        **world.sample_scene(rng, n),
+    )
+
+
+def scene_table(params: SceneParams, rendered: dict[str, np.ndarray], split: str) -> pd.DataFrame:
+    """One row per image with its full ground truth, flattened into named columns."""
+    columns: dict[str, np.ndarray] = {
+        "split": np.full(len(params), split),
+        "row": np.arange(len(params)),
+        "identity": params.identity,
+    }
+
+    def add(prefix: str, values: np.ndarray, names=None) -> None:
+        flat = values.reshape(len(values), -1)
+        for j in range(flat.shape[1]):
+            columns[f"{prefix}_{names[j] if names else j}"] = flat[:, j]
+
+    add("shape", params.shape)
+    add("expr", params.expression, headmodel.EXPRESSION_COMPONENTS)
+    add("pose", params.pose)
+    angles = posemod.head_pose_degrees(torch.from_numpy(params.pose)).numpy()
+    columns.update(yaw_deg=angles[:, 0], pitch_deg=angles[:, 1], roll_deg=angles[:, 2])
+    columns["jaw_deg"] = np.degrees(params.pose[:, posemod.JAW][:, 0])
+    columns["cam_scale"] = params.cam_scale
+    add("cam_t", params.cam_translation)
+    add("sh", params.sh)
+    add("appearance", params.appearance)
+    add("background", params.background)
+    lmk2d = rendered["landmarks_2d"]
+    for axis, name in enumerate("xy"):
+        add(f"lmk2d_{name}", lmk2d[..., axis])
+    lmk3d = rendered["landmarks_3d"]
+    for axis, name in enumerate("xyz"):
+        add(f"lmk3d_{name}", lmk3d[..., axis])
+    return pd.DataFrame(columns)
+
+
+def table_to_params(table: pd.DataFrame) -> SceneParams:
+    """Inverse of :func:`scene_table` for the sampled fields (used to re-render ground truth)."""
+
+    def grab(prefix: str) -> np.ndarray:
+        cols = [c for c in table.columns if c.startswith(prefix + "_")]
+        return table[cols].to_numpy(dtype=np.float32)
+
+    return SceneParams(
+        identity=table["identity"].to_numpy(dtype=np.int64),
+        shape=grab("shape"),
+        appearance=grab("appearance"),
+        expression=grab("expr"),
+        pose=grab("pose"),
+        cam_scale=table["cam_scale"].to_numpy(dtype=np.float32),
+        cam_translation=grab("cam_t"),
+        sh=grab("sh").reshape(-1, 9, 3),
+        background=grab("background").reshape(-1, 2, 3),
+    )
+
+
+# ----------------------------------------------------------------- evaluation sets
+def cross_pairs(rng: np.random.Generator, identity: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` (source, target) row pairs whose identities differ."""
+    source = rng.integers(0, len(identity), n)
+    target = rng.integers(0, len(identity), n)
+    clash = identity[source] == identity[target]
+    while clash.any():
+        target[clash] = rng.integers(0, len(identity), int(clash.sum()))
+        clash = identity[source] == identity[target]
+    return source, target
+
+
+def self_pairs(rng: np.random.Generator, identity: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` (source, target) row pairs: two different images of the same identity."""
+    source = rng.integers(0, len(identity), n)
+    target = np.empty_like(source)
+    for k, s in enumerate(source):
+        same = np.flatnonzero((identity == identity[s]) & (np.arange(len(identity)) != s))
+        if len(same) == 0:
+            raise ValueError("self-reenactment pairs need at least 2 images per test identity")
+        target[k] = same[rng.integers(len(same))]
+    return source, target
+
+
+def reenact_truth(test: SceneParams, source: np.ndarray, target: np.ndarray) -> SceneParams:
+    """The right answer of reenacting ``source`` rows by ``target`` rows: the source's identity, appearance,
+    camera, light and background with the target's expression and whole pose (head, jaw, gaze)."""
+    return test.take(source).with_(expression=test.expression[target], pose=test.pose[target])
+
+
+def frontal_truth(test: SceneParams, source: np.ndarray) -> SceneParams:
+    """Frontalization's right answer: the source with zero global and neck rotation (jaw, gaze, expression kept)."""
+    truth = test.take(source)
+    pose = truth.pose.copy()
+    pose[:, posemod.GLOBAL] = 0.0
+    pose[:, posemod.NECK] = 0.0
+    return truth.with_(pose=pose)
+
+
+def blink_columns() -> tuple[int, int]:
+    """Columns of the blink_left and blink_right expression components."""
+    names = headmodel.EXPRESSION_COMPONENTS
+    return names.index("blink_left"), names.index("blink_right")
+
+
+def eye_opening_set(test: SceneParams, source: np.ndarray, degrees=EYE_DEGREES) -> tuple[SceneParams, SceneParams]:
+    """Closed-eye sources (both blinks at 1) and the same faces opened to each degree (blink = 1 - degree).
+
+    Returns ``(closed [n], opened [n * len(degrees)])``, opened ordered source-major.
+    """
+    left, right = blink_columns()
+    closed = test.take(source)
+    expression = closed.expression.copy()
+    expression[:, [left, right]] = 1.0
+    closed = closed.with_(expression=expression)
+    rows = np.repeat(np.arange(len(source)), len(degrees))
+    opened = closed.take(rows)
+    degree = np.tile(np.asarray(degrees, dtype=np.float32), len(source))
+    expression = opened.expression.copy()
+    expression[:, left] = 1.0 - degree
+    expression[:, right] = 1.0 - degree
+    return closed, opened.with_(expression=expression)
+
+
+def talking_sequence(test: SceneParams, actor_row: int, driver_row: int, frames: int) -> tuple[SceneParams, SceneParams]:
+    """A smooth driving sequence played by the driver's identity, and the actor following it.
+
+    Head yaw and pitch move along slow sinusoids, the jaw opens and closes TALKING_MOUTH_CYCLES
+    times, and the smile rises and falls once. Returns ``(driving, truth)``, each [frames].
+    """
+    t = np.linspace(0.0, 1.0, frames, endpoint=False)
+    yaw = np.radians(25.0) * np.sin(2 * np.pi * t)
+    pitch = np.radians(10.0) * np.sin(4 * np.pi * t + 0.5)
+    roll = np.radians(4.0) * np.sin(2 * np.pi * t + 1.0)
+    jaw = np.radians(MAX_JAW_DEG * 0.8) * 0.5 * (1 - np.cos(2 * np.pi * TALKING_MOUTH_CYCLES * t))
+    gaze = np.zeros((frames, 2))
+    pose = make_pose(yaw, pitch, roll, jaw, gaze)
+    expression = np.zeros((frames, headmodel.N_EXPRESSION), dtype=np.float32)
+    expression[:, headmodel.EXPRESSION_COMPONENTS.index("smile")] = 0.5 * (1 - np.cos(2 * np.pi * t))
+    driving = test.take(np.full(frames, driver_row)).with_(expression=expression, pose=pose)
+    truth = test.take(np.full(frames, actor_row)).with_(expression=expression, pose=pose)
+    return driving, truth
