@@ -169,6 +169,11 @@ def infer_irse_config(state: dict) -> IRSEConfig:
         else:
             widths.append(w)
             units.append(1)
+    if len(widths) != 4:
+        raise ValueError(
+            f"body widths per unit run {widths} do not show 4 stages (inference needs distinct stage widths; "
+            "files written by megafr's save_* functions carry a 'config' entry instead)"
+        )
     mode = "ir_se" if "body.0.res_layer.5.fc1.weight" in state else "ir"
     if mode == "ir_se":
         hidden = state["body.0.res_layer.5.fc1.weight"].shape[0]

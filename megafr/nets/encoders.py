@@ -132,7 +132,7 @@ class EncoderConfig:
         return self.input_size // stride
 
 
-MINI_ENCODER = EncoderConfig(input_size=64, n_latent=10, style_dim=128, body=IRSEConfig(widths=(32, 64, 128, 128), units=(1, 2, 2, 1), stem_channels=32))
+MINI_ENCODER = EncoderConfig(input_size=64, n_latent=10, style_dim=128, body=IRSEConfig(widths=(32, 64, 96, 128), units=(1, 2, 2, 1), stem_channels=32))
 
 
 # --------------------------------------------------------------------------- modules
