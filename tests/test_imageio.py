@@ -434,7 +434,13 @@ def test_fuzz_arrays_only_input_error(dtype, height, width, channels, fmt, seed,
     values = rng.uniform(0, 300, shape)
     if special is not None:
         values.flat[0] = special
-    array = np.nan_to_num(values).astype(dtype) if dtype != np.float32 else values.astype(np.float32)
+    if dtype == np.float32:
+        array = values.astype(np.float32)  # NaN / inf / out-of-range values kept: load_image must refuse them
+    elif dtype == np.bool_:
+        array = np.nan_to_num(values) > 150
+    else:
+        limits = np.iinfo(dtype)
+        array = np.clip(np.nan_to_num(values, posinf=limits.max, neginf=limits.min), limits.min, limits.max).astype(dtype)
     try:
         img = Image.fromarray(np.squeeze(array, axis=2) if channels == 1 else array)
     except (TypeError, ValueError, KeyError):
@@ -448,17 +454,37 @@ def test_fuzz_arrays_only_input_error(dtype, height, width, channels, fmt, seed,
         _check_loaded(path)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(dtype=st.sampled_from([np.uint8, np.uint16, np.float32, np.int64, np.bool_]),
-       shape=st.lists(st.integers(0, 96), min_size=0, max_size=4), seed=st.integers(0, 2 ** 16))
-def test_fuzz_aligner_only_documented_errors(aligner, dtype, shape, seed):
-    array = (np.random.default_rng(seed).uniform(0, 255, shape)).astype(dtype)
+def _check_aligned(aligner, array) -> None:
     try:
         face = aligner.align(array)
     except InputError as error:  # NoFaceError is an InputError
         assert type(error).__module__.startswith("megafr")
         return
-    assert face.image.shape == (aligner.output_size, aligner.output_size, 3)
+    assert face.image.shape == (aligner.output_size, aligner.output_size, 3) and face.image.dtype == np.uint8
+    assert face.landmarks.shape == (68, 2) and np.isfinite(face.landmarks).all()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=st.sampled_from([np.uint8, np.uint8, np.uint16, np.float32, np.int64, np.bool_]),
+       shape=st.one_of(st.lists(st.integers(0, 96), min_size=0, max_size=4),
+                       st.tuples(st.integers(1, 96), st.integers(1, 96), st.just(3))),
+       seed=st.integers(0, 2 ** 16), constant=st.booleans())
+def test_fuzz_aligner_random_arrays_only_documented_errors(aligner, dtype, shape, seed, constant):
+    rng = np.random.default_rng(seed)
+    values = np.full(shape, rng.uniform(0, 255)) if constant else rng.uniform(0, 255, shape)
+    _check_aligned(aligner, values.astype(dtype))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(left=st.integers(0, 400), top=st.integers(0, 400), width=st.integers(8, 512), height=st.integers(8, 512),
+       flip=st.booleans(), rotate=st.integers(0, 3))
+def test_fuzz_aligner_real_face_crops_only_documented_errors(aligner, left, top, width, height, flip, rotate):
+    """Windows of a real photo cut through, shrink or turn the face: an aligned face or a documented error."""
+    from skimage.data import astronaut
+
+    window = astronaut()[top: top + height, left: left + width]
+    window = np.rot90(window[:, ::-1] if flip else window, rotate)
+    _check_aligned(aligner, np.ascontiguousarray(window))
 
 
 @pytest.fixture(scope="module")
