@@ -11,9 +11,9 @@ in ``[-1, 1]`` (the StyleGAN2 / e4e / pSp convention, ``x / 127.5 - 1``).
 Pillow mode         conversion
 ==================  ==========================================================
 ``1``, ``L``        grey replicated to R, G, B
-``LA``, ``La``,     alpha composited over :data:`ALPHA_BACKGROUND` (white), the
-``RGBA``, ``RGBa``, way browsers and image viewers show transparent pixels
-``PA``, ``P`` with
+``LA``, ``RGBA``,   alpha composited over :data:`ALPHA_BACKGROUND` (white), the
+``RGBa``, ``PA``,   way browsers and image viewers show transparent pixels
+``P`` with
 transparency
 ``P``               palette looked up
 ``I;16*``           16-bit grey scaled to 8 bits: ``round(v * 255 / 65535)``
@@ -83,7 +83,7 @@ KIND_BAD_SIZE = "bad_size"  # empty, smaller than MIN_SIDE or larger than MAX_SI
 IMAGE_ERROR_KINDS = (KIND_MISSING, KIND_UNREADABLE, KIND_UNSUPPORTED, KIND_BAD_SIZE)
 
 # Modes with an alpha channel (or a palette transparency) that are composited.
-_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+_ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa"})
 # Modes that Pillow converts to RGB directly and faithfully.
 _DIRECT_RGB_MODES = frozenset({"RGB", "L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"})
 # 16-bit unsigned grey modes (native, little- and big-endian storage).
@@ -138,8 +138,7 @@ def _to_rgb_array(path: Path, img: Image.Image) -> np.ndarray:
     mode = img.mode
     has_palette_alpha = mode == "P" and "transparency" in img.info
     if mode in _ALPHA_MODES or has_palette_alpha:
-        source = img.convert("RGBA") if mode != "La" else img.convert("LA").convert("RGBA")
-        return _composite_on_background(np.asarray(source, dtype=np.uint8))
+        return _composite_on_background(np.asarray(img.convert("RGBA"), dtype=np.uint8))
     if mode in _UINT16_MODES:
         return _grey_to_rgb(_scale_uint16(np.asarray(img)))
     if mode == "I":
@@ -193,6 +192,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     except Image.DecompressionBombError as error:
         raise _fail(path, f"Pillow refuses it as a decompression bomb ({error})",
                     "downscale it first (e.g. to 4096 px on the long side)", KIND_BAD_SIZE) from error
+    except PermissionError as error:
+        raise _fail(path, "permission denied", "make the file readable (chmod) or copy it", KIND_UNREADABLE) from error
     except MemoryError as error:
         raise _fail(path, "not enough memory to decode it", "downscale it first", KIND_BAD_SIZE) from error
     except Exception as error:  # noqa: BLE001 - Pillow's decoders raise many types; all mean "unreadable" and are re-raised

@@ -338,7 +338,9 @@ def test_align_folder_writes_images_table_and_rejects(aligner, photo, tmp_path):
     np.testing.assert_allclose(table.loc[0, QUAD_COLUMNS].to_numpy(float).reshape(4, 2), direct.quad)
     np.testing.assert_array_equal(load_image(out / "images" / "a_astronaut.png"), direct.image)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["aligned"] == 2 and summary["rejected_unreadable"] == 2 and summary["skipped"] == 2
+    assert summary == {"output_size": SIZE, **report.summary()}
+    assert summary["aligned"] == 2 and summary["rejected"] == 8 and summary["rejected_unreadable"] == 2
+    assert summary["skipped"] == 2
 
     first = (out / "images" / "a_astronaut.png").read_bytes()
     again = align_folder(src, out, SIZE, aligner=aligner, progress=False)

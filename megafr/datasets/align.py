@@ -496,9 +496,10 @@ class AlignReport:
     rejects: tuple[Reject, ...]  # input files not aligned, sorted
     skipped: tuple[str, ...] = field(default=())  # hidden files and sub-folders, not looked at
 
-    def counts(self) -> dict[str, int]:
-        """Number of files per outcome: aligned, skipped and one entry per reject reason."""
-        counts = {"aligned": len(self.aligned), "skipped": len(self.skipped)}
+    def summary(self) -> dict[str, int]:
+        """Numbers of files per outcome (numeric leaves, for DVC metrics): aligned, skipped,
+        rejected, and ``rejected_<reason>`` for every :class:`RejectReason`."""
+        counts = {"aligned": len(self.aligned), "skipped": len(self.skipped), "rejected": len(self.rejects)}
         for reason in RejectReason:
             counts[f"rejected_{reason.value}"] = sum(r.reason == reason for r in self.rejects)
         return counts
@@ -561,7 +562,7 @@ def align_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, output_s
     per aligned file: source size, detector box and score, quad, aligned and source
     landmarks; read it with :func:`read_landmark_table`), ``rejects.csv`` (file,
     reason, message; reasons are :class:`RejectReason` values) and ``summary.json``
-    (counts). Every file either is aligned or appears in rejects.csv; hidden files
+    (output size and :meth:`AlignReport.summary`). Every file either is aligned or appears in rejects.csv; hidden files
     (name starting with ".") and sub-folders are skipped and listed in the report.
     PNGs in ``images/`` left from an earlier run and not written by this one are
     removed, so the folder always matches the table. ``aligner`` defaults to
@@ -611,5 +612,5 @@ def align_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, output_s
     _write_landmark_table(out_dir / "landmarks.parquet", rows)
     _write_rejects(out_dir / "rejects.csv", rejects)
     report = AlignReport(out_dir=out_dir, aligned=tuple(aligned), rejects=tuple(rejects), skipped=skipped)
-    write_json(out_dir / "summary.json", {"output_size": output_size, **report.counts()})
+    write_json(out_dir / "summary.json", {"output_size": output_size, **report.summary()})
     return report
