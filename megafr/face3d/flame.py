@@ -304,7 +304,7 @@ class FLAME(torch.nn.Module):
         landmarks = vertices2landmarks(
             vertices,
             self.faces,
-            self.lmk_faces_idx.unsqueeze(0).expand(batch, -1),
-            self.lmk_bary_coords.to(dtype).unsqueeze(0).expand(batch, -1, -1),
+            self.lmk_faces_idx.unsqueeze(0).repeat(batch, 1),  # smplx views it: must be contiguous
+            self.lmk_bary_coords.to(dtype).unsqueeze(0).repeat(batch, 1, 1),
         )  # [B, 68, 3]
         return FlameOutput(vertices=vertices, landmarks=landmarks, joints=joints)
