@@ -458,9 +458,9 @@ def identity_field(name: str, p: np.ndarray) -> np.ndarray:
         w = smoothstep(y, 0.03, -0.09) * smoothstep(y, -0.14, -0.10) * smoothstep(z, -0.03, 0.02)
         return _field(dy=-0.007 * w, n=n)
     if name == "forehead_height":
-        return _field(dy=0.006 * smoothstep(y, 0.045, 0.095) * f, n=n)
+        return _field(dy=0.006 * smoothstep(y, 0.045, 0.095) * smoothstep(z, 0.0, 0.06), n=n)
     if name == "forehead_slope":
-        return _field(dz=0.007 * smoothstep(y, 0.05, 0.10) * f, n=n)
+        return _field(dz=0.007 * smoothstep(y, 0.05, 0.10) * smoothstep(z, 0.0, 0.06), n=n)
     if name == "brow_ridge":
         return _field(dz=0.003 * np.exp(-0.5 * ((y - 0.046) / 0.007) ** 2) * smoothstep(np.abs(x), 0.06, 0.04) * f, n=n)
     if name == "eye_spacing":
@@ -606,7 +606,7 @@ def skinning_weights(mesh: HeadMesh) -> np.ndarray:
         up = jaw[1 + grid.row_upper[r] * n_c : 1 + (grid.row_upper[r] + 1) * n_c]
         lo = jaw[1 + grid.row_lower[r] * n_c : 1 + (grid.row_lower[r] + 1) * n_c]
         jaw[1 + r * n_c : 1 + (r + 1) * n_c] = (1 - t) * up + t * lo
-    jaw = jaw * smoothstep(z, -0.035, 0.0) * smoothstep(y, -0.112, -0.098)
+    jaw = jaw * smoothstep(z, -0.035, 0.0) * smoothstep(y, -0.112, -0.098) * smoothstep(y, 0.005, -0.010)
     root = smoothstep(y, -0.115, -0.140)
     jaw = np.minimum(jaw, 1.0 - root)
     weights = np.zeros((len(mesh.vertices), len(JOINT_NAMES)))
