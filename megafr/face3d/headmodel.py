@@ -319,7 +319,7 @@ FIGURE_EXPRESSIONS = ("neutral", "smile", "jaw open", "blink", "brow raise")
 FIGURE_YAWS = (-45.0, 0.0, 45.0)  # degrees
 FIGURE_JAW_DEG = 20.0  # jaw opening of the "jaw open" column
 FIGURE_IMAGE_SIZE = 128  # pixels per rendered head
-FIGURE_CAMERA_SCALE = 7.0  # orthographic NDC units per metre
+FIGURE_CAMERA_SCALE = 8.0  # orthographic NDC units per metre
 FIGURE_CAMERA_TY = -0.005  # metres, centres the head vertically
 FIGURE_SEED = 0
 FIGURE_BACKGROUND = (0.85, 0.87, 0.90)
@@ -386,7 +386,7 @@ def head_model_figure(files: HeadModelFiles, out_png, n_identities: int = 8) -> 
     to_np = lambda img: ((img.permute(0, 2, 3, 1).numpy() + 1.0) / 2.0).clip(0, 1)  # noqa: E731
     photo, geometry = to_np(photo), to_np(geometry)
     n_cols = per_identity
-    fig, axes = plt.subplots(2 * n_identities, n_cols, figsize=(n_cols * 1.1, 2 * n_identities * 1.1 + 0.6))
+    fig, axes = plt.subplots(2 * n_identities, n_cols, figsize=(n_cols * 1.25, 2 * n_identities * 1.25 + 0.8))
     for i in range(n_identities):
         for j in range(n_cols):
             for k, images in enumerate((photo, geometry)):
@@ -399,8 +399,8 @@ def head_model_figure(files: HeadModelFiles, out_png, n_identities: int = 8) -> 
                     ax.set_title(f"{name}\nyaw {FIGURE_YAWS[j % len(FIGURE_YAWS)]:+.0f}", fontsize=7)
                 if j == 0:
                     ax.set_ylabel(f"id {i}\n{'photo' if k == 0 else 'geometry'}", fontsize=7)
-    fig.suptitle("Synthetic FLAME-format head model: identities x expressions x yaw", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.985))
+    fig.suptitle("Synthetic FLAME-format head model: identities x expressions x yaw", fontsize=9, y=0.997)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
