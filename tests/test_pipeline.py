@@ -34,7 +34,7 @@ def _copy_study(dest: Path) -> Path:
                            text=True, check=True).stdout.split()
     for name in files:
         source = ROOT / name
-        if source.is_file() and not name.startswith("data/"):
+        if source.is_file() and (not name.startswith("data/") or name.endswith(".gitkeep")):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     _run(["git", "init", "-q"], dest)

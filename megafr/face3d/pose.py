@@ -20,7 +20,8 @@ import math
 import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
 
-POSE_DIM = 15
+from megafr.face3d.flame import POSE_DIM  # 5 joints x axis-angle
+
 GLOBAL = slice(0, 3)
 NECK = slice(3, 6)
 JAW = slice(6, 9)
