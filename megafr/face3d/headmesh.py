@@ -734,7 +734,7 @@ def landmark_embedding(mesh: HeadMesh) -> tuple[np.ndarray, np.ndarray]:
         outer_x, inner_x = side * (ex + hw * 0.97), side * (ex - hw * 0.97)
         ring = [
             ("row", eye_up, outer_x) if side < 0 else ("row", eye_up, inner_x),
-            ("row", eye_up, side * ex - third) if True else None,
+            ("row", eye_up, side * ex - third),
             ("row", eye_up, side * ex + third),
             ("row", eye_up, inner_x) if side < 0 else ("row", eye_up, outer_x),
             ("row", eye_lo, side * ex + third),
