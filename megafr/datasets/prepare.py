@@ -5,6 +5,7 @@ Output layout under ``out_dir`` (``data/prepare``):
 ```
 head_model/                 synthetic FLAME-format head model (synthetic source only)
 train/images.npy            uint8 [N, S, S, 3]
+train/masks.npy             uint8 [N, S, S], 1 where the head covers the pixel (silhouette ground truth)
 train/meta.parquet          one row per image: identity, shape, expression, pose, camera, light, landmarks
 test/...                    test identities, never seen in training
 eval/cross/                 source.npy, target.npy, truth.npy, pairs.parquet (cross-reenactment)
@@ -127,7 +128,8 @@ def build_synthheads(cfg: PrepareConfig) -> dict:
         params = sh.sample_split(world, streams[split], identities, cfg.images_per_identity, cfg.bounds)
         rendered = world.render(params, progress=f"render {split}")
         tables[split] = sh.scene_table(params, rendered, split)
-        _write_set(out / split, {"images": rendered["images"]}, tables[split], "meta.parquet")
+        _write_set(out / split, {"images": rendered["images"], "masks": rendered["masks"]}, tables[split],
+                   "meta.parquet")
         if split == "test":
             test_params, test_images = params, rendered["images"]
 

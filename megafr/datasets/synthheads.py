@@ -133,8 +133,9 @@ class HeadWorld:
     # ----------------------------------------------------------------- rendering
     @torch.no_grad()
     def render(self, params: SceneParams, progress: str | None = None) -> dict[str, np.ndarray]:
-        """Render ``params`` -> uint8 images [B, H, W, 3], 2D landmarks [B, 68, 2] (pixels), 3D landmarks [B, 68, 3]."""
-        images, lmk2d, lmk3d = [], [], []
+        """Render ``params`` -> uint8 images [B, H, W, 3], head masks uint8 [B, H, W] (1 = head),
+        2D landmarks [B, 68, 2] (pixels) and 3D landmarks [B, 68, 3]."""
+        images, masks, lmk2d, lmk3d = [], [], [], []
         starts = range(0, len(params), RENDER_BATCH)
         for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
             batch = params.take(np.arange(start, min(start + RENDER_BATCH, len(params))))
@@ -152,10 +153,12 @@ class HeadWorld:
                 background=gradient_background(torch.from_numpy(batch.background), self.image_size),
             )
             images.append(to_uint8(rendered.image))
+            masks.append(rendered.mask[:, 0].to(torch.uint8).numpy())
             lmk2d.append(landmarks_to_pixels(out.landmarks, camera, self.image_size).numpy())
             lmk3d.append(out.landmarks.numpy())
         return dict(
             images=np.concatenate(images),
+            masks=np.concatenate(masks),
             landmarks_2d=np.concatenate(lmk2d).astype(np.float32),
             landmarks_3d=np.concatenate(lmk3d).astype(np.float32),
         )
