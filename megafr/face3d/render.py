@@ -122,6 +122,7 @@ class Fragments(NamedTuple):
     pixel_index: torch.Tensor  # [P] long, covered pixels as flat indices into B*H*W
     pixel_face: torch.Tensor  # [P] long, their visible face
     pixel_bary: torch.Tensor  # [P, 3] their barycentrics (differentiable)
+    pixel_vertices: torch.Tensor  # [P, 3] long, the visible face's vertices as flat indices into B*N
 
 
 class RenderOutput(NamedTuple):
@@ -182,7 +183,7 @@ def sh_shading(normals: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Area-weighted unit vertex normals [B, N, 3] of a mesh with counter-clockwise faces [F, 3]."""
-    corners = vertices[:, faces]  # [B, F, 3, 3]
+    corners = vertices.index_select(1, faces.reshape(-1)).view(vertices.shape[0], -1, 3, 3)  # [B, F, 3, 3]
     face_normals = torch.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0], dim=-1)
     per_corner = face_normals.unsqueeze(2).expand(-1, -1, 3, -1).reshape(vertices.shape[0], -1, 3)  # [B, 3F, 3]
     summed = torch.zeros_like(vertices).index_add(1, faces.reshape(-1), per_corner)  # [B, N, 3]
@@ -296,37 +297,46 @@ class Renderer(torch.nn.Module):
         device = screen_vertices.device
         with torch.no_grad():
             screen = screen_vertices.detach()
-            xy = ndc_to_pixels(screen[..., :2], size)[:, self.faces]  # [B, F, 3, 2]
-            z = screen[..., 2][:, self.faces]  # [B, F, 3]
+            corners = screen.index_select(1, self.faces.reshape(-1)).view(batch, n_faces, 3, 3)
+            xy = ndc_to_pixels(corners[..., :2], size)  # [B, F, 3, 2]
+            z = corners[..., 2]  # [B, F, 3]
             drawable, _ = self._triangle_validity(xy, z, perspective)
             tri = drawable.reshape(-1).nonzero().squeeze(1)  # [T] indices into B*F
-            xy, z = xy.reshape(-1, 3, 2)[tri], z.reshape(-1, 3)[tri]  # [T, 3, 2], [T, 3]
-            x0, x1 = _pixel_boxes(xy[..., 0].amin(-1), xy[..., 0].amax(-1), size)
-            y0, y1 = _pixel_boxes(xy[..., 1].amin(-1), xy[..., 1].amax(-1), size)
-            # Barycentric l_i(p) = a_i px + b_i py + c_i: its coefficients per triangle.
-            a, b, c = xy.unbind(-2)  # [T, 2] each
-            inv_area = 1.0 / _signed_area(xy)  # [T]
-            coef = torch.stack([
-                torch.stack([b[:, 1] - c[:, 1], c[:, 0] - b[:, 0], b[:, 0] * c[:, 1] - c[:, 0] * b[:, 1]], -1),
-                torch.stack([c[:, 1] - a[:, 1], a[:, 0] - c[:, 0], c[:, 0] * a[:, 1] - a[:, 0] * c[:, 1]], -1),
-                torch.stack([a[:, 1] - b[:, 1], b[:, 0] - a[:, 0], a[:, 0] * b[:, 1] - b[:, 0] * a[:, 1]], -1),
-            ], dim=1) * inv_area[:, None, None]  # [T, 3 (vertex), 3 (px, py, 1)]
-            depth_term = 1.0 / z if perspective else z  # interpolated linearly in screen space
-            coef_z = (coef * depth_term[:, :, None]).sum(1)  # [T, 3]
-            coef_all = torch.cat([coef.reshape(-1, 9), coef_z], dim=1)  # [T, 12]
+            # Component-major copies [3 (vertex), T] so that the per-triangle arithmetic is contiguous.
+            xs = xy[..., 0].reshape(-1, 3).index_select(0, tri).T.contiguous()
+            ys = xy[..., 1].reshape(-1, 3).index_select(0, tri).T.contiguous()
+            zs = z.reshape(-1, 3).index_select(0, tri).T.contiguous()
+            x0, x1 = _pixel_boxes(xs.amin(0), xs.amax(0), size)
+            y0, y1 = _pixel_boxes(ys.amin(0), ys.amax(0), size)
+            # Barycentric l_i(p) = a_i px + b_i py + c_i with (i, j, k) cyclic:
+            # a_i = y_j - y_k, b_i = x_k - x_j, c_i = x_j y_k - x_k y_j, all over twice the signed area.
+            rows_a, rows_b, rows_c = [], [], []
+            for i in range(3):
+                j, k = (i + 1) % 3, (i + 2) % 3
+                rows_a.append(ys[j] - ys[k])
+                rows_b.append(xs[k] - xs[j])
+                rows_c.append(xs[j] * ys[k] - xs[k] * ys[j])
+            coef_a, coef_b, coef_c = torch.stack(rows_a), torch.stack(rows_b), torch.stack(rows_c)  # [3, T] each
+            inv_area = 1.0 / coef_c.sum(0)  # twice the signed area = sum of the c_i
+            depth_term = 1.0 / zs if perspective else zs  # interpolated linearly in screen space
+            # Rows (px, py, 1) x columns (l0, l1, l2, depth term): values = k_x * px + k_y * py + k_1.
+            blocks = []
+            for coef_row in (coef_a, coef_b, coef_c):
+                coef_row = coef_row * inv_area
+                blocks += [coef_row, (coef_row * depth_term).sum(0, keepdim=True)]
+            coef_all = torch.cat(blocks, 0).T.contiguous()  # [T, 12]
 
-            item, px, py = _box_pixels(x0, x1, y0, y1)
+            item, px, py = _box_pixels(x0, x1, y0, y1)  # [Q] (triangle, pixel) candidate pairs
+            k = coef_all.index_select(0, item)  # [Q, 12]
             centre_x, centre_y = px.to(xy.dtype) + 0.5, py.to(xy.dtype) + 0.5
-            k = coef_all[item]  # [Q, 12]
-            lam = k[:, 0:9:3] * centre_x[:, None] + k[:, 1:9:3] * centre_y[:, None] + k[:, 2:9:3]  # [Q, 3]
-            inside = (lam >= 0).all(dim=1)
-            item, px, py, k = item[inside], px[inside], py[inside], k[inside]
-            zq = k[:, 9] * (px.to(xy.dtype) + 0.5) + k[:, 10] * (py.to(xy.dtype) + 0.5) + k[:, 11]
+            values = torch.addcmul(torch.addcmul(k[:, 8:12], k[:, 0:4], centre_x[:, None]), k[:, 4:8],
+                                   centre_y[:, None])  # [Q, 4] = (l0, l1, l2, depth term)
+            keep = (values[:, :3] >= 0).all(dim=1).nonzero().squeeze(1)  # pixel centre inside the triangle
+            item, px, py, zq = item[keep], px[keep], py[keep], values[keep, 3]
             if perspective:
                 zq = 1.0 / zq
-            tri_q = tri[item]
-            face_q = tri_q % n_faces
-            key = (tri_q // n_faces) * (size * size) + py * size + px  # flat pixel index
+            face_q = (tri % n_faces).index_select(0, item)
+            key = ((tri // n_faces) * (size * size)).index_select(0, item) + py * size + px  # flat pixel index
             zbuf = torch.full((n_pixels,), float("inf"), dtype=zq.dtype, device=device)
             zbuf = zbuf.scatter_reduce(0, key, zq, reduce="amin", include_self=True)
             win = zq == zbuf[key]
@@ -339,7 +349,9 @@ class Renderer(torch.nn.Module):
         pixel_batch = pixel_index // (size * size)
         rest = pixel_index % (size * size)
         centres = torch.stack([rest % size, rest // size], dim=-1).to(screen_vertices.dtype) + 0.5  # [P, 2]
-        corners = screen_vertices[pixel_batch[:, None], self.faces[pixel_face]]  # [P, 3, 3]
+        n_vertices = screen_vertices.shape[1]
+        pixel_vertices = pixel_batch[:, None] * n_vertices + self.faces.index_select(0, pixel_face)  # [P, 3]
+        corners = screen_vertices.reshape(-1, 3).index_select(0, pixel_vertices.reshape(-1)).view(-1, 3, 3)
         lam = _barycentric(ndc_to_pixels(corners[..., :2], size), centres)  # [P, 3]
         if perspective:
             weighted = lam / corners[..., 2]
@@ -360,12 +372,14 @@ class Renderer(torch.nn.Module):
             pixel_index=pixel_index,
             pixel_face=pixel_face,
             pixel_bary=bary,
+            pixel_vertices=pixel_vertices,
         )
 
     def _gather_pixels(self, attributes: torch.Tensor, fragments: Fragments) -> torch.Tensor:
         """Per-vertex attributes [B, N, C] interpolated at the covered pixels -> [P, C]."""
-        pixel_batch = fragments.pixel_index // (self.image_size * self.image_size)
-        corner_values = attributes[pixel_batch[:, None], self.faces[fragments.pixel_face]]  # [P, 3, C]
+        channels = attributes.shape[-1]
+        flat = attributes.reshape(-1, channels)
+        corner_values = flat.index_select(0, fragments.pixel_vertices.reshape(-1)).view(-1, 3, channels)  # [P, 3, C]
         return (corner_values * fragments.pixel_bary.unsqueeze(-1)).sum(dim=1)
 
     def interpolate(self, attributes: torch.Tensor, fragments: Fragments, background: float = 0.0) -> torch.Tensor:
@@ -479,13 +493,14 @@ class Renderer(torch.nn.Module):
         if perspective:
             normals = normals @ camera.rotation.transpose(1, 2)  # camera frame
         pixel_batch = fragments.pixel_index // (size * size)
-        pixel_normals = self._gather_pixels(normals, fragments)  # [P, 3]
-        pixel_normals = pixel_normals / pixel_normals.norm(dim=-1, keepdim=True).clamp(min=NORMAL_EPS)
-        shading = sh_shading(pixel_normals, sh[pixel_batch])  # [P, 3]
         if mode == "geometry":
-            colour = GEOMETRY_ALBEDO * shading
+            pixel_normals = self._gather_pixels(normals, fragments)  # [P, 3]
         else:
-            colour = self._gather_pixels(albedo, fragments) * shading  # [P, 3]
+            pixel_values = self._gather_pixels(torch.cat([normals, albedo.to(normals.dtype)], -1), fragments)
+            pixel_normals, pixel_albedo = pixel_values[:, :3], pixel_values[:, 3:]  # [P, 3] each
+        pixel_normals = pixel_normals / pixel_normals.norm(dim=-1, keepdim=True).clamp(min=NORMAL_EPS)
+        shading = sh_shading(pixel_normals, sh.index_select(0, pixel_batch))  # [P, 3]
+        colour = GEOMETRY_ALBEDO * shading if mode == "geometry" else pixel_albedo * shading
 
         canvas = self._background(background, batch, vertices)  # [B*H*W, 3] in [0, 1]
         canvas = canvas.index_put((fragments.pixel_index,), colour.to(canvas.dtype))
