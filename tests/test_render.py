@@ -64,6 +64,29 @@ def test_single_triangle_covers_expected_pixels(clockwise):
     assert torch.equal(frags.mask[0, 0] > 0, torch.from_numpy(expected))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_cracks_between_triangles_sharing_an_edge(dtype):
+    """A grid whose edges (including diagonals) pass exactly through pixel centres is covered without holes."""
+    size, step, cells = 32, 3, 10
+    centres = 0.5 + step * torch.arange(cells + 1, dtype=torch.float64)  # pixel coordinates of grid lines
+    gx, gy = torch.meshgrid(centres, centres, indexing="xy")
+    ndc = torch.stack([gx / (size / 2) - 1, 1 - gy / (size / 2)], -1).reshape(-1, 2)  # exact dyadic values
+
+    def vid(i, j):
+        return i * (cells + 1) + j
+
+    faces = []
+    for i in range(cells):
+        for j in range(cells):
+            a, b, c, d = vid(i, j), vid(i, j + 1), vid(i + 1, j), vid(i + 1, j + 1)
+            faces += [[a, c, b], [b, c, d]] if (i + j) % 2 else [[a, c, d], [a, d, b]]
+    screen = torch.cat([ndc, torch.ones(len(ndc), 1, dtype=torch.float64)], 1)[None].to(dtype)
+    mask = Renderer(torch.tensor(faces), size, cull_backfaces=False).rasterize(screen).mask[0, 0]
+    last = int(centres[-1])  # pixels 0..last have centres inside the grid (edges inclusive)
+    assert torch.all(mask[:last + 1, :last + 1] == 1)
+    assert torch.all(mask[last + 1:] == 0) and torch.all(mask[:, last + 1:] == 0)
+
+
 def test_back_facing_triangle_is_culled():
     ccw = [[-0.5, -0.5], [0.5, -0.5], [0.0, 0.5]]  # counter-clockwise in NDC (y up): front-facing
     renderer = Renderer(torch.tensor([[0, 1, 2]]), 16)
@@ -193,6 +216,19 @@ def test_soft_silhouette_of_closed_mesh_follows_outline():
     inner = -torch.nn.functional.max_pool2d(-hard, 11, stride=1, padding=5) == 1
     assert torch.all(soft[inner] > 0.98)
     assert abs(float(soft.sum() - hard.sum())) < 0.05 * float(hard.sum())
+
+
+def test_soft_silhouette_ignores_contours_inside_the_covered_region():
+    """A small sphere in front of a big one, its outline ~3 px inside the big outline, leaves no dent."""
+    v, f = icosphere(3)
+    vertices = torch.cat([v * 0.6, v * 0.2 + torch.tensor([0.3, 0.0, 0.8])])[None]
+    faces = torch.cat([f, f + v.shape[0]])
+    renderer = Renderer(faces, 64)
+    screen = project(vertices, _ortho(1))
+    soft = renderer.soft_silhouette(screen, 1.0)
+    hard = renderer.rasterize(screen).mask
+    two_px_inside = -torch.nn.functional.max_pool2d(-hard, 5, stride=1, padding=2) == 1
+    assert torch.all(soft[two_px_inside] > 0.85)  # sigmoid(2) = 0.88 at the closest
 
 
 def test_front_of_a_closed_mesh_is_visible():

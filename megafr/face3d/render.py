@@ -32,8 +32,8 @@ camera that is model space), so a light "from the front" always lights the visib
 
 Algorithm (no Python loop over triangles or the batch): back-facing and degenerate triangles
 are dropped; every remaining triangle's pixel bounding box is enumerated into
-(triangle, pixel) pairs by index arithmetic; barycentrics come from per-triangle affine
-coefficients; the z-buffer is a ``scatter_reduce(amin)`` over pixels, ties broken by the
+(triangle, pixel) pairs by index arithmetic; the inside test uses unnormalised edge functions,
+which are exact negatives on a shared edge, so adjacent triangles leave no cracks; the z-buffer is a ``scatter_reduce(amin)`` over pixels, ties broken by the
 smaller face index. All of that runs without autograd; the barycentrics of each visible
 face are then recomputed differentiably from the screen-space vertices, so gradients reach
 vertex positions (through the interpolated attributes and normals) and vertex colours. For
@@ -74,6 +74,7 @@ GEOMETRY_ALBEDO = 0.8  # uniform gray albedo in [0, 1]
 DEFAULT_BACKGROUND = 0.0  # background colour in [0, 1] when none is given (black)
 
 PERSPECTIVE_NEAR = 1e-4  # triangles with a vertex closer than this (metres) to the camera plane are dropped
+OUTLINE_REACH = 1.5  # pixels: a contour edge is on the outline if an uncovered pixel centre is this close
 SOFT_BAND_SIGMAS = 4.0  # the soft silhouette departs from the hard mask within this many sigmas of the outline
 DISTANCE_EPS = 1e-12  # keeps sqrt differentiable at zero distance
 NORMAL_EPS = 1e-12  # keeps normalisation finite for degenerate normals
@@ -317,13 +318,17 @@ class Renderer(torch.nn.Module):
                 rows_b.append(xs[k] - xs[j])
                 rows_c.append(xs[j] * ys[k] - xs[k] * ys[j])
             coef_a, coef_b, coef_c = torch.stack(rows_a), torch.stack(rows_b), torch.stack(rows_c)  # [3, T] each
-            inv_area = 1.0 / coef_c.sum(0)  # twice the signed area = sum of the c_i
+            twice_area = coef_c.sum(0)  # [T], the sum of the c_i
+            inv_area = 1.0 / twice_area
             depth_term = 1.0 / zs if perspective else zs  # interpolated linearly in screen space
-            # Rows (px, py, 1) x columns (l0, l1, l2, depth term): values = k_x * px + k_y * py + k_1.
+            # Rows (px, py, 1) x columns (e0, e1, e2, depth term): values = k_x * px + k_y * py + k_1.
+            # The edge values e_i = area * l_i stay unnormalised, times the sign of the area (exact):
+            # two triangles sharing an edge then get exactly opposite values on it, so the inside
+            # test (all e_i >= 0) leaves no cracks between them.
+            orientation = torch.sign(twice_area)
             blocks = []
             for coef_row in (coef_a, coef_b, coef_c):
-                coef_row = coef_row * inv_area
-                blocks += [coef_row, (coef_row * depth_term).sum(0, keepdim=True)]
+                blocks += [coef_row * orientation, (coef_row * inv_area * depth_term).sum(0, keepdim=True)]
             coef_all = torch.cat(blocks, 0).T.contiguous()  # [T, 12]
 
             item, px, py = _box_pixels(x0, x1, y0, y1)  # [Q] (triangle, pixel) candidate pairs
@@ -402,8 +407,9 @@ class Renderer(torch.nn.Module):
         for covered pixels and negative outside. Only pixels within ``SOFT_BAND_SIGMAS *
         sigma`` of a change of the hard mask are softened, so the value is ~1 well inside
         and ~0 well outside, and its gradient w.r.t. the contour vertices is non-zero at the
-        outline. Limitation: a self-occluding contour (e.g. a nose in profile) close to the
-        outer outline can also attract nearby band pixels.
+        outline. Contour edges with no uncovered pixel centre within ``OUTLINE_REACH`` pixels
+        (contours hidden inside the covered region, e.g. an ear or a nose in profile) are
+        ignored. Limitation: such a hidden contour within that reach of the outline still counts.
         """
         if sigma_pixels <= 0:
             raise ValueError(f"sigma_pixels should be positive, got {sigma_pixels}")
@@ -440,6 +446,13 @@ class Renderer(torch.nn.Module):
             item, key = item[keep], key[keep]
             centres = torch.stack([px[keep], py[keep]], -1).to(ends.dtype) + 0.5
             dist = _segment_distance(ends[item], centres)
+            # Keep only contour edges on the outline: an uncovered pixel centre lies close to them.
+            # This drops contours hidden inside the covered region (an ear or nose seen from the side).
+            near_uncovered = (hard.reshape(-1)[key] == 0) & (dist <= OUTLINE_REACH)
+            on_outline = torch.zeros(sel.shape[0], dtype=torch.bool, device=dist.device)
+            on_outline[item[near_uncovered]] = True
+            keep = on_outline[item]
+            item, key, dist = item[keep], key[keep], dist[keep]
             dbuf = torch.full((batch * size * size,), float("inf"), dtype=dist.dtype, device=dist.device)
             dbuf = dbuf.scatter_reduce(0, key, dist, reduce="amin", include_self=True)
             win = dist == dbuf[key]
