@@ -10,7 +10,8 @@ only under ``torch.no_grad()``, batched, images per second (median over repeats)
 - photo mode forward + backward (gradients to vertices and albedo) for the head at 64 px,
   the setting of the 3D network's training.
 
-Runs with one torch thread unless told otherwise (see DEFAULT_THREADS). The head fills most of the frame (orthographic camera, as in the synthetic data).
+Runs with one torch thread unless told otherwise (see DEFAULT_THREADS). The head fills
+most of the frame (orthographic camera, as in the synthetic data).
 Usage: ``python benchmarks/bench_render.py [PATH] [--batch B] [--repeats R] [--threads T]``.
 """
 

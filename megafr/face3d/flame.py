@@ -169,7 +169,9 @@ def load_flame_assets(model_path, landmark_path) -> FlameAssets:
     try:
         arrays = {key: _dense(data[key]) for key in MODEL_KEYS}
     except Exception as error:  # a value that is neither an array nor convertible to one
-        raise CheckpointError(f"{model_path}: could not convert the arrays to numpy ({error}); {FLAME_SOURCE}.") from error
+        raise CheckpointError(
+            f"{model_path}: could not convert the arrays to numpy ({error}); {FLAME_SOURCE}."
+        ) from error
 
     v_template = arrays["v_template"]
     if v_template.ndim != 2 or v_template.shape[1] != 3 or v_template.shape[0] < 3:

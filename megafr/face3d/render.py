@@ -32,9 +32,10 @@ camera that is model space), so a light "from the front" always lights the visib
 
 Algorithm (no Python loop over triangles or the batch): back-facing and degenerate triangles
 are dropped; every remaining triangle's pixel bounding box is enumerated into
-(triangle, pixel) pairs by index arithmetic; the inside test uses unnormalised edge functions,
-which are exact negatives on a shared edge, so adjacent triangles leave no cracks; the z-buffer is a ``scatter_reduce(amin)`` over pixels, ties broken by the
-smaller face index. All of that runs without autograd; the barycentrics of each visible
+(triangle, pixel) pairs by index arithmetic; the inside test uses unnormalised edge
+functions, which are exact negatives on a shared edge, so adjacent triangles leave no
+cracks; the z-buffer is a ``scatter_reduce(amin)`` over pixels, ties broken by the smaller
+face index. All of that runs without autograd; the barycentrics of each visible
 face are then recomputed differentiably from the screen-space vertices, so gradients reach
 vertex positions (through the interpolated attributes and normals) and vertex colours. For
 perspective cameras barycentrics are perspective-correct and the depth is interpolated as
@@ -466,7 +467,8 @@ class Renderer(torch.nn.Module):
         centres = torch.stack([rest % size, rest // size], -1).to(screen_vertices.dtype) + 0.5
         dist = _segment_distance(ends, centres)
         sign = hard.reshape(-1)[pixels] * 2.0 - 1.0
-        soft = hard.reshape(-1).to(screen_vertices.dtype).index_put((pixels,), torch.sigmoid(sign * dist / sigma_pixels))
+        values = torch.sigmoid(sign * dist / sigma_pixels)
+        soft = hard.reshape(-1).to(screen_vertices.dtype).index_put((pixels,), values)
         return soft.view(batch, 1, size, size)
 
     # ------------------------------------------------------------------ shading
