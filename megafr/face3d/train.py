@@ -1,0 +1,514 @@
+"""Training and evaluation of the 3D face reconstruction network (the ``train_face3d`` stage).
+
+Recipe (paper section 3.1, METHOD.md section 3): the network sees an image and is supervised only
+by that image's 2D landmarks (SynthHeads' rendered landmarks in the mini world, dlib's 68 points
+on aligned photos in the paper profile), so the same code runs on real photos:
+
+    L = lambda_lmk * L_lmk + lambda_sil * L_sil + lambda_shape * |beta|^2 + lambda_expr * |psi|^2
+        + lambda_pose * |theta_jaw, theta_eyes|^2
+
+- ``L_lmk``: weighted mean of the L1 distance (NDC units, averaged over x and y) between the
+  projected FLAME landmarks and the image's landmarks; eye landmarks weigh ``lambda_eye`` and mouth
+  landmarks ``lambda_mouth`` (larger than the others' 1, as the paper asks, because L_pair of the
+  reenactment encoder reads eyelid and lip gaps from exactly these points);
+- ``L_sil``: mean absolute difference between the soft silhouette of the predicted mesh
+  (``Renderer.soft_silhouette``) and the head mask, at ``sil_size`` pixels on ``sil_batch`` images
+  every ``sil_every`` steps (rasterizing the full mesh is the costly part of a step). Data without
+  masks (aligned photos) must set ``lambda_sil = 0``;
+- priors: L2 on identity and expression coefficients (FLAME's coefficients are unit-variance) and
+  on the jaw and eye rotations (the global rotation is free). Eye rotations are not observable from
+  the 68 landmarks (they sit on the eyelids), so the prior holds them at zero.
+
+Ground-truth parameters of SynthHeads are read only by :func:`evaluate`.
+
+Determinism and resume: the batch at step ``k`` is a pure function of ``(seed, k)`` (one
+permutation per epoch seeded by ``(seed, epoch)``), the learning rate a pure function of ``k``, and
+the checkpoint (written atomically every ``checkpoint_every`` steps and at the end) holds the
+weights, the optimizer state, the torch RNG state and the curve so far. A run that is killed and
+started again continues from its last checkpoint and ends with the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from megafr.config import require, study_path
+from megafr.errors import CheckpointError, InputError, MissingFileError
+from megafr.face3d import landmarks as lmk
+from megafr.face3d.flame import FLAME, POSE_DIM
+from megafr.face3d.pose import JAW, LEFT_EYE, RIGHT_EYE, head_pose_degrees
+from megafr.face3d.recon import (
+    FaceModel, FaceParams, ReconConfig, images_from_uint8, read_checkpoint, save_checkpoint_dict,
+)
+from megafr.face3d.render import Renderer, project
+from megafr.fileio import atomic_path
+
+SOURCES = ("synthetic", "photos")
+CHECKPOINT_FILE = "checkpoint.pt"
+WARMUP_FRACTION = 0.05  # share of the steps with a linear learning-rate warm-up (then cosine decay to 0)
+ADAM_BETAS = (0.9, 0.999)
+CURVE_POINTS = 200  # about this many rows in the training curve CSV
+METRES_TO_MM = 1000.0
+PERCENT = 100.0
+EVAL_BATCH = 100  # images per evaluation batch
+PHOTO_PIXEL_CENTRE = 0.5  # align.py writes landmarks with pixel centres at integers; SynthHeads at j + 0.5
+LOSS_TERMS = ("lmk", "sil", "shape", "expr", "pose")
+# Config fields that may change between an interrupted run and its resumption.
+RESUME_FREE_FIELDS = ("checkpoint_every", "threads", "out_dir", "run_dir", "profile")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Parameters of the train_face3d stage (params.yaml block ``train_face3d`` plus shared keys)."""
+
+    profile: str  # profile that produced the run (labels figures and metrics)
+    seed: int  # seeds the weights and the data order
+    model_path: str  # FLAME-format model file
+    landmark_path: str  # DECA-layout landmark embedding
+    data_dir: str  # output folder of the prepare stage
+    source: str  # "synthetic" (SynthHeads splits) or "photos" (aligned photos + dlib landmarks)
+    image_size: int  # side of the data set's images (and of the images callers pass to the model)
+    input_size: int  # side the CNN sees (images are area-resized to it)
+    n_shape: int  # identity coefficients regressed
+    n_expr: int  # expression coefficients regressed
+    width: int  # stem channels of the CNN
+    cam_scale_init: float  # camera scale predicted before training: rough framing of the crops (NDC units / m)
+    cam_ty_init: float  # vertical camera translation before training (metres)
+    steps: int  # optimisation steps
+    batch_size: int  # images per step
+    lr: float  # peak Adam learning rate
+    lambda_lmk: float  # weight of the 2D landmark term
+    lambda_eye: float  # per-landmark weight of the 12 eye landmarks (others 1)
+    lambda_mouth: float  # per-landmark weight of the 20 mouth landmarks
+    lambda_sil: float  # weight of the silhouette term (0 when the data has no masks)
+    sil_every: int  # the silhouette term runs every this many steps
+    sil_size: int  # silhouette render size, pixels
+    sil_batch: int  # images of the batch that get the silhouette term
+    sil_sigma: float  # softness of the silhouette, pixels at sil_size
+    lambda_shape: float  # L2 prior on identity coefficients
+    lambda_expr: float  # L2 prior on expression coefficients
+    lambda_pose: float  # L2 prior on jaw and eye rotations
+    checkpoint_every: int  # write a checkpoint every this many steps (and at the end)
+    threads: int  # torch CPU threads during training (0: leave torch's setting alone)
+    out_dir: str = "data/train_face3d"  # checkpoint folder
+    run_dir: str = ""  # set by a sweep: write under <run_dir>/train_face3d instead
+
+    def __post_init__(self):
+        require(self.source in SOURCES, f"train_face3d.source must be one of {SOURCES}, got {self.source!r}")
+        for name in ("steps", "batch_size", "sil_every", "sil_size", "sil_batch", "checkpoint_every"):
+            require(getattr(self, name) >= 1, f"train_face3d.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lambda_lmk", "lambda_eye", "lambda_mouth", "lambda_sil", "lambda_shape", "lambda_expr",
+                     "lambda_pose"):
+            require(getattr(self, name) >= 0, f"train_face3d.{name} must be >= 0, got {getattr(self, name)}")
+        require(self.lr > 0, f"train_face3d.lr must be positive, got {self.lr}")
+        require(self.sil_sigma > 0, f"train_face3d.sil_sigma must be positive, got {self.sil_sigma}")
+        require(self.threads >= 0, f"train_face3d.threads must be >= 0, got {self.threads}")
+        require(self.source == "synthetic" or self.lambda_sil == 0,
+                "train_face3d.lambda_sil must be 0 for the photos source: aligned photos have no head masks "
+                "(the silhouette term needs them); set lambda_sil: 0 in params.yaml")
+        self.recon_config()  # validates sizes
+
+    def recon_config(self) -> ReconConfig:
+        return ReconConfig(n_shape=self.n_shape, n_expr=self.n_expr, image_size=self.image_size,
+                           input_size=self.input_size, width=self.width, cam_scale_init=self.cam_scale_init,
+                           cam_ty_init=self.cam_ty_init)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        folder = study_path(self.run_dir) / "train_face3d" if self.run_dir else study_path(self.out_dir)
+        return folder / CHECKPOINT_FILE
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class LandmarkSet:
+    """Images with their 68 landmarks (and head masks when known), at the CNN's input size."""
+
+    images: np.ndarray  # uint8 [N, s, s, 3]
+    landmarks: np.ndarray  # float32 [N, 68, 2], NDC (x right, y up, [-1, 1] across the image)
+    masks: Optional[np.ndarray]  # uint8 [N, s, s] (1 = head) or None
+    table: pd.DataFrame  # one row per image: SynthHeads ground truth, or the photo landmark table
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def pixels_to_ndc(points: np.ndarray, image_size: int) -> np.ndarray:
+    """Pixel coordinates [..., 2] (x right, y down, centres at j + 0.5) -> NDC (y up); inverse of ndc_to_pixels."""
+    half = image_size / 2.0
+    return np.stack([points[..., 0] / half - 1.0, 1.0 - points[..., 1] / half], axis=-1).astype(np.float32)
+
+
+def _resize_uint8(images: np.ndarray, size: int, chunk: int = 256) -> np.ndarray:
+    """Area-resize uint8 images [N, S, S(, 3)] to ``size`` (no-op when already that size)."""
+    if images.shape[1] == size:
+        return images
+    out = []
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + chunk])).float()
+        x = x.unsqueeze(-1) if x.ndim == 3 else x
+        y = F.interpolate(x.permute(0, 3, 1, 2), size=(size, size), mode="area").permute(0, 2, 3, 1)
+        out.append(y.round().clamp(0, 255).to(torch.uint8).squeeze(-1).numpy())
+    return np.concatenate(out)
+
+
+def load_landmark_set(cfg: TrainConfig, split: str) -> LandmarkSet:
+    """The ``train`` or ``test`` split of SynthHeads, or (photos source) all aligned photos."""
+    root = study_path(cfg.data_dir)
+    if cfg.source == "synthetic":
+        folder = root / split
+        for name in ("images.npy", "meta.parquet"):
+            if not (folder / name).is_file():
+                raise MissingFileError(f"{folder / name} not found; run the prepare stage first (`dvc repro prepare`)")
+        images = np.load(folder / "images.npy")
+        table = pd.read_parquet(folder / "meta.parquet")
+        points = np.stack([table[[f"lmk2d_{axis}_{i}" for i in range(lmk.N_LANDMARKS)]].to_numpy(np.float64)
+                           for axis in "xy"], axis=-1)  # [N, 68, 2] pixels
+        masks = np.load(folder / "masks.npy") if (folder / "masks.npy").is_file() else None
+        if masks is None and cfg.lambda_sil > 0:
+            raise MissingFileError(f"{folder / 'masks.npy'} not found but lambda_sil={cfg.lambda_sil}; rebuild the data "
+                                   "set with the current prepare stage, or set train_face3d.lambda_sil: 0")
+    else:
+        from megafr.datasets.align import read_landmark_table
+        from megafr.imageio import load_image
+
+        folder = root / "photos"
+        if not (folder / "landmarks.parquet").is_file():
+            raise MissingFileError(f"{folder / 'landmarks.parquet'} not found; run the prepare stage on photos first")
+        table, points = read_landmark_table(folder / "landmarks.parquet")
+        points = points + PHOTO_PIXEL_CENTRE
+        images = np.stack([_resize_uint8(load_image(folder / "images" / f"{Path(name).stem}.png")[None], cfg.input_size)[0]
+                           for name in table["file"]])
+        masks = None
+    if cfg.source == "synthetic" and (images.ndim != 4 or images.shape[1] != cfg.image_size):
+        raise InputError(f"{folder}: images are {images.shape[1:]} but train_face3d.image_size={cfg.image_size}; "
+                         "set image_size to the prepare stage's size")
+    landmarks = pixels_to_ndc(points, cfg.image_size)  # aligned photos are written at prepare.image_size too
+    return LandmarkSet(_resize_uint8(images, cfg.input_size), landmarks,
+                       None if masks is None else _resize_uint8(masks, cfg.input_size), table)
+
+
+def batch_indices(seed: int, step: int, n_items: int, batch_size: int) -> np.ndarray:
+    """Rows of the batch at ``step``: positions step*B .. step*B+B-1 of a sequence of per-epoch permutations,
+    each seeded by (seed, epoch). A pure function of its arguments (what makes resume exact)."""
+    positions = step * batch_size + np.arange(batch_size)
+    epochs, offsets = positions // n_items, positions % n_items
+    out = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(epochs):
+        order = np.random.default_rng([seed, int(epoch)]).permutation(n_items)
+        chosen = epochs == epoch
+        out[chosen] = order[offsets[chosen]]
+    return out
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over WARMUP_FRACTION of the steps, then cosine decay to zero."""
+    warmup = max(1, int(WARMUP_FRACTION * cfg.steps))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# -------------------------------------------------------------------------------------- losses
+def weighted_landmark_loss(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_i w_i * mean_xy |p_i - t_i| / sum_i w_i, averaged over the batch. predicted/target [B, 68, 2], weights [68]."""
+    if predicted.shape != target.shape or predicted.shape[-2] != weights.shape[0]:
+        raise ValueError(f"landmarks {tuple(predicted.shape)} vs {tuple(target.shape)} vs weights {tuple(weights.shape)}")
+    per_point = (predicted - target).abs().mean(dim=-1)  # [B, 68]
+    return ((per_point * weights).sum(dim=-1) / weights.sum()).mean()
+
+
+def silhouette_loss(soft: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between a soft silhouette [B, 1, H, W] and a target mask [B, 1, H, W] in [0, 1]."""
+    if soft.shape != mask.shape:
+        raise ValueError(f"silhouette {tuple(soft.shape)} and mask {tuple(mask.shape)} differ")
+    return (soft - mask).abs().mean()
+
+
+def prior_losses(params: FaceParams) -> dict[str, torch.Tensor]:
+    """L2 priors: mean square of identity, expression, and jaw + eye rotations."""
+    rotations = torch.cat([params.pose[:, JAW], params.pose[:, LEFT_EYE], params.pose[:, RIGHT_EYE]], dim=1)
+    zero = params.pose.new_zeros(())
+    return {
+        "shape": params.shape.pow(2).mean() if params.shape.numel() else zero,
+        "expr": params.expression.pow(2).mean() if params.expression.numel() else zero,
+        "pose": rotations.pow(2).mean(),
+    }
+
+
+class Face3dLoss(torch.nn.Module):
+    """The weighted sum of the training terms; returns (total, {term: float})."""
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        self.cfg = cfg  # the lambdas and silhouette settings
+        self.register_buffer("weights", torch.tensor(lmk.landmark_weights(cfg.lambda_eye, cfg.lambda_mouth)))  # [68]
+        self.sil_renderer: Optional[Renderer] = None
+
+    def forward(self, model: FaceModel, small_images: torch.Tensor, target_ndc: torch.Tensor,
+                masks: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        params = model.net.regress(small_images)
+        _, predicted = model.landmarks(params)  # [B, 68, 2] NDC
+        terms = {"lmk": weighted_landmark_loss(predicted, target_ndc, self.weights)}
+        terms.update(prior_losses(params))
+        lambdas = {"lmk": cfg.lambda_lmk, "shape": cfg.lambda_shape, "expr": cfg.lambda_expr, "pose": cfg.lambda_pose}
+        if masks is not None and cfg.lambda_sil > 0:
+            terms["sil"] = self.silhouette(model, params, masks)
+            lambdas["sil"] = cfg.lambda_sil
+        total = sum(lambdas[name] * value for name, value in terms.items())
+        return total, {name: float(value.detach()) for name, value in terms.items()}
+
+    def silhouette(self, model: FaceModel, params: FaceParams, masks: torch.Tensor) -> torch.Tensor:
+        """L_sil on the first ``sil_batch`` images: soft silhouette at sil_size vs the area-resized mask."""
+        cfg = self.cfg
+        if self.sil_renderer is None:
+            self.sil_renderer = Renderer(model.flame.faces, cfg.sil_size).to(masks.device)
+        k = min(cfg.sil_batch, masks.shape[0])
+        part = FaceParams(*(value[:k] for value in params))
+        vertices = model.flame(part.shape, part.expression, part.pose).vertices  # [k, N, 3]
+        soft = self.sil_renderer.soft_silhouette(project(vertices, part.camera), cfg.sil_sigma)  # [k, 1, s, s]
+        target = F.interpolate(masks[:k].float().unsqueeze(1), size=(cfg.sil_size, cfg.sil_size), mode="area")
+        return silhouette_loss(soft, target)
+
+
+# ------------------------------------------------------------------------------------ training
+@dataclass
+class TrainResult:
+    model: FaceModel
+    curve: pd.DataFrame  # step, lr, total and each loss term (window means)
+    steps_run: int  # steps run by this call (0 when the checkpoint was already complete)
+    seconds: float  # wall time of this call's training loop
+    resumed_from: int  # step of the checkpoint this call resumed from (0: fresh start)
+
+
+def build_model(cfg: TrainConfig, flame: Optional[FLAME] = None) -> FaceModel:
+    """A fresh model with weights seeded by ``cfg.seed``."""
+    if flame is None:
+        flame = FLAME.from_files(study_path(cfg.model_path), study_path(cfg.landmark_path), cfg.n_shape, cfg.n_expr)
+    torch.manual_seed(cfg.seed)
+    return FaceModel(cfg.recon_config(), flame)
+
+
+def _resume_key(cfg: TrainConfig) -> dict:
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUME_FREE_FIELDS}
+
+
+def _write_checkpoint(path: Path, model: FaceModel, optimizer, step: int, cfg: TrainConfig, curve: list) -> None:
+    extra = {
+        "optimizer": optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+        "train_config": asdict(cfg),
+        "curve": curve,
+        "flame": {"model_path": str(study_path(cfg.model_path)), "landmark_path": str(study_path(cfg.landmark_path))},
+    }
+    with atomic_path(path) as temp:
+        torch.save(save_checkpoint_dict(model, step, extra), temp)
+
+
+def _try_resume(path: Path, cfg: TrainConfig) -> Optional[dict]:
+    """The checkpoint at ``path`` if it belongs to this configuration, else None (a fresh start)."""
+    if not path.is_file():
+        return None
+    try:
+        data = read_checkpoint(path)
+    except CheckpointError:
+        return None  # a damaged leftover: start again rather than fail
+    saved = data.get("train_config")
+    if not isinstance(saved, dict) or "optimizer" not in data:
+        return None
+    same = {k: v for k, v in saved.items() if k not in RESUME_FREE_FIELDS} == _resume_key(cfg)
+    return data if same and 0 < data["step"] <= cfg.steps else None
+
+
+def train_face3d(cfg: TrainConfig, data: LandmarkSet, flame: Optional[FLAME] = None, progress: bool = True,
+                 stop_after: Optional[int] = None) -> TrainResult:
+    """Train (or resume training) the network; checkpoints go to ``cfg.checkpoint_path``.
+
+    ``stop_after``: return after that many steps of this call, as an interruption would (tests use it).
+    """
+    if len(data) < cfg.batch_size:
+        raise InputError(f"train_face3d: {len(data)} training images but batch_size={cfg.batch_size}; "
+                         "lower batch_size or build a larger data set")
+    if cfg.lambda_sil > 0 and data.masks is None:
+        raise InputError("train_face3d: lambda_sil > 0 but the data has no head masks; set lambda_sil: 0")
+    previous_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, data, flame, progress, stop_after)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_after) -> TrainResult:
+    model = build_model(cfg, flame)
+    optimizer = torch.optim.Adam(model.net.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
+    loss_fn = Face3dLoss(cfg)
+    path = cfg.checkpoint_path
+    start, curve = 0, []
+    saved = _try_resume(path, cfg)
+    if saved is not None:
+        model.net.load_state_dict(saved["state_dict"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        start, curve = int(saved["step"]), list(saved["curve"])
+    log_every = max(cfg.sil_every, cfg.sil_every * (cfg.steps // (CURVE_POINTS * cfg.sil_every)))
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    model.net.train()
+    window: dict[str, list[float]] = {}
+    began = time.perf_counter()
+    for step in tqdm(range(start, end), desc="train_face3d", initial=start, total=cfg.steps, disable=not progress,
+                     leave=False):
+        rows = batch_indices(cfg.seed, step, len(data), cfg.batch_size)
+        images = images_from_uint8(data.images[rows])  # [B, 3, s, s]
+        target = torch.from_numpy(data.landmarks[rows])  # [B, 68, 2]
+        masks = None
+        if data.masks is not None and cfg.lambda_sil > 0 and step % cfg.sil_every == 0:
+            masks = torch.from_numpy(data.masks[rows[:cfg.sil_batch]])
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        total, terms = loss_fn(model, images, target, masks)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        for name, value in {"total": float(total.detach()), **terms}.items():
+            window.setdefault(name, []).append(value)
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            curve.append({"step": step + 1, "lr": learning_rate(cfg, step),
+                          **{name: float(np.mean(values)) for name, values in window.items()}})
+            window = {}
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            _write_checkpoint(path, model, optimizer, step + 1, cfg, curve)
+    seconds = time.perf_counter() - began
+    model.eval()
+    return TrainResult(model, pd.DataFrame(curve).reindex(columns=["step", "lr", "total", *LOSS_TERMS]).fillna(0.0),
+                       end - start, seconds, start)
+
+
+# ---------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict(model: FaceModel, data: LandmarkSet) -> dict[str, np.ndarray]:
+    """Parameters, 2D landmarks (NDC) and 3D landmarks of every image of ``data`` (model in eval mode)."""
+    model.eval()
+    parts: dict[str, list] = {}
+    for start in range(0, len(data), EVAL_BATCH):
+        images = images_from_uint8(data.images[start:start + EVAL_BATCH])
+        params = model.net.regress(images)
+        lmk3d, lmk_ndc = model.landmarks(params)
+        for name, value in {**params._asdict(), "landmarks_3d": lmk3d, "landmarks_ndc": lmk_ndc}.items():
+            parts.setdefault(name, []).append(value.numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def _gaps(points: np.ndarray, pairs) -> np.ndarray:
+    """Distances [N, len(pairs)] between the (upper, lower) landmark pairs of points [N, 68, D]."""
+    upper, lower = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    return np.linalg.norm(points[:, upper] - points[:, lower], axis=-1)
+
+
+def landmark_nme(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-image mean landmark distance over the outer-eye-corner distance (36-45), [N]."""
+    interocular = np.linalg.norm(target[:, lmk.RIGHT_EYE_OUTER] - target[:, lmk.LEFT_EYE_OUTER], axis=-1)
+    return np.linalg.norm(predicted - target, axis=-1).mean(axis=-1) / interocular
+
+
+def evaluate(model: FaceModel, data: LandmarkSet) -> dict:
+    """Metrics on held-out images (numeric leaves; see the issue for the list).
+
+    Every source: ``nme_percent``. SynthHeads also: eye/mouth opening error (mean over EYELID_PAIRS /
+    LIP_PAIRS of the absolute difference of 3D gaps, mm), yaw/pitch/roll mean absolute error (degrees),
+    expression and identity coefficient mean absolute errors, and the neutral-shape vertex error (mm,
+    mean over vertices of the Euclidean distance, FLAME(beta, 0, 0)) beside that of the mean shape.
+    """
+    pred = predict(model, data)
+    nme = landmark_nme(pred["landmarks_ndc"], data.landmarks)
+    metrics: dict = {"images": len(data), "nme_percent": float(nme.mean() * PERCENT),
+                     "nme_percent_median": float(np.median(nme) * PERCENT)}
+    table = data.table
+    if "yaw_deg" not in table.columns:
+        return metrics
+    truth3d = np.stack([table[[f"lmk3d_{axis}_{i}" for i in range(lmk.N_LANDMARKS)]].to_numpy(np.float64)
+                        for axis in "xyz"], axis=-1)  # [N, 68, 3]
+    for name, pairs in (("eye", lmk.EYELID_PAIRS), ("mouth", lmk.LIP_PAIRS)):
+        error = np.abs(_gaps(pred["landmarks_3d"], pairs) - _gaps(truth3d, pairs)).mean()
+        metrics[f"{name}_opening_error_mm"] = float(error * METRES_TO_MM)
+    angles = head_pose_degrees(torch.from_numpy(pred["pose"]).double()).numpy()
+    for k, name in enumerate(("yaw", "pitch", "roll")):
+        metrics[f"{name}_error_deg"] = float(np.abs(angles[:, k] - table[f"{name}_deg"].to_numpy()).mean())
+    expr_cols = [c for c in table.columns if c.startswith("expr_")][:model.config.n_expr]
+    shape_cols = [c for c in table.columns if c.startswith("shape_")][:model.config.n_shape]
+    true_expr, true_shape = table[expr_cols].to_numpy(np.float32), table[shape_cols].to_numpy(np.float32)
+    metrics["expression_error"] = float(np.abs(pred["expression"][:, :len(expr_cols)] - true_expr).mean())
+    metrics["shape_error"] = float(np.abs(pred["shape"][:, :len(shape_cols)] - true_shape).mean())
+    metrics["shape_vertex_error_mm"], metrics["shape_vertex_error_mm_mean_shape"] = _neutral_vertex_errors(
+        model, pred["shape"], true_shape)
+    return metrics
+
+
+@torch.no_grad()
+def _neutral_vertex_errors(model: FaceModel, predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Mean per-vertex distance (mm) of the neutral heads: predicted vs true, and the mean head vs true."""
+    flame = model.flame
+    n = len(predicted)
+    zeros_e = torch.zeros(n, flame.n_expr)
+    zeros_p = torch.zeros(n, POSE_DIM)
+    full_truth = np.zeros((n, flame.n_shape), np.float32)
+    full_truth[:, :truth.shape[1]] = truth
+    errors, baseline = [], []
+    for start in range(0, n, EVAL_BATCH):
+        part = slice(start, start + EVAL_BATCH)
+        true_v = flame(torch.from_numpy(full_truth[part]), zeros_e[part], zeros_p[part]).vertices
+        pred_v = flame(torch.from_numpy(predicted[part]), zeros_e[part], zeros_p[part]).vertices
+        errors.append((pred_v - true_v).norm(dim=-1).mean(dim=-1))
+        baseline.append((flame.v_template - true_v).norm(dim=-1).mean(dim=-1))
+    return (float(torch.cat(errors).mean() * METRES_TO_MM), float(torch.cat(baseline).mean() * METRES_TO_MM))
+
+
+# -------------------------------------------------------------------------------------- figure
+def reconstruction_figure(model: FaceModel, data: LandmarkSet, rows: np.ndarray, title: str):
+    """Per test image (columns): the image with true (green) and predicted (red) landmarks, and the
+    predicted geometry rendered with the predicted camera, with the predicted landmarks."""
+    import matplotlib.pyplot as plt
+
+    from megafr.face3d.render import ndc_to_pixels
+
+    model.eval()
+    with torch.no_grad():
+        images = images_from_uint8(data.images[rows])
+        params = model.net.regress(images)
+        _, lmk_ndc = model.landmarks(params)
+        renderer = Renderer(model.flame.faces, data.images.shape[1])
+        vertices = model.flame(params.shape, params.expression, params.pose).vertices
+        geometry = renderer(vertices, params.camera, mode="geometry").image
+    size = data.images.shape[1]
+    predicted = ndc_to_pixels(lmk_ndc, size).numpy()
+    truth = ndc_to_pixels(torch.from_numpy(data.landmarks[rows]), size).numpy()
+    geometry_u8 = ((geometry.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    n = len(rows)
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.0), squeeze=False)
+    for j in range(n):
+        for i, (picture, label) in enumerate(((data.images[rows[j]], "image + landmarks"), (geometry_u8[j], "geometry"))):
+            ax = axes[i, j]
+            ax.imshow(picture, interpolation="nearest", extent=(0, size, size, 0))
+            if i == 0:
+                ax.scatter(truth[j, :, 0], truth[j, :, 1], s=1.0, c="lime", linewidths=0)
+            ax.scatter(predicted[j, :, 0], predicted[j, :, 1], s=1.0, c="red", linewidths=0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
