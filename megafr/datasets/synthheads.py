@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from megafr.face3d import headmodel, pose as posemod
+from megafr.face3d import headmodel, landmarks as lmk, pose as posemod
 from megafr.face3d.flame import FLAME
 from megafr.face3d.render import OrthoCamera, Renderer
 
@@ -37,10 +37,15 @@ EXPRESSION_ACTIVE_PROB = 0.35  # each expression component is active in an image
 JAW_OPEN_PROB = 0.5  # probability that the mouth is open
 MAX_JAW_DEG = 22.0  # largest jaw opening, degrees about the x axis
 MAX_GAZE_DEG = 15.0  # largest eye rotation, degrees (both eyes together)
-CAMERA_SCALE = 7.5  # orthographic scale: NDC units per metre (the head spans about 3/4 of the frame)
-CAMERA_TY = -0.015  # vertical offset in metres that centres the face (eyes-to-chin) in the frame
-SCALE_JITTER = 0.04  # relative jitter of the camera scale
-SHIFT_JITTER = 0.006  # jitter of the camera translation, metres
+# The camera frames every face the way FFHQ's alignment crops photos (megafr.datasets.align):
+# the crop is centred at eye_avg + FFHQ_CENTRE_SHIFT * eye_to_mouth, and its half side is
+# max(FFHQ_EYE_FACTOR * |eye_to_eye|, FFHQ_MOUTH_FACTOR * |eye_to_mouth|), measured on the projected
+# landmarks; unlike FFHQ the crop is not rotated, so roll stays visible.
+FFHQ_CENTRE_SHIFT = 0.1
+FFHQ_EYE_FACTOR = 2.0
+FFHQ_MOUTH_FACTOR = 1.8
+ZOOM_JITTER = 0.04  # relative jitter of the crop size
+SHIFT_JITTER = 0.03  # jitter of the crop centre, in NDC units (the image spans [-1, 1])
 AMBIENT_RANGE = (1.05, 1.35)  # band-0 SH light strength
 DIRECTIONAL_RANGE = (0.2, 0.5)  # band-1 SH light strength
 TALKING_MOUTH_CYCLES = 4  # mouth open/close cycles over the talking-head sequence
@@ -57,8 +62,8 @@ class SceneParams:
     appearance: np.ndarray  # [B, n_appearance]
     expression: np.ndarray  # [B, n_expr]
     pose: np.ndarray  # [B, 15] FLAME pose (axis-angle)
-    cam_scale: np.ndarray  # [B]
-    cam_translation: np.ndarray  # [B, 2]
+    zoom: np.ndarray  # [B] relative crop-size jitter around 1
+    shift: np.ndarray  # [B, 2] crop-centre jitter, NDC units
     sh: np.ndarray  # [B, 9, 3]
     background: np.ndarray  # [B, 2, 3] top and bottom colours of a vertical gradient, in [0, 1]
 
@@ -110,10 +115,8 @@ class HeadWorld:
 
     def sample_scene(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         """Per-image camera jitter, SH lighting and background colours."""
-        cam_scale = CAMERA_SCALE * (1.0 + rng.uniform(-SCALE_JITTER, SCALE_JITTER, n))
-        cam_translation = np.stack(
-            [rng.uniform(-SHIFT_JITTER, SHIFT_JITTER, n), CAMERA_TY + rng.uniform(-SHIFT_JITTER, SHIFT_JITTER, n)], axis=1
-        )
+        zoom = 1.0 + rng.uniform(-ZOOM_JITTER, ZOOM_JITTER, n)
+        shift = rng.uniform(-SHIFT_JITTER, SHIFT_JITTER, (n, 2))
         sh = np.zeros((n, 9, 3))
         ambient = rng.uniform(*AMBIENT_RANGE, n)[:, None] * rng.uniform(0.9, 1.1, (n, 3))
         sh[:, 0, :] = ambient
@@ -124,8 +127,8 @@ class HeadWorld:
         sh[:, 1:4, :] = (direction * strength[:, None])[:, :, None]
         background = rng.uniform(0.05, 0.95, (n, 2, 3))
         return dict(
-            cam_scale=cam_scale.astype(np.float32),
-            cam_translation=cam_translation.astype(np.float32),
+            zoom=zoom.astype(np.float32),
+            shift=shift.astype(np.float32),
             sh=sh.astype(np.float32),
             background=background.astype(np.float32),
         )
@@ -134,15 +137,16 @@ class HeadWorld:
     @torch.no_grad()
     def render(self, params: SceneParams, progress: str | None = None) -> dict[str, np.ndarray]:
         """Render ``params`` -> uint8 images [B, H, W, 3], head masks uint8 [B, H, W] (1 = head),
-        2D landmarks [B, 68, 2] (pixels) and 3D landmarks [B, 68, 3]."""
-        images, masks, lmk2d, lmk3d = [], [], [], []
+        2D landmarks [B, 68, 2] (pixels), 3D landmarks [B, 68, 3] and the orthographic camera
+        actually used (``cam_scale`` [B], ``cam_translation`` [B, 2]; see :func:`aligned_camera`)."""
+        images, masks, lmk2d, lmk3d, scales, translations = [], [], [], [], [], []
         starts = range(0, len(params), RENDER_BATCH)
         for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
             batch = params.take(np.arange(start, min(start + RENDER_BATCH, len(params))))
             out = self.flame(
                 torch.from_numpy(batch.shape), torch.from_numpy(batch.expression), torch.from_numpy(batch.pose)
             )
-            camera = OrthoCamera(torch.from_numpy(batch.cam_scale), torch.from_numpy(batch.cam_translation))
+            camera = aligned_camera(out.landmarks, torch.from_numpy(batch.zoom), torch.from_numpy(batch.shift))
             albedo = self.appearance.albedo(torch.from_numpy(batch.appearance))
             rendered = self.renderer(
                 out.vertices,
@@ -156,12 +160,34 @@ class HeadWorld:
             masks.append(rendered.mask[:, 0].to(torch.uint8).numpy())
             lmk2d.append(landmarks_to_pixels(out.landmarks, camera, self.image_size).numpy())
             lmk3d.append(out.landmarks.numpy())
+            scales.append(camera.scale.numpy())
+            translations.append(camera.translation.numpy())
         return dict(
             images=np.concatenate(images),
             masks=np.concatenate(masks),
             landmarks_2d=np.concatenate(lmk2d).astype(np.float32),
             landmarks_3d=np.concatenate(lmk3d).astype(np.float32),
+            cam_scale=np.concatenate(scales).astype(np.float32),
+            cam_translation=np.concatenate(translations).astype(np.float32),
         )
+
+
+def aligned_camera(landmarks: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor) -> OrthoCamera:
+    """The orthographic camera that frames landmarks [B, 68, 3] like an FFHQ-aligned crop, with jitter.
+
+    ``x_ndc = s * (x + t_x)``: the crop centre c maps to ``shift`` and the half side to ``1 / zoom``.
+    """
+    xy = landmarks[..., :2]
+    eye_right = xy[:, list(lmk.RIGHT_EYE)].mean(1)
+    eye_left = xy[:, list(lmk.LEFT_EYE)].mean(1)
+    eye_avg = (eye_left + eye_right) / 2
+    mouth_avg = (xy[:, lmk.MOUTH_CORNERS[0]] + xy[:, lmk.MOUTH_CORNERS[1]]) / 2
+    eye_to_eye = eye_left - eye_right
+    eye_to_mouth = mouth_avg - eye_avg
+    centre = eye_avg + FFHQ_CENTRE_SHIFT * eye_to_mouth
+    half_side = torch.maximum(FFHQ_EYE_FACTOR * eye_to_eye.norm(dim=1), FFHQ_MOUTH_FACTOR * eye_to_mouth.norm(dim=1))
+    scale = zoom / half_side
+    return OrthoCamera(scale, shift / scale[:, None] - centre)
 
 
 def make_pose(yaw, pitch, roll, jaw, gaze) -> np.ndarray:
@@ -239,8 +265,10 @@ def scene_table(params: SceneParams, rendered: dict[str, np.ndarray], split: str
     angles = posemod.head_pose_degrees(torch.from_numpy(params.pose)).numpy()
     columns.update(yaw_deg=angles[:, 0], pitch_deg=angles[:, 1], roll_deg=angles[:, 2])
     columns["jaw_deg"] = np.degrees(params.pose[:, posemod.JAW][:, 0])
-    columns["cam_scale"] = params.cam_scale
-    add("cam_t", params.cam_translation)
+    columns["zoom"] = params.zoom
+    add("shift", params.shift)
+    columns["cam_scale"] = rendered["cam_scale"]
+    add("cam_t", rendered["cam_translation"])
     add("sh", params.sh)
     add("appearance", params.appearance)
     add("background", params.background)
@@ -266,8 +294,8 @@ def table_to_params(table: pd.DataFrame) -> SceneParams:
         appearance=grab("appearance"),
         expression=grab("expr"),
         pose=grab("pose"),
-        cam_scale=table["cam_scale"].to_numpy(dtype=np.float32),
-        cam_translation=grab("cam_t"),
+        zoom=table["zoom"].to_numpy(dtype=np.float32),
+        shift=grab("shift"),
         sh=grab("sh").reshape(-1, 9, 3),
         background=grab("background").reshape(-1, 2, 3),
     )

@@ -116,9 +116,10 @@ APPEARANCE_MEANINGS = {
 APPEARANCE_PARAMETERS = tuple(APPEARANCE_MEANINGS)
 N_APPEARANCE = len(APPEARANCE_PARAMETERS)
 BALD_SAMPLE_POWER = 4.0  # hair_coverage = 1 - U^power: most heads have full hair, a few are balding
+SKIN_SAMPLE_POWER = 0.6  # skin_tone = U^power: the renderer shows albedo without gamma, so lean lighter
 
 # Colours (linear RGB in [0, 1]) that the appearance parameters blend between.
-SKIN_DARK, SKIN_LIGHT = (0.30, 0.18, 0.12), (0.93, 0.77, 0.67)
+SKIN_DARK, SKIN_LIGHT = (0.38, 0.24, 0.16), (0.93, 0.77, 0.67)
 SKIN_WARMTH_GAIN = (0.06, 0.02, -0.10)  # added per unit of (warmth - 0.5), times lightness
 LIP_RED = (0.72, 0.28, 0.30)
 HAIR_BLACK, HAIR_BROWN, HAIR_BLOND = (0.05, 0.04, 0.035), (0.30, 0.19, 0.11), (0.78, 0.64, 0.40)
@@ -271,8 +272,9 @@ class AppearanceModel:
                    torch.from_numpy(blush.astype(np.float32)))
 
     def sample(self, generator: torch.Generator, n: int) -> torch.Tensor:
-        """``n`` appearance vectors [n, N_APPEARANCE]: uniform in [0, 1], hair coverage mostly full."""
+        """``n`` appearance vectors [n, N_APPEARANCE]: uniform in [0, 1], skin leaning light, hair coverage mostly full."""
         params = torch.rand(n, N_APPEARANCE, generator=generator)
+        params[:, APPEARANCE_PARAMETERS.index("skin_tone")] **= SKIN_SAMPLE_POWER
         k = APPEARANCE_PARAMETERS.index("hair_coverage")
         params[:, k] = 1.0 - params[:, k] ** BALD_SAMPLE_POWER
         return params

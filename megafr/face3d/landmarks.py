@@ -24,6 +24,9 @@ EYELID_PAIRS = ((37, 41), (38, 40), (43, 47), (44, 46))
 LIP_PAIRS = ((50, 58), (51, 57), (52, 56), (61, 67), (62, 66), (63, 65))
 PAIRS = EYELID_PAIRS + LIP_PAIRS
 
+# Mouth corners (FFHQ's alignment takes the mouth position as their midpoint).
+MOUTH_CORNERS = (48, 54)
+
 # Outer eye corners, used to normalise landmark errors (inter-ocular NME).
 RIGHT_EYE_OUTER = 36
 LEFT_EYE_OUTER = 45
