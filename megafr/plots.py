@@ -64,10 +64,18 @@ def pose_histograms(table: pd.DataFrame, title: str):
     return fig
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Save a figure as PNG atomically and close it."""
-    path = Path(path)
-    with atomic_write(path, "wb") as handle:
+def message_figure(message: str):
+    """A small figure that only says ``message`` (for outputs that do not apply to a profile)."""
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=9)
+    return fig
+
+
+def save_figure(fig, path: str | Path):
+    """Save a figure as PNG atomically, close it (so pyplot holds no reference), and return it:
+    as a notebook cell's last expression it is still displayed."""
+    with atomic_write(Path(path), "wb") as handle:
         fig.savefig(handle, format="png", dpi=DPI)
     plt.close(fig)
-    return path
+    return fig

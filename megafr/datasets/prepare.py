@@ -225,8 +225,61 @@ def load_split(cfg: PrepareConfig, split: str) -> tuple[np.ndarray, pd.DataFrame
     return np.load(folder / "images.npy"), pd.read_parquet(folder / "meta.parquet")
 
 
-def sample_rows(table: pd.DataFrame, n: int) -> np.ndarray:
+def _sample_rows(table: pd.DataFrame, n: int) -> np.ndarray:
     """``n`` rows spread evenly over a table (one per identity first), for figures."""
     firsts = table.drop_duplicates("identity").index.to_numpy()
     rows = firsts if len(firsts) >= n else np.arange(len(table))
     return rows[np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int)]
+
+
+N_SAMPLES = 48  # images in the samples figure
+SAMPLE_COLUMNS = 12
+
+
+def samples_figure(cfg: PrepareConfig):
+    """A grid of training images (one per identity, SynthHeads) or of aligned photos (photos source)."""
+    from megafr import plots
+
+    if cfg.source == "synthetic":
+        images, table = load_split(cfg, "train")
+        rows = _sample_rows(table, N_SAMPLES)
+        titles = [f"id {i:.0f} yaw {y:+.0f}" for i, y in table.loc[rows, ["identity", "yaw_deg"]].to_numpy()]
+        return plots.image_grid(images[rows], SAMPLE_COLUMNS, f"SynthHeads training samples ({cfg.profile} world)",
+                                cell_titles=titles)
+    from megafr.imageio import load_image
+
+    files = sorted((cfg.data_dir / "photos" / "images").glob("*.png"))[:N_SAMPLES]
+    images = np.stack([load_image(f) for f in files]) if files else np.zeros((0, 8, 8, 3), np.uint8)
+    return plots.image_grid(images, SAMPLE_COLUMNS, f"Aligned photos ({cfg.profile} profile)",
+                            cell_titles=[f.stem for f in files])
+
+
+def poses_figure(cfg: PrepareConfig):
+    """Histograms of the sampled head poses (SynthHeads); photos have no pose ground truth."""
+    from megafr import plots
+
+    if cfg.source != "synthetic":
+        return plots.message_figure("Pose ground truth exists only in the synthetic worlds (mini, smoke).")
+    _, table = load_split(cfg, "train")
+    return plots.pose_histograms(table, title=f"SynthHeads training poses ({cfg.profile} world)")
+
+
+def head_model_figure(cfg: PrepareConfig):
+    """The synthetic head model: identities x expressions x yaw, photo and geometry mode."""
+    from megafr import plots
+    from megafr.face3d import headmodel
+
+    if cfg.source != "synthetic":
+        return plots.message_figure("The synthetic head model belongs to the mini and smoke worlds; "
+                                    "the paper profile uses FLAME 2020.")
+    folder = cfg.data_dir / "head_model"
+    files = headmodel.HeadModelFiles(folder / headmodel.MODEL_FILE, folder / headmodel.LANDMARK_FILE,
+                                     folder / headmodel.APPEARANCE_FILE)
+    return headmodel.head_model_figure(files)
+
+
+def yaw_table(cfg: PrepareConfig) -> pd.DataFrame:
+    """Yaw histogram records of the training split for ``dvc plots`` (empty for photos)."""
+    if cfg.source != "synthetic":
+        return pd.DataFrame({"yaw_deg": [], "count": []})
+    return yaw_histogram(load_split(cfg, "train")[1])

@@ -351,15 +351,12 @@ def _figure_params(n_identities: int, flame) -> tuple[torch.Tensor, torch.Tensor
     return tuple(torch.stack([r[k] for r in rows]) for k in range(3))
 
 
-def head_model_figure(files: HeadModelFiles, out_png, n_identities: int = 8) -> Path:
-    """Grid of rendered heads: identities x (expression x yaw), photo mode and geometry mode.
+def head_model_figure(files: HeadModelFiles, n_identities: int = 8):
+    """Grid of rendered heads: identities x (expression x yaw), photo mode and geometry mode -> a Figure.
 
     Each identity has two rows (photo above, geometry below); the columns are the
-    ``FIGURE_EXPRESSIONS`` at each of the ``FIGURE_YAWS``.
+    ``FIGURE_EXPRESSIONS`` at each of the ``FIGURE_YAWS``. Save it with ``megafr.plots.save_figure``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from megafr.face3d.flame import FLAME
@@ -403,8 +400,4 @@ def head_model_figure(files: HeadModelFiles, out_png, n_identities: int = 8) -> 
                     ax.set_ylabel(f"id {i}\n{'photo' if k == 0 else 'geometry'}", fontsize=7)
     fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.985))
     fig.suptitle("Synthetic FLAME-format head model: identities x expressions x yaw", fontsize=9, y=0.997)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return fig
