@@ -1,0 +1,98 @@
+"""E_FR, the MegaFR reenactment encoder, and F(x_s, r_t) (paper section 3.2, Fig. 2).
+
+E_FR is the pSp / e4e encoder with 6 input channels (``x_s`` concatenated with the target
+rendering ``r_t``), initialised from the inversion encoder: the 3 pretrained channels are
+copied and the 3 new ones start at zero (:func:`megafr.nets.encoders.expand_input_channels`).
+
+The residual latent. E_FR predicts W+ codes like the inversion encoder it starts from;
+the residual is ``delta = E_FR([x_s, r_t]) + latent_avg - w_s``, applied only on the edited
+layers (coarse + medium by default, paper section 3.2), fine layers untouched:
+
+    w_f = w_s + mask * delta,    x_f = G(w_f)
+
+Written this way, at initialisation (new channels zero, ``x_s = G(w_s)``) E_FR reproduces the
+inversion of ``x_s``, so the residual starts near zero instead of at an arbitrary code.
+Iterative refinement (eq. 9, inference only) feeds ``(x_f, w_f)`` back as the new source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from megafr.errors import InputError
+from megafr.nets.encoders import InversionNet, expand_input_channels, layer_groups
+
+EDIT_GROUPS = ("coarse", "medium")  # the paper's choice; "fine" adds colour layers (ablation)
+INPUT_CHANNELS = 6  # x_s (3) + r_t (3)
+
+
+def edit_layers(n_latent: int, groups: Sequence[str] = EDIT_GROUPS) -> tuple[int, ...]:
+    """W+ indices edited for the named layer groups (e.g. coarse + medium = 0..6 at 1024 px)."""
+    table = layer_groups(n_latent)
+    unknown = [g for g in groups if g not in table]
+    if unknown or not groups:
+        raise InputError(f"edit groups must be a non-empty subset of {tuple(table)}, got {tuple(groups)}")
+    return tuple(sorted(i for g in groups for i in table[g]))
+
+
+class Reenactment(NamedTuple):
+    image: torch.Tensor  # [B, 3, S, S] x_f in [-1, 1]
+    latent: torch.Tensor  # [B, L, D] w_f
+
+
+class MegaFR(nn.Module):
+    """F(x_s, r_t): E_FR + the frozen generator. Only ``self.encoder`` has trainable parameters."""
+
+    def __init__(
+        self,
+        inversion: InversionNet,  # pretrained e4e / pSp (3 channels); E_FR starts as its widened copy
+        generator: nn.Module,  # pretrained StyleGAN2 (frozen)
+        groups: Sequence[str] = EDIT_GROUPS,  # W+ layer groups the residual may change
+    ):
+        super().__init__()
+        source = inversion.encoder
+        encoder = type(source)(dataclasses.replace(source.config, input_nc=INPUT_CHANNELS))
+        encoder.load_state_dict(expand_input_channels(source.state_dict(), INPUT_CHANNELS))
+        self.encoder = encoder
+        self.generator = generator.requires_grad_(False).eval()
+        self.register_buffer("latent_avg", inversion.latent_avg.clone())
+        n_latent = self.latent_avg.shape[0]
+        mask = torch.zeros(n_latent, 1)
+        mask[list(edit_layers(n_latent, groups))] = 1.0
+        self.register_buffer("edit_mask", mask)  # [L, 1]
+        self.groups = tuple(groups)
+
+    def noise(self) -> list[torch.Tensor]:
+        """The generator's fixed noise maps, so that reenactment is deterministic."""
+        return [getattr(self.generator.noises, f"noise_{i}") for i in range(self.generator.num_layers)]
+
+    def synthesize(self, w: torch.Tensor) -> torch.Tensor:
+        """W+ [B, L, D] -> image [B, 3, S, S] with the fixed noise."""
+        return self.generator.synthesis(w, noise=self.noise())
+
+    def residual(self, x_s: torch.Tensor, r_t: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:
+        """The masked residual ``mask * (E_FR([x_s, r_t]) + latent_avg - w_s)`` [B, L, D]."""
+        if x_s.shape != r_t.shape or x_s.ndim != 4 or x_s.shape[1] != 3:
+            raise InputError(f"x_s and r_t must both be [B, 3, S, S], got {tuple(x_s.shape)} and {tuple(r_t.shape)}")
+        if w_s.shape[1:] != self.latent_avg.shape:
+            raise InputError(f"w_s must be [B, {self.latent_avg.shape[0]}, {self.latent_avg.shape[1]}], got {tuple(w_s.shape)}")
+        predicted = self.encoder(torch.cat([x_s, r_t], dim=1)) + self.latent_avg  # [B, L, D]
+        return self.edit_mask * (predicted - w_s)
+
+    def forward(self, x_s: torch.Tensor, r_t: torch.Tensor, w_s: torch.Tensor) -> Reenactment:
+        """One application of F: source image and its code, target rendering -> (x_f, w_f)."""
+        w_f = w_s + self.residual(x_s, r_t, w_s)
+        return Reenactment(self.synthesize(w_f), w_f)
+
+    def refine(self, x_s: torch.Tensor, r_t: torch.Tensor, w_s: torch.Tensor, refine_steps: int = 1) -> Reenactment:
+        """F applied ``1 + refine_steps`` times, each output fed back as the source (eq. 9, inference only)."""
+        if refine_steps < 0:
+            raise InputError(f"refine_steps must be >= 0, got {refine_steps}")
+        out = self(x_s, r_t, w_s)
+        for _ in range(refine_steps):
+            out = self(out.image, r_t, out.latent)
+        return out
