@@ -120,11 +120,11 @@ def check_images(images: torch.Tensor, image_size: int, name: str = "images") ->
                          f"network was built for), got {tuple(images.shape)}; resize/convert the images to RGB "
                          f"{image_size}x{image_size}")
     if images.shape[0] == 0:
-        raise InputError(f"{name}: the batch is empty; pass at least one image")
+        raise InputError(f"{name}: expected at least one image, got an empty batch {tuple(images.shape)}")
     with torch.no_grad():
         low, high = float(images.min()), float(images.max())
     if not (math.isfinite(low) and math.isfinite(high)) or low < -1 - IMAGE_RANGE_TOLERANCE or high > 1 + IMAGE_RANGE_TOLERANCE:
-        raise InputError(f"{name}: values must lie in [-1, 1], got [{low:.4g}, {high:.4g}]; images in [0, 1] need "
+        raise InputError(f"{name}: expected values in [-1, 1], got [{low:.4g}, {high:.4g}]; images in [0, 1] need "
                          "x * 2 - 1, images in [0, 255] need x / 127.5 - 1")
 
 

@@ -305,8 +305,10 @@ def _resume_key(cfg: TrainConfig) -> dict:
     return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUME_FREE_FIELDS}
 
 
-def _write_checkpoint(path: Path, model: FaceModel, optimizer, step: int, cfg: TrainConfig, curve: list) -> None:
+def _write_checkpoint(path: Path, model: FaceModel, optimizer, step: int, cfg: TrainConfig, curve: list,
+                      window: dict) -> None:
     extra = {
+        "window": window,  # loss values of the unfinished curve row
         "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(),
         "train_config": asdict(cfg),
@@ -357,17 +359,17 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
     optimizer = torch.optim.Adam(model.net.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
     loss_fn = Face3dLoss(cfg)
     path = cfg.checkpoint_path
-    start, curve = 0, []
+    start, curve, window = 0, [], {}
     saved = _try_resume(path, cfg)
     if saved is not None:
         model.net.load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["rng"])
         start, curve = int(saved["step"]), list(saved["curve"])
+        window = {name: list(values) for name, values in saved.get("window", {}).items()}
     log_every = max(cfg.sil_every, cfg.sil_every * (cfg.steps // (CURVE_POINTS * cfg.sil_every)))
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     model.net.train()
-    window: dict[str, list[float]] = {}
     began = time.perf_counter()
     for step in tqdm(range(start, end), desc="train_face3d", initial=start, total=cfg.steps, disable=not progress,
                      leave=False):
@@ -390,7 +392,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
                           **{name: float(np.mean(values)) for name, values in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            _write_checkpoint(path, model, optimizer, step + 1, cfg, curve)
+            _write_checkpoint(path, model, optimizer, step + 1, cfg, curve, window)
     seconds = time.perf_counter() - began
     model.eval()
     return TrainResult(model, pd.DataFrame(curve).reindex(columns=["step", "lr", "total", *LOSS_TERMS]).fillna(0.0),

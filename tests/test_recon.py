@@ -1,0 +1,236 @@
+"""Tests of the 3D face reconstruction network and its training (megafr.face3d.recon / train).
+
+Tiny worlds only: a freshly written synthetic head model, a handful of SynthHeads images at
+32 px rendered here, a 4-channel network and a few steps.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from megafr.config import build_config
+from megafr.datasets import synthheads as sh
+from megafr.errors import CheckpointError, InputError, MissingFileError
+from megafr.face3d import headmodel
+from megafr.face3d import landmarks as lmk
+from megafr.face3d.recon import (
+    FaceModel, FaceParams, ReconConfig, images_from_uint8, load_face_model, read_checkpoint,
+)
+from megafr.face3d.render import ndc_to_pixels
+from megafr.face3d.train import (
+    LandmarkSet, TrainConfig, batch_indices, build_model, evaluate, landmark_nme, learning_rate,
+    load_landmark_set, pixels_to_ndc, reconstruction_figure, silhouette_loss, train_face3d, weighted_landmark_loss,
+)
+from megafr.stage import numeric_leaves
+
+SIZE = 32
+CAM_SCALE_INIT = 8.0  # rough framing of SynthHeads crops (NDC units per metre)
+
+
+def _write_split(world, folder, identities, per_identity, seed):
+    from megafr.datasets.prepare import save_array, save_table
+
+    params = sh.sample_split(world, np.random.default_rng(seed), identities, per_identity, (40.0, 20.0, 10.0))
+    rendered = world.render(params)
+    save_array(folder / "images.npy", rendered["images"])
+    save_array(folder / "masks.npy", rendered["masks"])
+    save_table(folder / "meta.parquet", sh.scene_table(params, rendered, folder.name))
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("face3d")
+    files = headmodel.write_head_model(root / "head_model")
+    world = sh.HeadWorld(files.model_path, files.landmark_path, SIZE)
+    _write_split(world, root / "train", np.arange(3), 4, seed=1)
+    _write_split(world, root / "test", 3 + np.arange(2), 3, seed=2)
+    return root
+
+
+def _config(root, out, **overrides) -> TrainConfig:
+    values = dict(
+        profile="smoke", seed=0, model_path=str(root / "head_model" / headmodel.MODEL_FILE),
+        landmark_path=str(root / "head_model" / headmodel.LANDMARK_FILE), data_dir=str(root), source="synthetic",
+        image_size=SIZE, input_size=SIZE, n_shape=headmodel.N_IDENTITY, n_expr=headmodel.N_EXPRESSION, width=4,
+        cam_scale_init=CAM_SCALE_INIT, cam_ty_init=0.0, steps=6, batch_size=4, lr=1e-3, lambda_lmk=1.0,
+        lambda_eye=3.0, lambda_mouth=2.0, lambda_sil=0.5, sil_every=2, sil_size=16, sil_batch=2, sil_sigma=1.0,
+        lambda_shape=1e-3, lambda_expr=1e-3, lambda_pose=1e-3, checkpoint_every=2, threads=0, out_dir=str(out),
+    )
+    values.update(overrides)
+    return build_config(TrainConfig, values)
+
+
+@pytest.fixture(scope="module")
+def model(world_dir, tmp_path_factory):
+    return build_model(_config(world_dir, tmp_path_factory.mktemp("m"))).eval()
+
+
+@pytest.fixture(scope="module")
+def train_set(world_dir, tmp_path_factory):
+    return load_landmark_set(_config(world_dir, tmp_path_factory.mktemp("d")), "train")
+
+
+def test_shapes_of_reconstruction_and_geometry_image(model, train_set):
+    images = images_from_uint8(train_set.images[:2])
+    rec = model.reconstruct(images)
+    p = rec.params
+    assert p.shape.shape == (2, headmodel.N_IDENTITY) and p.expression.shape == (2, headmodel.N_EXPRESSION)
+    assert p.pose.shape == (2, 15) and p.cam_scale.shape == (2,) and p.cam_translation.shape == (2, 2)
+    assert torch.all(p.pose[:, 3:6] == 0), "the neck rotation must stay zero"
+    assert torch.all(p.cam_scale > 0)
+    assert rec.landmarks_3d.shape == (2, 68, 3) and rec.landmarks_2d.shape == (2, 68, 2)
+    assert rec.vertices.shape[0] == 2 and rec.vertices.shape[2] == 3
+    geometry = model.render_geometry(p.shape, p.expression, p.pose, p.camera)
+    assert geometry.shape == (2, 3, SIZE, SIZE)
+    assert geometry.min() >= -1 and geometry.max() <= 1 and geometry.std() > 0
+
+
+def test_landmark_fast_path_equals_flame(model):
+    g = torch.Generator().manual_seed(3)
+    shape = torch.randn(5, model.config.n_shape, generator=g)
+    expression = torch.rand(5, model.config.n_expr, generator=g)
+    pose = torch.randn(5, 15, generator=g) * 0.3
+    full = model.flame(shape, expression, pose).landmarks
+    fast = model.landmark_flame(shape, expression, pose)
+    assert torch.allclose(full, fast, atol=1e-6)
+
+
+def test_training_targets_share_the_models_projection(model, train_set):
+    """The stored 2D landmarks are what the model projects from the true parameters (same camera convention)."""
+    table = train_set.table
+    grab = lambda prefix: torch.tensor(table[[c for c in table.columns if c.startswith(prefix)]].to_numpy(np.float32))  # noqa: E731
+    params = FaceParams(grab("shape_"), grab("expr_"), grab("pose_"), torch.tensor(table["cam_scale"].to_numpy(np.float32)),
+                        grab("cam_t_"))
+    _, ndc = model.landmarks(params)
+    assert torch.allclose(ndc, torch.from_numpy(train_set.landmarks), atol=1e-4)
+    pixels = ndc_to_pixels(ndc, SIZE).numpy()
+    assert np.allclose(pixels_to_ndc(pixels, SIZE), train_set.landmarks, atol=1e-4)
+
+
+def test_weighted_landmark_loss_known_values():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 68, 2, generator=g)
+    weights = torch.tensor(lmk.landmark_weights(3.0, 2.0))
+    assert weighted_landmark_loss(target, target, weights) == 0
+    offset = torch.tensor([0.3, -0.1])
+    assert torch.isclose(weighted_landmark_loss(target + offset, target, weights), torch.tensor(0.2))
+    # One eye landmark off by (0.4, 0): 3 * 0.2 / sum(w); sum(w) = 36*1 + 12*3 + 20*2 = 112.
+    moved = target.clone()
+    moved[:, lmk.RIGHT_EYE[1], 0] += 0.4
+    assert float(weights.sum()) == 112.0
+    assert torch.isclose(weighted_landmark_loss(moved, target, weights), torch.tensor(3 * 0.2 / 112))
+    with pytest.raises(ValueError):
+        weighted_landmark_loss(target[:, :10], target[:, :10], weights)
+
+
+def test_silhouette_loss_and_nme_known_values():
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :] = 1
+    assert silhouette_loss(mask, mask) == 0
+    assert silhouette_loss(torch.ones_like(mask), mask) == 0.5
+    target = np.zeros((1, 68, 2))
+    target[0, lmk.LEFT_EYE_OUTER, 0] = 2.0  # inter-ocular distance 2
+    assert np.isclose(landmark_nme(target + [0.3, 0.4], target)[0], 0.25)
+
+
+def test_gradients_reach_the_input_image(model, train_set):
+    images = images_from_uint8(train_set.images[:2]).requires_grad_(True)
+    rec = model.reconstruct(images, with_vertices=False)
+    (rec.landmarks_3d.sum() + rec.landmarks_2d.sum()).backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bad, words", [
+    (torch.zeros(1, 3, 16, 16), "shape"),
+    (torch.zeros(1, 1, SIZE, SIZE), "RGB"),
+    (torch.zeros(1, 4, SIZE, SIZE), "RGB"),
+    (torch.zeros(1, 3, SIZE, SIZE, dtype=torch.uint8), "dtype"),
+    (torch.full((1, 3, SIZE, SIZE), 200.0), "[-1, 1]"),
+    (torch.zeros(0, 3, SIZE, SIZE), "empty"),
+    (np.zeros((1, 3, SIZE, SIZE), np.float32), "torch.Tensor"),
+])
+def test_bad_images_are_refused(model, bad, words):
+    with pytest.raises(InputError) as info:
+        model.reconstruct(bad)
+    message = str(info.value)
+    assert words in message and "got" in message and "expected" in message, message
+
+
+def test_config_errors(world_dir, tmp_path):
+    with pytest.raises(InputError, match="lambda_sil must be 0"):
+        _config(world_dir, tmp_path, source="photos", lambda_sil=1.0)
+    with pytest.raises(InputError, match="input_size"):
+        _config(world_dir, tmp_path, input_size=48)
+    with pytest.raises(MissingFileError, match="prepare"):
+        load_landmark_set(_config(world_dir, tmp_path, data_dir=str(tmp_path)), "train")
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    first = [batch_indices(5, step, 10, 4) for step in range(5)]
+    assert all(np.array_equal(a, batch_indices(5, s, 10, 4)) for s, a in enumerate(first))
+    flat = np.concatenate(first)  # 20 positions = two epochs of 10
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert not np.array_equal(flat[:10], flat[10:])
+    assert not np.array_equal(batch_indices(6, 0, 10, 4), first[0])
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig.__new__(TrainConfig)
+    object.__setattr__(cfg, "lr", 1.0)
+    object.__setattr__(cfg, "steps", 100)
+    rates = [learning_rate(cfg, k) for k in range(100)]
+    assert max(rates) == pytest.approx(1.0) and rates[0] < rates[4] and rates[-1] < 1e-3
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(world_dir, train_set, tmp_path):
+    straight = _config(world_dir, tmp_path / "a")
+    whole = train_face3d(straight, train_set, progress=False)
+    broken = _config(world_dir, tmp_path / "b")
+    first = train_face3d(broken, train_set, progress=False, stop_after=3)
+    assert first.steps_run == 3 and read_checkpoint(broken.checkpoint_path)["step"] == 3
+    second = train_face3d(broken, train_set, progress=False)
+    assert second.resumed_from == 3 and second.steps_run == 3
+    a, b = whole.model.net.state_dict(), second.model.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert whole.curve.equals(second.curve)
+    again = train_face3d(straight, train_set, progress=False)  # a finished checkpoint: nothing left to run
+    assert again.steps_run == 0
+    changed = train_face3d(replace(straight, lr=2e-3), train_set, progress=False, stop_after=1)
+    assert changed.resumed_from == 0, "a checkpoint of other settings must not be resumed"
+
+
+def test_checkpoint_round_trip(world_dir, train_set, tmp_path):
+    cfg = _config(world_dir, tmp_path, steps=2)
+    result = train_face3d(cfg, train_set, progress=False)
+    data = read_checkpoint(cfg.checkpoint_path)
+    assert {"state_dict", "config", "step", "optimizer"} <= set(data) and data["step"] == 2
+    loaded = load_face_model(cfg.checkpoint_path)
+    images = images_from_uint8(train_set.images[:3])
+    with torch.no_grad():
+        assert torch.allclose(loaded.reconstruct(images).landmarks_2d, result.model.reconstruct(images).landmarks_2d)
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="state_dict"):
+        load_face_model(tmp_path / "other.pt")
+    with pytest.raises(MissingFileError, match="train_face3d"):
+        load_face_model(tmp_path / "absent.pt")
+
+
+def test_training_lowers_the_landmark_loss(world_dir, train_set, tmp_path):
+    cfg = _config(world_dir, tmp_path, steps=40, lr=3e-3, width=8, lambda_sil=0.0, checkpoint_every=40)
+    curve = train_face3d(cfg, train_set, progress=False).curve
+    assert curve["lmk"].iloc[-1] < 0.7 * curve["lmk"].iloc[0]
+
+
+def test_evaluate_and_figure(world_dir, model, tmp_path):
+    test = load_landmark_set(_config(world_dir, tmp_path), "test")
+    metrics = numeric_leaves(evaluate(model, test))
+    for key in ("nme_percent", "eye_opening_error_mm", "mouth_opening_error_mm", "yaw_error_deg", "pitch_error_deg",
+                "roll_error_deg", "expression_error", "shape_error", "shape_vertex_error_mm"):
+        assert key in metrics and metrics[key] >= 0
+    assert metrics["images"] == len(test)
+    photos_like = LandmarkSet(test.images, test.landmarks, None, test.table[["identity"]])
+    assert set(evaluate(model, photos_like)) == {"images", "nme_percent", "nme_percent_median"}
+    fig = reconstruction_figure(model, test, np.arange(3), "test")
+    assert len(fig.axes) == 6
