@@ -28,22 +28,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from megafr.face3d import headmodel, landmarks as lmk, pose as posemod
+from megafr.face3d import headmodel, pose as posemod
+from megafr.face3d.framing import aligned_camera
 from megafr.face3d.flame import FLAME
-from megafr.face3d.render import OrthoCamera, Renderer
+from megafr.face3d.render import OrthoCamera, Renderer, ndc_to_pixels, project
 
-# Sampling constants (documented in the data set card, docs/synthheads.md).
+# Sampling constants: together they define the SynthHeads distribution.
 EXPRESSION_ACTIVE_PROB = 0.35  # each expression component is active in an image with this probability
 JAW_OPEN_PROB = 0.5  # probability that the mouth is open
 MAX_JAW_DEG = 22.0  # largest jaw opening, degrees about the x axis
 MAX_GAZE_DEG = 15.0  # largest eye rotation, degrees (both eyes together)
-# The camera frames every face the way FFHQ's alignment crops photos (megafr.datasets.align):
-# the crop is centred at eye_avg + FFHQ_CENTRE_SHIFT * eye_to_mouth, and its half side is
-# max(FFHQ_EYE_FACTOR * |eye_to_eye|, FFHQ_MOUTH_FACTOR * |eye_to_mouth|), measured on the projected
-# landmarks; unlike FFHQ the crop is not rotated, so roll stays visible.
-FFHQ_CENTRE_SHIFT = 0.1
-FFHQ_EYE_FACTOR = 2.0
-FFHQ_MOUTH_FACTOR = 1.8
 ZOOM_JITTER = 0.04  # relative jitter of the crop size
 SHIFT_JITTER = 0.03  # jitter of the crop centre, in NDC units (the image spans [-1, 1])
 AMBIENT_RANGE = (1.05, 1.35)  # band-0 SH light strength
@@ -172,23 +166,6 @@ class HeadWorld:
         )
 
 
-def aligned_camera(landmarks: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor) -> OrthoCamera:
-    """The orthographic camera that frames landmarks [B, 68, 3] like an FFHQ-aligned crop, with jitter.
-
-    ``x_ndc = s * (x + t_x)``: the crop centre c maps to ``shift`` and the half side to ``1 / zoom``.
-    """
-    xy = landmarks[..., :2]
-    eye_right = xy[:, list(lmk.RIGHT_EYE)].mean(1)
-    eye_left = xy[:, list(lmk.LEFT_EYE)].mean(1)
-    eye_avg = (eye_left + eye_right) / 2
-    mouth_avg = (xy[:, lmk.MOUTH_CORNERS[0]] + xy[:, lmk.MOUTH_CORNERS[1]]) / 2
-    eye_to_eye = eye_left - eye_right
-    eye_to_mouth = mouth_avg - eye_avg
-    centre = eye_avg + FFHQ_CENTRE_SHIFT * eye_to_mouth
-    half_side = torch.maximum(FFHQ_EYE_FACTOR * eye_to_eye.norm(dim=1), FFHQ_MOUTH_FACTOR * eye_to_mouth.norm(dim=1))
-    scale = zoom / half_side
-    return OrthoCamera(scale, shift / scale[:, None] - centre)
-
 
 def make_pose(yaw, pitch, roll, jaw, gaze) -> np.ndarray:
     """FLAME pose [n, 15] from head yaw/pitch/roll [n], jaw opening [n] and gaze [n, 2] (yaw, pitch), radians."""
@@ -219,8 +196,6 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def landmarks_to_pixels(landmarks: torch.Tensor, camera: OrthoCamera, size: int) -> torch.Tensor:
     """3D landmarks [B, 68, 3] -> pixel coordinates [B, 68, 2] (x right, y down)."""
-    from megafr.face3d.render import ndc_to_pixels, project
-
     return ndc_to_pixels(project(landmarks, camera)[..., :2], size)
 
 
