@@ -27,7 +27,8 @@ from megafr.errors import InputError
 from megafr.nets.encoders import InversionNet, expand_input_channels, layer_groups
 
 EDIT_GROUPS = ("coarse", "medium")  # the paper's choice; "fine" adds colour layers (ablation)
-INPUT_CHANNELS = 6  # x_s (3) + r_t (3)
+IMAGE_CHANNELS = 3  # x_s
+RENDER_CHANNELS = 3  # r_t, the shaded geometry image (the paper's input: 3 + 3 = 6 channels)
 
 
 def edit_layers(n_latent: int, groups: Sequence[str] = EDIT_GROUPS) -> tuple[int, ...]:
@@ -52,11 +53,14 @@ class MegaFR(nn.Module):
         inversion: InversionNet,  # pretrained e4e / pSp (3 channels); E_FR starts as its widened copy
         generator: nn.Module,  # pretrained StyleGAN2 (frozen)
         groups: Sequence[str] = EDIT_GROUPS,  # W+ layer groups the residual may change
+        condition_channels: int = RENDER_CHANNELS,  # channels of the target condition (r_t; more for the params baseline)
     ):
         super().__init__()
         source = inversion.encoder
-        encoder = type(source)(dataclasses.replace(source.config, input_nc=INPUT_CHANNELS))
-        encoder.load_state_dict(expand_input_channels(source.state_dict(), INPUT_CHANNELS))
+        channels = IMAGE_CHANNELS + condition_channels
+        encoder = type(source)(dataclasses.replace(source.config, input_nc=channels))
+        encoder.load_state_dict(expand_input_channels(source.state_dict(), channels))
+        self.condition_channels = condition_channels
         self.encoder = encoder
         self.generator = generator.requires_grad_(False).eval()
         self.register_buffer("latent_avg", inversion.latent_avg.clone())
@@ -76,8 +80,9 @@ class MegaFR(nn.Module):
 
     def residual(self, x_s: torch.Tensor, r_t: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:
         """The masked residual ``mask * (E_FR([x_s, r_t]) + latent_avg - w_s)`` [B, L, D]."""
-        if x_s.shape != r_t.shape or x_s.ndim != 4 or x_s.shape[1] != 3:
-            raise InputError(f"x_s and r_t must both be [B, 3, S, S], got {tuple(x_s.shape)} and {tuple(r_t.shape)}")
+        if x_s.ndim != 4 or x_s.shape[1] != IMAGE_CHANNELS or r_t.shape != (x_s.shape[0], self.condition_channels, *x_s.shape[2:]):
+            raise InputError(f"x_s must be [B, 3, S, S] and the condition [B, {self.condition_channels}, S, S], "
+                             f"got {tuple(x_s.shape)} and {tuple(r_t.shape)}")
         if w_s.shape[1:] != self.latent_avg.shape:
             raise InputError(f"w_s must be [B, {self.latent_avg.shape[0]}, {self.latent_avg.shape[1]}], got {tuple(w_s.shape)}")
         predicted = self.encoder(torch.cat([x_s, r_t], dim=1)) + self.latent_avg  # [B, L, D]

@@ -1,0 +1,261 @@
+"""Training E_FR (paper section 3.3): only the encoder learns; everything else is frozen.
+
+One training step, for a batch of source photos ``x_real`` and target photos ``x_t``:
+
+1. invert the sources with the frozen inversion encoder: ``w_s = E_inv(x_real)``, ``x_s = G(w_s)``;
+2. measure FLAME parameters with the frozen 3D face network: ``beta_s, psi_s, theta_s`` on ``x_s``,
+   ``psi_t, theta_t`` on ``x_t``;
+3. render the target geometry ``r_t = R(FLAME(beta_s, psi_t, theta_t))`` and the source's own
+   ``r_s = R(FLAME(beta_s, psi_s, theta_s))``, each framed like an FFHQ crop
+   (:func:`megafr.face3d.framing.aligned_camera`);
+4. ``x_f, w_f = F(x_s, r_t)``; the six losses of :mod:`megafr.reenact.losses`, where the target
+   landmarks ``p_t`` are FLAME(beta_s, psi_t, theta_t)'s (what r_t shows) and ``p_f`` the 3D
+   network's landmarks of ``x_f`` (gradients flow through the frozen 3D network into ``x_f``).
+
+The parameter-fed baseline (``condition="params"``) replaces ``r_t`` by the raw target parameters
+(expression and the non-neck pose) tiled as constant image channels; everything else is the same.
+
+Checkpoints ``{"state_dict", "config", "step", "optimizer", "rng"}`` are written atomically every
+``checkpoint_every`` steps; the data order is a function of (seed, step), so a resumed run ends
+with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from megafr.config import require, study_path
+from megafr.errors import CheckpointError, MissingFileError
+from megafr.face3d.framing import aligned_camera
+from megafr.face3d.pose import GLOBAL, JAW, LEFT_EYE, RIGHT_EYE
+from megafr.face3d.recon import FaceModel, load_face_model
+from megafr.fileio import atomic_path
+from megafr.imageio import images_to_tensor
+from megafr.nets import checkpoints
+from megafr.reenact import losses
+from megafr.reenact.model import RENDER_CHANNELS, MegaFR
+
+CONDITIONS = ("render", "params")
+ENCODERS = ("e4e", "psp")
+CONDITION_POSE = (GLOBAL, JAW, LEFT_EYE, RIGHT_EYE)  # pose parts fed to the params baseline (neck is zero)
+LOSS_NAMES = ("id", "lmk", "pair", "cyc", "self", "latent")
+
+
+@dataclass(frozen=True)
+class ReenactConfig:
+    profile: str  # world that produced the data (labels outputs)
+    seed: int  # seed of the data order and initialisation
+    steps: int  # optimisation steps
+    batch_size: int  # source/target pairs per step
+    lr: float  # Adam learning rate of E_FR
+    encoder: str  # inversion encoder E_FR starts from: "e4e" or "psp"
+    condition: str  # "render" (MegaFR: r_t) or "params" (baseline: raw FLAME parameters)
+    edit_groups: str  # comma-separated W+ groups the residual edits ("coarse,medium" in the paper)
+    lambda_id: float  # L_ID weight (eq. 3)
+    lambda_lmk: float  # L_lmk weight (eq. 4)
+    lambda_pair: float  # L_pair weight (eq. 5)
+    lambda_cyc: float  # L_cyc weight (eq. 6)
+    lambda_self: float  # L_self weight (eq. 7)
+    lambda_latent: float  # L_latent weight (eq. 8)
+    lambda_l2: float  # pixel L2 inside L_rec
+    lambda_lpips: float  # LPIPS inside L_rec (used only where its backbone weights exist)
+    lambda_rec_id: float  # identity term inside L_rec
+    checkpoint_every: int  # steps between checkpoints
+    generator_path: str  # StyleGAN2 file (rosinality layout)
+    inversion_path: str  # e4e or pSp file (official layout)
+    latent_d_path: str  # file holding e4e's discriminator_state_dict (the e4e file)
+    face3d_path: str  # train_face3d checkpoint
+    idnet_path: str  # ArcFace IR-SE file
+    model_path: str  # FLAME-format model
+    landmark_path: str  # its landmark embedding
+    train_images: str  # uint8 [N, S, S, 3] .npy of training photos (SynthHeads train split)
+    out_dir: str  # where checkpoints go
+
+    def __post_init__(self):
+        require(self.steps >= 0, f"train_reenact.steps must be >= 0, got {self.steps}")
+        require(self.batch_size >= 1, f"train_reenact.batch_size must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, f"train_reenact.lr must be positive, got {self.lr}")
+        require(self.encoder in ENCODERS, f"train_reenact.encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        require(self.condition in CONDITIONS, f"train_reenact.condition must be one of {CONDITIONS}, got {self.condition!r}")
+        require(self.checkpoint_every >= 1, f"train_reenact.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        for name in LOSS_NAMES + ("l2", "lpips", "rec_id"):
+            value = getattr(self, f"lambda_{name}")
+            require(value >= 0, f"train_reenact.lambda_{name} must be >= 0, got {value}")
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(g.strip() for g in self.edit_groups.split(",") if g.strip())
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {name: getattr(self, f"lambda_{name}") for name in LOSS_NAMES}
+
+
+class Frozen(NamedTuple):
+    """The networks MegaFR trains against; none of them learns."""
+
+    generator: torch.nn.Module
+    inversion: torch.nn.Module
+    face: FaceModel
+    idnet: torch.nn.Module
+    latent_d: Optional[torch.nn.Module]
+    lpips: Optional[torch.nn.Module]
+
+
+def _freeze(module: Optional[torch.nn.Module]):
+    return None if module is None else module.requires_grad_(False).eval()
+
+
+def load_frozen(cfg: ReenactConfig) -> Frozen:
+    """Load every frozen network named by ``cfg`` (official file layouts, mini or paper)."""
+    generator, _ = checkpoints.load_stylegan2(study_path(cfg.generator_path))
+    loader = checkpoints.load_e4e if cfg.encoder == "e4e" else checkpoints.load_psp
+    inversion = loader(study_path(cfg.inversion_path))
+    latent_d = checkpoints.load_latent_discriminator(study_path(cfg.latent_d_path)) if cfg.lambda_latent > 0 else None
+    face = load_face_model(study_path(cfg.face3d_path), study_path(cfg.model_path), study_path(cfg.landmark_path))
+    idnet = checkpoints.load_arcface(study_path(cfg.idnet_path))
+    return Frozen(*(_freeze(m) for m in (generator, inversion, face, idnet, latent_d)), lpips=None)
+
+
+def build_model(cfg: ReenactConfig, frozen: Frozen) -> MegaFR:
+    """E_FR initialised from the inversion encoder, over the frozen generator."""
+    torch.manual_seed(cfg.seed)
+    channels = RENDER_CHANNELS if cfg.condition == "render" else condition_width(frozen.face)
+    return MegaFR(frozen.inversion, frozen.generator, cfg.groups, condition_channels=channels)
+
+
+def condition_width(face: FaceModel) -> int:
+    """Channels of the params baseline's condition: expression + the 4 predicted rotations."""
+    return face.config.n_expr + 3 * len(CONDITION_POSE)
+
+
+class Targets(NamedTuple):
+    condition: torch.Tensor  # [B, C, S, S] r_t (or the tiled parameters of the baseline)
+    landmarks: torch.Tensor  # [B, 68, 3] p_t
+    expression: torch.Tensor  # [B, n_expr] psi_t
+    pose: torch.Tensor  # [B, 15] theta_t
+
+
+@torch.no_grad()
+def make_targets(face: FaceModel, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor,
+                 condition: str) -> Targets:
+    """Target condition and landmarks for FLAME(shape, expression, pose), framed like an FFHQ crop."""
+    points = face.landmark_flame(shape, expression, pose)  # [B, 68, 3]
+    if condition == "render":
+        cond = face.render_geometry(shape, expression, pose, aligned_camera(points))
+    else:
+        flat = torch.cat([expression] + [pose[:, part] for part in CONDITION_POSE], dim=1)  # [B, C]
+        size = face.config.image_size
+        cond = flat[:, :, None, None].expand(-1, -1, size, size).contiguous()
+    return Targets(cond, points, expression, pose)
+
+
+@torch.no_grad()
+def invert(frozen: Frozen, x_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w_s = E_inv(x_real)`` and ``x_s = G(w_s)`` (fixed noise, clamped to the image range)."""
+    w_s = frozen.inversion.encode(x_real)
+    noise = [getattr(frozen.generator.noises, f"noise_{i}") for i in range(frozen.generator.num_layers)]
+    return frozen.generator.synthesis(w_s, noise=noise).clamp(-1, 1), w_s
+
+
+def step_losses(model: MegaFR, frozen: Frozen, cfg: ReenactConfig, x_real: torch.Tensor,
+                x_t: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The weighted MegaFR loss of one batch -> (total, {term: float})."""
+    x_s, w_s = invert(frozen, x_real)
+    with torch.no_grad():
+        source = frozen.face.net(x_s)
+        target = frozen.face.net(x_t)
+    to_t = make_targets(frozen.face, source.shape, target.expression, target.pose, cfg.condition)
+    to_s = make_targets(frozen.face, source.shape, source.expression, source.pose, cfg.condition)
+    out = model(x_s, to_t.condition, w_s)
+    terms: dict[str, torch.Tensor] = {}
+    weights = cfg.weights
+    rec = dict(idnet=frozen.idnet, lpips_fn=frozen.lpips, lambda_l2=cfg.lambda_l2,
+               lambda_lpips=cfg.lambda_lpips, lambda_rec_id=cfg.lambda_rec_id)
+    if weights["id"]:
+        terms["id"] = losses.id_loss(frozen.idnet, x_s, out.image)
+    if weights["lmk"] or weights["pair"]:
+        p_f, _ = frozen.face.landmarks(frozen.face.net(out.image.clamp(-1, 1)))
+        terms["lmk"] = losses.landmark_loss(to_t.landmarks, p_f)
+        terms["pair"] = losses.pair_loss(to_t.landmarks, p_f)
+    if weights["cyc"]:
+        back = model(out.image, to_s.condition, out.latent)
+        terms["cyc"] = losses.reconstruction_loss(x_s, back.image, **rec)
+    if weights["self"]:
+        same = model(x_s, to_s.condition, w_s)
+        terms["self"] = losses.reconstruction_loss(x_s, same.image, **rec)
+    if weights["latent"] and frozen.latent_d is not None:
+        terms["latent"] = losses.latent_loss(frozen.latent_d, out.latent)
+    return losses.weighted_total(terms, weights)
+
+
+def batch_indices(seed: int, step: int, n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source and target rows of step ``step``: a function of (seed, step) only, so resuming is exact."""
+    rng = np.random.default_rng([seed, step])
+    return rng.integers(0, n, batch_size), rng.integers(0, n, batch_size)
+
+
+def checkpoint_path(cfg: ReenactConfig) -> Path:
+    return study_path(cfg.out_dir) / f"megafr_{cfg.encoder}_{cfg.condition}.pt"
+
+
+def save_checkpoint(path: Path, model: MegaFR, optimizer: torch.optim.Optimizer, cfg: ReenactConfig, step: int) -> None:
+    """Atomic ``{"state_dict", "config", "step", "optimizer"}`` (state_dict = E_FR's weights)."""
+    payload = {"state_dict": model.encoder.state_dict(), "config": dataclasses.asdict(cfg), "step": step,
+               "optimizer": optimizer.state_dict(), "groups": list(model.groups),
+               "condition_channels": model.condition_channels}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise MissingFileError(f"MegaFR checkpoint not found: {path}; run the train_reenact stage")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable MegaFR checkpoint ({type(error).__name__}); re-run train_reenact") from error
+    if not isinstance(data, dict) or not {"state_dict", "config", "step"} <= set(data):
+        raise CheckpointError(f"{path}: expected keys state_dict, config, step; it is not a MegaFR checkpoint")
+    return data
+
+
+def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool = True) -> tuple[MegaFR, pd.DataFrame]:
+    """Train (or resume) E_FR for ``cfg.steps`` steps on uint8 training images [N, S, S, 3]; return the model and curve."""
+    model = build_model(cfg, frozen)
+    optimizer = torch.optim.Adam(model.encoder.parameters(), lr=cfg.lr)
+    path = checkpoint_path(cfg)
+    curve_path = path.with_suffix(".curve.csv")
+    start, rows = 0, []
+    if path.is_file():
+        data = read_checkpoint(path)
+        if data["config"] != dataclasses.asdict(cfg):
+            path.unlink()  # another configuration: start over rather than mix runs
+        else:
+            model.encoder.load_state_dict(data["state_dict"])
+            optimizer.load_state_dict(data["optimizer"])
+            start = int(data["step"])
+            rows = pd.read_csv(curve_path).to_dict("records") if curve_path.is_file() else []
+    model.encoder.train()
+    for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train E_FR", disable=not progress):
+        src, tgt = batch_indices(cfg.seed, step, len(images), cfg.batch_size)
+        total, log = step_losses(model, frozen, cfg, images_to_tensor(images[src]), images_to_tensor(images[tgt]))
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        rows.append({"step": step + 1, **log})
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(path, model, optimizer, cfg, step + 1)
+            with atomic_path(curve_path) as tmp:
+                pd.DataFrame(rows).to_csv(tmp, index=False)
+    if cfg.steps == 0:
+        save_checkpoint(path, model, optimizer, cfg, 0)
+    return model.eval(), pd.DataFrame(rows)
