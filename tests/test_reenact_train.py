@@ -6,30 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from megafr.face3d import headmodel
-from megafr.face3d.flame import FLAME
-from megafr.face3d.recon import FaceModel, ReconConfig
-from megafr.nets.encoders import EncoderConfig, Encoder4Editing, InversionNet, LatentCodesDiscriminator
-from megafr.nets.irse import ArcFace, ArcFaceConfig, IRSEConfig
-from megafr.nets.stylegan2 import Generator
 from megafr.reenact import train as rt
-
-SIZE, STYLE = 32, 32
-BODY = IRSEConfig(widths=(8, 12, 16, 24), units=(1, 1, 1, 1), stem_channels=8)
-
-
-@pytest.fixture(scope="module")
-def frozen(tmp_path_factory):
-    files = headmodel.write_head_model(tmp_path_factory.mktemp("head"))
-    torch.manual_seed(0)
-    flame = FLAME.from_files(files.model_path, files.landmark_path, headmodel.N_IDENTITY, headmodel.N_EXPRESSION)
-    face = FaceModel(ReconConfig(headmodel.N_IDENTITY, headmodel.N_EXPRESSION, SIZE, input_size=16, width=8), flame)
-    generator = Generator(SIZE, STYLE, n_mlp=2, channel_multiplier=1, max_channels=32)
-    config = EncoderConfig(input_size=SIZE, n_latent=generator.n_latent, style_dim=STYLE, body=BODY)
-    inversion = InversionNet(Encoder4Editing(config), torch.randn(generator.n_latent, STYLE) * 0.1)
-    idnet = ArcFace(ArcFaceConfig(input_size=SIZE, embedding_dim=16, body=BODY))
-    parts = (generator, inversion, face, idnet, LatentCodesDiscriminator(style_dim=STYLE))
-    return rt.Frozen(*(rt._freeze(m) for m in parts), lpips=None)
+from tests.conftest import TINY_SIZE as SIZE
 
 
 def _config(tmp_path, **overrides):
@@ -46,7 +24,8 @@ def _images(n=6):
     return np.random.default_rng(0).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
 
 
-def test_one_training_run_logs_every_term_and_leaves_frozen_nets_alone(frozen, tmp_path):
+def test_one_training_run_logs_every_term_and_leaves_frozen_nets_alone(tiny_frozen, tmp_path):
+    frozen = tiny_frozen
     before = {name: {k: v.clone() for k, v in m.state_dict().items()}
               for name, m in frozen._asdict().items() if m is not None}
     model, curve = rt.train(_config(tmp_path), frozen, _images(), progress=False)
@@ -59,7 +38,8 @@ def test_one_training_run_logs_every_term_and_leaves_frozen_nets_alone(frozen, t
     assert rt.checkpoint_path(_config(tmp_path)).is_file()
 
 
-def test_resume_equals_uninterrupted(frozen, tmp_path):
+def test_resume_equals_uninterrupted(tiny_frozen, tmp_path):
+    frozen = tiny_frozen
     full, _ = rt.train(_config(tmp_path / "a", steps=4), frozen, _images(), progress=False)
     rt.train(_config(tmp_path / "b", steps=2), frozen, _images(), progress=False)
     # a run with steps=4 over a finished steps=2 checkpoint of another config starts over; emulate an
@@ -74,7 +54,8 @@ def test_resume_equals_uninterrupted(frozen, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_params_baseline_feeds_parameters(frozen, tmp_path):
+def test_params_baseline_feeds_parameters(tiny_frozen, tmp_path):
+    frozen = tiny_frozen
     model, curve = rt.train(_config(tmp_path, condition="params", steps=1), frozen, _images(), progress=False)
     assert model.condition_channels == rt.condition_width(frozen.face)
     assert len(curve) == 1

@@ -17,6 +17,7 @@ Iterative refinement (eq. 9, inference only) feeds ``(x_f, w_f)`` back as the ne
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import NamedTuple, Sequence
 
@@ -69,6 +70,12 @@ class MegaFR(nn.Module):
         mask[list(edit_layers(n_latent, groups))] = 1.0
         self.register_buffer("edit_mask", mask)  # [L, 1]
         self.groups = tuple(groups)
+
+    def with_generator(self, generator: nn.Module) -> "MegaFR":
+        """A MegaFR sharing this E_FR but synthesising with another generator (e.g. after PTI)."""
+        clone = copy.copy(self)
+        clone._modules = {**self._modules, "generator": generator}
+        return clone
 
     def noise(self) -> list[torch.Tensor]:
         """The generator's fixed noise maps, so that reenactment is deterministic."""

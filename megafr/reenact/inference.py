@@ -1,0 +1,142 @@
+"""Reenactment at inference: by target images, by explicit FLAME parameters, with optional PTI.
+
+``Reenactor`` bundles the trained E_FR with the frozen networks:
+
+- :meth:`Reenactor.reenact` takes source and target images and applies F, then ``refine_steps``
+  more times (paper eq. 9; default 1, "one extra step usually enough");
+- :meth:`Reenactor.reenact_params` takes explicit FLAME expression and pose instead of a target
+  image (yaw/pitch control, frontalization, eye opening): the source's own parameters, edited;
+- :func:`pivotal_tuning` (PTI, Roich et al.) fine-tunes a copy of the generator around ``w_s`` so
+  that ``G(w_s)`` matches an out-of-domain photo before editing.
+
+The params-fed baseline (``condition="params"``) goes through the same methods.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Mapping, NamedTuple, Optional
+
+import torch
+
+from megafr.errors import InputError
+from megafr.face3d import pose as posemod
+from megafr.face3d.recon import FaceParams
+from megafr.reenact.model import MegaFR
+from megafr.reenact.train import (Frozen, ReenactConfig, build_model, checkpoint_path, invert, load_frozen, make_targets,
+                                  read_checkpoint)
+
+PTI_STEPS = 50  # optimisation steps of pivotal tuning
+PTI_LR = 3e-4  # its Adam learning rate (PTI's default)
+
+
+class ReenactOutput(NamedTuple):
+    image: torch.Tensor  # [B, 3, S, S] x_f in [-1, 1]
+    latent: torch.Tensor  # [B, L, D] w_f
+    inverted: torch.Tensor  # [B, 3, S, S] x_s, the inverted source
+    condition: torch.Tensor  # [B, C, S, S] r_t (or the baseline's tiled parameters)
+    target_params: FaceParams  # source identity with the target's expression and pose
+
+
+class Reenactor:
+    """A trained MegaFR ready to reenact images (all networks in eval mode, no gradients)."""
+
+    def __init__(self, model: MegaFR, frozen: Frozen, condition: str = "render"):
+        self.model = model.eval()
+        self.frozen = frozen
+        self.condition = condition
+
+    @classmethod
+    def from_config(cls, cfg: ReenactConfig) -> "Reenactor":
+        """Load the frozen networks and the trained E_FR named by a ``train_reenact`` config."""
+        frozen = load_frozen(cfg)
+        model = build_model(cfg, frozen)
+        model.encoder.load_state_dict(read_checkpoint(checkpoint_path(cfg))["state_dict"])
+        return cls(model, frozen, cfg.condition)
+
+    @torch.no_grad()
+    def measure(self, images: torch.Tensor) -> FaceParams:
+        """FLAME parameters of images [B, 3, S, S] by the 3D face network."""
+        return self.frozen.face.net(images.clamp(-1, 1))
+
+    @torch.no_grad()
+    def _run(self, x_s, w_s, source: FaceParams, expression, pose, refine_steps: int, model: MegaFR) -> ReenactOutput:
+        targets = make_targets(self.frozen.face, source.shape, expression, pose, self.condition)
+        out = model.refine(x_s, targets.condition, w_s, refine_steps)
+        params = source._replace(expression=expression, pose=pose)
+        return ReenactOutput(out.image.clamp(-1, 1), out.latent, x_s, targets.condition, params)
+
+    def _source(self, sources: torch.Tensor, pti_steps: int):
+        x_s, w_s = invert(self.frozen, sources)
+        model = self.model
+        if pti_steps > 0:
+            tuned = pivotal_tuning(self.model.generator, w_s, sources, steps=pti_steps)
+            model = self.model.with_generator(tuned)
+            x_s = model.synthesize(w_s).clamp(-1, 1).detach()
+        return x_s, w_s, model
+
+    def reenact(self, sources: torch.Tensor, targets: torch.Tensor, refine_steps: int = 1,
+                pti_steps: int = 0) -> ReenactOutput:
+        """Sources take the targets' expression and pose; both [B, 3, S, S] in [-1, 1]."""
+        if sources.shape != targets.shape:
+            raise InputError(f"sources and targets must have the same shape, got {tuple(sources.shape)} and {tuple(targets.shape)}")
+        x_s, w_s, model = self._source(sources, pti_steps)
+        source, target = self.measure(x_s), self.measure(targets)
+        return self._run(x_s, w_s, source, target.expression, target.pose, refine_steps, model)
+
+    def reenact_params(self, sources: torch.Tensor, *, yaw_deg: Optional[torch.Tensor] = None,
+                       pitch_deg: Optional[torch.Tensor] = None, roll_deg: Optional[torch.Tensor] = None,
+                       jaw_deg: Optional[torch.Tensor] = None,
+                       expression: Optional[Mapping[int, torch.Tensor]] = None,
+                       refine_steps: int = 1, pti_steps: int = 0) -> ReenactOutput:
+        """Reenact by explicit FLAME parameters: the source's own, with the given ones replaced.
+
+        ``yaw_deg``/``pitch_deg``/``roll_deg`` set the head pose (degrees, [B]); ``jaw_deg`` the jaw
+        opening; ``expression`` maps expression component index -> value [B] (e.g. blink = 0 opens
+        the eyes: the eye-opening application). ``yaw=pitch=roll=0`` is frontalization.
+        """
+        x_s, w_s, model = self._source(sources, pti_steps)
+        source = self.measure(x_s)
+        expr = source.expression.clone()
+        for index, value in (expression or {}).items():
+            if not 0 <= index < expr.shape[1]:
+                raise InputError(f"expression component {index} does not exist (0..{expr.shape[1] - 1})")
+            expr[:, index] = torch.as_tensor(value, dtype=expr.dtype)
+        pose = edit_pose(source.pose, yaw_deg, pitch_deg, roll_deg, jaw_deg)
+        return self._run(x_s, w_s, source, expr, pose, refine_steps, model)
+
+
+def edit_pose(pose: torch.Tensor, yaw_deg=None, pitch_deg=None, roll_deg=None, jaw_deg=None) -> torch.Tensor:
+    """A copy of FLAME poses [B, 15] with head yaw/pitch/roll and jaw opening (degrees) replaced where given."""
+    pose = pose.clone()
+    current = posemod.head_pose_degrees(pose)  # [B, 3]
+    angles = [current[:, k] if value is None else torch.as_tensor(value, dtype=pose.dtype).expand(len(pose))
+              for k, value in enumerate((yaw_deg, pitch_deg, roll_deg))]
+    radians = [a * (math.pi / 180.0) for a in angles]
+    pose[:, posemod.GLOBAL] = posemod.euler_to_axis_angle(*radians)
+    if jaw_deg is not None:
+        pose[:, posemod.JAW] = 0.0
+        pose[:, posemod.JAW.start] = torch.as_tensor(jaw_deg, dtype=pose.dtype) * (math.pi / 180.0)
+    return pose
+
+
+def pivotal_tuning(generator: torch.nn.Module, w_s: torch.Tensor, x_real: torch.Tensor,
+                   steps: int = PTI_STEPS, lr: float = PTI_LR) -> torch.nn.Module:
+    """PTI: a copy of the generator fine-tuned so that ``G(w_s)`` reconstructs ``x_real`` (pixel L2).
+
+    The pivot ``w_s`` stays fixed; only the copy's weights move. LPIPS is left out here because
+    its backbone weights are not available offline; the pixel term alone is PTI's L2 part.
+    """
+    if steps < 0:
+        raise InputError(f"PTI steps must be >= 0, got {steps}")
+    tuned = copy.deepcopy(generator).train().requires_grad_(True)
+    noise = [getattr(tuned.noises, f"noise_{i}") for i in range(tuned.num_layers)]
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
+    target = x_real.detach()
+    for _ in range(steps):
+        loss = (tuned.synthesis(w_s.detach(), noise=noise) - target).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return tuned.requires_grad_(False).eval()

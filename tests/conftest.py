@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny random stand-ins of the frozen networks MegaFR trains against."""
+
+import pytest
+import torch
+
+from megafr.face3d import headmodel
+from megafr.face3d.flame import FLAME
+from megafr.face3d.recon import FaceModel, ReconConfig
+from megafr.nets.encoders import EncoderConfig, Encoder4Editing, InversionNet, LatentCodesDiscriminator
+from megafr.nets.irse import ArcFace, ArcFaceConfig, IRSEConfig
+from megafr.nets.stylegan2 import Generator
+from megafr.reenact import train as rt
+
+TINY_SIZE, TINY_STYLE = 32, 32
+TINY_BODY = IRSEConfig(widths=(8, 12, 16, 24), units=(1, 1, 1, 1), stem_channels=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_frozen(tmp_path_factory):
+    """Random 32 px generator, e4e, 3D face network (over the synthetic head model), ID net and latent D."""
+    files = headmodel.write_head_model(tmp_path_factory.mktemp("head"))
+    torch.manual_seed(0)
+    flame = FLAME.from_files(files.model_path, files.landmark_path, headmodel.N_IDENTITY, headmodel.N_EXPRESSION)
+    face = FaceModel(ReconConfig(headmodel.N_IDENTITY, headmodel.N_EXPRESSION, TINY_SIZE, input_size=16, width=8), flame)
+    generator = Generator(TINY_SIZE, TINY_STYLE, n_mlp=2, channel_multiplier=1, max_channels=32)
+    config = EncoderConfig(input_size=TINY_SIZE, n_latent=generator.n_latent, style_dim=TINY_STYLE, body=TINY_BODY)
+    inversion = InversionNet(Encoder4Editing(config), torch.randn(generator.n_latent, TINY_STYLE) * 0.1)
+    idnet = ArcFace(ArcFaceConfig(input_size=TINY_SIZE, embedding_dim=16, body=TINY_BODY))
+    parts = (generator, inversion, face, idnet, LatentCodesDiscriminator(style_dim=TINY_STYLE))
+    return rt.Frozen(*(rt._freeze(m) for m in parts), lpips=None)
