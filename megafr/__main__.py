@@ -1,7 +1,8 @@
 """Command line of the study: ``python -m megafr <command>``.
 
 - ``profile NAME``: make ``profiles/NAME.yaml`` the active ``params.yaml`` (smoke, mini, paper);
-- ``sweep STAGE --name NAME -p KEY V1 V2 ... [-p KEY2 ...]``: run a stage's notebook over a grid.
+- ``sweep STAGE --name NAME -p KEY V1 V2 ... [-p KEY2 ...]``: run a stage's notebook over a grid;
+- ``reenact --source A --target B --out C [--refine-steps N] [--pti]``: reenact one photo by another.
 
 Errors the study raises on purpose print as one line and exit with status 2.
 """
@@ -31,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", required=True, help="sweep name: results go to data/sweeps/<name>/")
     sweep.add_argument("-p", "--param", nargs="+", action="append", metavar=("KEY", "VALUE"), default=[],
                        help="a notebook parameter and the values to sweep (YAML-parsed); repeat for a grid")
+
+    reenact = commands.add_parser("reenact", help="reenact a source image by a target image with the trained MegaFR")
+    reenact.add_argument("--source", required=True, help="source photo (identity kept)")
+    reenact.add_argument("--target", required=True, help="target photo (pose and expression taken)")
+    reenact.add_argument("--out", required=True, help="output PNG")
+    reenact.add_argument("--refine-steps", type=int, default=1, help="extra applications of F (paper eq. 9)")
+    reenact.add_argument("--pti", action="store_true", help="pivotal tuning of the generator first (out-of-domain photos)")
     return parser
 
 
@@ -50,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
                 axes[entry[0]] = [yaml.safe_load(v) for v in entry[1:]]
             table = run_sweep(args.stage, args.name, axes)
             print(table.to_string(index=False))
+        elif args.command == "reenact":
+            from megafr.reenact.cli import reenact_files
+            from megafr.reenact.inference import PTI_STEPS
+
+            if args.refine_steps < 0:
+                raise MegaFRError(f"--refine-steps must be >= 0, got {args.refine_steps}")
+            path = reenact_files(args.source, args.target, args.out, args.refine_steps, PTI_STEPS if args.pti else 0)
+            print(f"wrote {path}")
     except MegaFRError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
