@@ -64,3 +64,19 @@ def test_pivotal_tuning_fits_the_photo_and_leaves_the_original(tiny_frozen):
     tuned = pivotal_tuning(generator, w, photo, steps=15, lr=3e-3)
     assert error(tuned) < 0.8 * error(generator)
     assert all(torch.equal(before[k], v) for k, v in generator.state_dict().items())
+
+
+def test_evaluate_pairs_scores_every_method(reenactor):
+    import numpy as np
+
+    from megafr.reenact.evaluate import evaluate_pairs
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8) for _ in range(3)]
+    table = evaluate_pairs(reenactor, *images, refine_steps=(0, 1), progress=False)
+    assert list(table["method"]) == ["inversion only", "refine 0", "refine 1"]
+    assert {"aed", "apd", "csim", "l1", "psnr", "ssim"} <= set(table.columns)
+    assert np.isfinite(table[["aed", "apd", "csim", "l1", "psnr", "ssim"]].to_numpy()).all()
+    # without right answers only the measured metrics are reported
+    only = evaluate_pairs(reenactor, images[0], images[1], None, refine_steps=(), progress=False)
+    assert list(only["method"]) == ["inversion only"] and "psnr" not in only.columns
