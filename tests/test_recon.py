@@ -54,7 +54,7 @@ def _config(root, out, **overrides) -> TrainConfig:
         profile="smoke", seed=0, model_path=str(root / "head_model" / headmodel.MODEL_FILE),
         landmark_path=str(root / "head_model" / headmodel.LANDMARK_FILE), data_dir=str(root), source="synthetic",
         image_size=SIZE, input_size=SIZE, n_shape=headmodel.N_IDENTITY, n_expr=headmodel.N_EXPRESSION, width=4,
-        cam_scale_init=CAM_SCALE_INIT, cam_ty_init=0.0, steps=6, batch_size=4, lr=1e-3, lambda_lmk=1.0,
+        cam_scale_init=CAM_SCALE_INIT, cam_ty_init=0.0, steps=6, batch_size=4, lr=1e-3, lambda_lmk=1.0, lambda_kp=1.0,
         lambda_eye=3.0, lambda_mouth=2.0, lambda_sil=0.5, sil_every=2, sil_size=16, sil_batch=2, sil_sigma=1.0,
         lambda_shape=1e-3, lambda_expr=1e-3, lambda_pose=1e-3, checkpoint_every=2, threads=0, out_dir=str(out),
     )

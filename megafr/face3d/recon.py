@@ -50,10 +50,12 @@ COORD_CHANNELS = 2  # x and y coordinate maps appended to the image (CoordConv)
 IMAGE_RANGE_TOLERANCE = 1e-3  # images may exceed [-1, 1] by this much (rounding) before they are refused
 FEATURE_SIZE = 4  # the encoder stops at a FEATURE_SIZE x FEATURE_SIZE map (flattened, keeps position)
 MAX_WIDTH_FACTOR = 8  # channels stop growing at this multiple of the stem width
+N_KEYPOINTS = 68  # iBUG-68 keypoints estimated inside the network
+HEATMAP_STRIDE = 4  # keypoint heatmaps are input_size / HEATMAP_STRIDE cells wide
 HIDDEN_FEATURES = 256  # width of the fully connected layer before the parameter head
 ROTATION_DIM = 3  # axis-angle
 CAMERA_DIM = 3  # log-scale offset, tx, ty
-TRANSLATION_UNIT = 0.1  # metres per unit of the raw translation output (keeps raw outputs near unit size)
+NDC_OFFSET_UNIT = 0.5  # NDC units of image-plane offset per unit of the raw camera output (raw outputs near unit size)
 HEAD_INIT_STD = 1e-3  # initial weights of the parameter head: the first predictions sit at the priors
 PREDICTED_JOINTS = (GLOBAL_JOINT, JAW_JOINT, LEFT_EYE_JOINT, RIGHT_EYE_JOINT)  # the neck is held at zero
 CHECKPOINT_KEYS = ("state_dict", "config", "step")
@@ -137,22 +139,37 @@ def _conv_block(c_in: int, c_out: int, stride: int) -> torch.nn.Sequential:
 
 
 class FaceReconstructor(torch.nn.Module):
-    """Image [B, 3, S, S] in [-1, 1] -> ``FaceParams`` (see module docstring)."""
+    """Image [B, 3, S, S] in [-1, 1] -> ``FaceParams`` (see module docstring).
+
+    Two stages: a strided CNN with a small feature pyramid predicts 68 heatmaps at ``input_size / 4``
+    whose soft-argmax (integral regression, Sun et al. ECCV 2018) gives 2D keypoints [B, 68, 2] in NDC;
+    an MLP maps those keypoints plus the pooled deep features to the FLAME parameters and camera.
+    Training supervises the keypoints with the image's landmarks too (``keypoints`` output), which is
+    what makes the network learn precise positions quickly on a CPU budget.
+    """
 
     def __init__(self, config: ReconConfig):
         super().__init__()
         self.config = config  # sizes of the network and its outputs
-        stages = int(math.log2(config.input_size // FEATURE_SIZE)) - 1  # stride-2 stages after the stem
-        layers = [_conv_block(IMAGE_CHANNELS + COORD_CHANNELS, config.width, 2)]  # stem: [B, w, s/2, s/2]
-        channels = config.width
-        for k in range(stages):
+        n_stages = int(math.log2(config.input_size // FEATURE_SIZE)) - 1  # stride-2 stages after the stem
+        self.stem = _conv_block(IMAGE_CHANNELS + COORD_CHANNELS, config.width, 2)  # [B, w, s/2, s/2]
+        stages, widths, channels = [], [], config.width
+        for k in range(n_stages):
             out = config.width * min(2 ** (k + 1), MAX_WIDTH_FACTOR)
-            layers += [_conv_block(channels, out, 2), _conv_block(out, out, 1)]  # halves the map
+            stages.append(torch.nn.Sequential(_conv_block(channels, out, 2), _conv_block(out, out, 1)))  # halves the map
+            widths.append(out)
             channels = out
-        self.encoder = torch.nn.Sequential(*layers)
+        self.stages = torch.nn.ModuleList(stages)
+        pyramid = 2 * config.width  # channels of the feature pyramid
+        self.laterals = torch.nn.ModuleList(torch.nn.Conv2d(w, pyramid, 1) for w in widths)
+        self.refine = _conv_block(pyramid, pyramid, 1)
+        self.heatmaps = torch.nn.Conv2d(pyramid, N_KEYPOINTS, 1)  # [B, 68, s/4, s/4]
         self.fc = torch.nn.Sequential(
             torch.nn.Flatten(), torch.nn.Linear(channels * FEATURE_SIZE * FEATURE_SIZE, HIDDEN_FEATURES),
             torch.nn.ReLU(inplace=True),
+        )
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(HIDDEN_FEATURES + 2 * N_KEYPOINTS, HIDDEN_FEATURES), torch.nn.ReLU(inplace=True),
         )
         self.head = torch.nn.Linear(HIDDEN_FEATURES, config.n_outputs)
         torch.nn.init.normal_(self.head.weight, std=HEAD_INIT_STD)
@@ -160,6 +177,10 @@ class FaceReconstructor(torch.nn.Module):
         ramp = torch.linspace(-1.0, 1.0, config.input_size)
         coords = torch.stack([ramp[None, :].expand(config.input_size, -1), ramp[:, None].expand(-1, config.input_size)])
         self.register_buffer("coords", coords, persistent=False)  # [2, s, s] x then y, in [-1, 1]
+        cells = config.input_size // HEATMAP_STRIDE
+        centres = (torch.arange(cells, dtype=torch.float32) + 0.5) * (2.0 / cells) - 1.0  # NDC of the cell centres
+        grid = torch.stack([centres[None, :].expand(cells, -1), -centres[:, None].expand(-1, cells)], dim=-1)
+        self.register_buffer("grid", grid.reshape(-1, 2), persistent=False)  # [cells^2, 2] (x, y up)
 
     def forward(self, images: torch.Tensor) -> FaceParams:
         """images [B, 3, image_size, image_size] in [-1, 1] -> FaceParams (``InputError`` for bad images)."""
@@ -172,22 +193,43 @@ class FaceReconstructor(torch.nn.Module):
         return images if images.shape[-1] == size else F.interpolate(images, size=(size, size), mode="area")
 
     def regress(self, small: torch.Tensor) -> FaceParams:
-        """The CNN on images already at ``input_size`` [B, 3, s, s] (training calls this directly)."""
+        """The network on images already at ``input_size`` [B, 3, s, s] (training calls this directly)."""
+        return self.regress_with_keypoints(small)[0]
+
+    def regress_with_keypoints(self, small: torch.Tensor) -> tuple[FaceParams, torch.Tensor]:
+        """(FaceParams, the intermediate 2D keypoints [B, 68, 2] in NDC, y up)."""
         cfg = self.config
         if small.ndim != 4 or tuple(small.shape[1:]) != (IMAGE_CHANNELS, cfg.input_size, cfg.input_size):
             raise InputError(f"regress: expected [B, 3, {cfg.input_size}, {cfg.input_size}], got {tuple(small.shape)}")
         batch = small.shape[0]
         x = torch.cat([small, self.coords.to(small.dtype).expand(batch, -1, -1, -1)], dim=1)  # [B, 5, s, s]
-        features = self.fc(self.encoder(x))  # [B, HIDDEN_FEATURES]
-        out = self.head(features)  # [B, n_outputs]
+        maps = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)  # [B, C_k, s/4, ...], [B, C_k, s/8, ...], ...
+        top = self.laterals[-1](maps[-1])
+        for lateral, fine in zip(reversed(self.laterals[:-1]), reversed(maps[:-1])):
+            top = lateral(fine) + F.interpolate(top, size=fine.shape[-2:], mode="nearest")
+        logits = self.heatmaps(self.refine(top)).flatten(2)  # [B, 68, cells^2]
+        keypoints = torch.softmax(logits, dim=-1) @ self.grid  # [B, 68, 2] soft-argmax in NDC
+        features = torch.cat([self.fc(maps[-1]), keypoints.flatten(1)], dim=1)  # [B, HIDDEN + 136]
+        out = self.head(self.mlp(features))  # [B, n_outputs]
+        return self._params(out), keypoints
+
+    def _params(self, out: torch.Tensor) -> FaceParams:
+        cfg = self.config
+        batch = out.shape[0]
         shape, expression, rotations, camera = torch.split(
             out, [cfg.n_shape, cfg.n_expr, ROTATION_DIM * len(PREDICTED_JOINTS), CAMERA_DIM], dim=1)
         pose = out.new_zeros(batch, N_JOINTS, ROTATION_DIM)
         pose = pose.index_copy(1, torch.tensor(PREDICTED_JOINTS, device=out.device),
                                rotations.reshape(batch, len(PREDICTED_JOINTS), ROTATION_DIM))
         cam_scale = cfg.cam_scale_init * torch.exp(camera[:, 0])  # [B], always positive
-        offset = out.new_tensor([0.0, cfg.cam_ty_init])
-        cam_translation = offset + TRANSLATION_UNIT * camera[:, 1:]  # [B, 2]
+        # The net predicts the image-plane offset s * t (NDC units), so an error in the scale does not move the
+        # face's centre; OrthoCamera's translation is that offset over the scale (metres).
+        offset = out.new_tensor([0.0, cfg.cam_scale_init * cfg.cam_ty_init]) + NDC_OFFSET_UNIT * camera[:, 1:]  # [B, 2]
+        cam_translation = offset / cam_scale[:, None]  # [B, 2]
         return FaceParams(shape, expression, pose.reshape(batch, POSE_DIM), cam_scale, cam_translation)
 
 

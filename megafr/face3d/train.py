@@ -61,8 +61,9 @@ CURVE_POINTS = 200  # about this many rows in the training curve CSV
 METRES_TO_MM = 1000.0
 PERCENT = 100.0
 EVAL_BATCH = 100  # images per evaluation batch
+PHOTO_TEST_EVERY = 10  # photos source: every 10th aligned photo is held out for evaluation
 PHOTO_PIXEL_CENTRE = 0.5  # align.py writes landmarks with pixel centres at integers; SynthHeads at j + 0.5
-LOSS_TERMS = ("lmk", "sil", "shape", "expr", "pose")
+LOSS_TERMS = ("lmk", "kp", "sil", "shape", "expr", "pose")
 # Config fields that may change between an interrupted run and its resumption.
 RESUME_FREE_FIELDS = ("checkpoint_every", "threads", "out_dir", "run_dir", "profile")
 
@@ -88,6 +89,7 @@ class TrainConfig:
     batch_size: int  # images per step
     lr: float  # peak Adam learning rate
     lambda_lmk: float  # weight of the 2D landmark term
+    lambda_kp: float  # weight of the same landmark term on the network's intermediate 2D keypoints
     lambda_eye: float  # per-landmark weight of the 12 eye landmarks (others 1)
     lambda_mouth: float  # per-landmark weight of the 20 mouth landmarks
     lambda_sil: float  # weight of the silhouette term (0 when the data has no masks)
@@ -107,7 +109,7 @@ class TrainConfig:
         require(self.source in SOURCES, f"train_face3d.source must be one of {SOURCES}, got {self.source!r}")
         for name in ("steps", "batch_size", "sil_every", "sil_size", "sil_batch", "checkpoint_every"):
             require(getattr(self, name) >= 1, f"train_face3d.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lambda_lmk", "lambda_eye", "lambda_mouth", "lambda_sil", "lambda_shape", "lambda_expr",
+        for name in ("lambda_lmk", "lambda_kp", "lambda_eye", "lambda_mouth", "lambda_sil", "lambda_shape", "lambda_expr",
                      "lambda_pose"):
             require(getattr(self, name) >= 0, f"train_face3d.{name} must be >= 0, got {getattr(self, name)}")
         require(self.lr > 0, f"train_face3d.lr must be positive, got {self.lr}")
@@ -163,7 +165,8 @@ def _resize_uint8(images: np.ndarray, size: int, chunk: int = 256) -> np.ndarray
 
 
 def load_landmark_set(cfg: TrainConfig, split: str) -> LandmarkSet:
-    """The ``train`` or ``test`` split of SynthHeads, or (photos source) all aligned photos."""
+    """The ``train`` or ``test`` split of SynthHeads; for the photos source, every PHOTO_TEST_EVERY-th
+    aligned photo is ``test`` and the others ``train``."""
     root = study_path(cfg.data_dir)
     if cfg.source == "synthetic":
         folder = root / split
@@ -186,7 +189,9 @@ def load_landmark_set(cfg: TrainConfig, split: str) -> LandmarkSet:
         if not (folder / "landmarks.parquet").is_file():
             raise MissingFileError(f"{folder / 'landmarks.parquet'} not found; run the prepare stage on photos first")
         table, points = read_landmark_table(folder / "landmarks.parquet")
-        points = points + PHOTO_PIXEL_CENTRE
+        held_out = np.arange(len(table)) % PHOTO_TEST_EVERY == 0
+        keep = held_out if split == "test" else ~held_out
+        table, points = table[keep].reset_index(drop=True), points[keep] + PHOTO_PIXEL_CENTRE
         images = np.stack([_resize_uint8(load_image(folder / "images" / f"{Path(name).stem}.png")[None], cfg.input_size)[0]
                            for name in table["file"]])
         masks = None
@@ -259,11 +264,12 @@ class Face3dLoss(torch.nn.Module):
     def forward(self, model: FaceModel, small_images: torch.Tensor, target_ndc: torch.Tensor,
                 masks: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        params = model.net.regress(small_images)
+        params, keypoints = model.net.regress_with_keypoints(small_images)
         _, predicted = model.landmarks(params)  # [B, 68, 2] NDC
-        terms = {"lmk": weighted_landmark_loss(predicted, target_ndc, self.weights)}
+        terms = {"lmk": weighted_landmark_loss(predicted, target_ndc, self.weights),
+                 "kp": weighted_landmark_loss(keypoints, target_ndc, self.weights)}
         terms.update(prior_losses(params))
-        lambdas = {"lmk": cfg.lambda_lmk, "shape": cfg.lambda_shape, "expr": cfg.lambda_expr, "pose": cfg.lambda_pose}
+        lambdas = {"lmk": cfg.lambda_lmk, "kp": cfg.lambda_kp, "shape": cfg.lambda_shape, "expr": cfg.lambda_expr, "pose": cfg.lambda_pose}
         if masks is not None and cfg.lambda_sil > 0:
             terms["sil"] = self.silhouette(model, params, masks)
             lambdas["sil"] = cfg.lambda_sil
@@ -478,7 +484,24 @@ def _neutral_vertex_errors(model: FaceModel, predicted: np.ndarray, truth: np.nd
     return (float(torch.cat(errors).mean() * METRES_TO_MM), float(torch.cat(baseline).mean() * METRES_TO_MM))
 
 
-# -------------------------------------------------------------------------------------- figure
+# ------------------------------------------------------------------------------------- figures
+def curve_figure(curve: pd.DataFrame, title: str):
+    """Training curves: each loss term (log scale) against the step."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.0))
+    for name in ("total", *LOSS_TERMS):
+        if name in curve and (curve[name] > 0).any():
+            ax.plot(curve["step"], curve[name], label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss term")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def reconstruction_figure(model: FaceModel, data: LandmarkSet, rows: np.ndarray, title: str):
     """Per test image (columns): the image with true (green) and predicted (red) landmarks, and the
     predicted geometry rendered with the predicted camera, with the predicted landmarks."""
