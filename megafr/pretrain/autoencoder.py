@@ -1,0 +1,449 @@
+"""The ``train_generator`` stage: a StyleGAN2 generator and its e4e encoder, trained together on SynthHeads.
+
+The paper starts from the released FFHQ StyleGAN2 and e4e. The mini world must make its own on
+two CPU cores in about fifteen minutes, where a GAN trained from scratch would see far too few
+images to converge. The recipe, chosen for that budget (issue 7):
+
+**Style-based autoencoder.** The e4e encoder ``E`` (Encoder4Editing: w0 plus per-entry deltas) maps
+an image to W+ (offsets + ``latent_avg``), the generator's synthesis network ``G`` decodes it, and
+both learn together from
+
+    L = lambda_l2 * |G(E(x)) - x|^2                              reconstruction (pixel L2)
+      + lambda_swap * |G(mix(E(x_B), E(x_A))) - r(B geom, A colour)|^2    layer semantics
+      + lambda_latent * softplus(-D_latent(E(x)))                 codes stay in the mapping's distribution
+      + lambda_delta * mean_i |w_i - w_0|_2                       e4e's delta regularisation
+      [+ lambda_lpips * LPIPS(G(E(x)), x) only when LPIPS's backbone weights are on the machine]
+
+- **Layer semantics (swap term).** MegaFR edits coarse + medium W+ entries and relies on them
+  carrying geometry while the fine entries carry colour. The synthetic world supervises exactly
+  that: for pairs (A, B) of training images, the mixed code (coarse + medium entries of B, fine of
+  A; ``latent_structure.mix_codes``) must decode to the *rendering* of B's shape, expression,
+  pose and camera jitter with A's appearance, light and background, which ``HeadWorld.render``
+  produces from the ground-truth table (``table_to_params``, ``SceneParams.with_``). A pool of
+  ``swap_pool`` such pairs is rendered once per run (rendering costs about as much as a training
+  step, so it is not done every step) and cached beside the checkpoint. Legitimate in the mini
+  world: this generator is the world's stand-in for a pretrained StyleGAN2, whose W+ hierarchy
+  has this structure in the paper's world.
+- **Latent discriminator.** As in e4e (Tov et al. 2021, Sec. 4.1), ``D_latent`` (the released
+  4-layer MLP) learns to tell ``w = mapping(z)`` from the encoder's per-entry codes (non-saturating
+  logistic loss, R1 penalty on real codes), and the encoder is trained to fool it. The mapping
+  network is not trained (nothing else would train it); it fixes the prior of W, and
+  ``latent_avg`` is its mean, so ``G(mapping(z))`` gives samples (FD-id measures them).
+- **No image discriminator.** An adversarial image loss was left out: in this budget a step of G
+  and D together costs about twice an autoencoder step, for sharper but not more faithful
+  reconstructions; the targets here are inversion fidelity and the layer structure.
+- ``g_ema`` is an exponential moving average of the synthesis weights (decay ``ema_decay``); the
+  e4e product decodes with ``g_ema`` and the metrics are computed with it.
+
+Products in the official layouts (``megafr.nets.checkpoints``): ``stylegan2.pt`` (``g_ema``, ``g``,
+``latent_avg`` [D]) and ``e4e.pt`` (``state_dict`` with ``encoder.``/``decoder.``, ``latent_avg``
+[n_latent, D], ``opts``, ``discriminator_state_dict``). Resume: ``megafr.pretrain.common``.
+
+The paper profile (``mode: official``) trains nothing: it loads the user's official files through
+the official loaders and writes ``products.json`` naming them.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from megafr.config import require, study_path
+from megafr.errors import InputError
+from megafr.fileio import atomic_path, write_json
+from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
+from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, LatentCodesDiscriminator
+from megafr.nets.irse import IRSEConfig
+from megafr.nets.stylegan2 import Generator
+from megafr.pretrain import common
+from megafr.pretrain.latent_structure import mix_codes, render_swap_set, swap_pairs
+
+MODES = ("train", "official")
+STYLEGAN_FILE = "stylegan2.pt"
+E4E_FILE = "e4e.pt"
+PRODUCTS_FILE = "products.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+SWAP_POOL_FILE = "swap_pool.npz"
+MEAN_LATENT_SAMPLES = 4096  # z samples averaged into latent_avg
+ADAM_BETAS_G = (0.0, 0.99)  # StyleGAN2's Adam betas (generator, discriminator)
+ADAM_BETAS_E = (0.9, 0.999)  # encoder
+CURVE_POINTS = 150  # about this many rows in the training curve
+LOSS_TERMS = ("l2", "swap", "latent", "delta", "lpips", "d_latent", "r1")
+
+
+@dataclass(frozen=True)
+class GeneratorStageConfig:
+    """Parameters of the train_generator stage (params.yaml block ``train_generator`` plus shared keys)."""
+
+    profile: str  # profile that produced the run
+    seed: int  # seeds weights, data order, swap pairs
+    mode: str  # "train" (mini, smoke) or "official" (paper: validate the user's files)
+    data_dir: str  # output folder of the prepare stage
+    model_path: str  # FLAME-format head model (renders the swap targets)
+    landmark_path: str  # its landmark embedding
+    official_stylegan2: str  # official mode: stylegan2-ffhq-config-f.pt
+    official_e4e: str  # official mode: e4e_ffhq_encode.pt
+    image_size: int  # generator output size = data set image size
+    style_dim: int  # dimension of z and w
+    n_mlp: int  # mapping-network depth
+    max_channels: int  # generator channel cap (channel_multiplier 1)
+    enc_widths: tuple  # encoder IR-SE stage widths
+    enc_units: tuple  # encoder IR-SE units per stage
+    enc_stem: int  # encoder stem channels
+    steps: int  # optimisation steps
+    batch_size: int  # reconstruction images per step (besides the swap pairs)
+    swap_batch: int  # swap pairs per step
+    swap_pool: int  # swap pairs rendered once per run
+    lr_g: float  # synthesis-network learning rate (Adam, StyleGAN2 betas)
+    lr_e: float  # encoder learning rate
+    lr_d: float  # latent-discriminator learning rate
+    lambda_l2: float  # pixel L2 reconstruction weight
+    lambda_swap: float  # layer-swap supervision weight
+    lambda_latent: float  # encoder's adversarial latent loss weight
+    lambda_delta: float  # e4e delta regularisation weight
+    lambda_lpips: float  # LPIPS weight (used only when LPIPS's backbone weights are present)
+    r1_gamma: float  # R1 penalty weight on real codes of the latent discriminator
+    ema_decay: float  # g_ema decay per step
+    idnet_path: str  # identity network for ID similarity and FD-id (train_idnet product or official)
+    face3d_path: str  # train_face3d checkpoint measuring pose in the layer-swap test ("" : pose not measured)
+    n_eval: int  # test images for the inversion metrics
+    n_fd_samples: int  # generated samples (and test images) for FD-id
+    n_swap_eval: int  # test pairs for the layer-swap measurement
+    checkpoint_every: int  # write the resumable checkpoint every this many steps
+    threads: int  # torch intra-op threads (0: torch's default)
+    out_dir: str = "data/train_generator"  # products and checkpoint
+    run_dir: str = ""  # set by a sweep: write under <run_dir>/train_generator instead
+
+    def __post_init__(self):
+        require(self.mode in MODES, f"train_generator.mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "official":
+            require(bool(self.official_stylegan2) and bool(self.official_e4e),
+                    "train_generator.official_stylegan2 and official_e4e must name the released files in the paper profile")
+            return
+        require(self.image_size >= 16 and self.image_size & (self.image_size - 1) == 0,
+                f"train_generator.image_size must be a power of two >= 16, got {self.image_size}")
+        require(len(self.enc_widths) == 4 and len(self.enc_units) == 4, "enc_widths and enc_units need four entries")
+        require(self.steps >= 1 and self.batch_size >= 1 and self.swap_batch >= 0, "steps, batch_size >= 1, swap_batch >= 0")
+        require(self.swap_batch == 0 or self.swap_pool >= self.swap_batch,
+                f"swap_pool ({self.swap_pool}) must hold at least swap_batch ({self.swap_batch}) pairs")
+        require(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+
+    @property
+    def folder(self) -> Path:
+        return study_path(self.run_dir) / "train_generator" if self.run_dir else study_path(self.out_dir)
+
+    @property
+    def n_latent(self) -> int:
+        return 2 * int(np.log2(self.image_size)) - 2
+
+    def encoder_config(self) -> EncoderConfig:
+        body = IRSEConfig(widths=tuple(self.enc_widths), units=tuple(self.enc_units), stem_channels=self.enc_stem)
+        return EncoderConfig(input_size=self.image_size, n_latent=self.n_latent, style_dim=self.style_dim, body=body)
+
+
+@dataclass
+class Networks:
+    generator: Generator  # trained synthesis network (mapping frozen)
+    g_ema: Generator  # moving average of the generator
+    encoder: Encoder4Editing  # e4e encoder (returns offsets)
+    latent_d: LatentCodesDiscriminator  # e4e's latent discriminator
+    latent_avg: torch.Tensor  # mean of mapping(z) [D]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, S, S] -> W+ codes [B, n_latent, D] (latent_avg added)."""
+        return self.encoder(x) + self.latent_avg
+
+
+def build_networks(cfg: GeneratorStageConfig) -> Networks:
+    """Fresh networks, seeded from ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    generator = Generator(cfg.image_size, cfg.style_dim, cfg.n_mlp, channel_multiplier=1, max_channels=cfg.max_channels)
+    encoder = Encoder4Editing(cfg.encoder_config())
+    latent_d = LatentCodesDiscriminator(cfg.style_dim)
+    generator.style.requires_grad_(False)
+    latent_avg = generator.mean_latent(MEAN_LATENT_SAMPLES)[0]  # [D]
+    g_ema = copy.deepcopy(generator).eval().requires_grad_(False)
+    return Networks(generator, g_ema, encoder, latent_d, latent_avg)
+
+
+def synthesis_parameters(generator: Generator) -> list[torch.nn.Parameter]:
+    """Every generator parameter except the (frozen) mapping network's."""
+    return [p for name, p in generator.named_parameters() if not name.startswith("style.")]
+
+
+# ------------------------------------------------------------------------------ losses
+def latent_d_loss(latent_d: LatentCodesDiscriminator, real_w: torch.Tensor, fake_w: torch.Tensor,
+                  r1_gamma: float) -> tuple[torch.Tensor, dict]:
+    """Non-saturating logistic loss of D_latent on mapping(z) [N, D] vs encoder codes [M, D], + R1 on real."""
+    real_w = real_w.detach().requires_grad_(r1_gamma > 0)
+    real_pred, fake_pred = latent_d(real_w), latent_d(fake_w.detach())
+    loss = F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
+    r1 = real_w.new_zeros(())
+    if r1_gamma > 0:
+        (grad,) = torch.autograd.grad(real_pred.sum(), real_w, create_graph=True)
+        r1 = grad.square().sum(1).mean()
+        loss = loss + r1_gamma / 2 * r1
+    return loss, {"d_latent": float(loss.detach()), "r1": float(r1.detach())}
+
+
+def encoder_latent_loss(latent_d: LatentCodesDiscriminator, codes: torch.Tensor) -> torch.Tensor:
+    """e4e's adversarial term: softplus(-D(w_i)) averaged over images and W+ entries. codes [B, n_latent, D]"""
+    return F.softplus(-latent_d(codes)).mean()
+
+
+def delta_loss(codes: torch.Tensor) -> torch.Tensor:
+    """e4e's delta regularisation: mean over entries i >= 1 of |w_i - w_0|_2. codes [B, n_latent, D]"""
+    return (codes[:, 1:] - codes[:, :1]).norm(dim=2).mean()
+
+
+class LpipsTerm:
+    """LPIPS (AlexNet) when its backbone weights are on the machine; otherwise off, with the reason."""
+
+    def __init__(self, weight: float):
+        self.available, self.message = common.lpips_status()
+        self.net = None
+        if weight > 0 and self.available:
+            import lpips
+
+            self.net = lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.net is None:
+            return x.new_zeros(())
+        return self.net(x, y).mean()
+
+
+# ------------------------------------------------------------------------------ swap pool
+def load_or_render_pool(cfg: GeneratorStageConfig, table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The run's swap pool (rows a, b and truth images), from the cache file when it matches."""
+    path = cfg.folder / SWAP_POOL_FILE
+    a, b = swap_pairs(cfg.seed, table["identity"].to_numpy(), cfg.swap_pool)
+    if path.is_file():
+        with np.load(path) as cached:
+            if np.array_equal(cached["a"], a) and np.array_equal(cached["b"], b) and \
+                    cached["truth"].shape[1] == cfg.image_size:
+                return {"a": a, "b": b, "truth": cached["truth"]}
+    from megafr.datasets.synthheads import HeadWorld
+
+    world = HeadWorld(study_path(cfg.model_path), study_path(cfg.landmark_path), cfg.image_size)
+    truth = render_swap_set(world, table, a, b, progress="render swap pool")
+    with atomic_path(path) as temp:
+        with open(temp, "wb") as handle:
+            np.savez(handle, a=a, b=b, truth=truth)
+    return {"a": a, "b": b, "truth": truth}
+
+
+# ------------------------------------------------------------------------------ training
+@dataclass
+class GeneratorResult:
+    nets: Networks  # trained networks (eval mode)
+    curve: pd.DataFrame  # step, lr, loss terms
+    steps_run: int  # steps run in this call
+    seconds: float  # wall time of those steps
+    resumed_from: int  # checkpoint step resumed from (0: fresh start)
+    lpips_message: str  # "LPIPS on/off: ..." (logged by the notebook)
+
+
+def _ema(target: Generator, source: Generator, decay: float) -> None:
+    with torch.no_grad():
+        for p_ema, p in zip(target.parameters(), source.parameters()):
+            p_ema.lerp_(p, 1.0 - decay)
+
+
+def train_generator(cfg: GeneratorStageConfig, images: np.ndarray, pool: Optional[dict] = None,
+                    progress: bool = True, stop_after: Optional[int] = None) -> GeneratorResult:
+    """Train (or resume) G + e4e + D_latent on uint8 training images [N, S, S, 3] and the swap pool."""
+    if images.shape[1] != cfg.image_size:
+        raise InputError(f"train_generator: images are {images.shape[1]} px but image_size={cfg.image_size}; "
+                         "set train_generator.image_size to prepare.image_size")
+    if cfg.swap_batch and pool is None:
+        raise InputError("train_generator: swap_batch > 0 needs the swap pool (load_or_render_pool)")
+    with common.torch_threads(cfg.threads):
+        return _train(cfg, images, pool, progress, stop_after)
+
+
+def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, progress: bool, stop_after) -> GeneratorResult:
+    nets = build_networks(cfg)
+    opt_g = torch.optim.Adam(synthesis_parameters(nets.generator), lr=cfg.lr_g, betas=ADAM_BETAS_G)
+    opt_e = torch.optim.Adam(nets.encoder.parameters(), lr=cfg.lr_e, betas=ADAM_BETAS_E)
+    opt_d = torch.optim.Adam(nets.latent_d.parameters(), lr=cfg.lr_d, betas=ADAM_BETAS_G)
+    modules = {"generator": nets.generator, "g_ema": nets.g_ema, "encoder": nets.encoder, "latent_d": nets.latent_d}
+    optimizers = {"g": opt_g, "e": opt_e, "d": opt_d}
+    lpips_term = LpipsTerm(cfg.lambda_lpips)
+    path = cfg.folder / CHECKPOINT_FILE
+    start, curve = 0, []
+    saved = common.try_resume(path, cfg, cfg.steps)
+    if saved is not None:
+        start = common.restore(saved, modules, optimizers)
+        curve = list(saved["curve"])
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    log_every = max(1, cfg.steps // CURVE_POINTS)
+    noise = [getattr(nets.generator.noises, f"noise_{i}") for i in range(nets.generator.num_layers)]
+    nets.generator.train()
+    nets.encoder.train()
+    window: dict[str, list[float]] = {}
+    began = time.perf_counter()
+    for step in tqdm(range(start, end), desc="train_generator", initial=start, total=cfg.steps,
+                     disable=not progress, leave=False):
+        common.seed_step(cfg.seed, step)
+        rows = common.batch_rows(cfg.seed, step, len(images), cfg.batch_size)
+        x = common.images_to_tensor(images[rows])  # [B, 3, S, S]
+        n_rec = len(x)
+        if cfg.swap_batch:
+            pick = common.batch_rows(cfg.seed + 1, step, len(pool["a"]), cfg.swap_batch)
+            xa = common.images_to_tensor(images[pool["a"][pick]])
+            xb = common.images_to_tensor(images[pool["b"][pick]])
+            truth = common.images_to_tensor(pool["truth"][pick])
+            x = torch.cat([x, xa, xb])  # [B + 2P, 3, S, S]
+        lrs = {name: common.cosine_lr(peak, step, cfg.steps) for name, peak in (("g", cfg.lr_g), ("e", cfg.lr_e), ("d", cfg.lr_d))}
+        for name, opt in optimizers.items():
+            common.set_lr(opt, lrs[name])
+
+        # generator + encoder step
+        codes = nets.encode(x)  # [B + 2P, n_latent, D]
+        n_a = n_rec + cfg.swap_batch
+        decode = codes[:n_a]
+        if cfg.swap_batch:
+            decode = torch.cat([decode, mix_codes(codes[n_a:], codes[n_rec:n_a])])  # + mixed [P]
+        out = nets.generator.synthesis(decode, noise)  # [B + 2P, 3, S, S]
+        terms = {"l2": F.mse_loss(out[:n_a], x[:n_a])}
+        terms["swap"] = F.mse_loss(out[n_a:], truth) if cfg.swap_batch else out.new_zeros(())
+        terms["latent"] = encoder_latent_loss(nets.latent_d, codes) if cfg.lambda_latent else out.new_zeros(())
+        terms["delta"] = delta_loss(codes)
+        terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else out.new_zeros(())
+        total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
+        opt_g.zero_grad(set_to_none=True)
+        opt_e.zero_grad(set_to_none=True)
+        total.backward()
+        opt_g.step()
+        opt_e.step()
+        _ema(nets.g_ema, nets.generator, cfg.ema_decay)
+
+        # latent discriminator step
+        logged = {k: float(v.detach()) for k, v in terms.items()}
+        if cfg.lambda_latent:
+            z = torch.randn(codes.shape[0] * codes.shape[1], cfg.style_dim)
+            with torch.no_grad():
+                real_w = nets.generator.style(z)  # [N, D]
+            d_loss, d_terms = latent_d_loss(nets.latent_d, real_w, codes.detach().reshape(-1, cfg.style_dim),
+                                            cfg.r1_gamma)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            logged.update(d_terms)
+        logged["total"] = float(total.detach())
+        for k, v in logged.items():
+            window.setdefault(k, []).append(v)
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            curve.append({"step": step + 1, "lr_g": lrs["g"], **{k: float(np.mean(v)) for k, v in window.items()}})
+            window = {}
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            common.save_training_state(path, cfg, step + 1, modules, optimizers, curve)
+    seconds = time.perf_counter() - began
+    for module in modules.values():
+        module.eval()
+    columns = ["step", "lr_g", "total", *LOSS_TERMS]
+    return GeneratorResult(nets, pd.DataFrame(curve).reindex(columns=columns).fillna(0.0), end - start, seconds, start,
+                           lpips_term.message)
+
+
+# ------------------------------------------------------------------------------ products
+def e4e_net(nets: Networks) -> InversionNet:
+    """The e4e product: encoder + g_ema decoder + latent_avg [n_latent, D]."""
+    return InversionNet(nets.encoder, nets.latent_avg, decoder=nets.g_ema).eval()
+
+
+def save_products(cfg: GeneratorStageConfig, nets: Networks) -> dict[str, str]:
+    """Write ``stylegan2.pt`` and ``e4e.pt`` in the official layouts and ``products.json``; return the paths."""
+    folder = cfg.folder
+    save_stylegan2(folder / STYLEGAN_FILE, nets.g_ema, nets.latent_avg, g=nets.generator)
+    opts = {"dataset_type": "synthheads", "lambda_l2": cfg.lambda_l2, "lambda_swap": cfg.lambda_swap,
+            "lambda_latent": cfg.lambda_latent, "lambda_delta": cfg.lambda_delta, "lambda_lpips": cfg.lambda_lpips,
+            "w_discriminator_lambda": cfg.lambda_latent, "delta_norm_lambda": cfg.lambda_delta}
+    save_encoder(folder / E4E_FILE, e4e_net(nets), opts=opts, discriminator=nets.latent_d)
+    products = {"stylegan2": str(folder / STYLEGAN_FILE), "e4e": str(folder / E4E_FILE)}
+    write_json(folder / PRODUCTS_FILE, products)
+    return products
+
+
+def check_official(cfg: GeneratorStageConfig) -> tuple[dict, dict]:
+    """Paper profile: load the user's official files through the official loaders; ``(metrics, products)``."""
+    generator, _ = load_stylegan2(study_path(cfg.official_stylegan2))
+    e4e = load_e4e(study_path(cfg.official_e4e))
+    products = {"stylegan2": str(study_path(cfg.official_stylegan2)), "e4e": str(study_path(cfg.official_e4e))}
+    write_json(cfg.folder / PRODUCTS_FILE, products)
+    metrics = {"trained": 0, "official_files_loaded": 2, "generator_size": generator.size,
+               "n_latent": generator.n_latent,
+               "generator_parameters": sum(p.numel() for p in generator.parameters()),
+               "encoder_parameters": sum(p.numel() for p in e4e.encoder.parameters())}
+    return metrics, products
+
+
+# ------------------------------------------------------------------------------ the stage
+@dataclass
+class GeneratorStageOutput:
+    metrics: dict  # numeric leaves (data/metrics/train_generator.json)
+    curve: pd.DataFrame  # training curve (data/plots/train_generator_curve.csv)
+    nets: Optional[Networks]  # trained networks (None in official mode)
+    test_x: Optional[torch.Tensor] = None  # test images used for the inversion metrics [N, 3, S, S]
+    test_recon: Optional[torch.Tensor] = None  # their e4e inversions
+    swap: Optional[dict] = None  # xa, xb (uint8), mixed (tensor), truth (uint8) of the swap test pairs
+    log: str = ""  # lines the notebook prints (LPIPS status, pose measurement)
+
+
+def run_generator_stage(cfg: GeneratorStageConfig, progress: bool = True) -> GeneratorStageOutput:
+    """Train (resuming if possible), save the products and evaluate on the test identities."""
+    from megafr.nets.checkpoints import load_arcface
+    from megafr.pretrain import evaluate as ev
+    from megafr.pretrain.idnet import read_split
+    from megafr.pretrain.latent_structure import face3d_pose_measure
+
+    if cfg.mode == "official":
+        metrics, _ = check_official(cfg)
+        return GeneratorStageOutput(metrics, pd.DataFrame(columns=["step", "lr_g", "total", *LOSS_TERMS]), None)
+    images, table = read_split(cfg.data_dir, "train")
+    pool = load_or_render_pool(cfg, table) if cfg.swap_batch else None
+    result = train_generator(cfg, images, pool, progress=progress)
+    save_products(cfg, result.nets)
+    nets = result.nets
+    idnet = load_arcface(study_path(cfg.idnet_path))
+    test_images, test_table = read_split(cfg.data_dir, "test")
+    rows = np.linspace(0, len(test_images) - 1, min(cfg.n_eval, len(test_images))).round().astype(int)
+    x = common.images_to_tensor(test_images[rows])
+    _, recon = ev.invert(nets.encode, nets.g_ema, x)
+    metrics = {"trained": 1, "steps": cfg.steps, "train_seconds": round(result.seconds, 2),
+               "seconds_per_step": round(result.seconds / max(1, result.steps_run), 4),
+               "resumed_from": result.resumed_from, "lpips_used": int(result.lpips_message.startswith("LPIPS on")),
+               "generator_parameters": sum(p.numel() for p in nets.generator.parameters()),
+               "encoder_parameters": sum(p.numel() for p in nets.encoder.parameters()),
+               "inversion_e4e": ev.inversion_metrics(x, recon, idnet)}
+    all_test = common.images_to_tensor(test_images)
+    metrics["fd_id_samples_vs_test"] = ev.sample_fd_id(nets.g_ema, idnet, all_test, min(cfg.n_fd_samples, len(all_test)))
+    metrics["fd_id_inversions_vs_test"] = ev.fd_id(idnet, recon, all_test[:len(recon)]) if len(recon) > 2 else 0.0
+    a, b = ev.swap_eval_pairs(cfg.seed, test_table["identity"].to_numpy(), cfg.n_swap_eval)
+    from megafr.datasets.synthheads import HeadWorld
+
+    world = HeadWorld(study_path(cfg.model_path), study_path(cfg.landmark_path), cfg.image_size)
+    truth = render_swap_set(world, test_table, a, b)
+    log = [result.lpips_message]
+    measure, size = None, None
+    if cfg.face3d_path:
+        measure, size = face3d_pose_measure(study_path(cfg.face3d_path), study_path(cfg.model_path),
+                                            study_path(cfg.landmark_path))
+        log.append(f"layer swap: pose measured by the 3D network {cfg.face3d_path}")
+    else:
+        log.append("layer swap: pose NOT measured (train_generator.face3d_path is empty)")
+    report, mixed = ev.layer_swap_eval(nets.encode, nets.g_ema, test_images, test_table, a, b, truth, measure, size)
+    metrics["layer_swap"] = report
+    swap = {"xa": test_images[a], "xb": test_images[b], "mixed": mixed, "truth": truth}
+    return GeneratorStageOutput(metrics, result.curve, nets, x, recon, swap, "\n".join(log))

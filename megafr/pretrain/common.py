@@ -1,0 +1,178 @@
+"""Pieces shared by the three pretraining stages: data order, schedules, checkpoints with resume, LPIPS detection.
+
+Determinism and resume (the contract of every stage here):
+
+- the rows of the batch at step ``k`` are a pure function of ``(seed, k)``
+  (:func:`batch_rows`: one permutation per epoch seeded by ``(seed, epoch)``);
+- at the start of step ``k`` the global torch RNG is seeded from ``(seed, k)``
+  (:func:`seed_step`), so every random draw of the step (latent samples, noise, dropout) is too;
+- the learning rate is a pure function of ``k`` (:func:`cosine_lr`);
+- a checkpoint ``{"state_dict", "config", "step"}`` plus the optimizer states, the torch RNG state
+  and the training curve so far is written atomically every ``checkpoint_every`` steps and at the
+  end (:func:`save_training_state`).
+
+A run that is killed and started again continues from its last checkpoint and ends with the
+weights of an uninterrupted run (``tests/test_pretrain.py`` checks it bit for bit).
+
+Hand-written: a loop of this size does not warrant a training framework (Lightning, Ignite), and
+none of them makes resume exact without the same bookkeeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from megafr.errors import CheckpointError
+from megafr.fileio import atomic_path
+
+WARMUP_FRACTION = 0.03  # share of the steps with a linear learning-rate warm-up (then cosine decay)
+FINAL_LR_FRACTION = 0.05  # the cosine decays to this fraction of the peak learning rate
+SEED_MIX = 1_000_003  # large prime mixing (seed, step) into one torch seed
+CHECKPOINT_KEYS = ("state_dict", "config", "step")
+# Config fields that may change between an interrupted run and its resumption.
+RESUME_FREE_FIELDS = ("checkpoint_every", "threads", "out_dir", "run_dir", "profile", "idnet_path", "face3d_path",
+                      "n_eval", "n_fd_samples", "n_swap_eval")
+LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt", "vgg": "vgg16-"}  # torchvision weight file prefixes in the hub cache
+
+
+def batch_rows(seed: int, step: int, n_items: int, batch_size: int) -> np.ndarray:
+    """Rows of the batch at ``step``: positions ``step*B .. step*B+B-1`` of a stream of per-epoch permutations."""
+    if n_items < 1 or batch_size < 1:
+        raise ValueError(f"batch_rows needs n_items >= 1 and batch_size >= 1, got {n_items}, {batch_size}")
+    positions = step * batch_size + np.arange(batch_size)
+    epochs, offsets = positions // n_items, positions % n_items
+    out = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(epochs):
+        order = np.random.default_rng([seed, int(epoch)]).permutation(n_items)
+        chosen = epochs == epoch
+        out[chosen] = order[offsets[chosen]]
+    return out
+
+
+def seed_step(seed: int, step: int) -> None:
+    """Seed torch's global RNG from ``(seed, step)``: every draw of the step is then reproducible."""
+    torch.manual_seed((seed * SEED_MIX + step) % (2**63 - 1))
+
+
+def cosine_lr(peak: float, step: int, steps: int) -> float:
+    """Linear warm-up over WARMUP_FRACTION of the steps, then cosine decay to FINAL_LR_FRACTION * peak."""
+    warmup = max(1, int(WARMUP_FRACTION * steps))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    floor = FINAL_LR_FRACTION * peak
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (0: leave torch's setting alone)."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, S, S, 3] -> float [N, 3, S, S] in [-1, 1]."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images [N, S, S, 3], got {images.dtype} {images.shape}")
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    """float [N, 3, S, S] in [-1, 1] -> uint8 [N, S, S, 3] (clamped, rounded)."""
+    return ((x.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def resume_key(cfg) -> dict:
+    """The config fields that must match for a checkpoint to be resumed."""
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUME_FREE_FIELDS}
+
+
+def save_training_state(path: Path, cfg, step: int, modules: dict[str, torch.nn.Module],
+                        optimizers: dict[str, torch.optim.Optimizer], curve: list[dict],
+                        extra: Optional[dict] = None) -> None:
+    """Write ``{"state_dict": {name: weights}, "config", "step", "optimizers", "rng", "curve"}`` atomically."""
+    data = {
+        "state_dict": {name: module.state_dict() for name, module in modules.items()},
+        "config": asdict(cfg),
+        "step": int(step),
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+        "rng": torch.get_rng_state(),
+        "curve": list(curve),
+        **(extra or {}),
+    }
+    with atomic_path(path) as temp:
+        torch.save(data, temp)
+
+
+def read_training_state(path: Path) -> dict:
+    """Load a training checkpoint written by :func:`save_training_state` (CheckpointError if it is not one)."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable training checkpoint ({type(error).__name__}: {error}); "
+                              "delete it to start the stage afresh") from error
+    if not isinstance(data, dict) or any(k not in data for k in CHECKPOINT_KEYS + ("optimizers", "curve")):
+        raise CheckpointError(f"{path}: expected a training checkpoint with keys {list(CHECKPOINT_KEYS)}, "
+                              f"'optimizers', 'curve'; delete it to start the stage afresh")
+    return data
+
+
+def try_resume(path: Path, cfg, steps: int) -> Optional[dict]:
+    """The checkpoint at ``path`` if it was written by a run with the same configuration, else None."""
+    if not path.is_file():
+        return None
+    try:
+        data = read_training_state(path)
+    except CheckpointError:
+        return None  # a damaged leftover of a killed run: start again rather than fail
+    saved = {k: v for k, v in data["config"].items() if k not in RESUME_FREE_FIELDS}
+    wanted = resume_key(cfg)
+    same = saved == {k: (list(v) if isinstance(v, tuple) else v) for k, v in wanted.items()} or saved == wanted
+    return data if same and 0 < int(data["step"]) <= steps else None
+
+
+def restore(data: dict, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> int:
+    """Load weights, optimizer states and the RNG state from a checkpoint; return its step."""
+    for name, module in modules.items():
+        module.load_state_dict(data["state_dict"][name])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(data["optimizers"][name])
+    torch.set_rng_state(data["rng"])
+    return int(data["step"])
+
+
+def lpips_status() -> tuple[bool, str]:
+    """Whether LPIPS can run offline here: its torchvision backbone weights must already be in the hub cache.
+
+    Never downloads. Returns ``(available, message)``; the message is what the stage logs.
+    """
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    found = sorted(p.name for p in folder.glob("*.pth")) if folder.is_dir() else []
+    have = [net for net, prefix in LPIPS_BACKBONE_FILES.items() if any(f.startswith(prefix) for f in found)]
+    if not have:
+        return False, (f"LPIPS off: no AlexNet/VGG16 ImageNet weights in {folder} (lpips needs torchvision's "
+                       "pretrained backbone; nothing is downloaded); the pixel L2 term carries the reconstruction")
+    try:
+        import lpips  # noqa: F401  (imports torchvision)
+    except Exception as error:  # a broken torchvision install raises RuntimeError on import
+        return False, f"LPIPS off: the lpips package does not import ({type(error).__name__}: {error})"
+    return True, f"LPIPS on: {have[0]} backbone found in {folder}"

@@ -1,0 +1,115 @@
+"""Evaluation and figures of the generator and inversion stages, on the *test identities* only.
+
+- inversion: PSNR and SSIM (``megafr.pretrain.metrics``) and ID similarity
+  (``megafr.nets.identity.identity_similarity``, the function MegaFR's L_ID uses) of ``G(E(x))``
+  against ``x``;
+- samples: FD-id between ``G(mapping(z))`` and real test images in the identity network's space;
+- the layer swap (``megafr.pretrain.latent_structure``) on test pairs whose right answer is rendered;
+- grids: inversions (real / reconstruction rows), samples, and swaps (A, B, G(mix), truth).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from megafr import plots
+from megafr.nets.identity import identity_similarity
+from megafr.pretrain import common
+from megafr.pretrain.latent_structure import PoseMeasure, layer_swap_report, mix_codes, pose_table_degrees, swap_pairs
+from megafr.pretrain.metrics import fd_id, psnr, ssim
+
+EVAL_BATCH = 64  # images per forward pass during evaluation
+SAMPLE_SEED = 12345  # z of the sample grid and FD-id samples (fixed: comparable across runs)
+GRID_COLUMNS = 8  # images per row in the figures
+TRUNCATION = 1.0  # no truncation for FD-id samples (the distribution as trained)
+
+
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([fn(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+
+
+def invert(encode: Callable[[torch.Tensor], torch.Tensor], generator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes [N, n_latent, D], reconstructions [N, 3, S, S]) with the generator's fixed noise."""
+    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    codes = _batched(encode, x)
+    recon = _batched(lambda w: generator.synthesis(w, noise), codes)
+    return codes, recon
+
+
+def inversion_metrics(x: torch.Tensor, recon: torch.Tensor, idnet: Optional[torch.nn.Module]) -> dict:
+    """Mean PSNR (dB), SSIM and ID similarity of reconstructions against the real images."""
+    out = {"images": len(x), "psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean())}
+    if idnet is not None:
+        out["id_similarity"] = float(_batched_pairs(idnet, recon, x).mean())
+    return out
+
+
+def _batched_pairs(idnet, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([identity_similarity(idnet, a[i:i + EVAL_BATCH], b[i:i + EVAL_BATCH])
+                          for i in range(0, len(a), EVAL_BATCH)])
+
+
+def samples(generator, n: int, seed: int = SAMPLE_SEED) -> torch.Tensor:
+    """``n`` images G(mapping(z)) [n, 3, S, S], z from a fixed seed, fixed noise."""
+    z = torch.randn(n, generator.style_dim, generator=torch.Generator().manual_seed(seed))
+    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    with torch.no_grad():
+        w = _batched(generator.style, z)  # [n, D]
+        codes = w[:, None, :].expand(-1, generator.n_latent, -1).contiguous()
+        return _batched(lambda c: generator.synthesis(c, noise), codes)
+
+
+def sample_fd_id(generator, idnet, real: torch.Tensor, n: int) -> float:
+    """FD-id between ``n`` samples and ``n`` real images (the first n of ``real``)."""
+    return fd_id(idnet, samples(generator, n), real[:n])
+
+
+def swap_eval_pairs(seed: int, identity: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Test pairs for the layer-swap measurement (a different stream from the training pool)."""
+    return swap_pairs(seed + 1, identity, n)
+
+
+def layer_swap_eval(encode, generator, test_images: np.ndarray, table: pd.DataFrame, a: np.ndarray, b: np.ndarray,
+                    truth: np.ndarray, measure_pose: Optional[PoseMeasure], measure_size: Optional[int] = None
+                    ) -> tuple[dict, torch.Tensor]:
+    """Layer-swap numbers on test pairs (a, b) with rendered truth uint8 [n, S, S, 3]; also returns G(mix)."""
+    xa, xb = common.images_to_tensor(test_images[a]), common.images_to_tensor(test_images[b])
+    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    wa = _batched(encode, xa)
+    wb = _batched(encode, xb)
+    mixed = _batched(lambda w: generator.synthesis(w, noise), mix_codes(wb, wa))
+    pose_b = torch.from_numpy(pose_table_degrees(table.iloc[b]))
+    report = layer_swap_report(mixed, xb, common.images_to_tensor(truth), pose_b, measure_pose, measure_size)
+    return report, mixed
+
+
+# ------------------------------------------------------------------------------ figures
+def inversion_grid(x: torch.Tensor, recon: torch.Tensor, title: str, n: int = GRID_COLUMNS * 2):
+    """Figure: rows of real test images followed by their reconstructions."""
+    n = min(n, len(x))
+    real, rec = common.tensor_to_images(x[:n]), common.tensor_to_images(recon[:n])
+    cols = min(GRID_COLUMNS, n)
+    tiles, labels = [], []
+    for start in range(0, n, cols):
+        tiles += [real[start:start + cols], rec[start:start + cols]]
+        labels += ["real", "inverted"]
+    return plots.image_grid(np.concatenate(tiles), ncols=cols, title=title, row_labels=labels)
+
+
+def sample_grid(images: torch.Tensor, title: str):
+    """Figure: generated samples."""
+    return plots.image_grid(common.tensor_to_images(images), ncols=GRID_COLUMNS, title=title)
+
+
+def swap_grid(xa: np.ndarray, xb: np.ndarray, mixed: torch.Tensor, truth: np.ndarray, title: str, n: int = GRID_COLUMNS):
+    """Figure: columns of pairs; rows A (colours), B (geometry), G(mix), rendered truth."""
+    n = min(n, len(xa))
+    tiles = np.concatenate([xa[:n], xb[:n], common.tensor_to_images(mixed[:n]), truth[:n]])
+    return plots.image_grid(tiles, ncols=n, title=title,
+                            row_labels=["A (colour)", "B (geometry)", "G(mix)", "truth"])

@@ -1,0 +1,250 @@
+"""The ``train_idnet`` stage: an IR-SE ArcFace identity network trained on the SynthHeads identity labels.
+
+The paper world measures identity with the released ``model_ir_se50.pth``; the mini world trains
+the same architecture (``megafr.nets.irse.ArcFace``, narrow and shallow) with ArcFace's additive
+angular margin loss (Deng et al., "ArcFace", CVPR 2019, Eq. 3):
+
+    L = -log( e^{s cos(theta_y + m)} / (e^{s cos(theta_y + m)} + sum_{j != y} e^{s cos theta_j}) )
+
+where ``theta_j`` is the angle between the L2-normalised embedding and the normalised class centre
+``W_j``. As in the reference implementation (insightface ``ArcMarginProduct``), when
+``theta_y + m`` would pass pi the target logit falls back to ``cos theta_y - m sin m`` so that the
+logit stays monotonic in ``theta_y``. The margin head is written here (``ArcMarginHead``) because
+no installed library provides it; it is a dozen lines. At ``m = 0`` the loss is softmax cross
+entropy on ``s cos theta`` (the test checks it).
+
+The network sees exactly what ``megafr.nets.identity`` feeds it at evaluation: the pSp face crop
+of the image, pooled to the network's input size. Verification on the *test identities* (never
+seen in training): all genuine and impostor pairs of the test split, TAR at FAR 1e-3.
+
+The paper profile does not train: ``run_idnet_stage`` validates that the user's official file loads
+through ``megafr.nets.checkpoints.load_arcface`` and reports that nothing was trained.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from megafr.config import require, study_path
+from megafr.errors import InputError, MissingFileError
+from megafr.nets.checkpoints import load_arcface, save_arcface
+from megafr.nets.identity import face_crop
+from megafr.nets.irse import ArcFace, ArcFaceConfig, IRSEConfig
+from megafr.pretrain import common
+from megafr.pretrain.metrics import identity_embeddings, tar_at_far, verification_pairs
+
+MODES = ("train", "official")  # train: mini / smoke worlds; official: validate the paper's file
+PRODUCT_FILE = "arcface.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+FARS = (1e-3, 1e-2)  # false accept rates at which TAR is reported
+CURVE_POINTS = 100  # about this many rows in the training curve
+
+
+@dataclass(frozen=True)
+class IdNetConfig:
+    """Parameters of the train_idnet stage (params.yaml block ``train_idnet`` plus shared keys)."""
+
+    profile: str  # profile that produced the run (labels figures and metrics)
+    seed: int  # seeds the weights and the data order
+    mode: str  # "train" (mini, smoke) or "official" (paper: check the user's model_ir_se50.pth)
+    data_dir: str  # output folder of the prepare stage
+    official_path: str  # official mode: path of model_ir_se50.pth
+    input_size: int  # network input side (the face crop is pooled to it); multiple of 16
+    embedding_dim: int  # identity embedding size
+    widths: tuple  # channels of the four IR-SE stages
+    units: tuple  # bottleneck units per stage
+    stem_channels: int  # channels after the input layer
+    drop_ratio: float  # dropout before the embedding layer (training only)
+    margin: float  # ArcFace additive angular margin m, radians
+    scale: float  # ArcFace logit scale s
+    steps: int  # optimisation steps
+    batch_size: int  # images per step
+    lr: float  # peak learning rate (Adam)
+    weight_decay: float  # decoupled weight decay (AdamW)
+    checkpoint_every: int  # write the resumable checkpoint every this many steps
+    threads: int  # torch intra-op threads (0: torch's default)
+    out_dir: str = "data/train_idnet"  # products and checkpoint
+    run_dir: str = ""  # set by a sweep: write under <run_dir>/train_idnet instead
+
+    def __post_init__(self):
+        require(self.mode in MODES, f"train_idnet.mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "official":
+            require(bool(self.official_path), "train_idnet.official_path must name model_ir_se50.pth in the paper profile")
+            return
+        require(self.input_size % 16 == 0 and self.input_size >= 16,
+                f"train_idnet.input_size must be a multiple of 16, got {self.input_size}")
+        require(len(self.widths) == 4 and len(self.units) == 4, "train_idnet.widths and units need four entries")
+        require(self.margin >= 0 and self.scale > 0, "train_idnet.margin must be >= 0 and scale > 0")
+        require(self.steps >= 1 and self.batch_size >= 2, "train_idnet.steps >= 1 and batch_size >= 2")
+        require(self.checkpoint_every >= 1, "train_idnet.checkpoint_every must be >= 1")
+
+    @property
+    def folder(self) -> Path:
+        return study_path(self.run_dir) / "train_idnet" if self.run_dir else study_path(self.out_dir)
+
+    def arcface_config(self) -> ArcFaceConfig:
+        body = IRSEConfig(widths=tuple(self.widths), units=tuple(self.units), stem_channels=self.stem_channels)
+        return ArcFaceConfig(input_size=self.input_size, embedding_dim=self.embedding_dim, body=body,
+                             drop_ratio=self.drop_ratio)
+
+
+class ArcMarginHead(torch.nn.Module):
+    """ArcFace classification head: embeddings [B, E] + labels [B] -> margin logits [B, n_classes]."""
+
+    def __init__(self, embedding_dim: int, n_classes: int, margin: float, scale: float):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(n_classes, embedding_dim))  # class centres [C, E]
+        torch.nn.init.xavier_uniform_(self.weight)
+        self.margin = margin  # additive angular margin m (radians)
+        self.scale = scale  # logit scale s
+        self.cos_m, self.sin_m = math.cos(margin), math.sin(margin)
+        self.threshold = math.cos(math.pi - margin)  # beyond it theta + m would pass pi
+        self.fallback = math.sin(math.pi - margin) * margin  # = m sin m: linear continuation
+
+    def cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """cos theta between normalised embeddings and class centres. [B, C]"""
+        return F.normalize(embeddings, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"ArcMarginHead expects [B, {self.weight.shape[1]}], got {tuple(embeddings.shape)}")
+        cos = self.cosines(embeddings).clamp(-1.0, 1.0)  # [B, C]
+        sin = torch.sqrt((1.0 - cos.square()).clamp_min(0.0))
+        phi = cos * self.cos_m - sin * self.sin_m  # cos(theta + m)
+        phi = torch.where(cos > self.threshold, phi, cos - self.fallback)
+        target = F.one_hot(labels, cos.shape[1]).bool()
+        return self.scale * torch.where(target, phi, cos)
+
+
+def arcface_loss(head: ArcMarginHead, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Additive angular margin loss (cross entropy on the margin logits)."""
+    return F.cross_entropy(head(embeddings, labels), labels)
+
+
+# ------------------------------------------------------------------------------------ data
+def read_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """Images uint8 [N, S, S, 3] and the table of a SynthHeads split written by the prepare stage."""
+    folder = study_path(data_dir) / split
+    if not (folder / "images.npy").is_file():
+        raise MissingFileError(f"{folder}/images.npy not found; run the prepare stage first (`dvc repro prepare`)")
+    return np.load(folder / "images.npy"), pd.read_parquet(folder / "meta.parquet")
+
+
+def label_indices(identity: np.ndarray) -> np.ndarray:
+    """Identity labels -> class indices 0..C-1 (sorted by label)."""
+    _, index = np.unique(identity, return_inverse=True)
+    return index.astype(np.int64)
+
+
+# -------------------------------------------------------------------------------- training
+@dataclass
+class IdNetResult:
+    net: ArcFace  # trained network (eval mode)
+    curve: pd.DataFrame  # step, lr, loss, accuracy
+    steps_run: int  # steps run in this call (0 when the checkpoint was complete)
+    seconds: float  # wall time of those steps
+    resumed_from: int  # step of the checkpoint resumed from (0: fresh start)
+
+
+def train_idnet(cfg: IdNetConfig, images: np.ndarray, identity: np.ndarray, progress: bool = True,
+                stop_after: Optional[int] = None) -> IdNetResult:
+    """Train (or resume) the identity network. ``stop_after``: return after that many steps (tests)."""
+    if len(images) < cfg.batch_size:
+        raise InputError(f"train_idnet: {len(images)} images but batch_size={cfg.batch_size}; lower batch_size")
+    with common.torch_threads(cfg.threads):
+        return _train(cfg, images, label_indices(identity), progress, stop_after)
+
+
+def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: bool, stop_after) -> IdNetResult:
+    torch.manual_seed(cfg.seed)
+    net = ArcFace(cfg.arcface_config())
+    head = ArcMarginHead(cfg.embedding_dim, int(labels.max()) + 1, cfg.margin, cfg.scale)
+    params = list(net.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    modules, optimizers = {"net": net, "head": head}, {"opt": optimizer}
+    path = cfg.folder / CHECKPOINT_FILE
+    start, curve = 0, []
+    saved = common.try_resume(path, cfg, cfg.steps)
+    if saved is not None:
+        start = common.restore(saved, modules, optimizers)
+        curve = list(saved["curve"])
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    log_every = max(1, cfg.steps // CURVE_POINTS)
+    window: dict[str, list[float]] = {}
+    net.train()
+    began = time.perf_counter()
+    for step in tqdm(range(start, end), desc="train_idnet", initial=start, total=cfg.steps, disable=not progress,
+                     leave=False):
+        common.seed_step(cfg.seed, step)
+        rows = common.batch_rows(cfg.seed, step, len(images), cfg.batch_size)
+        x = face_crop(common.images_to_tensor(images[rows]), cfg.input_size)  # [B, 3, s, s]
+        y = torch.from_numpy(labels[rows])
+        lr = common.cosine_lr(cfg.lr, step, cfg.steps)
+        common.set_lr(optimizer, lr)
+        logits = head(net(x), y)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window.setdefault("loss", []).append(float(loss.detach()))
+        window.setdefault("accuracy", []).append(float((logits.argmax(1) == y).float().mean()))
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            curve.append({"step": step + 1, "lr": lr, **{k: float(np.mean(v)) for k, v in window.items()}})
+            window = {}
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            common.save_training_state(path, cfg, step + 1, modules, optimizers, curve)
+    seconds = time.perf_counter() - began
+    net.eval()
+    return IdNetResult(net, pd.DataFrame(curve, columns=["step", "lr", "loss", "accuracy"]), end - start, seconds,
+                       start)
+
+
+def save_idnet(cfg: IdNetConfig, net: ArcFace) -> Path:
+    """Write the product ``arcface.pt`` in the TreB1eN layout (+ config) and return its path."""
+    path = cfg.folder / PRODUCT_FILE
+    save_arcface(path, net)
+    return path
+
+
+@torch.no_grad()
+def evaluate_idnet(net: ArcFace, images: np.ndarray, identity: np.ndarray) -> dict:
+    """Verification on every pair of a held-out split: TAR at each FAR of FARS, mean genuine/impostor cosine."""
+    emb = identity_embeddings(net.eval(), common.images_to_tensor(images))
+    genuine, impostor = verification_pairs(emb, identity)
+    out = {"genuine_pairs": int(len(genuine)), "impostor_pairs": int(len(impostor)),
+           "genuine_cos_mean": float(genuine.mean()), "impostor_cos_mean": float(impostor.mean())}
+    for far in FARS:
+        tar, threshold = tar_at_far(genuine, impostor, far)
+        out[f"tar_at_far_{far:g}"] = tar
+        out[f"threshold_at_far_{far:g}"] = threshold
+    return out
+
+
+def run_idnet_stage(cfg: IdNetConfig, progress: bool = True) -> tuple[ArcFace, dict, pd.DataFrame]:
+    """The whole stage: train + save + evaluate (train mode), or load + report (official mode)."""
+    if cfg.mode == "official":
+        net = load_arcface(study_path(cfg.official_path))
+        n_params = sum(p.numel() for p in net.parameters())
+        return net, {"trained": 0, "official_file_loaded": 1, "parameters": n_params}, pd.DataFrame(
+            columns=["step", "lr", "loss", "accuracy"])
+    images, table = read_split(cfg.data_dir, "train")
+    result = train_idnet(cfg, images, table["identity"].to_numpy(), progress=progress)
+    save_idnet(cfg, result.net)
+    test_images, test_table = read_split(cfg.data_dir, "test")
+    metrics = {"trained": 1, "steps": cfg.steps, "train_seconds": round(result.seconds, 2),
+               "resumed_from": result.resumed_from,
+               "parameters": sum(p.numel() for p in result.net.parameters()),
+               "test": evaluate_idnet(result.net, test_images, test_table["identity"].to_numpy())}
+    if len(result.curve):
+        metrics["final_train_accuracy"] = float(result.curve["accuracy"].iloc[-1])
+    return result.net, metrics, result.curve
