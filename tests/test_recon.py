@@ -232,5 +232,5 @@ def test_evaluate_and_figure(world_dir, model, tmp_path):
     assert metrics["images"] == len(test)
     photos_like = LandmarkSet(test.images, test.landmarks, None, test.table[["identity"]])
     assert set(evaluate(model, photos_like)) == {"images", "nme_percent", "nme_percent_median"}
-    fig = reconstruction_figure(model, test, np.arange(3), "test")
+    fig = reconstruction_figure(model, test, 3, "test")
     assert len(fig.axes) == 6

@@ -502,13 +502,21 @@ def curve_figure(curve: pd.DataFrame, title: str):
     return fig
 
 
-def reconstruction_figure(model: FaceModel, data: LandmarkSet, rows: np.ndarray, title: str):
-    """Per test image (columns): the image with true (green) and predicted (red) landmarks, and the
+def figure_rows(table: pd.DataFrame, n: int) -> np.ndarray:
+    """``n`` rows spread evenly over the table, one per identity first when there are enough identities."""
+    firsts = table.drop_duplicates("identity").index.to_numpy() if "identity" in table else np.arange(len(table))
+    pool = firsts if len(firsts) >= n else np.arange(len(table))
+    return pool[np.linspace(0, len(pool) - 1, min(n, len(pool))).round().astype(int)]
+
+
+def reconstruction_figure(model: FaceModel, data: LandmarkSet, n: int, title: str):
+    """Per test image (columns, ``n`` of them spread over identities): the image with true (green) and predicted (red) landmarks, and the
     predicted geometry rendered with the predicted camera, with the predicted landmarks."""
     import matplotlib.pyplot as plt
 
     from megafr.face3d.render import ndc_to_pixels
 
+    rows = figure_rows(data.table, n)
     model.eval()
     with torch.no_grad():
         images = images_from_uint8(data.images[rows])
