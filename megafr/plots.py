@@ -64,6 +64,29 @@ def pose_histograms(table: pd.DataFrame, title: str):
     return fig
 
 
+def loss_curves(curves: "pd.DataFrame | dict[str, pd.DataFrame]", title: str, columns: Sequence[str] | None = None):
+    """Training curves: every loss term against ``step`` (log scale where positive), one panel per run.
+
+    ``curves`` is one table with a ``step`` column or a dict run name -> table; ``columns`` picks the
+    terms (default: every column but ``step``), and terms that are all zero are left out.
+    """
+    runs = curves if isinstance(curves, dict) else {"": curves}
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.0), squeeze=False)
+    for ax, (name, table) in zip(axes[0], runs.items()):
+        names = [c for c in (columns or table.columns) if c != "step" and c in table and table[c].abs().sum() > 0]
+        for column in names:
+            ax.plot(table["step"], table[column], label=column, linewidth=1.0)
+        if names and all((table[c] > 0).all() for c in names):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def message_figure(message: str):
     """A small figure that only says ``message`` (for outputs that do not apply to a profile)."""
     fig, ax = plt.subplots(figsize=(6, 1.2))

@@ -14,7 +14,7 @@ def _config(tmp_path, **overrides):
     values = dict(profile="smoke", seed=0, steps=3, batch_size=2, lr=1e-3, encoder="e4e", condition="render",
                   edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0, lambda_pair=1.0, lambda_cyc=1.0,
                   lambda_self=1.0, lambda_latent=0.1, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5,
-                  checkpoint_every=1, generator_path="", inversion_path="", latent_d_path="", face3d_path="",
+                  checkpoint_every=1, generator_path="", e4e_path="", psp_path="", face3d_path="",
                   idnet_path="", model_path="", landmark_path="", train_images="", out_dir=str(tmp_path))
     values.update(overrides)
     return rt.ReenactConfig(**values)

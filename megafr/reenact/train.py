@@ -70,8 +70,8 @@ class ReenactConfig:
     lambda_rec_id: float  # identity term inside L_rec
     checkpoint_every: int  # steps between checkpoints
     generator_path: str  # StyleGAN2 file (rosinality layout)
-    inversion_path: str  # e4e or pSp file (official layout)
-    latent_d_path: str  # file holding e4e's discriminator_state_dict (the e4e file)
+    e4e_path: str  # e4e file (official layout; also holds the latent discriminator)
+    psp_path: str  # pSp file (official layout), used when encoder = "psp"
     face3d_path: str  # train_face3d checkpoint
     idnet_path: str  # ArcFace IR-SE file
     model_path: str  # FLAME-format model
@@ -89,6 +89,10 @@ class ReenactConfig:
         for name in LOSS_NAMES + ("l2", "lpips", "rec_id"):
             value = getattr(self, f"lambda_{name}")
             require(value >= 0, f"train_reenact.lambda_{name} must be >= 0, got {value}")
+
+    @property
+    def inversion_path(self) -> str:
+        return self.e4e_path if self.encoder == "e4e" else self.psp_path
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -119,10 +123,26 @@ def load_frozen(cfg: ReenactConfig) -> Frozen:
     generator, _ = checkpoints.load_stylegan2(study_path(cfg.generator_path))
     loader = checkpoints.load_e4e if cfg.encoder == "e4e" else checkpoints.load_psp
     inversion = loader(study_path(cfg.inversion_path))
-    latent_d = checkpoints.load_latent_discriminator(study_path(cfg.latent_d_path)) if cfg.lambda_latent > 0 else None
+    latent_d = checkpoints.load_latent_discriminator(study_path(cfg.e4e_path)) if cfg.lambda_latent > 0 else None
     face = load_face_model(study_path(cfg.face3d_path), study_path(cfg.model_path), study_path(cfg.landmark_path))
     idnet = checkpoints.load_arcface(study_path(cfg.idnet_path))
-    return Frozen(*(_freeze(m) for m in (generator, inversion, face, idnet, latent_d)), lpips=None)
+    return Frozen(*(_freeze(m) for m in (generator, inversion, face, idnet, latent_d)),
+                  lpips=_freeze(load_lpips(cfg.lambda_lpips)))
+
+
+def load_lpips(weight: float) -> Optional[torch.nn.Module]:
+    """LPIPS (AlexNet) when its weight is non-zero and its backbone weights are on the machine; the log says which."""
+    from megafr.pretrain.common import lpips_status
+
+    if weight <= 0:
+        return None
+    available, message = lpips_status()
+    print(message)
+    if not available:
+        return None
+    import lpips
+
+    return lpips.LPIPS(net="alex", verbose=False)
 
 
 def build_model(cfg: ReenactConfig, frozen: Frozen) -> MegaFR:
