@@ -62,7 +62,6 @@ from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
 from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
 from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, LatentCodesDiscriminator
-from megafr.nets.irse import IRSEConfig
 from megafr.nets.stylegan2 import Generator
 from megafr.pretrain import common
 from megafr.pretrain.latent_structure import mix_codes, render_swap_set, swap_pairs
@@ -96,9 +95,8 @@ class GeneratorStageConfig:
     style_dim: int  # dimension of z and w
     n_mlp: int  # mapping-network depth
     max_channels: int  # generator channel cap (channel_multiplier 1)
-    enc_widths: tuple  # encoder IR-SE stage widths
-    enc_units: tuple  # encoder IR-SE units per stage
-    enc_stem: int  # encoder stem channels
+    enc_width: int  # encoder IR-SE base width (stages: width * (1, 2, 4, 8); stem: width)
+    enc_units: int  # encoder IR-SE units per stage
     steps: int  # optimisation steps
     batch_size: int  # reconstruction images per step (besides the swap pairs)
     swap_batch: int  # swap pairs per step
@@ -131,7 +129,7 @@ class GeneratorStageConfig:
             return
         require(self.image_size >= 16 and self.image_size & (self.image_size - 1) == 0,
                 f"train_generator.image_size must be a power of two >= 16, got {self.image_size}")
-        require(len(self.enc_widths) == 4 and len(self.enc_units) == 4, "enc_widths and enc_units need four entries")
+        require(self.enc_width >= 1 and self.enc_units >= 1, "train_generator.enc_width and enc_units must be >= 1")
         require(self.steps >= 1 and self.batch_size >= 1 and self.swap_batch >= 0, "steps, batch_size >= 1, swap_batch >= 0")
         require(self.swap_batch == 0 or self.swap_pool >= self.swap_batch,
                 f"swap_pool ({self.swap_pool}) must hold at least swap_batch ({self.swap_batch}) pairs")
@@ -147,8 +145,8 @@ class GeneratorStageConfig:
         return 2 * int(np.log2(self.image_size)) - 2
 
     def encoder_config(self) -> EncoderConfig:
-        body = IRSEConfig(widths=tuple(self.enc_widths), units=tuple(self.enc_units), stem_channels=self.enc_stem)
-        return EncoderConfig(input_size=self.image_size, n_latent=self.n_latent, style_dim=self.style_dim, body=body)
+        return EncoderConfig(input_size=self.image_size, n_latent=self.n_latent, style_dim=self.style_dim,
+                             body=common.irse_body(self.enc_width, self.enc_units))
 
 
 @dataclass

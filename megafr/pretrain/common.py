@@ -42,6 +42,16 @@ RESUME_FREE_FIELDS = ("checkpoint_every", "threads", "out_dir", "run_dir", "prof
 LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt", "vgg": "vgg16-"}  # torchvision weight file prefixes in the hub cache
 
 
+WIDTH_GROWTH = (1, 2, 4, 8)  # IR-SE stage widths as multiples of the base width (distinct, so shapes identify stages)
+
+
+def irse_body(width: int, units: int):
+    """IRSEConfig with stage widths ``width * WIDTH_GROWTH``, ``units`` units per stage and a ``width``-channel stem."""
+    from megafr.nets.irse import IRSEConfig
+
+    return IRSEConfig(widths=tuple(width * g for g in WIDTH_GROWTH), units=(units,) * len(WIDTH_GROWTH), stem_channels=width)
+
+
 def batch_rows(seed: int, step: int, n_items: int, batch_size: int) -> np.ndarray:
     """Rows of the batch at ``step``: positions ``step*B .. step*B+B-1`` of a stream of per-epoch permutations."""
     if n_items < 1 or batch_size < 1:

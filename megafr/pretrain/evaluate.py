@@ -113,3 +113,70 @@ def swap_grid(xa: np.ndarray, xb: np.ndarray, mixed: torch.Tensor, truth: np.nda
     tiles = np.concatenate([xa[:n], xb[:n], common.tensor_to_images(mixed[:n]), truth[:n]])
     return plots.image_grid(tiles, ncols=n, title=title,
                             row_labels=["A (colour)", "B (geometry)", "G(mix)", "truth"])
+
+
+def curve_figure(curve: pd.DataFrame, columns: list[str], title: str):
+    """Figure: training curves (one panel per column, log scale where positive)."""
+    import matplotlib.pyplot as plt
+
+    columns = [c for c in columns if c in curve.columns and curve[c].abs().sum() > 0]
+    fig, axes = plt.subplots(1, max(1, len(columns)), figsize=(2.6 * max(1, len(columns)), 2.4), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        ax.plot(curve["step"], curve[column], color="#4c72b0")
+        if (curve[column] > 0).all():
+            ax.set_yscale("log")
+        ax.set_title(column, fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def text_figure(message: str, title: str):
+    """Figure holding a message (the paper profile trains nothing, but the stage's figure outputs exist)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=8, wrap=True)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def generator_figures(out, world: str) -> dict:
+    """``{name: figure}`` of the train_generator stage: curve, inversions, samples, swaps."""
+    from megafr.pretrain.autoencoder import LOSS_TERMS
+
+    names = ("curve", "inversions", "samples", "swaps")
+    if out.nets is None:
+        return {n: text_figure("official files loaded; nothing trained", f"train_generator ({world} world)") for n in names}
+    return {
+        "curve": curve_figure(out.curve, ["total", *LOSS_TERMS], f"train_generator losses ({world} world)"),
+        "inversions": inversion_grid(out.test_x, out.test_recon, f"e4e inversions of test identities ({world} world)"),
+        "samples": sample_grid(samples(out.nets.g_ema, GRID_COLUMNS * 2), f"G(mapping(z)) samples ({world} world)"),
+        "swaps": swap_grid(out.swap["xa"], out.swap["xb"], out.swap["mixed"], out.swap["truth"],
+                           f"layer swap: coarse+medium of B, fine of A ({world} world)"),
+    }
+
+
+def inversion_figures(out, world: str) -> dict:
+    """``{name: figure}`` of the train_inversion stage: curve and pSp / e4e inversions."""
+    from megafr.pretrain.inversion import LOSS_TERMS
+
+    names = ("curve", "inversions")
+    if out.net is None:
+        return {n: text_figure("official files loaded; nothing trained", f"train_inversion ({world} world)") for n in names}
+    n = min(GRID_COLUMNS, len(out.test_x))
+    tiles = np.concatenate([common.tensor_to_images(t[:n]) for t in (out.test_x, out.test_recon, out.e4e_recon)])
+    grid = plots.image_grid(tiles, ncols=n, title=f"pSp and e4e inversions of test identities ({world} world)",
+                            row_labels=["real", "pSp", "e4e"])
+    return {"curve": curve_figure(out.curve, ["total", *LOSS_TERMS], f"train_inversion losses ({world} world)"),
+            "inversions": grid}
+
+
+def idnet_figures(curve: pd.DataFrame, world: str) -> dict:
+    """``{name: figure}`` of the train_idnet stage: the training curve."""
+    if curve.empty:
+        return {"curve": text_figure("official file loaded; nothing trained", f"train_idnet ({world} world)")}
+    return {"curve": curve_figure(curve, ["loss", "accuracy"], f"train_idnet ArcFace training ({world} world)")}

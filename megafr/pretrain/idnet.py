@@ -39,7 +39,7 @@ from megafr.config import require, study_path
 from megafr.errors import InputError, MissingFileError
 from megafr.nets.checkpoints import load_arcface, save_arcface
 from megafr.nets.identity import face_crop
-from megafr.nets.irse import ArcFace, ArcFaceConfig, IRSEConfig
+from megafr.nets.irse import ArcFace, ArcFaceConfig
 from megafr.pretrain import common
 from megafr.pretrain.metrics import identity_embeddings, tar_at_far, verification_pairs
 
@@ -61,9 +61,8 @@ class IdNetConfig:
     official_path: str  # official mode: path of model_ir_se50.pth
     input_size: int  # network input side (the face crop is pooled to it); multiple of 16
     embedding_dim: int  # identity embedding size
-    widths: tuple  # channels of the four IR-SE stages
-    units: tuple  # bottleneck units per stage
-    stem_channels: int  # channels after the input layer
+    width: int  # IR-SE base width (stages: width * (1, 2, 4, 8); stem: width)
+    units: int  # bottleneck units per stage
     drop_ratio: float  # dropout before the embedding layer (training only)
     margin: float  # ArcFace additive angular margin m, radians
     scale: float  # ArcFace logit scale s
@@ -83,7 +82,7 @@ class IdNetConfig:
             return
         require(self.input_size % 16 == 0 and self.input_size >= 16,
                 f"train_idnet.input_size must be a multiple of 16, got {self.input_size}")
-        require(len(self.widths) == 4 and len(self.units) == 4, "train_idnet.widths and units need four entries")
+        require(self.width >= 1 and self.units >= 1, "train_idnet.width and units must be >= 1")
         require(self.margin >= 0 and self.scale > 0, "train_idnet.margin must be >= 0 and scale > 0")
         require(self.steps >= 1 and self.batch_size >= 2, "train_idnet.steps >= 1 and batch_size >= 2")
         require(self.checkpoint_every >= 1, "train_idnet.checkpoint_every must be >= 1")
@@ -93,8 +92,8 @@ class IdNetConfig:
         return study_path(self.run_dir) / "train_idnet" if self.run_dir else study_path(self.out_dir)
 
     def arcface_config(self) -> ArcFaceConfig:
-        body = IRSEConfig(widths=tuple(self.widths), units=tuple(self.units), stem_channels=self.stem_channels)
-        return ArcFaceConfig(input_size=self.input_size, embedding_dim=self.embedding_dim, body=body,
+        return ArcFaceConfig(input_size=self.input_size, embedding_dim=self.embedding_dim,
+                             body=common.irse_body(self.width, self.units),
                              drop_ratio=self.drop_ratio)
 
 

@@ -1,0 +1,214 @@
+"""The ``train_inversion`` stage: a pSp encoder (GradualStyleEncoder) inverting the frozen mini generator.
+
+pSp (Richardson et al., "Encoding in Style", CVPR 2021, Sec. 3.3) trains its encoder on a frozen
+StyleGAN2 with ``L = lambda_l2 L2 + lambda_lpips LPIPS + lambda_id (1 - <R(x), R(G(E(x)))>) +
+lambda_wnorm |E(x)|^2`` (the last term, pSp's ``w_norm``, keeps the codes near ``latent_avg``).
+The mini world uses the same terms with the study's identity network as ``R``
+(``megafr.nets.identity.identity_similarity``); LPIPS only where its backbone weights are present
+(``megafr.pretrain.common.lpips_status``).
+
+pSp initialises its IR-SE50 body from a face-recognition network trained on real faces; here the
+body, input layer and pyramid lateral convolutions start from the e4e encoder of the
+``train_generator`` stage (same architecture and key names), the per-entry style blocks from
+scratch (in pSp each block outputs a full code, in e4e a delta, so their weights do not transfer).
+
+Product: ``psp.pt`` in the pSp release layout (``state_dict`` with ``encoder.``/``decoder.``,
+``latent_avg`` [n_latent, D], ``opts``), loaded by ``megafr.nets.checkpoints.load_psp``. The paper
+profile (``mode: official``) loads the user's ``psp_ffhq_encode.pt`` and trains nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from megafr.config import require, study_path
+from megafr.errors import InputError
+from megafr.fileio import write_json
+from megafr.nets.checkpoints import load_arcface, load_e4e, load_psp, load_stylegan2, save_encoder
+from megafr.nets.encoders import GradualStyleEncoder, InversionNet
+from megafr.nets.identity import identity_similarity
+from megafr.pretrain import common
+
+MODES = ("train", "official")
+PSP_FILE = "psp.pt"
+PRODUCTS_FILE = "products.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+BACKBONE_PREFIXES = ("input_layer.", "body.", "latlayer1.", "latlayer2.")  # weights taken over from e4e
+ADAM_BETAS = (0.9, 0.999)
+CURVE_POINTS = 100
+LOSS_TERMS = ("l2", "id", "wnorm", "lpips")
+
+
+@dataclass(frozen=True)
+class InversionStageConfig:
+    """Parameters of the train_inversion stage (params.yaml block ``train_inversion`` plus shared keys)."""
+
+    profile: str  # profile that produced the run
+    seed: int  # seeds weights and data order
+    mode: str  # "train" (mini, smoke) or "official" (paper: validate psp_ffhq_encode.pt)
+    data_dir: str  # output folder of the prepare stage
+    stylegan2_path: str  # the frozen generator (train_generator product)
+    e4e_path: str  # e4e product whose backbone initialises pSp
+    idnet_path: str  # identity network (ID loss and ID-similarity metric)
+    official_psp: str  # official mode: psp_ffhq_encode.pt
+    steps: int  # optimisation steps
+    batch_size: int  # images per step
+    lr: float  # peak learning rate (Adam)
+    lambda_l2: float  # pixel L2 weight
+    lambda_id: float  # identity loss weight (1 - ID similarity)
+    lambda_wnorm: float  # pSp's w_norm weight (|E(x)|^2 per entry, offsets from latent_avg)
+    lambda_lpips: float  # LPIPS weight, used only when LPIPS's backbone weights are present
+    n_eval: int  # test images for the metrics
+    checkpoint_every: int  # write the resumable checkpoint every this many steps
+    threads: int  # torch intra-op threads (0: torch's default)
+    out_dir: str = "data/train_inversion"  # product and checkpoint
+    run_dir: str = ""  # set by a sweep: write under <run_dir>/train_inversion instead
+
+    def __post_init__(self):
+        require(self.mode in MODES, f"train_inversion.mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "official":
+            require(bool(self.official_psp), "train_inversion.official_psp must name psp_ffhq_encode.pt in the paper profile")
+            return
+        require(self.steps >= 1 and self.batch_size >= 1, "train_inversion.steps and batch_size must be >= 1")
+        require(self.checkpoint_every >= 1, "train_inversion.checkpoint_every must be >= 1")
+
+    @property
+    def folder(self) -> Path:
+        return study_path(self.run_dir) / "train_inversion" if self.run_dir else study_path(self.out_dir)
+
+
+def build_psp(e4e: InversionNet, decoder, latent_avg: torch.Tensor, seed: int) -> InversionNet:
+    """pSp encoder of e4e's configuration, backbone copied from e4e, style blocks fresh; decoder frozen."""
+    torch.manual_seed(seed)
+    encoder = GradualStyleEncoder(e4e.encoder.config)
+    source = e4e.encoder.state_dict()
+    backbone = {k: v for k, v in source.items() if k.startswith(BACKBONE_PREFIXES)}
+    missing, unexpected = encoder.load_state_dict(backbone, strict=False)
+    if unexpected or any(k.startswith(BACKBONE_PREFIXES) for k in missing):
+        raise InputError(f"e4e backbone does not fit the pSp encoder: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    decoder.eval().requires_grad_(False)
+    return InversionNet(encoder, latent_avg, decoder=decoder)
+
+
+@dataclass
+class InversionResult:
+    net: InversionNet  # trained pSp (eval mode)
+    curve: pd.DataFrame  # step, lr, loss terms
+    steps_run: int
+    seconds: float
+    resumed_from: int
+    lpips_message: str
+
+
+def train_psp(cfg: InversionStageConfig, net: InversionNet, images: np.ndarray, idnet: Optional[torch.nn.Module],
+              progress: bool = True, stop_after: Optional[int] = None) -> InversionResult:
+    """Train (or resume) ``net.encoder`` on uint8 images [N, S, S, 3]; the decoder stays frozen."""
+    if cfg.lambda_id > 0 and idnet is None:
+        raise InputError("train_inversion: lambda_id > 0 needs the identity network (idnet_path)")
+    with common.torch_threads(cfg.threads):
+        return _train(cfg, net, images, idnet, progress, stop_after)
+
+
+def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> InversionResult:
+    from megafr.pretrain.autoencoder import LpipsTerm
+
+    optimizer = torch.optim.Adam(net.encoder.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
+    modules, optimizers = {"encoder": net.encoder}, {"opt": optimizer}
+    lpips_term = LpipsTerm(cfg.lambda_lpips)
+    if idnet is not None:
+        idnet.eval().requires_grad_(False)
+    path = cfg.folder / CHECKPOINT_FILE
+    start, curve = 0, []
+    saved = common.try_resume(path, cfg, cfg.steps)
+    if saved is not None:
+        start = common.restore(saved, modules, optimizers)
+        curve = list(saved["curve"])
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    log_every = max(1, cfg.steps // CURVE_POINTS)
+    decoder = net.decoder
+    noise = [getattr(decoder.noises, f"noise_{i}") for i in range(decoder.num_layers)]
+    net.encoder.train()
+    window: dict[str, list[float]] = {}
+    began = time.perf_counter()
+    for step in tqdm(range(start, end), desc="train_inversion", initial=start, total=cfg.steps,
+                     disable=not progress, leave=False):
+        common.seed_step(cfg.seed, step)
+        x = common.images_to_tensor(images[common.batch_rows(cfg.seed, step, len(images), cfg.batch_size)])
+        lr = common.cosine_lr(cfg.lr, step, cfg.steps)
+        common.set_lr(optimizer, lr)
+        offsets = net.encoder(x)  # [B, n_latent, D]
+        recon = decoder.synthesis(offsets + net.latent_avg, noise)  # [B, 3, S, S]
+        terms = {"l2": F.mse_loss(recon, x), "wnorm": offsets.square().sum(2).mean()}
+        terms["id"] = (1 - identity_similarity(idnet, recon, x.detach())).mean() if cfg.lambda_id else recon.new_zeros(())
+        terms["lpips"] = lpips_term(recon, x) if cfg.lambda_lpips else recon.new_zeros(())
+        total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        for k, v in {"total": total, **terms}.items():
+            window.setdefault(k, []).append(float(v.detach()))
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            curve.append({"step": step + 1, "lr": lr, **{k: float(np.mean(v)) for k, v in window.items()}})
+            window = {}
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            common.save_training_state(path, cfg, step + 1, modules, optimizers, curve)
+    seconds = time.perf_counter() - began
+    net.eval()
+    frame = pd.DataFrame(curve).reindex(columns=["step", "lr", "total", *LOSS_TERMS]).fillna(0.0)
+    return InversionResult(net, frame, end - start, seconds, start, lpips_term.message)
+
+
+@dataclass
+class InversionStageOutput:
+    metrics: dict  # numeric leaves
+    curve: pd.DataFrame  # training curve
+    net: Optional[InversionNet] = None  # trained pSp (None in official mode)
+    test_x: Optional[torch.Tensor] = None  # test images of the metrics
+    test_recon: Optional[torch.Tensor] = None  # their pSp inversions
+    e4e_recon: Optional[torch.Tensor] = None  # their e4e inversions (for the comparison grid)
+    log: str = ""
+
+
+def run_inversion_stage(cfg: InversionStageConfig, progress: bool = True) -> InversionStageOutput:
+    """Train pSp on the frozen generator, save ``psp.pt``, and evaluate pSp and e4e on the test identities."""
+    from megafr.pretrain import evaluate as ev
+    from megafr.pretrain.idnet import read_split
+
+    if cfg.mode == "official":
+        net = load_psp(study_path(cfg.official_psp))
+        write_json(cfg.folder / PRODUCTS_FILE, {"psp": str(study_path(cfg.official_psp))})
+        metrics = {"trained": 0, "official_files_loaded": 1, "n_latent": net.encoder.config.n_latent,
+                   "encoder_parameters": sum(p.numel() for p in net.encoder.parameters())}
+        return InversionStageOutput(metrics, pd.DataFrame(columns=["step", "lr", "total", *LOSS_TERMS]))
+    decoder, _ = load_stylegan2(study_path(cfg.stylegan2_path))  # its latent_avg is e4e's (the mapping mean)
+    e4e = load_e4e(study_path(cfg.e4e_path))
+    idnet = load_arcface(study_path(cfg.idnet_path))
+    images, _ = read_split(cfg.data_dir, "train")
+    if images.shape[1] != decoder.size:
+        raise InputError(f"train_inversion: images are {images.shape[1]} px, the generator makes {decoder.size} px")
+    net = build_psp(e4e, decoder, e4e.latent_avg, cfg.seed)
+    result = train_psp(cfg, net, images, idnet, progress=progress)
+    save_encoder(cfg.folder / PSP_FILE, result.net, opts={
+        "dataset_type": "synthheads", "l2_lambda": cfg.lambda_l2, "id_lambda": cfg.lambda_id,
+        "w_norm_lambda": cfg.lambda_wnorm, "lpips_lambda": cfg.lambda_lpips})
+    write_json(cfg.folder / PRODUCTS_FILE, {"psp": str(cfg.folder / PSP_FILE)})
+    test_images, _ = read_split(cfg.data_dir, "test")
+    rows = np.linspace(0, len(test_images) - 1, min(cfg.n_eval, len(test_images))).round().astype(int)
+    x = common.images_to_tensor(test_images[rows])
+    _, recon = ev.invert(result.net.encode, decoder, x)
+    _, e4e_recon = ev.invert(e4e.encode, e4e.decoder, x)
+    metrics = {"trained": 1, "steps": cfg.steps, "train_seconds": round(result.seconds, 2),
+               "seconds_per_step": round(result.seconds / max(1, result.steps_run), 4),
+               "resumed_from": result.resumed_from, "lpips_used": int(result.lpips_message.startswith("LPIPS on")),
+               "inversion_psp": ev.inversion_metrics(x, recon, idnet),
+               "inversion_e4e": ev.inversion_metrics(x, e4e_recon, idnet)}
+    return InversionStageOutput(metrics, result.curve, result.net, x, recon, e4e_recon, result.lpips_message)

@@ -1,0 +1,318 @@
+"""Tests of the mini-world pretraining stages (megafr.pretrain): losses, layer mixing, metrics,
+training steps, exact resume, and products that load through the official loaders.
+
+Everything runs on tiny networks (32 px generator, 16-channel encoder) and random images, so
+the file stays well under a minute on two cores.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megafr.nets.checkpoints import load_arcface, load_e4e, load_latent_discriminator, load_psp, load_stylegan2
+from megafr.nets.encoders import layer_groups
+from megafr.pretrain import autoencoder as ae
+from megafr.pretrain import common, idnet, inversion, metrics
+from megafr.pretrain.latent_structure import (
+    YAW_TOLERANCE_DEG, border_colour, geometry_layers, layer_swap_report, mix_codes, swap_pairs,
+)
+
+SIZE = 32  # tiny generator / data size
+N_IMAGES = 24
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (N_IMAGES, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pool(images):
+    rng = np.random.default_rng(1)
+    identity = np.repeat(np.arange(6), 4)
+    a, b = swap_pairs(0, identity, 8)
+    return {"a": a, "b": b, "truth": rng.integers(0, 256, (8, SIZE, SIZE, 3), dtype=np.uint8)}
+
+
+def _gen_cfg(out_dir, **overrides) -> ae.GeneratorStageConfig:
+    values = dict(profile="smoke", seed=3, mode="train", data_dir="unused", model_path="", landmark_path="",
+                  official_stylegan2="", official_e4e="", image_size=SIZE, style_dim=16, n_mlp=2, max_channels=16,
+                  enc_width=4, enc_units=1, steps=4, batch_size=2,
+                  swap_batch=2, swap_pool=8, lr_g=2e-3, lr_e=1e-3, lr_d=1e-3, lambda_l2=1.0, lambda_swap=1.0,
+                  lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, r1_gamma=1.0, ema_decay=0.9,
+                  idnet_path="", face3d_path="", n_eval=4, n_fd_samples=4, n_swap_eval=2,
+                  checkpoint_every=1, threads=0, out_dir=str(out_dir))
+    values.update(overrides)
+    return ae.GeneratorStageConfig(**values)
+
+
+def _id_cfg(out_dir, **overrides) -> idnet.IdNetConfig:
+    values = dict(profile="smoke", seed=5, mode="train", data_dir="unused", official_path="", input_size=16,
+                  embedding_dim=8, width=4, units=1, drop_ratio=0.2,
+                  margin=0.3, scale=8.0, steps=4, batch_size=6, lr=1e-3, weight_decay=1e-4, checkpoint_every=1,
+                  threads=0, out_dir=str(out_dir))
+    values.update(overrides)
+    return idnet.IdNetConfig(**values)
+
+
+def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ----------------------------------------------------------------------------- margin loss
+def test_arcface_margin_zero_is_softmax_cross_entropy():
+    torch.manual_seed(0)
+    head = idnet.ArcMarginHead(8, 5, margin=0.0, scale=10.0)
+    emb, labels = torch.randn(7, 8), torch.randint(0, 5, (7,))
+    expected = F.cross_entropy(10.0 * head.cosines(emb), labels)
+    assert torch.allclose(idnet.arcface_loss(head, emb, labels), expected, atol=1e-6)
+
+
+def test_arcface_margin_adds_angle_to_the_target_only():
+    head = idnet.ArcMarginHead(2, 2, margin=0.5, scale=1.0)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    theta = 0.3
+    emb = torch.tensor([[np.cos(theta), np.sin(theta)]], dtype=torch.float32)
+    logits = head(emb, torch.tensor([0]))
+    assert logits[0, 0].item() == pytest.approx(np.cos(theta + 0.5), abs=1e-6)  # target: cos(theta + m)
+    assert logits[0, 1].item() == pytest.approx(np.sin(theta), abs=1e-6)  # other class untouched
+    # past pi - m the logit continues linearly (cos theta - m sin m) and stays below cos(pi - m)
+    far = torch.tensor([[-1.0, 0.0]])
+    assert head(far, torch.tensor([0]))[0, 0].item() == pytest.approx(-1.0 - 0.5 * np.sin(0.5), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------- mixing
+def test_mix_codes_takes_coarse_and_medium_from_geometry_and_fine_from_colour():
+    for n_latent in (10, 18):
+        geometry, colour = torch.zeros(2, n_latent, 3), torch.ones(2, n_latent, 3)
+        mixed = mix_codes(geometry, colour)
+        groups = layer_groups(n_latent)
+        assert geometry_layers(n_latent) == list(range(7))  # coarse 0-2 + medium 3-6 at 64 and 1024 px
+        assert torch.all(mixed[:, : len(groups["coarse"]) + len(groups["medium"])] == 0)
+        assert torch.all(mixed[:, list(groups["fine"])] == 1)
+    # at 32 px there are no fine entries: everything comes from the geometry code
+    assert torch.all(mix_codes(torch.zeros(1, 8, 2), torch.ones(1, 8, 2)) == 0)
+    with pytest.raises(ValueError):
+        mix_codes(torch.zeros(1, 10, 2), torch.zeros(1, 8, 2))
+
+
+def test_swap_pairs_are_of_different_identities_and_deterministic():
+    identity = np.repeat(np.arange(5), 3)
+    a, b = swap_pairs(7, identity, 50)
+    assert np.all(identity[a] != identity[b])
+    a2, b2 = swap_pairs(7, identity, 50)
+    assert np.array_equal(a, a2) and np.array_equal(b, b2)
+
+
+def test_layer_swap_report_arithmetic():
+    n = 4
+    mixed = torch.zeros(n, 3, 16, 16)
+    image_b = torch.full((n, 3, 16, 16), 0.5)
+    truth = mixed.clone()
+    true_pose = torch.tensor([[10.0, 0, 0], [20.0, 0, 0], [-30.0, 0, 0], [0.0, 5, 0]])
+    answers = iter([true_pose + torch.tensor([[5.0, 0, 0], [15.0, 0, 0], [0.0, 0, 0], [-2.0, 0, 0]]), true_pose])
+    report = layer_swap_report(mixed, image_b, truth, true_pose, lambda images: next(answers))
+    assert report["psnr_vs_truth"] == metrics.PSNR_MAX
+    assert report["background_colour_error_vs_truth"] == 0.0
+    assert report["background_colour_error_vs_b"] == pytest.approx(0.5)
+    assert report["yaw_error_vs_true_b_deg"] == pytest.approx((5 + 15 + 0 + 2) / 4)
+    assert report["yaw_within_tolerance_vs_true_b"] == pytest.approx(3 / 4)  # 15 > YAW_TOLERANCE_DEG
+    assert 5 < YAW_TOLERANCE_DEG < 15
+    assert layer_swap_report(mixed, image_b, truth, true_pose, None)["pose_measured"] == 0
+
+
+def test_border_colour_reads_only_the_border():
+    image = torch.zeros(1, 3, 20, 20)
+    image[:, :, 2:18, 2:18] = 1.0  # centre differs, border (2 px at fraction 0.1) stays 0
+    assert torch.all(border_colour(image) == 0)
+
+
+# ------------------------------------------------------------------------------ metrics
+def test_psnr_ssim_known_values():
+    x = torch.zeros(2, 3, 16, 16)
+    y = x + 0.2  # 0.1 in [0, 1] units -> MSE 0.01 -> 20 dB
+    assert torch.allclose(metrics.psnr(x, y), torch.full((2,), 20.0), atol=1e-4)
+    assert torch.allclose(metrics.ssim(x, x), torch.ones(2), atol=1e-6)
+    assert metrics.ssim(x, torch.rand(2, 3, 16, 16) * 2 - 1).max() < 0.5
+
+
+def test_tar_at_far():
+    impostor = np.arange(1000) / 1000.0  # 0.000 .. 0.999
+    genuine = np.array([0.5, 0.9985, 0.9995, 2.0])
+    tar, threshold = metrics.tar_at_far(genuine, impostor, 1e-3)
+    assert threshold == pytest.approx(0.998)  # exactly one impostor (0.999) above it
+    assert tar == pytest.approx(3 / 4)
+    emb = F.normalize(torch.tensor([[1.0, 0], [1.0, 0.01], [0, 1.0]]), dim=1)
+    genuine, impostor = metrics.verification_pairs(emb, np.array([0, 0, 1]))
+    assert len(genuine) == 1 and len(impostor) == 2 and genuine[0] > 0.99
+
+
+def test_frechet_distance_identical_zero_and_shift():
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((500, 6))
+    mu, sigma = metrics.feature_statistics(feats)
+    assert abs(metrics.frechet_distance(mu, sigma, mu, sigma)) < 1e-6
+    shift = np.full(6, 0.5)
+    assert metrics.frechet_distance(mu, sigma, mu + shift, sigma) == pytest.approx(6 * 0.25, abs=1e-6)
+    try:
+        from cleanfid.fid import frechet_distance as clean_fd
+    except Exception:  # clean-fid imports torchvision, which fails with this torch build
+        return
+    other = metrics.feature_statistics(rng.standard_normal((500, 6)) * 1.3)
+    assert metrics.frechet_distance(mu, sigma, *other) == pytest.approx(clean_fd(mu, sigma, *other), rel=1e-6)
+
+
+def test_fd_id_of_identical_sets_is_zero():
+    torch.manual_seed(0)
+    net = idnet.ArcFace(_id_cfg("unused").arcface_config()).eval()
+    x = torch.rand(12, 3, SIZE, SIZE) * 2 - 1
+    assert abs(metrics.fd_id(net, x, x)) < 1e-6
+    assert metrics.fd_id(net, x, -x) > 1e-4
+
+
+# ------------------------------------------------------------------------- schedule, data
+def test_batch_rows_cover_each_epoch_and_are_pure():
+    rows = np.concatenate([common.batch_rows(1, k, 10, 5) for k in range(2)])
+    assert sorted(rows) == list(range(10))
+    assert np.array_equal(common.batch_rows(1, 3, 10, 4), common.batch_rows(1, 3, 10, 4))
+
+
+def test_lpips_is_off_without_backbone_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    available, message = common.lpips_status()
+    assert not available and message.startswith("LPIPS off")
+
+
+def test_config_refuses_bad_values(tmp_path):
+    from megafr.errors import InputError
+
+    with pytest.raises(InputError):
+        _gen_cfg(tmp_path, mode="finetune")
+    with pytest.raises(InputError):
+        _gen_cfg(tmp_path, swap_pool=1, swap_batch=2)
+    with pytest.raises(InputError):
+        _id_cfg(tmp_path, input_size=20)
+
+
+# -------------------------------------------------------------------------- generator
+def test_generator_step_changes_only_what_it_should(tmp_path, images, pool):
+    cfg = _gen_cfg(tmp_path / "g", steps=1)
+    before = ae.build_networks(cfg)
+    result = ae.train_generator(cfg, images, pool, progress=False)
+    after = result.nets
+    assert _state_equal(before.generator.style, after.generator.style)  # the mapping network is frozen
+    assert not _state_equal(before.generator.convs, after.generator.convs)
+    assert not _state_equal(before.g_ema.convs, after.g_ema.convs)  # moving average follows
+    assert not _state_equal(before.encoder, after.encoder)
+    assert not _state_equal(before.latent_d, after.latent_d)
+    assert torch.equal(before.latent_avg, after.latent_avg)
+    # without the adversarial term the latent discriminator is left alone
+    cfg0 = _gen_cfg(tmp_path / "g0", steps=1, lambda_latent=0.0)
+    assert _state_equal(ae.build_networks(cfg0).latent_d, ae.train_generator(cfg0, images, pool, progress=False).nets.latent_d)
+
+
+def test_generator_resume_equals_uninterrupted(tmp_path, images, pool):
+    whole = ae.train_generator(_gen_cfg(tmp_path / "a"), images, pool, progress=False)
+    cfg = _gen_cfg(tmp_path / "b", checkpoint_every=2)
+    first = ae.train_generator(cfg, images, pool, progress=False, stop_after=2)
+    assert first.steps_run == 2
+    rest = ae.train_generator(cfg, images, pool, progress=False)
+    assert rest.resumed_from == 2 and rest.steps_run == 2
+    for name in ("generator", "g_ema", "encoder", "latent_d"):
+        assert _state_equal(getattr(whole.nets, name), getattr(rest.nets, name)), name
+    assert whole.curve.equals(rest.curve)
+    # a changed training parameter starts afresh instead of resuming a foreign run
+    fresh = ae.train_generator(replace(cfg, lr_g=1e-3), images, pool, progress=False, stop_after=1)
+    assert fresh.resumed_from == 0
+
+
+def test_generator_products_load_through_official_loaders(tmp_path, images, pool):
+    cfg = _gen_cfg(tmp_path / "p", steps=2)
+    nets = ae.train_generator(cfg, images, pool, progress=False).nets
+    products = ae.save_products(cfg, nets)
+    g_ema, latent_avg = load_stylegan2(products["stylegan2"])
+    g_train, _ = load_stylegan2(products["stylegan2"], key="g")
+    assert _state_equal(g_ema, nets.g_ema) and _state_equal(g_train, nets.generator)
+    assert torch.equal(latent_avg, nets.latent_avg)
+    e4e = load_e4e(products["e4e"])
+    assert e4e.latent_avg.shape == (cfg.n_latent, cfg.style_dim)
+    x = torch.rand(3, 3, SIZE, SIZE) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(e4e.encode(x), nets.encode(x), atol=1e-6)
+    assert _state_equal(load_latent_discriminator(products["e4e"]), nets.latent_d)
+    raw = torch.load(products["e4e"], weights_only=False)
+    assert {"state_dict", "latent_avg", "opts", "discriminator_state_dict"} <= set(raw)
+    assert all(k.startswith(("encoder.", "decoder.")) for k in raw["state_dict"])
+
+
+# ------------------------------------------------------------------------------- idnet
+def test_idnet_resume_equals_uninterrupted_and_product_loads(tmp_path, images):
+    identity = np.repeat(np.arange(6), 4)
+    whole = idnet.train_idnet(_id_cfg(tmp_path / "a"), images, identity, progress=False)
+    cfg = _id_cfg(tmp_path / "b")
+    idnet.train_idnet(cfg, images, identity, progress=False, stop_after=3)
+    rest = idnet.train_idnet(cfg, images, identity, progress=False)
+    assert rest.resumed_from == 3
+    assert _state_equal(whole.net, rest.net)  # dropout draws are seeded per step too
+    path = idnet.save_idnet(cfg, rest.net)
+    loaded = load_arcface(path)
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), rest.net(x), atol=1e-6)
+    report = idnet.evaluate_idnet(rest.net, images, identity)
+    assert 0 <= report["tar_at_far_0.001"] <= 1 and report["genuine_pairs"] == 6 * 6
+
+
+def test_idnet_learns_separable_identities(tmp_path):
+    """Identities that differ by a flat colour are separated after a few steps (genuine >> impostor cosine)."""
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (4, 3))
+    identity = np.repeat(np.arange(4), 6)
+    images = np.clip(colours[identity][:, None, None, :] + rng.integers(-10, 10, (24, SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    result = idnet.train_idnet(_id_cfg(tmp_path, steps=30, lr=3e-3, drop_ratio=0.0, batch_size=12), images, identity,
+                               progress=False)
+    report = idnet.evaluate_idnet(result.net, images, identity)
+    assert report["genuine_cos_mean"] > report["impostor_cos_mean"] + 0.3
+
+
+# ------------------------------------------------------------------------------ pSp
+def test_psp_trains_encoder_only_resumes_exactly_and_loads(tmp_path, images, pool):
+    gcfg = _gen_cfg(tmp_path / "g", steps=1)
+    nets = ae.train_generator(gcfg, images, pool, progress=False).nets
+    products = ae.save_products(gcfg, nets)
+    e4e = load_e4e(products["e4e"])
+    torch.manual_seed(0)
+    ident = idnet.ArcFace(_id_cfg("unused").arcface_config()).eval()
+
+    def cfg(out):
+        return inversion.InversionStageConfig(
+            profile="smoke", seed=2, mode="train", data_dir="unused", stylegan2_path="", e4e_path="", idnet_path="",
+            official_psp="", steps=4, batch_size=4, lr=1e-3, lambda_l2=1.0, lambda_id=0.1, lambda_wnorm=1e-3,
+            lambda_lpips=0.0, n_eval=4, checkpoint_every=1, threads=0, out_dir=str(tmp_path / out))
+
+    def fresh():
+        g, _ = load_stylegan2(products["stylegan2"])
+        return inversion.build_psp(e4e, g, e4e.latent_avg, seed=2)
+
+    start = fresh()
+    assert torch.equal(start.encoder.body[0].res_layer[1].weight, e4e.encoder.body[0].res_layer[1].weight)
+    whole = inversion.train_psp(cfg("a"), fresh(), images, ident, progress=False).net
+    assert _state_equal(whole.decoder, start.decoder)  # the generator stays frozen
+    assert not _state_equal(whole.encoder, start.encoder)
+    c = cfg("b")
+    inversion.train_psp(c, fresh(), images, ident, progress=False, stop_after=2)
+    rest = inversion.train_psp(c, fresh(), images, ident, progress=False)
+    assert rest.resumed_from == 2 and _state_equal(whole.encoder, rest.net.encoder)
+    from megafr.nets.checkpoints import save_encoder
+
+    save_encoder(tmp_path / "psp.pt", rest.net)
+    loaded = load_psp(tmp_path / "psp.pt")
+    x = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode(x), rest.net.encode(x), atol=1e-6)
