@@ -6,6 +6,7 @@ the file stays well under a minute on two cores.
 """
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def _gen_cfg(out_dir, **overrides) -> ae.GeneratorStageConfig:
                   swap_batch=2, swap_pool=8, lr_g=2e-3, lr_e=1e-3, lr_d=1e-3, lambda_l2=1.0, lambda_swap=1.0,
                   lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, r1_gamma=1.0, ema_decay=0.9,
                   idnet_path="", face3d_path="", n_eval=4, n_fd_samples=4, n_swap_eval=2,
-                  checkpoint_every=1, threads=0, out_dir=str(out_dir))
+                  checkpoint_every=1, threads=0, out_dir=str(out_dir / "products"))
     values.update(overrides)
     return ae.GeneratorStageConfig(**values)
 
@@ -54,7 +55,7 @@ def _id_cfg(out_dir, **overrides) -> idnet.IdNetConfig:
     values = dict(profile="smoke", seed=5, mode="train", data_dir="unused", official_path="", input_size=16,
                   embedding_dim=8, width=4, units=1, drop_ratio=0.2,
                   margin=0.3, scale=8.0, steps=4, batch_size=6, lr=1e-3, weight_decay=1e-4, checkpoint_every=1,
-                  threads=0, out_dir=str(out_dir))
+                  threads=0, out_dir=str(out_dir / "products"))
     values.update(overrides)
     return idnet.IdNetConfig(**values)
 
@@ -170,7 +171,7 @@ def test_frechet_distance_identical_zero_and_shift():
 
 def test_fd_id_of_identical_sets_is_zero():
     torch.manual_seed(0)
-    net = idnet.ArcFace(_id_cfg("unused").arcface_config()).eval()
+    net = idnet.ArcFace(_id_cfg(Path("unused")).arcface_config()).eval()
     x = torch.rand(12, 3, SIZE, SIZE) * 2 - 1
     assert abs(metrics.fd_id(net, x, x)) < 1e-6
     assert metrics.fd_id(net, x, -x) > 1e-4
@@ -288,13 +289,13 @@ def test_psp_trains_encoder_only_resumes_exactly_and_loads(tmp_path, images, poo
     products = ae.save_products(gcfg, nets)
     e4e = load_e4e(products["e4e"])
     torch.manual_seed(0)
-    ident = idnet.ArcFace(_id_cfg("unused").arcface_config()).eval()
+    ident = idnet.ArcFace(_id_cfg(Path("unused")).arcface_config()).eval()
 
     def cfg(out):
         return inversion.InversionStageConfig(
             profile="smoke", seed=2, mode="train", data_dir="unused", stylegan2_path="", e4e_path="", idnet_path="",
             official_psp="", steps=4, batch_size=4, lr=1e-3, lambda_l2=1.0, lambda_id=0.1, lambda_wnorm=1e-3,
-            lambda_lpips=0.0, n_eval=4, checkpoint_every=1, threads=0, out_dir=str(tmp_path / out))
+            lambda_lpips=0.0, n_eval=4, checkpoint_every=1, threads=0, out_dir=str(tmp_path / out / "products"))
 
     def fresh():
         g, _ = load_stylegan2(products["stylegan2"])
@@ -316,3 +317,14 @@ def test_psp_trains_encoder_only_resumes_exactly_and_loads(tmp_path, images, poo
     x = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(loaded.encode(x), rest.net.encode(x), atol=1e-6)
+
+
+def test_checkpoint_of_other_code_or_config_is_not_resumed(tmp_path, images, monkeypatch):
+    identity = np.repeat(np.arange(6), 4)
+    cfg = _id_cfg(tmp_path)
+    idnet.train_idnet(cfg, images, identity, progress=False, stop_after=2)
+    assert cfg.checkpoint_path.is_file() and cfg.folder not in cfg.checkpoint_path.parents  # outside the DVC outs
+    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
+    assert common.try_resume(cfg.checkpoint_path, replace(cfg, margin=0.1), cfg.steps) is None
+    monkeypatch.setattr(common, "code_digest", lambda: "other code")
+    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None

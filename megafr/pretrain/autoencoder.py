@@ -137,6 +137,11 @@ class GeneratorStageConfig:
         require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
 
     @property
+    def checkpoint_path(self) -> Path:
+        """Resume checkpoint (outside the DVC outputs, see ``common.checkpoint_folder``)."""
+        return common.checkpoint_folder(self.out_dir, self.run_dir, "train_generator") / CHECKPOINT_FILE
+
+    @property
     def folder(self) -> Path:
         return study_path(self.run_dir) / "train_generator" if self.run_dir else study_path(self.out_dir)
 
@@ -224,7 +229,7 @@ class LpipsTerm:
 # ------------------------------------------------------------------------------ swap pool
 def load_or_render_pool(cfg: GeneratorStageConfig, table: pd.DataFrame) -> dict[str, np.ndarray]:
     """The run's swap pool (rows a, b and truth images), from the cache file when it matches."""
-    path = cfg.folder / SWAP_POOL_FILE
+    path = cfg.checkpoint_path.parent / SWAP_POOL_FILE  # a cache beside the checkpoint
     a, b = swap_pairs(cfg.seed, table["identity"].to_numpy(), cfg.swap_pool)
     if path.is_file():
         with np.load(path) as cached:
@@ -278,7 +283,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, progress: bool, 
     modules = {"generator": nets.generator, "g_ema": nets.g_ema, "encoder": nets.encoder, "latent_d": nets.latent_d}
     optimizers = {"g": opt_g, "e": opt_e, "d": opt_d}
     lpips_term = LpipsTerm(cfg.lambda_lpips)
-    path = cfg.folder / CHECKPOINT_FILE
+    path = cfg.checkpoint_path
     start, curve = 0, []
     saved = common.try_resume(path, cfg, cfg.steps)
     if saved is not None:
@@ -413,6 +418,7 @@ def run_generator_stage(cfg: GeneratorStageConfig, progress: bool = True) -> Gen
     pool = load_or_render_pool(cfg, table) if cfg.swap_batch else None
     result = train_generator(cfg, images, pool, progress=progress)
     save_products(cfg, result.nets)
+    common.finish(cfg.checkpoint_path)
     nets = result.nets
     idnet = load_arcface(study_path(cfg.idnet_path))
     test_images, test_table = read_split(cfg.data_dir, "test")

@@ -29,6 +29,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from megafr.config import study_path
 from megafr.errors import CheckpointError
 from megafr.fileio import atomic_path
 
@@ -111,6 +112,34 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ checkpoints
+def code_digest() -> str:
+    """SHA-256 of the source of ``megafr.pretrain`` and ``megafr.nets``: a checkpoint of other code is not resumed."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*(root / "pretrain").glob("*.py"), *(root / "nets").glob("*.py")]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def checkpoint_folder(out_dir: str, run_dir: str, stage: str) -> Path:
+    """Where a stage keeps its resume checkpoint: ``<run_dir>/checkpoints/<stage>`` or ``<out_dir>/../checkpoints/<stage>``.
+
+    Outside the stage's declared outputs on purpose: DVC deletes declared outputs before it runs a
+    stage, which would delete the checkpoint an interrupted run should resume from. The stage
+    removes the checkpoint once its products are written (:func:`finish`).
+    """
+    base = study_path(run_dir) / "checkpoints" if run_dir else study_path(out_dir).parent / "checkpoints"
+    return base / stage
+
+
+def finish(path: Path) -> None:
+    """Remove a completed run's checkpoint (its products are written; nothing is left to resume)."""
+    path.unlink(missing_ok=True)
+
+
 def resume_key(cfg) -> dict:
     """The config fields that must match for a checkpoint to be resumed."""
     return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUME_FREE_FIELDS}
@@ -127,6 +156,7 @@ def save_training_state(path: Path, cfg, step: int, modules: dict[str, torch.nn.
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
         "rng": torch.get_rng_state(),
         "curve": list(curve),
+        "code": code_digest(),
         **(extra or {}),
     }
     with atomic_path(path) as temp:
@@ -157,6 +187,7 @@ def try_resume(path: Path, cfg, steps: int) -> Optional[dict]:
     saved = {k: v for k, v in data["config"].items() if k not in RESUME_FREE_FIELDS}
     wanted = resume_key(cfg)
     same = saved == {k: (list(v) if isinstance(v, tuple) else v) for k, v in wanted.items()} or saved == wanted
+    same = same and data.get("code") == code_digest()
     return data if same and 0 < int(data["step"]) <= steps else None
 
 

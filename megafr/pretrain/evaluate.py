@@ -42,10 +42,16 @@ def invert(encode: Callable[[torch.Tensor], torch.Tensor], generator, x: torch.T
 
 
 def inversion_metrics(x: torch.Tensor, recon: torch.Tensor, idnet: Optional[torch.nn.Module]) -> dict:
-    """Mean PSNR (dB), SSIM and ID similarity of reconstructions against the real images."""
+    """Mean PSNR (dB), SSIM and ID similarity of reconstructions against the real images.
+
+    Rows of ``x`` are spread over the test split (consecutive rows mostly hold different identities),
+    so ``id_similarity_to_other_image`` is a baseline for the ID similarity of unrelated faces.
+    """
     out = {"images": len(x), "psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean())}
     if idnet is not None:
         out["id_similarity"] = float(_batched_pairs(idnet, recon, x).mean())
+        # the same against another test image (the next one): the level that says "a different face"
+        out["id_similarity_to_other_image"] = float(_batched_pairs(idnet, recon, x.roll(1, dims=0)).mean())
     return out
 
 

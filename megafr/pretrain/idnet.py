@@ -88,6 +88,11 @@ class IdNetConfig:
         require(self.checkpoint_every >= 1, "train_idnet.checkpoint_every must be >= 1")
 
     @property
+    def checkpoint_path(self) -> Path:
+        """Resume checkpoint (outside the DVC outputs, see ``common.checkpoint_folder``)."""
+        return common.checkpoint_folder(self.out_dir, self.run_dir, "train_idnet") / CHECKPOINT_FILE
+
+    @property
     def folder(self) -> Path:
         return study_path(self.run_dir) / "train_idnet" if self.run_dir else study_path(self.out_dir)
 
@@ -171,7 +176,7 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
     params = list(net.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     modules, optimizers = {"net": net, "head": head}, {"opt": optimizer}
-    path = cfg.folder / CHECKPOINT_FILE
+    path = cfg.checkpoint_path
     start, curve = 0, []
     saved = common.try_resume(path, cfg, cfg.steps)
     if saved is not None:
@@ -239,6 +244,7 @@ def run_idnet_stage(cfg: IdNetConfig, progress: bool = True) -> tuple[ArcFace, d
     images, table = read_split(cfg.data_dir, "train")
     result = train_idnet(cfg, images, table["identity"].to_numpy(), progress=progress)
     save_idnet(cfg, result.net)
+    common.finish(cfg.checkpoint_path)
     test_images, test_table = read_split(cfg.data_dir, "test")
     metrics = {"trained": 1, "steps": cfg.steps, "train_seconds": round(result.seconds, 2),
                "resumed_from": result.resumed_from,

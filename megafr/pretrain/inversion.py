@@ -82,6 +82,11 @@ class InversionStageConfig:
         require(self.checkpoint_every >= 1, "train_inversion.checkpoint_every must be >= 1")
 
     @property
+    def checkpoint_path(self) -> Path:
+        """Resume checkpoint (outside the DVC outputs, see ``common.checkpoint_folder``)."""
+        return common.checkpoint_folder(self.out_dir, self.run_dir, "train_inversion") / CHECKPOINT_FILE
+
+    @property
     def folder(self) -> Path:
         return study_path(self.run_dir) / "train_inversion" if self.run_dir else study_path(self.out_dir)
 
@@ -126,7 +131,7 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
     lpips_term = LpipsTerm(cfg.lambda_lpips)
     if idnet is not None:
         idnet.eval().requires_grad_(False)
-    path = cfg.folder / CHECKPOINT_FILE
+    path = cfg.checkpoint_path
     start, curve = 0, []
     saved = common.try_resume(path, cfg, cfg.steps)
     if saved is not None:
@@ -201,6 +206,7 @@ def run_inversion_stage(cfg: InversionStageConfig, progress: bool = True) -> Inv
         "dataset_type": "synthheads", "l2_lambda": cfg.lambda_l2, "id_lambda": cfg.lambda_id,
         "w_norm_lambda": cfg.lambda_wnorm, "lpips_lambda": cfg.lambda_lpips})
     write_json(cfg.folder / PRODUCTS_FILE, {"psp": str(cfg.folder / PSP_FILE)})
+    common.finish(cfg.checkpoint_path)
     test_images, _ = read_split(cfg.data_dir, "test")
     rows = np.linspace(0, len(test_images) - 1, min(cfg.n_eval, len(test_images))).round().astype(int)
     x = common.images_to_tensor(test_images[rows])
