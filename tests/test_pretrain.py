@@ -328,3 +328,24 @@ def test_checkpoint_of_other_code_or_config_is_not_resumed(tmp_path, images, mon
     assert common.try_resume(cfg.checkpoint_path, replace(cfg, margin=0.1), cfg.steps) is None
     monkeypatch.setattr(common, "code_digest", lambda: "other code")
     assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
+
+
+def test_official_mode_only_validates_the_given_files(tmp_path, images, pool):
+    import json
+
+    from megafr.nets.checkpoints import save_arcface
+
+    net = idnet.ArcFace(_id_cfg(tmp_path).arcface_config())
+    save_arcface(tmp_path / "model_ir_se50.pth", net)
+    cfg = _id_cfg(tmp_path, mode="official", official_path=str(tmp_path / "model_ir_se50.pth"))
+    _, report, curve = idnet.run_idnet_stage(cfg, progress=False)
+    assert report["trained"] == 0 and report["official_file_loaded"] == 1 and curve.empty
+    assert json.loads((cfg.folder / idnet.PRODUCTS_FILE).read_text())["arcface"].endswith("model_ir_se50.pth")
+    gcfg = _gen_cfg(tmp_path / "g", steps=1)
+    products = ae.save_products(gcfg, ae.build_networks(gcfg))
+    official = _gen_cfg(tmp_path / "paper", mode="official", official_stylegan2=products["stylegan2"],
+                        official_e4e=products["e4e"])
+    out = ae.run_generator_stage(official, progress=False)
+    assert out.metrics["trained"] == 0 and out.metrics["n_latent"] == gcfg.n_latent and out.nets is None
+    with pytest.raises(Exception):
+        ae.check_official(replace(official, official_e4e=str(tmp_path / "missing.pt")))

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from megafr.config import require, study_path
 from megafr.errors import InputError, MissingFileError
+from megafr.fileio import write_json
 from megafr.nets.checkpoints import load_arcface, save_arcface
 from megafr.nets.identity import face_crop
 from megafr.nets.irse import ArcFace, ArcFaceConfig
@@ -45,6 +46,7 @@ from megafr.pretrain.metrics import identity_embeddings, tar_at_far, verificatio
 
 MODES = ("train", "official")  # train: mini / smoke worlds; official: validate the paper's file
 PRODUCT_FILE = "arcface.pt"
+PRODUCTS_FILE = "products.json"  # names the file later stages use (own product or the official one)
 CHECKPOINT_FILE = "checkpoint.pt"
 FARS = (1e-3, 1e-2)  # false accept rates at which TAR is reported
 CURVE_POINTS = 100  # about this many rows in the training curve
@@ -238,12 +240,13 @@ def run_idnet_stage(cfg: IdNetConfig, progress: bool = True) -> tuple[ArcFace, d
     """The whole stage: train + save + evaluate (train mode), or load + report (official mode)."""
     if cfg.mode == "official":
         net = load_arcface(study_path(cfg.official_path))
+        write_json(cfg.folder / PRODUCTS_FILE, {"arcface": str(study_path(cfg.official_path))})
         n_params = sum(p.numel() for p in net.parameters())
         return net, {"trained": 0, "official_file_loaded": 1, "parameters": n_params}, pd.DataFrame(
             columns=["step", "lr", "loss", "accuracy"])
     images, table = read_split(cfg.data_dir, "train")
     result = train_idnet(cfg, images, table["identity"].to_numpy(), progress=progress)
-    save_idnet(cfg, result.net)
+    write_json(cfg.folder / PRODUCTS_FILE, {"arcface": str(save_idnet(cfg, result.net))})
     common.finish(cfg.checkpoint_path)
     test_images, test_table = read_split(cfg.data_dir, "test")
     metrics = {"trained": 1, "steps": cfg.steps, "train_seconds": round(result.seconds, 2),
