@@ -32,6 +32,9 @@ both learn together from
 - **No image discriminator.** An adversarial image loss was left out: in this budget a step of G
   and D together costs about twice an autoencoder step, for sharper but not more faithful
   reconstructions; the targets here are inversion fidelity and the layer structure.
+- **No identity term** while G and E learn together: the identity network's forward and backward
+  on every reconstruction would add to each step what the budget cannot spare; identity is
+  measured on the test identities instead, and the pSp encoder of ``train_inversion`` uses it.
 - ``g_ema`` is an exponential moving average of the synthesis weights (decay ``ema_decay``); the
   e4e product decodes with ``g_ema`` and the metrics are computed with it.
 
