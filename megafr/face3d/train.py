@@ -4,13 +4,15 @@ Recipe (paper section 3.1, METHOD.md section 3): the network sees an image and i
 by that image's 2D landmarks (SynthHeads' rendered landmarks in the mini world, dlib's 68 points
 on aligned photos in the paper profile), so the same code runs on real photos:
 
-    L = lambda_lmk * L_lmk + lambda_sil * L_sil + lambda_shape * |beta|^2 + lambda_expr * |psi|^2
-        + lambda_pose * |theta_jaw, theta_eyes|^2
+    L = lambda_lmk * L_lmk + lambda_kp * L_kp + lambda_sil * L_sil + lambda_shape * |beta|^2
+        + lambda_expr * |psi|^2 + lambda_pose * |theta_jaw, theta_eyes|^2
 
 - ``L_lmk``: weighted mean of the L1 distance (NDC units, averaged over x and y) between the
   projected FLAME landmarks and the image's landmarks; eye landmarks weigh ``lambda_eye`` and mouth
   landmarks ``lambda_mouth`` (larger than the others' 1, as the paper asks, because L_pair of the
   reenactment encoder reads eyelid and lip gaps from exactly these points);
+- ``L_kp``: the same weighted term on the network's intermediate 2D keypoints (its soft-argmax heatmaps,
+  see ``FaceReconstructor``); same supervision, it only helps the CNN localise quickly;
 - ``L_sil``: mean absolute difference between the soft silhouette of the predicted mesh
   (``Renderer.soft_silhouette``) and the head mask, at ``sil_size`` pixels on ``sil_batch`` images
   every ``sil_every`` steps (rasterizing the full mesh is the costly part of a step). Data without
