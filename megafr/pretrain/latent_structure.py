@@ -84,7 +84,7 @@ def layer_swap_report(
     if measure_pose is None:
         return out
     size = measure_size or mixed.shape[-1]
-    pose_mixed = measure_pose(_resize(mixed, size)).float()  # [N, 3]
+    pose_mixed = measure_pose(_resize(mixed.clamp(-1, 1), size)).float()  # [N, 3]; G may overshoot [-1, 1]
     pose_b_measured = measure_pose(_resize(image_b, size)).float()
     if pose_mixed.shape != (n, 3):
         raise ValueError(f"measure_pose must return [N, 3] degrees, got {tuple(pose_mixed.shape)}")
