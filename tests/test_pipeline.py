@@ -69,6 +69,23 @@ def test_second_repro_has_nothing_to_do(smoke_study):
     assert "up to date" in status, status
 
 
+def test_changing_one_parameter_dirties_only_the_stages_that_read_it(smoke_study, tmp_path):
+    params_file = smoke_study / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    stages = _stages(smoke_study)
+    if "train_face3d" not in stages:
+        pytest.skip("needs the train_face3d stage")
+    params["train_face3d"]["lr"] = params["train_face3d"]["lr"] * 2
+    try:
+        params_file.write_text(yaml.safe_dump(params))
+        changed = json.loads(_run(["dvc", "status", "--json"], smoke_study))
+    finally:
+        params_file.write_text(original)
+    dirty = {name for name in changed if name in stages}
+    assert "train_face3d" in dirty and "prepare" not in dirty, changed
+
+
 def test_metrics_and_plots_show(smoke_study):
     shown = _run(["dvc", "metrics", "show", "--json"], smoke_study)
     assert "train_images" in shown
