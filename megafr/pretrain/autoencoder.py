@@ -428,9 +428,8 @@ def run_generator_stage(cfg: GeneratorStageConfig, progress: bool = True) -> Gen
     rows = np.linspace(0, len(test_images) - 1, min(cfg.n_eval, len(test_images))).round().astype(int)
     x = common.images_to_tensor(test_images[rows])
     _, recon = ev.invert(nets.encode, nets.g_ema, x)
-    metrics = {"trained": 1, "steps": cfg.steps, "train_seconds": round(result.seconds, 2),
-               "seconds_per_step": round(result.seconds / max(1, result.steps_run), 4),
-               "resumed_from": result.resumed_from, "lpips_used": int(result.lpips_message.startswith("LPIPS on")),
+    common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)
+    metrics = {"trained": 1, "steps": cfg.steps, "lpips_used": int(result.lpips_message.startswith("LPIPS on")),
                "generator_parameters": sum(p.numel() for p in nets.generator.parameters()),
                "encoder_parameters": sum(p.numel() for p in nets.encoder.parameters()),
                "inversion_e4e": ev.inversion_metrics(x, recon, idnet)}

@@ -31,7 +31,7 @@ import torch
 
 from megafr.config import study_path
 from megafr.errors import CheckpointError
-from megafr.fileio import atomic_path
+from megafr.fileio import atomic_path, write_json
 
 WARMUP_FRACTION = 0.03  # share of the steps with a linear learning-rate warm-up (then cosine decay)
 FINAL_LR_FRACTION = 0.05  # the cosine decays to this fraction of the peak learning rate
@@ -199,6 +199,17 @@ def restore(data: dict, modules: dict[str, torch.nn.Module], optimizers: dict[st
         opt.load_state_dict(data["optimizers"][name])
     torch.set_rng_state(data["rng"])
     return int(data["step"])
+
+
+RUN_RECORD_FILE = "run.json"
+
+
+def write_run_record(folder: Path, seconds: float, steps_run: int, resumed_from: int) -> None:
+    """Wall time and resume point of a run, kept beside the products (``run.json``), not in the DVC
+    metrics: metrics must be identical between an interrupted-and-resumed run and an uninterrupted one."""
+    write_json(Path(folder) / RUN_RECORD_FILE, {"train_seconds": round(seconds, 2), "steps_run": steps_run,
+                                                 "seconds_per_step": round(seconds / max(1, steps_run), 4),
+                                                 "resumed_from": resumed_from})
 
 
 def lpips_status() -> tuple[bool, str]:

@@ -249,8 +249,8 @@ def run_idnet_stage(cfg: IdNetConfig, progress: bool = True) -> tuple[ArcFace, d
     write_json(cfg.folder / PRODUCTS_FILE, {"arcface": str(save_idnet(cfg, result.net))})
     common.finish(cfg.checkpoint_path)
     test_images, test_table = read_split(cfg.data_dir, "test")
-    metrics = {"trained": 1, "steps": cfg.steps, "train_seconds": round(result.seconds, 2),
-               "resumed_from": result.resumed_from,
+    common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)
+    metrics = {"trained": 1, "steps": cfg.steps,
                "parameters": sum(p.numel() for p in result.net.parameters()),
                "test": evaluate_idnet(result.net, test_images, test_table["identity"].to_numpy())}
     if len(result.curve):

@@ -212,9 +212,8 @@ def run_inversion_stage(cfg: InversionStageConfig, progress: bool = True) -> Inv
     x = common.images_to_tensor(test_images[rows])
     _, recon = ev.invert(result.net.encode, decoder, x)
     _, e4e_recon = ev.invert(e4e.encode, e4e.decoder, x)
-    metrics = {"trained": 1, "steps": cfg.steps, "train_seconds": round(result.seconds, 2),
-               "seconds_per_step": round(result.seconds / max(1, result.steps_run), 4),
-               "resumed_from": result.resumed_from, "lpips_used": int(result.lpips_message.startswith("LPIPS on")),
+    common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)
+    metrics = {"trained": 1, "steps": cfg.steps, "lpips_used": int(result.lpips_message.startswith("LPIPS on")),
                "inversion_psp": ev.inversion_metrics(x, recon, idnet),
                "inversion_e4e": ev.inversion_metrics(x, e4e_recon, idnet)}
     return InversionStageOutput(metrics, result.curve, result.net, x, recon, e4e_recon, result.lpips_message)
