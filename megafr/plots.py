@@ -87,11 +87,13 @@ def loss_curves(curves: "pd.DataFrame | dict[str, pd.DataFrame]", title: str, co
     return fig
 
 
-def message_figure(message: str):
+def message_figure(message: str, title: str = ""):
     """A small figure that only says ``message`` (for outputs that do not apply to a profile)."""
-    fig, ax = plt.subplots(figsize=(6, 1.2))
+    fig, ax = plt.subplots(figsize=(6, 1.5))
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig
 
 

@@ -16,9 +16,10 @@ from megafr.errors import CheckpointError, InputError, MissingFileError
 from megafr.face3d import headmodel
 from megafr.face3d import landmarks as lmk
 from megafr.face3d.recon import (
-    FaceModel, FaceParams, ReconConfig, images_from_uint8, load_face_model, read_checkpoint,
+    FaceModel, FaceParams, ReconConfig, load_face_model, read_checkpoint,
 )
 from megafr.face3d.render import ndc_to_pixels
+from megafr.imageio import images_to_tensor
 from megafr.face3d.train import (
     LandmarkSet, TrainConfig, batch_indices, build_model, evaluate, landmark_nme, learning_rate,
     load_landmark_set, pixels_to_ndc, reconstruction_figure, silhouette_loss, train_face3d, weighted_landmark_loss,
@@ -73,7 +74,7 @@ def train_set(world_dir, tmp_path_factory):
 
 
 def test_shapes_of_reconstruction_and_geometry_image(model, train_set):
-    images = images_from_uint8(train_set.images[:2])
+    images = images_to_tensor(train_set.images[:2])
     rec = model.reconstruct(images)
     p = rec.params
     assert p.shape.shape == (2, headmodel.N_IDENTITY) and p.expression.shape == (2, headmodel.N_EXPRESSION)
@@ -136,7 +137,7 @@ def test_silhouette_loss_and_nme_known_values():
 
 
 def test_gradients_reach_the_input_image(model, train_set):
-    images = images_from_uint8(train_set.images[:2]).requires_grad_(True)
+    images = images_to_tensor(train_set.images[:2]).requires_grad_(True)
     rec = model.reconstruct(images, with_vertices=False)
     (rec.landmarks_3d.sum() + rec.landmarks_2d.sum()).backward()
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
@@ -207,7 +208,7 @@ def test_checkpoint_round_trip(world_dir, train_set, tmp_path):
     data = read_checkpoint(cfg.checkpoint_path)
     assert {"state_dict", "config", "step", "optimizer"} <= set(data) and data["step"] == 2
     loaded = load_face_model(cfg.checkpoint_path)
-    images = images_from_uint8(train_set.images[:3])
+    images = images_to_tensor(train_set.images[:3])
     with torch.no_grad():
         assert torch.allclose(loaded.reconstruct(images).landmarks_2d, result.model.reconstruct(images).landmarks_2d)
     torch.save({"weights": 1}, tmp_path / "other.pt")

@@ -353,9 +353,3 @@ def load_face_model(checkpoint_path, model_path=None, landmark_path=None, map_lo
     except RuntimeError as error:
         raise CheckpointError(f"{checkpoint_path}: weights do not fit the network of its config ({error})") from error
     return model.eval()
-
-
-def images_from_uint8(images: np.ndarray, device=None) -> torch.Tensor:
-    """uint8 [N, S, S, 3] -> float [N, 3, S, S] in [-1, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return tensor.permute(0, 3, 1, 2).float() / 127.5 - 1.0

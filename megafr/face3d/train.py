@@ -50,10 +50,12 @@ from megafr.face3d import landmarks as lmk
 from megafr.face3d.flame import FLAME, POSE_DIM
 from megafr.face3d.pose import JAW, LEFT_EYE, RIGHT_EYE, head_pose_degrees
 from megafr.face3d.recon import (
-    FaceModel, FaceParams, ReconConfig, images_from_uint8, read_checkpoint, save_checkpoint_dict,
+    FaceModel, FaceParams, ReconConfig, read_checkpoint, save_checkpoint_dict,
 )
 from megafr.face3d.render import Renderer, project
 from megafr.fileio import atomic_path
+from megafr.imageio import images_to_tensor
+from megafr.training import batch_rows as batch_indices  # the data order: a function of (seed, step)
 
 SOURCES = ("synthetic", "photos")
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -203,19 +205,6 @@ def load_landmark_set(cfg: TrainConfig, split: str) -> LandmarkSet:
     landmarks = pixels_to_ndc(points, cfg.image_size)  # aligned photos are written at prepare.image_size too
     return LandmarkSet(_resize_uint8(images, cfg.input_size), landmarks,
                        None if masks is None else _resize_uint8(masks, cfg.input_size), table)
-
-
-def batch_indices(seed: int, step: int, n_items: int, batch_size: int) -> np.ndarray:
-    """Rows of the batch at ``step``: positions step*B .. step*B+B-1 of a sequence of per-epoch permutations,
-    each seeded by (seed, epoch). A pure function of its arguments (what makes resume exact)."""
-    positions = step * batch_size + np.arange(batch_size)
-    epochs, offsets = positions // n_items, positions % n_items
-    out = np.empty(batch_size, dtype=np.int64)
-    for epoch in np.unique(epochs):
-        order = np.random.default_rng([seed, int(epoch)]).permutation(n_items)
-        chosen = epochs == epoch
-        out[chosen] = order[offsets[chosen]]
-    return out
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -382,7 +371,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
     for step in tqdm(range(start, end), desc="train_face3d", initial=start, total=cfg.steps, disable=not progress,
                      leave=False):
         rows = batch_indices(cfg.seed, step, len(data), cfg.batch_size)
-        images = images_from_uint8(data.images[rows])  # [B, 3, s, s]
+        images = images_to_tensor(data.images[rows])  # [B, 3, s, s]
         target = torch.from_numpy(data.landmarks[rows])  # [B, 68, 2]
         masks = None
         if data.masks is not None and cfg.lambda_sil > 0 and step % cfg.sil_every == 0:
@@ -414,7 +403,7 @@ def predict(model: FaceModel, data: LandmarkSet) -> dict[str, np.ndarray]:
     model.eval()
     parts: dict[str, list] = {}
     for start in range(0, len(data), EVAL_BATCH):
-        images = images_from_uint8(data.images[start:start + EVAL_BATCH])
+        images = images_to_tensor(data.images[start:start + EVAL_BATCH])
         params = model.net.regress(images)
         lmk3d, lmk_ndc = model.landmarks(params)
         for name, value in {**params._asdict(), "landmarks_3d": lmk3d, "landmarks_ndc": lmk_ndc}.items():
@@ -489,19 +478,9 @@ def _neutral_vertex_errors(model: FaceModel, predicted: np.ndarray, truth: np.nd
 # ------------------------------------------------------------------------------------- figures
 def curve_figure(curve: pd.DataFrame, title: str):
     """Training curves: each loss term (log scale) against the step."""
-    import matplotlib.pyplot as plt
+    from megafr import plots
 
-    fig, ax = plt.subplots(figsize=(5.0, 3.0))
-    for name in ("total", *LOSS_TERMS):
-        if name in curve and (curve[name] > 0).any():
-            ax.plot(curve["step"], curve[name], label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss term")
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return plots.loss_curves(curve, title, columns=("total", *LOSS_TERMS))
 
 
 def figure_rows(table: pd.DataFrame, n: int) -> np.ndarray:
@@ -521,7 +500,7 @@ def reconstruction_figure(model: FaceModel, data: LandmarkSet, n: int, title: st
     rows = figure_rows(data.table, n)
     model.eval()
     with torch.no_grad():
-        images = images_from_uint8(data.images[rows])
+        images = images_to_tensor(data.images[rows])
         params = model.net.regress(images)
         _, lmk_ndc = model.landmarks(params)
         renderer = Renderer(model.flame.faces, data.images.shape[1])

@@ -32,6 +32,7 @@ import torch
 from megafr.config import study_path
 from megafr.errors import CheckpointError
 from megafr.fileio import atomic_path, write_json
+from megafr.training import batch_rows  # noqa: F401  (re-exported: the stages' data order)
 
 WARMUP_FRACTION = 0.03  # share of the steps with a linear learning-rate warm-up (then cosine decay)
 FINAL_LR_FRACTION = 0.05  # the cosine decays to this fraction of the peak learning rate
@@ -51,20 +52,6 @@ def irse_body(width: int, units: int):
     from megafr.nets.irse import IRSEConfig
 
     return IRSEConfig(widths=tuple(width * g for g in WIDTH_GROWTH), units=(units,) * len(WIDTH_GROWTH), stem_channels=width)
-
-
-def batch_rows(seed: int, step: int, n_items: int, batch_size: int) -> np.ndarray:
-    """Rows of the batch at ``step``: positions ``step*B .. step*B+B-1`` of a stream of per-epoch permutations."""
-    if n_items < 1 or batch_size < 1:
-        raise ValueError(f"batch_rows needs n_items >= 1 and batch_size >= 1, got {n_items}, {batch_size}")
-    positions = step * batch_size + np.arange(batch_size)
-    epochs, offsets = positions // n_items, positions % n_items
-    out = np.empty(batch_size, dtype=np.int64)
-    for epoch in np.unique(epochs):
-        order = np.random.default_rng([seed, int(epoch)]).permutation(n_items)
-        chosen = epochs == epoch
-        out[chosen] = order[offsets[chosen]]
-    return out
 
 
 def seed_step(seed: int, step: int) -> None:

@@ -139,24 +139,13 @@ def curve_figure(curve: pd.DataFrame, columns: list[str], title: str):
     return fig
 
 
-def text_figure(message: str, title: str):
-    """Figure holding a message (the paper profile trains nothing, but the stage's figure outputs exist)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 1.5))
-    ax.axis("off")
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=8, wrap=True)
-    fig.suptitle(title, fontsize=9)
-    return fig
-
-
 def generator_figures(out, world: str) -> dict:
     """``{name: figure}`` of the train_generator stage: curve, inversions, samples, swaps."""
     from megafr.pretrain.autoencoder import LOSS_TERMS
 
     names = ("curve", "inversions", "samples", "swaps")
     if out.nets is None:
-        return {n: text_figure("official files loaded; nothing trained", f"train_generator ({world} world)") for n in names}
+        return {n: plots.message_figure("official files loaded; nothing trained", f"train_generator ({world} world)") for n in names}
     return {
         "curve": curve_figure(out.curve, ["total", *LOSS_TERMS], f"train_generator losses ({world} world)"),
         "inversions": inversion_grid(out.test_x, out.test_recon, f"e4e inversions of test identities ({world} world)"),
@@ -172,7 +161,7 @@ def inversion_figures(out, world: str) -> dict:
 
     names = ("curve", "inversions")
     if out.net is None:
-        return {n: text_figure("official files loaded; nothing trained", f"train_inversion ({world} world)") for n in names}
+        return {n: plots.message_figure("official files loaded; nothing trained", f"train_inversion ({world} world)") for n in names}
     n = min(GRID_COLUMNS, len(out.test_x))
     tiles = np.concatenate([common.tensor_to_images(t[:n]) for t in (out.test_x, out.test_recon, out.e4e_recon)])
     grid = plots.image_grid(tiles, ncols=n, title=f"pSp and e4e inversions of test identities ({world} world)",
@@ -184,5 +173,5 @@ def inversion_figures(out, world: str) -> dict:
 def idnet_figures(curve: pd.DataFrame, world: str) -> dict:
     """``{name: figure}`` of the train_idnet stage: the training curve."""
     if curve.empty:
-        return {"curve": text_figure("official file loaded; nothing trained", f"train_idnet ({world} world)")}
+        return {"curve": plots.message_figure("official file loaded; nothing trained", f"train_idnet ({world} world)")}
     return {"curve": curve_figure(curve, ["loss", "accuracy"], f"train_idnet ArcFace training ({world} world)")}
