@@ -52,7 +52,7 @@ import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import pandas as pd
@@ -73,7 +73,6 @@ MODES = ("train", "official")
 STYLEGAN_FILE = "stylegan2.pt"
 E4E_FILE = "e4e.pt"
 PRODUCTS_FILE = "products.json"
-CHECKPOINT_FILE = "checkpoint.pt"
 SWAP_POOL_FILE = "swap_pool.npz"
 MEAN_LATENT_SAMPLES = 4096  # z samples averaged into latent_avg
 ADAM_BETAS_G = (0.0, 0.99)  # StyleGAN2's Adam betas (generator, discriminator)
@@ -83,7 +82,9 @@ LOSS_TERMS = ("l2", "swap", "latent", "delta", "lpips", "d_latent", "r1")
 
 
 @dataclass(frozen=True)
-class GeneratorStageConfig:
+class GeneratorStageConfig(common.StageFolders):
+    STAGE: ClassVar[str] = "train_generator"
+
     """Parameters of the train_generator stage (params.yaml block ``train_generator`` plus shared keys)."""
 
     profile: str  # profile that produced the run
@@ -139,14 +140,6 @@ class GeneratorStageConfig:
         require(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
 
-    @property
-    def checkpoint_path(self) -> Path:
-        """Resume checkpoint (outside the DVC outputs, see ``common.checkpoint_folder``)."""
-        return common.checkpoint_folder(self.out_dir, self.run_dir, "train_generator") / CHECKPOINT_FILE
-
-    @property
-    def folder(self) -> Path:
-        return study_path(self.run_dir) / "train_generator" if self.run_dir else study_path(self.out_dir)
 
     @property
     def n_latent(self) -> int:

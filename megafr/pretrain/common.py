@@ -24,7 +24,7 @@ import contextlib
 import math
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import ClassVar, Iterator, Optional
 
 import numpy as np
 import torch
@@ -189,6 +189,24 @@ def restore(data: dict, modules: dict[str, torch.nn.Module], optimizers: dict[st
 
 
 RUN_RECORD_FILE = "run.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class StageFolders:
+    """Mixin of the stage configs (which have ``out_dir`` and ``run_dir``): where a stage's products
+    and its resume checkpoint go. Subclasses name their stage in ``STAGE``."""
+
+    STAGE: ClassVar[str]
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Resume checkpoint (outside the DVC outputs, see :func:`checkpoint_folder`)."""
+        return checkpoint_folder(self.out_dir, self.run_dir, self.STAGE) / CHECKPOINT_FILE
+
+    @property
+    def folder(self) -> Path:
+        """The products' folder: ``out_dir``, or ``<run_dir>/<stage>`` for a sweep run."""
+        return study_path(self.run_dir) / self.STAGE if self.run_dir else study_path(self.out_dir)
 
 
 def write_run_record(folder: Path, seconds: float, steps_run: int, resumed_from: int) -> None:

@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import pandas as pd
@@ -47,13 +47,14 @@ from megafr.pretrain.metrics import identity_embeddings, tar_at_far, verificatio
 MODES = ("train", "official")  # train: mini / smoke worlds; official: validate the paper's file
 PRODUCT_FILE = "arcface.pt"
 PRODUCTS_FILE = "products.json"  # names the file later stages use (own product or the official one)
-CHECKPOINT_FILE = "checkpoint.pt"
 FARS = (1e-3, 1e-2)  # false accept rates at which TAR is reported
 CURVE_POINTS = 100  # about this many rows in the training curve
 
 
 @dataclass(frozen=True)
-class IdNetConfig:
+class IdNetConfig(common.StageFolders):
+    STAGE: ClassVar[str] = "train_idnet"
+
     """Parameters of the train_idnet stage (params.yaml block ``train_idnet`` plus shared keys)."""
 
     profile: str  # profile that produced the run (labels figures and metrics)
@@ -89,14 +90,6 @@ class IdNetConfig:
         require(self.steps >= 1 and self.batch_size >= 2, "train_idnet.steps >= 1 and batch_size >= 2")
         require(self.checkpoint_every >= 1, "train_idnet.checkpoint_every must be >= 1")
 
-    @property
-    def checkpoint_path(self) -> Path:
-        """Resume checkpoint (outside the DVC outputs, see ``common.checkpoint_folder``)."""
-        return common.checkpoint_folder(self.out_dir, self.run_dir, "train_idnet") / CHECKPOINT_FILE
-
-    @property
-    def folder(self) -> Path:
-        return study_path(self.run_dir) / "train_idnet" if self.run_dir else study_path(self.out_dir)
 
     def arcface_config(self) -> ArcFaceConfig:
         return ArcFaceConfig(input_size=self.input_size, embedding_dim=self.embedding_dim,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,6 @@ from megafr.pretrain import common
 MODES = ("train", "official")
 PSP_FILE = "psp.pt"
 PRODUCTS_FILE = "products.json"
-CHECKPOINT_FILE = "checkpoint.pt"
 BACKBONE_PREFIXES = ("input_layer.", "body.", "latlayer1.", "latlayer2.")  # weights taken over from e4e
 ADAM_BETAS = (0.9, 0.999)
 CURVE_POINTS = 100
@@ -49,7 +48,9 @@ LOSS_TERMS = ("l2", "id", "wnorm", "lpips")
 
 
 @dataclass(frozen=True)
-class InversionStageConfig:
+class InversionStageConfig(common.StageFolders):
+    STAGE: ClassVar[str] = "train_inversion"
+
     """Parameters of the train_inversion stage (params.yaml block ``train_inversion`` plus shared keys)."""
 
     profile: str  # profile that produced the run
@@ -81,14 +82,6 @@ class InversionStageConfig:
         require(self.steps >= 1 and self.batch_size >= 1, "train_inversion.steps and batch_size must be >= 1")
         require(self.checkpoint_every >= 1, "train_inversion.checkpoint_every must be >= 1")
 
-    @property
-    def checkpoint_path(self) -> Path:
-        """Resume checkpoint (outside the DVC outputs, see ``common.checkpoint_folder``)."""
-        return common.checkpoint_folder(self.out_dir, self.run_dir, "train_inversion") / CHECKPOINT_FILE
-
-    @property
-    def folder(self) -> Path:
-        return study_path(self.run_dir) / "train_inversion" if self.run_dir else study_path(self.out_dir)
 
 
 def build_psp(e4e: InversionNet, decoder, latent_avg: torch.Tensor, seed: int) -> InversionNet:
