@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from megafr.errors import InputError
 from megafr.nets.checkpoints import load_arcface, load_e4e, load_latent_discriminator, load_psp, load_stylegan2
 from megafr.nets.encoders import layer_groups
 from megafr.pretrain import autoencoder as ae
@@ -44,7 +45,7 @@ def _gen_cfg(out_dir, **overrides) -> ae.GeneratorStageConfig:
                   official_stylegan2="", official_e4e="", image_size=SIZE, style_dim=16, n_mlp=2, max_channels=16,
                   enc_width=4, enc_units=1, steps=4, batch_size=2,
                   swap_batch=2, swap_pool=8, lr_g=2e-3, lr_e=1e-3, lr_d=1e-3, lambda_l2=1.0, lambda_swap=1.0,
-                  lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, r1_gamma=1.0, ema_decay=0.9,
+                  lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, lambda_id=0.0, r1_gamma=1.0, ema_decay=0.9,
                   idnet_path="", face3d_path="", n_eval=4, n_fd_samples=4, n_swap_eval=2,
                   checkpoint_every=1, threads=0, out_dir=str(out_dir / "products"))
     values.update(overrides)
@@ -216,6 +217,18 @@ def test_generator_step_changes_only_what_it_should(tmp_path, images, pool):
     # without the adversarial term the latent discriminator is left alone
     cfg0 = _gen_cfg(tmp_path / "g0", steps=1, lambda_latent=0.0)
     assert _state_equal(ae.build_networks(cfg0).latent_d, ae.train_generator(cfg0, images, pool, progress=False).nets.latent_d)
+
+
+def test_generator_identity_term_needs_the_network_and_leaves_it_frozen(tmp_path, images, pool):
+    cfg = _gen_cfg(tmp_path / "id", steps=2, lambda_id=0.5)
+    with pytest.raises(InputError, match="identity network"):
+        ae.train_generator(cfg, images, pool, progress=False)
+    ident = idnet.ArcFace(_id_cfg(Path("unused")).arcface_config()).eval()
+    frozen = {k: v.clone() for k, v in ident.state_dict().items()}
+    result = ae.train_generator(cfg, images, pool, progress=False, idnet=ident)
+    assert all(torch.equal(frozen[k], v) for k, v in ident.state_dict().items())
+    assert all(p.grad is None for p in ident.parameters())
+    assert (result.curve["id"] > 0).all()  # the term is logged, and non-zero for imperfect reconstructions
 
 
 def test_generator_resume_equals_uninterrupted(tmp_path, images, pool):

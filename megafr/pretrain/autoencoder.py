@@ -12,6 +12,7 @@ both learn together from
       + lambda_swap * |G(mix(E(x_B), E(x_A))) - r(B geom, A colour)|^2    layer semantics
       + lambda_latent * softplus(-D_latent(E(x)))                 codes stay in the mapping's distribution
       + lambda_delta * mean_i |w_i - w_0|_2                       e4e's delta regularisation
+      + lambda_id * (1 - <R(G(E(x))), R(x)>)                      identity (R: the frozen train_idnet network)
       [+ lambda_lpips * LPIPS(G(E(x)), x) only when LPIPS's backbone weights are on the machine]
 
 - **Layer semantics (swap term).** MegaFR edits coarse + medium W+ entries and relies on them
@@ -32,9 +33,10 @@ both learn together from
 - **No image discriminator.** An adversarial image loss was left out: in this budget a step of G
   and D together costs about twice an autoencoder step, for sharper but not more faithful
   reconstructions; the targets here are inversion fidelity and the layer structure.
-- **No identity term** while G and E learn together: the identity network's forward and backward
-  on every reconstruction would add to each step what the budget cannot spare; identity is
-  measured on the test identities instead, and the pSp encoder of ``train_inversion`` uses it.
+- **Identity term.** The frozen identity network of ``train_idnet`` (pSp's ``IDLoss`` recipe,
+  ``megafr.nets.identity``) compares each reconstruction with its input. Pixel L2 alone gives
+  blurry reconstructions that the identity network does not recognise (ID similarity 0.06 at
+  1500 steps without it, mini); its forward and backward at 32 px cost little beside the generator's.
 - ``g_ema`` is an exponential moving average of the synthesis weights (decay ``ema_decay``); the
   e4e product decodes with ``g_ema`` and the metrics are computed with it.
 
@@ -64,6 +66,7 @@ from megafr.config import require, study_path
 from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
 from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
+from megafr.nets.identity import identity_similarity
 from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, LatentCodesDiscriminator
 from megafr.nets.stylegan2 import Generator
 from megafr.pretrain import common
@@ -78,7 +81,7 @@ MEAN_LATENT_SAMPLES = 4096  # z samples averaged into latent_avg
 ADAM_BETAS_G = (0.0, 0.99)  # StyleGAN2's Adam betas (generator, discriminator)
 ADAM_BETAS_E = (0.9, 0.999)  # encoder
 CURVE_POINTS = 150  # about this many rows in the training curve
-LOSS_TERMS = ("l2", "swap", "latent", "delta", "lpips", "d_latent", "r1")
+LOSS_TERMS = ("l2", "swap", "latent", "delta", "lpips", "id", "d_latent", "r1")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class GeneratorStageConfig(common.StageFolders):
     lambda_latent: float  # encoder's adversarial latent loss weight
     lambda_delta: float  # e4e delta regularisation weight
     lambda_lpips: float  # LPIPS weight (used only when LPIPS's backbone weights are present)
+    lambda_id: float  # identity weight, 1 - ID similarity of G(E(x)) and x (0: the identity network is not used)
     r1_gamma: float  # R1 penalty weight on real codes of the latent discriminator
     ema_decay: float  # g_ema decay per step
     idnet_path: str  # identity network for ID similarity and FD-id (train_idnet product or official)
@@ -260,18 +264,24 @@ def _ema(target: Generator, source: Generator, decay: float) -> None:
 
 
 def train_generator(cfg: GeneratorStageConfig, images: np.ndarray, pool: Optional[dict] = None,
-                    progress: bool = True, stop_after: Optional[int] = None) -> GeneratorResult:
-    """Train (or resume) G + e4e + D_latent on uint8 training images [N, S, S, 3] and the swap pool."""
+                    progress: bool = True, stop_after: Optional[int] = None,
+                    idnet: Optional[torch.nn.Module] = None) -> GeneratorResult:
+    """Train (or resume) G + e4e + D_latent on uint8 training images [N, S, S, 3] and the swap pool.
+
+    ``idnet``: the frozen identity network, needed when ``cfg.lambda_id > 0``.
+    """
     if images.shape[1] != cfg.image_size:
         raise InputError(f"train_generator: images are {images.shape[1]} px but image_size={cfg.image_size}; "
                          "set train_generator.image_size to prepare.image_size")
     if cfg.swap_batch and pool is None:
         raise InputError("train_generator: swap_batch > 0 needs the swap pool (load_or_render_pool)")
+    if cfg.lambda_id > 0 and idnet is None:
+        raise InputError("train_generator: lambda_id > 0 needs the identity network (train_generator.idnet_path)")
     with common.torch_threads(cfg.threads):
-        return _train(cfg, images, pool, progress, stop_after)
+        return _train(cfg, images, pool, idnet, progress, stop_after)
 
 
-def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, progress: bool, stop_after) -> GeneratorResult:
+def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress: bool, stop_after) -> GeneratorResult:
     nets = build_networks(cfg)
     opt_g = torch.optim.Adam(synthesis_parameters(nets.generator), lr=cfg.lr_g, betas=ADAM_BETAS_G)
     opt_e = torch.optim.Adam(nets.encoder.parameters(), lr=cfg.lr_e, betas=ADAM_BETAS_E)
@@ -279,6 +289,8 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, progress: bool, 
     modules = {"generator": nets.generator, "g_ema": nets.g_ema, "encoder": nets.encoder, "latent_d": nets.latent_d}
     optimizers = {"g": opt_g, "e": opt_e, "d": opt_d}
     lpips_term = LpipsTerm(cfg.lambda_lpips)
+    if idnet is not None:
+        idnet.eval().requires_grad_(False)
     path = cfg.checkpoint_path
     start, curve = 0, []
     saved = common.try_resume(path, cfg, cfg.steps)
@@ -320,6 +332,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, progress: bool, 
         terms["latent"] = encoder_latent_loss(nets.latent_d, codes) if cfg.lambda_latent else out.new_zeros(())
         terms["delta"] = delta_loss(codes)
         terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else out.new_zeros(())
+        terms["id"] = (1 - identity_similarity(idnet, out[:n_a], x[:n_a])).mean() if cfg.lambda_id else out.new_zeros(())
         total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
         opt_g.zero_grad(set_to_none=True)
         opt_e.zero_grad(set_to_none=True)
@@ -368,7 +381,7 @@ def save_products(cfg: GeneratorStageConfig, nets: Networks) -> dict[str, str]:
     save_stylegan2(folder / STYLEGAN_FILE, nets.g_ema, nets.latent_avg, g=nets.generator)
     opts = {"dataset_type": "synthheads", "lambda_l2": cfg.lambda_l2, "lambda_swap": cfg.lambda_swap,
             "lambda_latent": cfg.lambda_latent, "lambda_delta": cfg.lambda_delta, "lambda_lpips": cfg.lambda_lpips,
-            "w_discriminator_lambda": cfg.lambda_latent, "delta_norm_lambda": cfg.lambda_delta}
+            "lambda_id": cfg.lambda_id, "id_lambda": cfg.lambda_id, "w_discriminator_lambda": cfg.lambda_latent, "delta_norm_lambda": cfg.lambda_delta}
     save_encoder(folder / E4E_FILE, e4e_net(nets), opts=opts, discriminator=nets.latent_d)
     products = {"stylegan2": str(folder / STYLEGAN_FILE), "e4e": str(folder / E4E_FILE)}
     write_json(folder / PRODUCTS_FILE, products)
@@ -412,11 +425,11 @@ def run_generator_stage(cfg: GeneratorStageConfig, progress: bool = True) -> Gen
         return GeneratorStageOutput(metrics, pd.DataFrame(columns=["step", "lr_g", "total", *LOSS_TERMS]), None)
     images, table = read_split(cfg.data_dir, "train")
     pool = load_or_render_pool(cfg, table) if cfg.swap_batch else None
-    result = train_generator(cfg, images, pool, progress=progress)
+    idnet = load_arcface(study_path(cfg.idnet_path))
+    result = train_generator(cfg, images, pool, progress=progress, idnet=idnet)
     save_products(cfg, result.nets)
     common.finish(cfg.checkpoint_path)
     nets = result.nets
-    idnet = load_arcface(study_path(cfg.idnet_path))
     test_images, test_table = read_split(cfg.data_dir, "test")
     rows = np.linspace(0, len(test_images) - 1, min(cfg.n_eval, len(test_images))).round().astype(int)
     x = common.images_to_tensor(test_images[rows])
