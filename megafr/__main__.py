@@ -2,7 +2,10 @@
 
 - ``profile NAME``: make ``profiles/NAME.yaml`` the active ``params.yaml`` (smoke, mini, paper);
 - ``sweep STAGE --name NAME -p KEY V1 V2 ... [-p KEY2 ...]``: run a stage's notebook over a grid;
-- ``reenact --source A --target B --out C [--refine-steps N] [--pti]``: reenact one photo by another.
+- ``reenact --source A --target B --out C [--refine-steps N] [--pti] [--largest-face]``: reenact one photo
+  by another;
+- ``check [--profile NAME] [--stage STAGE]``: list every external file the profile needs and is missing
+  (``megafr.preflight``; only ``paper`` needs any).
 
 Errors the study raises on purpose print as one line and exit with status 2.
 """
@@ -11,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 import yaml
 
-from megafr.config import PROFILES, use_profile
+from megafr.config import PARAMS_FILE, PROFILES, load_params, profile_file, study_root, use_profile
 from megafr.errors import MegaFRError
 
 EXIT_USER_ERROR = 2
@@ -39,7 +43,24 @@ def _parser() -> argparse.ArgumentParser:
     reenact.add_argument("--out", required=True, help="output PNG")
     reenact.add_argument("--refine-steps", type=int, default=1, help="extra applications of F (paper eq. 9)")
     reenact.add_argument("--pti", action="store_true", help="pivotal tuning of the generator first (out-of-domain photos)")
+    reenact.add_argument("--largest-face", action="store_true",
+                         help="paper profile: in a photo with several faces, reenact the largest (default: refuse)")
+
+    check = commands.add_parser("check", help="list the external files (weights, FLAME, photos) the profile needs "
+                                               "and is missing")
+    check.add_argument("--profile", choices=PROFILES, help="check this profile's file instead of params.yaml")
+    check.add_argument("--stage", help="only the files this pipeline stage and the later ones need")
     return parser
+
+
+def _check(profile: str | None, stage: str | None) -> None:
+    from megafr import preflight
+
+    root = study_root()
+    params = load_params(profile_file(profile, root) if profile else root / PARAMS_FILE)
+    stages = preflight.stages_from(stage) if stage else None
+    found = preflight.check(params, root, stages)
+    preflight.report(found, params["profile"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,13 +80,23 @@ def main(argv: list[str] | None = None) -> int:
             table = run_sweep(args.stage, args.name, axes)
             print(table.to_string(index=False))
         elif args.command == "reenact":
-            from megafr.reenact.cli import reenact_files
+            from megafr.reenact.cli import FaceChoiceWarning, reenact_files
             from megafr.reenact.inference import PTI_STEPS
 
             if args.refine_steps < 0:
                 raise MegaFRError(f"--refine-steps must be >= 0, got {args.refine_steps}")
-            path = reenact_files(args.source, args.target, args.out, args.refine_steps, PTI_STEPS if args.pti else 0)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", FaceChoiceWarning)
+                path = reenact_files(args.source, args.target, args.out, args.refine_steps,
+                                     PTI_STEPS if args.pti else 0, args.largest_face)
+            for warning in caught:
+                if issubclass(warning.category, FaceChoiceWarning):
+                    print(f"warning: {warning.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
             print(f"wrote {path}")
+        elif args.command == "check":
+            _check(args.profile, args.stage)
     except MegaFRError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

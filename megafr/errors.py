@@ -23,3 +23,15 @@ class CheckpointError(MegaFRError):
 
 class MissingFileError(CheckpointError, FileNotFoundError):
     """A required weight, model or data file is absent; the message says where to get it."""
+
+
+class PreflightError(MissingFileError):
+    """Files a profile needs before its pipeline can start are absent (``megafr.preflight``).
+
+    The message lists every missing file, one per line, each with the parameter that names it
+    and where to get it; ``missing`` holds the same entries as objects.
+    """
+
+    def __init__(self, message: str, missing: tuple = ()):
+        super().__init__(message)
+        self.missing = tuple(missing)  # megafr.preflight.Problem entries, one per missing file or folder

@@ -200,7 +200,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise _fail(path, f"the file is not a readable image ({type(error).__name__}: {error})",
                     "check that it is a complete PNG/JPEG/TIFF/WebP file (re-download or re-export it)",
                     KIND_UNREADABLE) from error
-    return np.ascontiguousarray(rgb)
+    return np.require(rgb, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])  # Pillow's arrays are read-only views
 
 
 def check_image_array(img: object, name: str = "image") -> np.ndarray:
@@ -217,7 +217,8 @@ def check_image_array(img: object, name: str = "image") -> np.ndarray:
 def image_to_tensor(img: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
     """uint8 ``[H, W, 3]`` -> float32 ``[3, H, W]`` in ``[-1, 1]`` (x / 127.5 - 1)."""
     img = check_image_array(img)
-    chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # [3, H, W] uint8
+    owned = np.require(img, requirements=["C_CONTIGUOUS", "WRITEABLE"])  # torch refuses read-only memory
+    chw = torch.from_numpy(owned).permute(2, 0, 1)  # [3, H, W] uint8
     return (chw.to(device=device, dtype=torch.float32) / HALF_RANGE - 1.0).contiguous()
 
 
@@ -261,10 +262,18 @@ def tensors_to_images(t: torch.Tensor) -> np.ndarray:
     return scaled.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()  # [B, H, W, 3]
 
 
-def _format_for(path: Path) -> str:
+def output_format(path: str | os.PathLike) -> str:
+    """Pillow format name that :func:`save_image` writes to ``path`` (from its extension).
+
+    Raises InputError for an extension Pillow cannot write or a path that is a folder, so that a
+    command can refuse a bad output path before doing any work.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"cannot save image {path}: it is a folder; give a file name such as {path / 'out.png'}")
     suffix = path.suffix.lower()
     formats = Image.registered_extensions()
-    if suffix not in formats:
+    if suffix not in formats or formats[suffix] not in Image.SAVE:
         raise InputError(f"cannot save image {path}: unknown file extension {suffix!r}; use .png")
     return formats[suffix]
 
@@ -277,7 +286,7 @@ def save_image(path: str | os.PathLike, img: np.ndarray | torch.Tensor) -> Path:
     """
     path = Path(path)
     array = tensor_to_image(img) if isinstance(img, torch.Tensor) else check_image_array(img)
-    fmt = _format_for(path)
+    fmt = output_format(path)
     options = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
     picture = Image.fromarray(np.ascontiguousarray(array))  # uint8 [H, W, 3] -> mode RGB
     with atomic_write(path, "wb") as handle:

@@ -98,6 +98,11 @@ PAD_BLUR_FRACTION = 0.02
 PAD_BLUR_MASK_GAIN = 3.0
 # FFHQ resamples at 4x the output size (4096 for 1024) before the antialiased resize.
 TRANSFORM_SUPERSAMPLING = 4
+# Largest crop square accepted, as a multiple of the photo's long side. A real face's square is under
+# about 2x even for a photo cropped tight to the face (side = 4 x eye distance or 3.6 x eye-to-mouth);
+# far larger squares come from landmarks that do not belong to the photo, and padding them would
+# allocate gigabytes.
+MAX_QUAD_TO_IMAGE = 8.0
 
 # Derived eye geometry in the aligned image, as fractions of its side (module docstring).
 FFHQ_EYE_MIDPOINT_MAX_RISE = CENTER_SHIFT_TO_MOUTH / (2.0 * EYE_TO_MOUTH_SCALE)  # = 1/36
@@ -255,6 +260,10 @@ def warp_quad(img: np.ndarray, quad: np.ndarray, output_size: int, transform_siz
     check_image_array(img)
     quad = np.asarray(quad, dtype=np.float64).copy()
     side = quad_side(quad)
+    if not np.isfinite(quad).all() or side > MAX_QUAD_TO_IMAGE * max(img.shape[:2]):
+        raise InputError(f"the face crop square is {side:.0f} px across, more than {MAX_QUAD_TO_IMAGE:g}x the photo's "
+                         f"long side ({max(img.shape[:2])} px): the landmarks do not belong to this photo; detect them "
+                         "again (FaceAligner.detect)")
     picture = Image.fromarray(np.ascontiguousarray(img))
 
     shrink = int(np.floor(side / output_size * SHRINK_FACTOR))
@@ -563,7 +572,8 @@ def align_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, output_s
     landmarks; read it with :func:`read_landmark_table`), ``rejects.csv`` (file,
     reason, message; reasons are :class:`RejectReason` values) and ``summary.json``
     (output size and :meth:`AlignReport.summary`). Every file either is aligned or appears in rejects.csv; hidden files
-    (name starting with ".") and sub-folders are skipped and listed in the report.
+    (name starting with ".") and sub-folders are skipped and listed in the report; a folder with no
+    other file is refused (InputError) before anything is written.
     PNGs in ``images/`` left from an earlier run and not written by this one are
     removed, so the folder always matches the table. ``aligner`` defaults to
     ``FaceAligner(output_size)``; pass one to change the policy.
@@ -578,12 +588,14 @@ def align_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, output_s
                          f"{aligner.output_size}; pass the same size")
     if out_dir.resolve() == in_dir.resolve():
         raise InputError(f"output folder {out_dir} is the input folder; choose another")
-    image_dir = out_dir / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-
     entries = sorted(in_dir.iterdir(), key=lambda p: p.name)
     skipped = tuple(p.name for p in entries if p.name.startswith(".") or not p.is_file())
     files = [p for p in entries if not p.name.startswith(".") and p.is_file()]
+    if not files:
+        raise InputError(f"input folder {in_dir} holds no files to align (sub-folders and hidden files are not "
+                         "read); put the photos directly in it")
+    image_dir = out_dir / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
     aligned: list[str] = []
     rejects: list[Reject] = []
     rows: list[dict] = []

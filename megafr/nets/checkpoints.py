@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from megafr.errors import CheckpointError, MissingFileError
+from megafr.fileio import atomic_path
 from megafr.nets.encoders import (
     EncoderConfig,
     Encoder4Editing,
@@ -260,11 +261,9 @@ def save_stylegan2(
 
 
 def _save(obj: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save atomically: an interrupted write leaves the old file (or none), never a truncated one."""
+    with atomic_path(path) as temp:
+        torch.save(obj, temp)
 
 
 # --------------------------------------------------------------------------- pSp / e4e

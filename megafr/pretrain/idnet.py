@@ -85,10 +85,15 @@ class IdNetConfig(common.StageFolders):
             return
         require(self.input_size % 16 == 0 and self.input_size >= 16,
                 f"train_idnet.input_size must be a multiple of 16, got {self.input_size}")
-        require(self.width >= 1 and self.units >= 1, "train_idnet.width and units must be >= 1")
-        require(self.margin >= 0 and self.scale > 0, "train_idnet.margin must be >= 0 and scale > 0")
-        require(self.steps >= 1 and self.batch_size >= 2, "train_idnet.steps >= 1 and batch_size >= 2")
-        require(self.checkpoint_every >= 1, "train_idnet.checkpoint_every must be >= 1")
+        for name, low in (("width", 1), ("units", 1), ("embedding_dim", 1), ("steps", 1), ("batch_size", 2),
+                          ("checkpoint_every", 1), ("threads", 0)):
+            require(getattr(self, name) >= low, f"train_idnet.{name} must be >= {low}, got {getattr(self, name)}; "
+                                                "fix it in params.yaml")
+        require(self.margin >= 0 and self.scale > 0,
+                f"train_idnet.margin must be >= 0 and scale > 0, got {self.margin} and {self.scale}")
+        require(self.lr > 0 and self.weight_decay >= 0,
+                f"train_idnet.lr must be > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}")
+        require(0 <= self.drop_ratio < 1, f"train_idnet.drop_ratio must lie in [0, 1), got {self.drop_ratio}")
 
 
     def arcface_config(self) -> ArcFaceConfig:

@@ -79,8 +79,12 @@ class InversionStageConfig(common.StageFolders):
         if self.mode == "official":
             require(bool(self.official_psp), "train_inversion.official_psp must name psp_ffhq_encode.pt in the paper profile")
             return
-        require(self.steps >= 1 and self.batch_size >= 1, "train_inversion.steps and batch_size must be >= 1")
-        require(self.checkpoint_every >= 1, "train_inversion.checkpoint_every must be >= 1")
+        for name, low in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1), ("n_eval", 1), ("threads", 0)):
+            require(getattr(self, name) >= low, f"train_inversion.{name} must be >= {low}, got "
+                                                f"{getattr(self, name)}; fix it in params.yaml")
+        require(self.lr > 0, f"train_inversion.lr must be positive, got {self.lr}")
+        for name in ("lambda_l2", "lambda_id", "lambda_wnorm", "lambda_lpips"):
+            require(getattr(self, name) >= 0, f"train_inversion.{name} must be >= 0, got {getattr(self, name)}")
 
 
 

@@ -1,37 +1,128 @@
 """``python -m megafr reenact``: reenact one source photo by one target photo from the command line.
 
-The networks are the ones the ``train_reenact`` stage uses, with the values ``dvc repro`` passes
-it (read from ``dvc.yaml`` and ``params.yaml``). On the paper profile real photos are first
-aligned the FFHQ way (dlib landmarks); on mini and smoke the inputs are SynthHeads images,
-already framed, of the world's size.
+The networks are the ones the ``train_reenact`` stage trained, with the values ``dvc repro`` passes
+it (read from ``dvc.yaml`` and ``params.yaml``, the notebook's defaults for the rest). On the paper
+profile real photos are first aligned the FFHQ way (dlib landmarks); on mini and smoke the inputs
+are SynthHeads images, already framed, of the world's size.
+
+Everything a user can get wrong is checked before the networks run, cheapest first, and reported
+as one :class:`~megafr.errors.MegaFRError` naming the problem and the fix: the output path
+(extension, not a folder, not one of the inputs), both input images (readable, not empty, tiny or
+huge; greyscale, alpha, palette and 16-bit files are converted, see ``megafr.imageio``), the
+external files of the paper profile (all missing ones at once, ``megafr.preflight``), and the
+trained E_FR checkpoint (present, readable, finished, trained with the current settings). The
+output is written atomically, so a failure never leaves a partial file behind.
+
+Faces (paper profile): a photo with no face is refused; with several faces the command refuses
+too, unless ``largest_face`` is set, which reenacts the largest face and warns (a silent pick of
+the wrong person is worse than an error).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import json
+import os
+import warnings
 from pathlib import Path
 
-from megafr.config import build_config
-from megafr.errors import InputError
-from megafr.imageio import image_to_tensor, load_image, save_image, tensor_to_image
+from megafr.config import build_config, study_root
+from megafr.errors import CheckpointError, InputError, NoFaceError
+from megafr.imageio import image_to_tensor, load_image, output_format, save_image, tensor_to_image
 from megafr.reenact.inference import Reenactor
-from megafr.reenact.train import ReenactConfig
+from megafr.reenact.train import ReenactConfig, checkpoint_path, read_checkpoint
 from megafr.sweep import stage_command
 
 STAGE = "train_reenact"
+PARAMETERS_TAG = "parameters"  # papermill's tag of the notebook cell holding the defaults
 
 
-def stage_config() -> ReenactConfig:
-    """The ``train_reenact`` configuration exactly as ``dvc repro`` runs it."""
-    _, _, values = stage_command(STAGE)
+class FaceChoiceWarning(UserWarning):
+    """A photo held several faces and the largest was reenacted (``largest_face=True``)."""
+
+
+def notebook_defaults(notebook: str | os.PathLike) -> dict:
+    """The plain values assigned in a notebook's ``parameters`` cell (what papermill overrides)."""
+    path = Path(notebook)
+    try:
+        cells = json.loads(path.read_text())["cells"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"cannot read the parameters of {path} ({type(error).__name__}: {error}); "
+                         f"restore it with `git checkout {path}`") from error
+    defaults: dict = {}
+    for cell in cells:
+        if PARAMETERS_TAG not in cell.get("metadata", {}).get("tags", []):
+            continue
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                try:
+                    defaults[node.targets[0].id] = ast.literal_eval(node.value)
+                except ValueError:
+                    continue  # not a plain value; papermill passes it through and so do we
+    return defaults
+
+
+def stage_config(root: str | os.PathLike | None = None) -> ReenactConfig:
+    """The ``train_reenact`` configuration exactly as ``dvc repro`` runs it: the notebook's defaults,
+    overridden by the ``-p`` values of its ``dvc.yaml`` command."""
+    root = Path(root) if root is not None else study_root()
+    if not (root / "dvc.yaml").is_file():
+        raise InputError(f"no dvc.yaml in {Path.cwd()} or above; run `python -m megafr reenact` inside the study "
+                         "folder (the one holding dvc.yaml and params.yaml)")
+    notebook, _, values = stage_command(STAGE, root)
+    merged = {**notebook_defaults(root / notebook), **values}
     names = {f.name for f in dataclasses.fields(ReenactConfig)}
-    return build_config(ReenactConfig, {k: v for k, v in values.items() if k in names})
+    return build_config(ReenactConfig, {k: v for k, v in merged.items() if k in names})
 
 
-def _prepare(path: str, size: int, profile: str, aligner):
-    image = load_image(path)
+def check_output(out: str | os.PathLike, inputs: tuple[str | os.PathLike, ...]) -> Path:
+    """Refuse an output path that cannot be written as an image, or that is one of the inputs."""
+    out = Path(out)
+    output_format(out)
+    for given in inputs:
+        if Path(given).exists() and out.exists() and out.resolve() == Path(given).resolve():
+            raise InputError(f"--out {out} is also an input image and would be overwritten; choose another name")
+    return out
+
+
+def load_reenactor(cfg: ReenactConfig) -> Reenactor:
+    """The trained MegaFR of ``cfg``; refuses a checkpoint that is missing, unreadable, unfinished or stale."""
+    path = checkpoint_path(cfg)
+    fix = f"run `dvc repro {STAGE}` to (re)train it with the current params.yaml"
+    data = read_checkpoint(path)  # MissingFileError / CheckpointError name the file
+    step = data.get("step")
+    if not isinstance(step, int) or step < cfg.steps:
+        raise CheckpointError(f"{path} stopped at step {step} of {cfg.steps} (an interrupted training); {fix}")
+    if data["config"] != dataclasses.asdict(cfg):
+        saved = data["config"] if isinstance(data["config"], dict) else {}
+        differ = sorted(k for k in set(saved) | set(dataclasses.asdict(cfg))
+                        if saved.get(k) != getattr(cfg, k, None))
+        raise CheckpointError(f"{path} was trained with other settings than params.yaml (differing: "
+                              f"{', '.join(differ[:6])}); {fix}")
+    try:
+        return Reenactor.from_config(cfg)
+    except RuntimeError as error:  # load_state_dict: weights of another architecture or size
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = " ".join(lines[:2])  # "Error(s) in loading state_dict for X:" and the first mismatch
+        raise CheckpointError(f"{path} does not fit the networks it is loaded into ({detail}); {fix}") from error
+
+
+def prepare_image(path: str | os.PathLike, image, size: int, profile: str, aligner=None,
+                  largest_face: bool = False):
+    """An input image as a tensor [1, 3, size, size]: aligned (paper) or checked for the world's size (mini)."""
     if aligner is not None:
-        image = aligner.align(image, source=str(path)).image
+        detections = aligner.detect_faces(image)
+        faces = [d for d in detections if d.size >= aligner.min_face_size]
+        if len(faces) > 1:
+            if not largest_face:
+                raise NoFaceError(f"{len(faces)} faces found in {path}; crop the photo to one face, or pass "
+                                  "--largest-face to reenact the largest one")
+            warnings.warn(f"{len(faces)} faces found in {path}; reenacting the largest one",
+                          FaceChoiceWarning, stacklevel=2)
+        face = aligner.select_face(faces if faces else detections, str(path))
+        image = aligner.align_landmarks(image, face.landmarks, source=str(path)).image
     elif image.shape[:2] != (size, size):
         raise InputError(f"{path} is {image.shape[1]}x{image.shape[0]} px; the {profile} world reenacts "
                          f"{size}x{size} SynthHeads images (data/prepare/...). For real photos use the paper "
@@ -39,17 +130,26 @@ def _prepare(path: str, size: int, profile: str, aligner):
     return image_to_tensor(image).unsqueeze(0)
 
 
-def reenact_files(source: str, target: str, out: str, refine_steps: int = 1, pti_steps: int = 0) -> Path:
-    """Reenact ``source`` by ``target`` and write the result to ``out`` (PNG); return its path."""
+def reenact_files(source: str, target: str, out: str, refine_steps: int = 1, pti_steps: int = 0,
+                  largest_face: bool = False) -> Path:
+    """Reenact ``source`` by ``target`` and write the result to ``out``; return its path (module docstring:
+    checks, order, faces)."""
+    if refine_steps < 0 or pti_steps < 0:
+        raise InputError(f"refine_steps and pti_steps must be >= 0, got {refine_steps} and {pti_steps}")
+    out_path = check_output(out, (source, target))
+    images = [load_image(source), load_image(target)]  # uint8 [H, W, 3] each
     cfg = stage_config()
-    reenactor = Reenactor.from_config(cfg)
-    size = reenactor.model.generator.size
     aligner = None
     if cfg.profile == "paper":
+        from megafr import preflight
         from megafr.datasets.align import FaceAligner
 
-        aligner = FaceAligner(size)
-    x_source = _prepare(source, size, cfg.profile, aligner)
-    x_target = _prepare(target, size, cfg.profile, aligner)
+        preflight.check(stages=(preflight.REENACT_CLI,))
+    reenactor = load_reenactor(cfg)
+    size = reenactor.model.generator.size
+    if cfg.profile == "paper":
+        aligner = FaceAligner(size, multiple="largest")
+    x_source, x_target = (prepare_image(path, image, size, cfg.profile, aligner, largest_face)
+                          for path, image in zip((source, target), images))
     result = reenactor.reenact(x_source, x_target, refine_steps=refine_steps, pti_steps=pti_steps)
-    return save_image(out, tensor_to_image(result.image[0]))
+    return save_image(out_path, tensor_to_image(result.image[0]))

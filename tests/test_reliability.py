@@ -1,0 +1,532 @@
+"""Reliability (issue 12): bad input at every door, interrupted training, damaged or stale checkpoints.
+
+- the ``reenact`` command: unreadable, truncated, tiny, huge, wrong-size and odd-mode images, bad output
+  paths, missing / truncated / foreign / unfinished / stale E_FR checkpoints, several faces on paper; every
+  failure is one ``error:`` line naming the problem and the fix, exit status 2, and no output file;
+- the prepare stage's photo folder, parameters out of range for every training stage, atomic checkpoint writes;
+- a real interruption: the train_face3d training runs in a subprocess that is SIGKILLed after its first
+  checkpoint, is started again, and ends with the weights of an uninterrupted run, bit for bit;
+- hypothesis fuzzing of alignment by given landmarks and of align_folder over random files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from megafr.__main__ import main
+from megafr.config import build_config, study_root
+from megafr.datasets.align import FaceAligner, align_folder
+from megafr.errors import CheckpointError, InputError, MissingFileError, NoFaceError
+from megafr.reenact import cli
+from megafr.reenact.inference import Reenactor
+from megafr.reenact.model import MegaFR
+from megafr.reenact.train import checkpoint_path
+
+ROOT = study_root(__file__)
+SMOKE_SIZE = 32  # the smoke world's image side (profiles/smoke.yaml, prepare.image_size)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _study(root: Path, profile: str) -> Path:
+    """A scratch study: dvc.yaml, the profiles, params.yaml = ``profile``, the train_reenact notebook."""
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(ROOT / "profiles", root / "profiles")
+    shutil.copy(ROOT / "profiles" / f"{profile}.yaml", root / "params.yaml")
+    (root / "notebooks").mkdir()
+    shutil.copy(ROOT / "notebooks" / "06_train_reenact.ipynb", root / "notebooks")
+    return root
+
+
+@pytest.fixture
+def smoke(tmp_path, monkeypatch):
+    monkeypatch.chdir(_study(tmp_path, "smoke"))
+    return tmp_path
+
+
+def _png(path: Path, size: int = SMOKE_SIZE, seed: int = 0) -> Path:
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["reenact", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _no_debris(folder: Path) -> None:
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")], "temporary files left behind"
+
+
+def _bad_image(folder: Path, kind: str) -> Path:
+    path = folder / f"{kind}.png"
+    if kind == "missing":
+        return path
+    if kind == "truncated":
+        data = _png(folder / "whole.png").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "garbage":
+        path = folder / "garbage.jpg"
+        path.write_bytes(b"\xff\xd8\xff\xe0 this is no jpeg at all")
+    elif kind == "tiny":
+        _png(path, size=8)
+    elif kind == "huge":
+        Image.new("L", (13000, 16)).save(path)  # refused from the header, never decoded whole
+    elif kind == "nan_float":
+        path = folder / "nan.tif"
+        Image.fromarray(np.full((SMOKE_SIZE, SMOKE_SIZE), np.nan, np.float32)).save(path)
+    elif kind == "folder":
+        path.mkdir()
+    return path
+
+
+# ------------------------------------------------------------------------------ reenact: bad input
+@pytest.mark.parametrize("kind,words", [
+    ("missing", "no such file"), ("truncated", "not a readable image"), ("garbage", "not a readable image"),
+    ("tiny", "smaller than the minimum side"), ("huge", "above the limit"), ("nan_float", "NaN"),
+    ("folder", "not a regular file"),
+])
+@pytest.mark.parametrize("role", ["source", "target"])
+def test_reenact_refuses_bad_images_with_one_line_and_no_output(smoke, capsys, kind, words, role):
+    bad, good = _bad_image(smoke, kind), _png(smoke / "good.png")
+    source, target = (bad, good) if role == "source" else (good, bad)
+    code, out, err = _cli(capsys, "--source", str(source), "--target", str(target), "--out", "out/result.png")
+    assert code == 2 and out == ""
+    assert err.startswith("error: cannot use image") and err.count("\n") == 1, err
+    assert words in err and bad.name in err and ";" in err  # the problem, then the fix
+    assert not (smoke / "out").exists()
+
+
+def test_reenact_refuses_bad_output_paths_before_any_work(smoke, capsys):
+    good = _png(smoke / "good.png")
+    (smoke / "folder").mkdir()
+    for out, words in (("result.xyz", "unknown file extension '.xyz'"), ("folder", "it is a folder"),
+                       (str(good), "is also an input image")):
+        code, _, err = _cli(capsys, "--source", str(good), "--target", "missing.png", "--out", out)
+        assert code == 2 and words in err and err.count("\n") == 1, err
+    assert good.read_bytes() == _png(smoke / "again.png").read_bytes()  # the input was not touched
+    code, _, err = _cli(capsys, "--source", str(good), "--target", str(good), "--out", "o.png", "--refine-steps", "-1")
+    assert code == 2 and "--refine-steps must be >= 0" in err
+
+
+def test_reenact_outside_the_study_says_where_to_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    good = _png(tmp_path / "good.png")
+    code, _, err = _cli(capsys, "--source", str(good), "--target", str(good), "--out", "o.png")
+    assert code == 2 and "no dvc.yaml" in err and "inside the study folder" in err
+
+
+def test_stage_config_is_what_dvc_repro_runs(smoke):
+    cfg = cli.stage_config()
+    assert cfg.profile == "smoke" and cfg.out_dir == "data/train_reenact"  # the notebook's default fills the rest
+    assert checkpoint_path(cfg) == smoke / "data" / "train_reenact" / "megafr_e4e_render.pt"
+
+
+def test_reenact_without_trained_networks_names_the_stage(smoke, capsys):
+    good = _png(smoke / "good.png")
+    code, _, err = _cli(capsys, "--source", str(good), "--target", str(good), "--out", "o.png")
+    assert code == 2 and "MegaFR checkpoint not found" in err and "train_reenact" in err
+    assert not (smoke / "o.png").exists()
+
+
+def _write_efr_checkpoint(cfg, **changes) -> Path:
+    payload = {"state_dict": {}, "config": dataclasses.asdict(cfg), "step": cfg.steps, "optimizer": {}}
+    payload.update(changes)
+    path = checkpoint_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return path
+
+
+def test_load_reenactor_refuses_damaged_foreign_unfinished_and_stale_checkpoints(smoke, monkeypatch):
+    cfg = cli.stage_config()
+    path = _write_efr_checkpoint(cfg)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="not a readable MegaFR checkpoint"):
+        cli.load_reenactor(cfg)
+    torch.save({"g_ema": {}, "latent_avg": torch.zeros(4)}, path)
+    with pytest.raises(CheckpointError, match="expected keys state_dict, config, step"):
+        cli.load_reenactor(cfg)
+    _write_efr_checkpoint(cfg, step=cfg.steps - 1)
+    with pytest.raises(CheckpointError,
+                       match=rf"stopped at step {cfg.steps - 1} of {cfg.steps}.*dvc repro train_reenact"):
+        cli.load_reenactor(cfg)
+    _write_efr_checkpoint(cfg, config={**dataclasses.asdict(cfg), "lambda_id": 7.0, "batch_size": 99})
+    with pytest.raises(CheckpointError, match="other settings than params.yaml.*batch_size, lambda_id"):
+        cli.load_reenactor(cfg)
+    _write_efr_checkpoint(cfg)  # a right checkpoint: the next missing piece is the frozen generator, named
+    with pytest.raises(MissingFileError, match="stylegan2.pt"):
+        cli.load_reenactor(cfg)
+
+    def other_size(_cfg):
+        torch.nn.Linear(3, 3).load_state_dict(torch.nn.Linear(4, 4).state_dict())  # the real error type
+
+    monkeypatch.setattr(Reenactor, "from_config", other_size)
+    with pytest.raises(CheckpointError, match="does not fit the networks.*size mismatch"):
+        cli.load_reenactor(cfg)
+
+
+@pytest.fixture
+def tiny_reenactor(tiny_frozen, monkeypatch):
+    """The command's networks replaced by tiny random ones of the smoke world's size."""
+    torch.manual_seed(0)
+    reenactor = Reenactor(MegaFR(tiny_frozen.inversion, tiny_frozen.generator), tiny_frozen)
+    monkeypatch.setattr(cli, "load_reenactor", lambda cfg: reenactor)
+    return reenactor
+
+
+def test_reenact_converts_odd_modes_and_writes_the_output(smoke, capsys, tiny_reenactor):
+    rgb = np.random.default_rng(1).integers(0, 256, (SMOKE_SIZE, SMOKE_SIZE, 3), dtype=np.uint8)
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)]), "RGBA").save(smoke / "rgba.png")
+    Image.fromarray(rgb).convert("L").save(smoke / "grey.png")
+    Image.fromarray(rgb).quantize(64).save(smoke / "palette.png")
+    Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257).save(smoke / "sixteen.png")
+    for source, target in (("rgba.png", "grey.png"), ("palette.png", "sixteen.png")):
+        code, out, err = _cli(capsys, "--source", source, "--target", target, "--out", "out/result.png")
+        assert code == 0 and out.strip() == "wrote out/result.png", err
+        with Image.open(smoke / "out" / "result.png") as written:
+            assert written.mode == "RGB" and written.size == (SMOKE_SIZE, SMOKE_SIZE)
+        _no_debris(smoke / "out")
+
+
+def test_loaded_images_are_writable_arrays(tmp_path):
+    from megafr.imageio import image_to_tensor, load_image
+
+    img = load_image(_png(tmp_path / "x.png"))
+    assert img.flags.writeable and img.flags.c_contiguous
+    img[0, 0] = 0  # editable in place, as numpy users expect
+    frozen = img.copy()
+    frozen.flags.writeable = False
+    assert torch.equal(image_to_tensor(frozen), image_to_tensor(img))
+
+
+def test_reenact_refuses_another_worlds_size_and_never_half_writes(smoke, capsys, tiny_reenactor, monkeypatch):
+    good, large = _png(smoke / "good.png"), _png(smoke / "large.png", size=48)
+    code, _, err = _cli(capsys, "--source", str(large), "--target", str(good), "--out", "o.png")
+    assert code == 2 and "large.png is 48x48 px; the smoke world reenacts 32x32" in err and "profile paper" in err
+    real = tiny_reenactor.reenact
+
+    def diverged(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.image.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(tiny_reenactor, "reenact", diverged)
+    code, _, err = _cli(capsys, "--source", str(good), "--target", str(good), "--out", "o.png")
+    assert code == 2 and "NaN" in err
+    assert not (smoke / "o.png").exists()
+    _no_debris(smoke)
+
+
+def test_reenact_on_paper_lists_missing_files_before_loading_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(_study(tmp_path, "paper"))
+    monkeypatch.setattr(cli, "load_reenactor", lambda cfg: pytest.fail("networks loaded despite missing files"))
+    good = _png(tmp_path / "good.png", size=64)
+    code, _, err = _cli(capsys, "--source", str(good), "--target", str(good), "--out", "o.png")
+    assert code == 2 and "paper profile:" in err and "required files are missing" in err
+    assert "stylegan2-ffhq-config-f.pt" in err and "generic_model.pkl" in err and "datasets/celebahq" not in err
+
+
+@pytest.fixture(scope="module")
+def photo_aligner():
+    return FaceAligner(64, multiple="largest")
+
+
+def test_paper_faces_none_several_or_largest_with_a_warning(photo_aligner):
+    from skimage.data import astronaut
+
+    photo = astronaut()
+    pair = np.ascontiguousarray(np.concatenate([photo, np.zeros_like(photo)], axis=1))
+    pair[128:512, 512:896] = np.asarray(Image.fromarray(photo).resize((384, 384)))
+    with pytest.raises(NoFaceError,
+                       match=r"2 faces found in pair.png; crop the photo to one face, or pass --largest-face"):
+        cli.prepare_image("pair.png", pair, 64, "paper", photo_aligner)
+    with pytest.warns(cli.FaceChoiceWarning, match="2 faces found in pair.png; reenacting the largest"):
+        largest = cli.prepare_image("pair.png", pair, 64, "paper", photo_aligner, largest_face=True)
+    single = cli.prepare_image("one.png", photo, 64, "paper", photo_aligner)
+    assert largest.shape == single.shape == (1, 3, 64, 64)
+    assert torch.allclose(largest, single, atol=0.1)  # the full-size face on the left, aligned alike
+    with pytest.raises(NoFaceError, match="no face found in blank.png"):
+        cli.prepare_image("blank.png", np.full((200, 200, 3), 127, np.uint8), 64, "paper", photo_aligner)
+
+
+# ------------------------------------------------------------------------- prepare, params, checkpoints
+def test_align_folder_refuses_a_folder_without_photos_before_writing(tmp_path, photo_aligner):
+    src, out = tmp_path / "photos", tmp_path / "aligned"
+    src.mkdir()
+    with pytest.raises(InputError, match="holds no files to align"):
+        align_folder(src, out, 64, aligner=photo_aligner, progress=False)
+    (src / ".DS_Store").write_bytes(b"\x00")
+    (src / "nested").mkdir()
+    with pytest.raises(InputError, match="put the photos directly in it"):
+        align_folder(src, out, 64, aligner=photo_aligner, progress=False)
+    assert not out.exists()
+
+
+def _stage_values(root: Path, stage: str) -> dict:
+    from megafr.sweep import stage_command
+
+    notebook, _, values = stage_command(stage, root)
+    return {**cli.notebook_defaults(root / notebook), **values}
+
+
+def _config_class(stage: str):
+    from megafr.datasets.prepare import PrepareConfig
+    from megafr.face3d.train import TrainConfig
+    from megafr.pretrain.autoencoder import GeneratorStageConfig
+    from megafr.pretrain.idnet import IdNetConfig
+    from megafr.pretrain.inversion import InversionStageConfig
+    from megafr.reenact.train import ReenactConfig
+
+    return {"prepare": PrepareConfig, "train_face3d": TrainConfig, "train_idnet": IdNetConfig,
+            "train_generator": GeneratorStageConfig, "train_inversion": InversionStageConfig,
+            "train_reenact": ReenactConfig}[stage]
+
+
+@pytest.fixture(scope="module")
+def smoke_root(tmp_path_factory):
+    root = _study(tmp_path_factory.mktemp("smoke"), "smoke")
+    for notebook in (ROOT / "notebooks").glob("*.ipynb"):
+        shutil.copy(notebook, root / "notebooks" / notebook.name)
+    return root
+
+
+@pytest.mark.parametrize("stage,key,value", [
+    ("prepare", "image_size", 8), ("prepare", "n_test_identities", 1),
+    ("train_face3d", "steps", -1), ("train_face3d", "lr", 0.0), ("train_face3d", "lambda_eye", -3.0),
+    ("train_idnet", "steps", -1), ("train_idnet", "lr", -0.1), ("train_idnet", "drop_ratio", 1.5),
+    ("train_generator", "steps", 0), ("train_generator", "image_size", 48),
+    ("train_inversion", "steps", -2), ("train_inversion", "lambda_id", -1.0), ("train_inversion", "lr", 0.0),
+    ("train_reenact", "steps", -1), ("train_reenact", "lambda_cyc", -1.0), ("train_reenact", "encoder", "stylegan"),
+])
+def test_every_stage_refuses_out_of_range_parameters(smoke_root, stage, key, value):
+    cls = _config_class(stage)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in _stage_values(smoke_root, stage).items() if k in names}
+    build_config(cls, values)  # the smoke profile itself is valid
+    with pytest.raises(InputError) as info:
+        build_config(cls, {**values, key: value})
+    message = str(info.value)
+    assert "\n" not in message and (key in message or key.split("_")[-1] in message), message
+
+
+def test_unknown_profile_and_missing_params_file(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["profile", "huge"])
+    assert info.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main(["check"]) == 2
+    assert "params file" in capsys.readouterr().err
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    from megafr.nets import checkpoints
+    from megafr.nets.irse import MINI_ARCFACE, ArcFace
+
+    net = ArcFace(MINI_ARCFACE)
+    target = tmp_path / "arcface.pt"
+    checkpoints.save_arcface(target, net)
+    before = target.read_bytes()
+
+    def dies_half_way(obj, path):
+        Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # Ctrl-C during the write
+
+    monkeypatch.setattr(checkpoints.torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_arcface(target, net)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_arcface(tmp_path / "new.pt", net)
+    assert target.read_bytes() == before and not (tmp_path / "new.pt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arcface.pt"]
+
+
+def test_lpips_without_backbone_weights_is_off_not_a_crash(tmp_path, monkeypatch, capsys):
+    from megafr.reenact.train import load_lpips
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert load_lpips(0.8) is None and load_lpips(0.0) is None
+    assert capsys.readouterr().out.startswith("LPIPS off")
+
+
+# ------------------------------------------------------------------------------ interruption (SIGKILL)
+KILL_STEPS = 40  # long enough that the run is still going when its first checkpoint appears
+KILL_CHECKPOINT_EVERY = 4
+# The training entry point, run in a fresh interpreter: config JSON in, resume point and steps run out.
+DRIVER = """
+import json, sys
+from megafr.config import build_config
+from megafr.face3d.train import TrainConfig, load_landmark_set, train_face3d
+cfg = build_config(TrainConfig, json.loads(sys.argv[1]))
+result = train_face3d(cfg, load_landmark_set(cfg, "train"), progress=False)
+print(json.dumps({"resumed_from": result.resumed_from, "steps_run": result.steps_run}))
+"""
+
+
+@pytest.fixture(scope="module")
+def face3d_world(tmp_path_factory):
+    """The synthetic head model and a 3-identity training split at 32 px (what the smoke prepare writes)."""
+    from megafr.datasets import synthheads as sh
+    from megafr.datasets.prepare import save_array, save_table
+    from megafr.face3d import headmodel
+
+    root = tmp_path_factory.mktemp("world")
+    files = headmodel.write_head_model(root / "head_model")
+    world = sh.HeadWorld(files.model_path, files.landmark_path, SMOKE_SIZE)
+    params = sh.sample_split(world, np.random.default_rng(1), np.arange(3), 4, (40.0, 20.0, 10.0))
+    rendered = world.render(params)
+    save_array(root / "train" / "images.npy", rendered["images"])
+    save_array(root / "train" / "masks.npy", rendered["masks"])
+    save_table(root / "train" / "meta.parquet", sh.scene_table(params, rendered, "train"))
+    return root, files
+
+
+def _face3d_values(world, out_dir: Path, **overrides) -> dict:
+    from megafr.face3d import headmodel
+
+    root, files = world
+    values = dict(
+        profile="smoke", seed=0, model_path=str(files.model_path), landmark_path=str(files.landmark_path),
+        data_dir=str(root), source="synthetic", image_size=SMOKE_SIZE, input_size=SMOKE_SIZE,
+        n_shape=headmodel.N_IDENTITY, n_expr=headmodel.N_EXPRESSION, width=4, cam_scale_init=8.0, cam_ty_init=0.0,
+        steps=KILL_STEPS, batch_size=4, lr=1e-3, lambda_lmk=1.0, lambda_kp=1.0, lambda_eye=3.0, lambda_mouth=2.0,
+        lambda_sil=0.5, sil_every=2, sil_size=16, sil_batch=2, sil_sigma=1.0, lambda_shape=1e-3, lambda_expr=1e-3,
+        lambda_pose=1e-3, checkpoint_every=KILL_CHECKPOINT_EVERY, threads=1, out_dir=str(out_dir))
+    values.update(overrides)
+    return values
+
+
+def _training(values: dict) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(values)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _same_state(a, b) -> bool:
+    """Equal nested dicts/lists of tensors and plain values, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_sigkilled_training_resumes_and_ends_like_an_uninterrupted_run(face3d_world, tmp_path):
+    from megafr.face3d.recon import read_checkpoint
+
+    whole = _finish(_training(_face3d_values(face3d_world, tmp_path / "whole")))
+    assert whole == {"resumed_from": 0, "steps_run": KILL_STEPS}
+
+    broken_dir = tmp_path / "broken"
+    checkpoint = broken_dir / "checkpoint.pt"
+    values = _face3d_values(face3d_world, broken_dir)
+    proc = _training(values)
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists():
+        assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = read_checkpoint(checkpoint)["step"]
+    assert 0 < killed_at < KILL_STEPS and killed_at % KILL_CHECKPOINT_EVERY == 0
+
+    resumed = _finish(_training(values))
+    assert resumed == {"resumed_from": killed_at, "steps_run": KILL_STEPS - killed_at}
+    a, b = read_checkpoint(tmp_path / "whole" / "checkpoint.pt"), read_checkpoint(checkpoint)
+    assert a["step"] == b["step"] == KILL_STEPS
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), "weights differ"
+    assert _same_state(a["optimizer"], b["optimizer"]) and _same_state(a["rng"], b["rng"])
+    assert a["curve"] == b["curve"]
+
+
+def test_damaged_leftover_checkpoint_starts_afresh(face3d_world, tmp_path):
+    from megafr.face3d.recon import read_checkpoint
+    from megafr.face3d.train import TrainConfig, load_landmark_set, train_face3d
+
+    cfg = build_config(TrainConfig, _face3d_values(face3d_world, tmp_path / "run", steps=2, checkpoint_every=1))
+    cfg.checkpoint_path.parent.mkdir(parents=True)
+    cfg.checkpoint_path.write_bytes(b"PK\x03\x04 the first bytes of a zip, then the power went off")
+    result = train_face3d(cfg, load_landmark_set(cfg, "train"), progress=False)
+    assert result.resumed_from == 0 and result.steps_run == 2 and read_checkpoint(cfg.checkpoint_path)["step"] == 2
+
+
+# ---------------------------------------------------------------------------------------------- fuzzing
+@pytest.fixture(scope="module")
+def small_aligner():
+    return FaceAligner(32)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(height=st.integers(16, 80), width=st.integers(16, 300), seed=st.integers(0, 2 ** 16),
+       scale=st.sampled_from([1e-4, 1.0, 8.0, 60.0, 1e3, 1e6, 1e12]), offset=st.sampled_from([0.0, -1e4, 3e5]),
+       special=st.sampled_from([None, np.nan, np.inf, -np.inf]), degenerate=st.booleans(),
+       n_points=st.sampled_from([68, 68, 67, 5]))
+def test_fuzz_align_by_landmarks_only_documented_errors(small_aligner, height, width, seed, scale, offset, special,
+                                                        degenerate, n_points):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    points = rng.normal(0.0, 1.0, (n_points, 2)) * scale + [width / 2 + offset, height / 2]
+    if degenerate:
+        points[:] = points[0]
+    if special is not None:
+        points[rng.integers(n_points)] = special
+    try:
+        face = small_aligner.align_landmarks(img, points)
+    except InputError as error:
+        assert type(error).__module__.startswith("megafr") and str(error)
+        return
+    assert face.image.shape == (32, 32, 3) and face.image.dtype == np.uint8
+    assert face.landmarks.shape == (68, 2) and np.isfinite(face.landmarks).all()
+
+
+def _tiny_png_bytes(seed: int) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        return _png(Path(folder) / "x.png", size=24, seed=seed).read_bytes()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(files=st.lists(st.tuples(st.sampled_from(["a.png", "b.jpg", "c", "d.tif", "e.PNG"]),
+                                st.one_of(st.binary(max_size=300), st.integers(0, 99).map(_tiny_png_bytes))),
+                      min_size=1, max_size=4, unique_by=lambda f: f[0]))
+def test_fuzz_align_folder_rejects_every_bad_file_and_never_crashes(small_aligner, files):
+    with tempfile.TemporaryDirectory() as folder:
+        src, out = Path(folder) / "in", Path(folder) / "out"
+        src.mkdir()
+        for name, data in files:
+            (src / name).write_bytes(data)
+        report = align_folder(src, out, 32, aligner=small_aligner, progress=False)
+        assert sorted([*report.aligned, *(r.file for r in report.rejects)]) == sorted(name for name, _ in files)
+        assert all(r.message for r in report.rejects)
+        rejects = (out / "rejects.csv").read_text().strip().splitlines()
+        assert len(rejects) == 1 + len(report.rejects)  # header + one row per reject
+        _no_debris(out)
