@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from megafr.errors import InputError
 from megafr.reenact import train as rt
 from tests.conftest import TINY_SIZE as SIZE
 
@@ -62,7 +63,19 @@ def test_params_baseline_feeds_parameters(tiny_frozen, tmp_path):
 
 
 def test_bad_config_is_refused(tmp_path):
-    with pytest.raises(Exception, match="condition"):
+    with pytest.raises(InputError, match="condition"):
         _config(tmp_path, condition="audio")
-    with pytest.raises(Exception, match="lambda_cyc"):
+    with pytest.raises(InputError, match="lambda_cyc"):
         _config(tmp_path, lambda_cyc=-1.0)
+    with pytest.raises(InputError, match="edit_groups"):
+        _config(tmp_path, edit_groups="coarse,mouth")
+
+
+def test_unreadable_leftover_checkpoint_starts_afresh(tiny_frozen, tmp_path):
+    cfg = _config(tmp_path, steps=1)
+    path = rt.checkpoint_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="afresh"):
+        model, curve = rt.train(cfg, tiny_frozen, _images(), progress=False)
+    assert rt.read_checkpoint(path)["step"] == 1 and len(curve) == 1

@@ -23,6 +23,7 @@ with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -47,6 +48,7 @@ CONDITIONS = ("render", "params")
 ENCODERS = ("e4e", "psp")
 CONDITION_POSE = (GLOBAL, JAW, LEFT_EYE, RIGHT_EYE)  # pose parts fed to the params baseline (neck is zero)
 LOSS_NAMES = ("id", "lmk", "pair", "cyc", "self", "latent")
+LAYER_GROUP_NAMES = ("coarse", "medium", "fine")  # W+ groups of megafr.nets.encoders.layer_groups
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ class ReenactConfig:
         require(self.encoder in ENCODERS, f"train_reenact.encoder must be one of {ENCODERS}, got {self.encoder!r}")
         require(self.condition in CONDITIONS, f"train_reenact.condition must be one of {CONDITIONS}, got {self.condition!r}")
         require(self.checkpoint_every >= 1, f"train_reenact.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        unknown = set(self.groups) - set(LAYER_GROUP_NAMES)
+        require(bool(self.groups) and not unknown,
+                f"train_reenact.edit_groups must be a comma-separated subset of {LAYER_GROUP_NAMES}, got {self.edit_groups!r}")
         for name in LOSS_NAMES + ("l2", "lpips", "rec_id"):
             value = getattr(self, f"lambda_{name}")
             require(value >= 0, f"train_reenact.lambda_{name} must be >= 0, got {value}")
@@ -256,7 +261,11 @@ def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool
     curve_path = path.with_suffix(".curve.csv")
     start, rows = 0, []
     if path.is_file():
-        data = read_checkpoint(path)
+        try:
+            data = read_checkpoint(path)
+        except CheckpointError as error:  # a leftover that cannot be resumed: start over, say why
+            warnings.warn(f"{error}; starting train_reenact afresh")
+            data = {"config": None}
         if data["config"] != dataclasses.asdict(cfg):
             path.unlink()  # another configuration: start over rather than mix runs
         else:
