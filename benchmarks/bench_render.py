@@ -68,14 +68,17 @@ def centred(verts: torch.Tensor) -> tuple[torch.Tensor, float]:
     return verts, FILL / half_extent
 
 
-def time_row(verts, faces, size, batch, repeats, mode="photo", backward=False) -> dict:
+def time_row(verts, faces, size, batch, repeats, mode="photo", backward=False, device="cpu") -> dict:
+    """One row: images/s of ``batch`` renderings per call on ``device`` (median over ``repeats``)."""
+    device = torch.device(device)
     verts, scale = centred(verts)
     generator = torch.Generator().manual_seed(0)
-    vertices = verts[None].repeat(batch, 1, 1)
-    camera = OrthoCamera(torch.full((batch,), scale), torch.zeros(batch, 2))
-    albedo = torch.rand(batch, verts.shape[0], 3, generator=generator)
-    sh = DEFAULT_GEOMETRY_SH[None].repeat(batch, 1, 1)
-    renderer = Renderer(faces, size)
+    vertices = verts[None].repeat(batch, 1, 1).to(device)
+    camera = OrthoCamera(torch.full((batch,), scale, device=device), torch.zeros(batch, 2, device=device))
+    albedo = torch.rand(batch, verts.shape[0], 3, generator=generator).to(device)
+    sh = DEFAULT_GEOMETRY_SH[None].repeat(batch, 1, 1).to(device)
+    renderer = Renderer(faces, size).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     kwargs = dict(mode=mode) if mode == "geometry" else dict(mode=mode, albedo=albedo, sh=sh)
 
     def call():
@@ -86,6 +89,7 @@ def time_row(verts, faces, size, batch, repeats, mode="photo", backward=False) -
         else:
             with torch.no_grad():
                 renderer(vertices, camera, **kwargs)
+        sync()
 
     for _ in range(WARMUP):
         call()
@@ -103,6 +107,7 @@ def time_row(verts, faces, size, batch, repeats, mode="photo", backward=False) -
         "vertices": int(verts.shape[0]), "faces": int(faces.shape[0]),
         "images_per_s": batch / median, "seconds_per_batch_median": median,
         "seconds_per_batch_min": min(seconds), "repeats": repeats, "covered_fraction": coverage,
+        "device": str(device),
     }
 
 

@@ -1,0 +1,208 @@
+"""Training-step cases: one per training stage, at the profile's sizes and batch sizes.
+
+The four pretraining stages (face3d, idnet, generator + e4e autoencoder, pSp inversion) are timed
+through their own training functions (``train_face3d``, ``train_idnet``, ``train_generator``,
+``train_psp``), which take ``stop_after``: a first call runs the warm-up steps and writes a
+checkpoint, a second call resumes from it and runs the timed steps. Their loop time includes the
+one checkpoint written at its end; that write is timed separately (by wrapping the stage's
+checkpoint function for the duration of the call) and subtracted, since the pipeline amortises
+it over ``checkpoint_every`` steps. E_FR (train_reenact) has no ``stop_after``, so its step is
+timed as its loop body: ``step_losses``, backward, Adam.
+
+Training data are random uint8 images of the prepare stage's size (the cost of a step does not
+depend on pixel values); the face3d case also gets random landmarks and head masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from types import ModuleType
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmarks.cases import pick, thread_comparison
+from benchmarks.timing import rate, timed
+from benchmarks.worlds import (Settings, face3d_config, frozen_networks, generator_config, idnet_config, image_size,
+                               inversion_config, profile_params, random_images, reenact_config)
+from megafr.face3d import train as face3d_train
+from megafr.imageio import images_to_tensor
+from megafr.nets.irse import ArcFace
+from megafr.pretrain import autoencoder, common, idnet, inversion
+from megafr.reenact import train as reenact_train
+
+WARMUP_STEPS = 1  # untimed steps (first allocation) before the timed ones
+TIMED_STEPS = {  # (full, quick) timed steps per stage; face3d's is a multiple of its silhouette interval
+    "face3d": (10, 5),
+    "idnet": (10, 1),
+    "generator_autoencoder": (6, 1),
+    "inversion_psp": (6, 1),
+    "reenact_efr": (3, 1),
+}
+DATA_BATCHES = 4  # random training images: this many batches' worth (indexing cost only)
+LANDMARK_RANGE = 0.8  # random landmarks lie in [-0.8, 0.8] NDC
+NO_CHECKPOINT = 10**9  # checkpoint_every for the timed calls: only the final write of each call happens
+
+
+@contextlib.contextmanager
+def timing_calls(module: ModuleType, name: str) -> Iterator[list[float]]:
+    """Replace ``module.name`` by a wrapper recording each call's duration, for the block's length."""
+    original = getattr(module, name)
+    record: list[float] = []
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            record.append(time.perf_counter() - start)
+
+    setattr(module, name, wrapper)
+    try:
+        yield record
+    finally:
+        setattr(module, name, original)
+
+
+def _stage_timing(run: Callable[[int], object], module: ModuleType, save_name: str, steps: int,
+                  images_per_step: int) -> dict:
+    """Warm-up call, then a timed call of ``steps`` steps; ``run(n)`` returns a result with ``.seconds``."""
+    run(WARMUP_STEPS)
+    with timing_calls(module, save_name) as saves:
+        result = run(steps)
+    checkpoint_s = sum(saves)
+    step_s = (result.seconds - checkpoint_s) / steps
+    return {"timed_steps": steps, "seconds_per_step": step_s, "images_per_step": images_per_step,
+            "images_per_s": rate(images_per_step, step_s), "checkpoint_write_s": checkpoint_s,
+            "method": "the stage's training function, resumed after a warm-up step; checkpoint write subtracted"}
+
+
+def _data_size(batch: int) -> int:
+    return DATA_BATCHES * batch
+
+
+def face3d(settings: Settings) -> dict:
+    """train_face3d: the 3D network on landmarks (+ the silhouette term every ``sil_every`` steps)."""
+    cfg = face3d_config(settings, checkpoint_every=NO_CHECKPOINT, threads=0)
+    rng = np.random.default_rng(0)
+    n, s = _data_size(cfg.batch_size), cfg.input_size
+    data = face3d_train.LandmarkSet(
+        images=random_images(n, s),
+        landmarks=rng.uniform(-LANDMARK_RANGE, LANDMARK_RANGE, (n, 68, 2)).astype(np.float32),
+        masks=rng.integers(0, 2, (n, s, s), dtype=np.uint8), table=pd.DataFrame(index=range(n)))
+    flame = face3d_train.build_model(cfg).flame
+    steps = pick(TIMED_STEPS["face3d"], settings)
+
+    def run(k):
+        return face3d_train.train_face3d(cfg, data, flame, progress=False, stop_after=k)
+
+    out = _stage_timing(run, face3d_train, "_write_checkpoint", steps, cfg.batch_size)
+    return {**out, "batch_size": cfg.batch_size, "silhouette_every": cfg.sil_every, "input_size": cfg.input_size}
+
+
+def identity_net(settings: Settings) -> dict:
+    """train_idnet: IR-SE ArcFace with the additive angular margin head."""
+    cfg = idnet_config(settings, checkpoint_every=NO_CHECKPOINT, threads=0)
+    n_classes = int(profile_params(settings)["prepare"]["n_train_identities"])
+    n = max(_data_size(cfg.batch_size), n_classes)
+    images = random_images(n, image_size(settings))
+    identity = np.arange(n) % n_classes
+    steps = pick(TIMED_STEPS["idnet"], settings)
+
+    def run(k):
+        return idnet.train_idnet(cfg, images, identity, progress=False, stop_after=k)
+
+    out = _stage_timing(run, common, "save_training_state", steps, cfg.batch_size)
+    return {**out, "batch_size": cfg.batch_size, "classes": n_classes}
+
+
+def generator_autoencoder(settings: Settings) -> dict:
+    """train_generator: G + e4e + latent D; a step decodes batch_size reconstructions and swap pairs."""
+    cfg = generator_config(settings, checkpoint_every=NO_CHECKPOINT, threads=0)
+    size = image_size(settings)
+    images = random_images(max(_data_size(cfg.batch_size), cfg.swap_pool), size)
+    rng = np.random.default_rng(1)
+    pool = {"a": rng.integers(0, len(images), cfg.swap_pool), "b": rng.integers(0, len(images), cfg.swap_pool),
+            "truth": random_images(cfg.swap_pool, size, seed=2)}
+    steps = pick(TIMED_STEPS["generator_autoencoder"], settings)
+
+    extra = {}
+    if getattr(cfg, "lambda_id", 0) > 0:  # the identity term, where the stage has one
+        extra["idnet"] = ArcFace(idnet_config(settings).arcface_config()).eval().requires_grad_(False)
+
+    def run(k):
+        return autoencoder.train_generator(cfg, images, pool, progress=False, stop_after=k, **extra)
+
+    per_step = cfg.batch_size + 2 * cfg.swap_batch  # encoded images per step (reconstructions + both of each pair)
+    out = _stage_timing(run, common, "save_training_state", steps, per_step)
+    return {**out, "batch_size": cfg.batch_size, "swap_batch": cfg.swap_batch,
+            "note": "swap-pool rendering (once per run) not included"}
+
+
+def inversion_psp(settings: Settings) -> dict:
+    """train_inversion: pSp encoder on the frozen generator, with the identity loss."""
+    cfg = inversion_config(settings, checkpoint_every=NO_CHECKPOINT, threads=0)
+    nets = autoencoder.build_networks(generator_config(settings))
+    e4e = autoencoder.e4e_net(nets)
+    net = inversion.build_psp(e4e, nets.g_ema, e4e.latent_avg, cfg.seed)
+    identity = ArcFace(idnet_config(settings).arcface_config())
+    images = random_images(_data_size(cfg.batch_size), image_size(settings))
+    steps = pick(TIMED_STEPS["inversion_psp"], settings)
+
+    def run(k):
+        return inversion.train_psp(cfg, net, images, identity, progress=False, stop_after=k)
+
+    out = _stage_timing(run, common, "save_training_state", steps, cfg.batch_size)
+    return {**out, "batch_size": cfg.batch_size}
+
+
+def efr_step(settings: Settings):
+    """(one E_FR training step as a callable, its config): train_reenact's loop body."""
+    frozen = frozen_networks(settings)
+    cfg = reenact_config(settings)
+    model = reenact_train.build_model(cfg, frozen)
+    optimizer = torch.optim.Adam(model.encoder.parameters(), lr=cfg.lr)
+    model.encoder.train()
+    images = random_images(_data_size(cfg.batch_size), image_size(settings))
+    counter = itertools.count()
+
+    def step():
+        src, tgt = reenact_train.batch_indices(cfg.seed, next(counter), len(images), cfg.batch_size)
+        total, _ = reenact_train.step_losses(model, frozen, cfg, images_to_tensor(images[src]),
+                                             images_to_tensor(images[tgt]))
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+
+    return step, cfg
+
+
+def reenact_efr(settings: Settings) -> dict:
+    """train_reenact: E_FR with the six losses (inversion, 3D net, two renderings, F three times)."""
+    step, cfg = efr_step(settings)
+    steps = pick(TIMED_STEPS["reenact_efr"], settings)
+    t = timed(step, steps, warmup=WARMUP_STEPS)
+    return {"timed_steps": steps, "seconds_per_step": t["median_s"], "min_s": t["min_s"],
+            "images_per_step": cfg.batch_size, "images_per_s": rate(cfg.batch_size, t["median_s"]),
+            "batch_size": cfg.batch_size, "lpips": False,
+            "method": "train_reenact's loop body (step_losses, backward, Adam), median of the timed steps"}
+
+
+def efr_step_threads(settings: Settings) -> dict:
+    """One E_FR training step with 1 vs 2 torch threads, side by side in one process."""
+    step, cfg = efr_step(settings)
+    return {"workload": f"one E_FR training step, batch {cfg.batch_size}", "batch": cfg.batch_size,
+            **thread_comparison(step, settings.repeats)}
+
+
+STAGES = {  # JSON name -> case; the pipeline stage each belongs to
+    "face3d": (face3d, "train_face3d"),
+    "idnet": (identity_net, "train_idnet"),
+    "generator_autoencoder": (generator_autoencoder, "train_generator"),
+    "inversion_psp": (inversion_psp, "train_inversion"),
+    "reenact_efr": (reenact_efr, "train_reenact"),
+}
