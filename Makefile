@@ -5,6 +5,9 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
+# Idle OpenMP threads sleep instead of spinning: on a 2-core machine shared with other work, spinning
+# threads ran 0.01-0.26x the speed of one thread (benchmarks/, `threads` section).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: study test profile-smoke profile-mini profile-paper benchmarks lab
 

@@ -143,8 +143,22 @@ def test_six_channel_init_from_three_channel_state():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(enc6(torch.cat([x, torch.randn_like(x)], 1)), enc3(x), atol=1e-6)
-    with pytest.raises(InputError, match="6, 64, 64"):
+    with pytest.raises(InputError, match="6, S, S"):
         enc6(x)
+
+
+def test_larger_inputs_are_pooled_to_the_encoder_size_smaller_refused():
+    """pSp/e4e see 256 px and pool the 1024 px generator output down (face_pool); so do ours."""
+    torch.manual_seed(2)
+    enc = Encoder4Editing(MINI_ENCODER).eval()
+    x = torch.randn(2, 3, 64, 64)
+    big = x.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)  # [2, 3, 256, 256], each pixel 4x4
+    with torch.no_grad():
+        assert torch.allclose(enc(big), enc(x), atol=1e-5)
+    with pytest.raises(InputError, match="S >= 64"):
+        enc(torch.randn(2, 3, 32, 32))
+    with pytest.raises(InputError, match="square"):
+        enc(torch.randn(2, 3, 64, 128))
 
 
 def test_e4e_progressive_stage():

@@ -8,6 +8,7 @@ import torch
 
 from megafr.nets.stylegan2 import (
     BLUR_KERNEL,
+    CPU_CHUNK,
     Blur,
     Discriminator,
     Generator,
@@ -237,3 +238,14 @@ def test_forward_signature_like_reference():
     assert torch.allclose(mixed[:, 1], w) and not torch.allclose(mixed[:, 2], w)
     with pytest.raises(ValueError, match="W\\+"):
         g.synthesis(torch.randn(2, 3, 32))
+
+
+def test_cpu_inference_in_chunks_equals_one_batch():
+    torch.manual_seed(5)
+    g = Generator(32, 16, 2, channel_multiplier=1, max_channels=16).eval()
+    w = torch.randn(2 * CPU_CHUNK + 3, g.n_latent, 16)
+    noise = [getattr(g.noises, f"noise_{i}") for i in range(g.num_layers)]
+    with torch.no_grad():
+        chunked = g.synthesis(w, noise=noise)
+    whole = g.synthesis(w, noise=noise)  # with gradients enabled: one batch
+    assert torch.allclose(chunked, whole.detach(), atol=1e-5)

@@ -179,14 +179,22 @@ class _PyramidEncoder(nn.Module):
         self.latlayer2 = nn.Conv2d(body.widths[1], top, kernel_size=1, stride=1, padding=0)
         _, self._tap1, self._tap2, self._tap3 = body.stage_ends
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def _fit_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Check the input and area-pool a larger square image down to the encoder's size.
+
+        The released encoders see 256 px; the paper's generator makes 1024 px images, which pSp and
+        e4e average-pool to 256 (their ``face_pool``) before encoding them again. Smaller inputs are
+        refused rather than upsampled.
+        """
         c, s = self.config.input_nc, self.config.input_size
-        if x.ndim != 4 or x.shape[1:] != (c, s, s):
-            raise InputError(f"{type(self).__name__} expects [B, {c}, {s}, {s}] in [-1, 1], got {tuple(x.shape)}; resize the input to {s} px")
+        if x.ndim != 4 or x.shape[1] != c or x.shape[2] != x.shape[3] or x.shape[-1] < s:
+            raise InputError(f"{type(self).__name__} expects square [B, {c}, S, S] images in [-1, 1] with S >= {s} "
+                             f"(larger ones are pooled to {s} px), got {tuple(x.shape)}")
+        return F.adaptive_avg_pool2d(x, (s, s)) if x.shape[-1] != s else x
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Body taps c1 [B, w1, S/4, S/4], c2 [B, w2, S/8, S/8], c3 [B, w3, S/16, S/16]."""
-        self._check_input(x)
+        x = self._fit_input(x)
         x = self.input_layer(x)
         c1 = c2 = None
         for i, unit in enumerate(self.body):
