@@ -104,3 +104,43 @@ def save_figure(fig, path: str | Path):
         fig.savefig(handle, format="png", dpi=DPI)
     plt.close(fig)
     return fig
+
+
+def image_table(
+    target,
+    cells: Sequence[Sequence["np.ndarray | None"]],
+    col_labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    cell_titles: Sequence[Sequence[str]] | None = None,
+    title: str = "",
+):
+    """Draw a table of uint8 images [H, W, 3] into ``target`` (a figure or a subfigure) and return its axes.
+
+    ``cells[r][c]`` is an image or None (a blank cell); ``cell_titles[r][c]`` a short caption above
+    the cell ("" for none). Column labels head the first row, row labels sit left of the first column.
+    """
+    nrows, ncols = len(cells), max(len(row) for row in cells)
+    axes = target.subplots(nrows, ncols, squeeze=False)
+    for r, row in enumerate(cells):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            image = row[c] if c < len(row) else None
+            if image is not None:
+                ax.imshow(image, interpolation="nearest")
+            caption = cell_titles[r][c] if cell_titles is not None and c < len(cell_titles[r]) else ""
+            if caption:
+                ax.set_title(caption, fontsize=6, pad=2)
+    if col_labels is not None:
+        for ax, label in zip(axes[0], col_labels):
+            existing = ax.get_title()
+            ax.set_title(f"{label}\n{existing}" if existing else label, fontsize=7, pad=3)
+    if row_labels is not None:
+        for ax, label in zip(axes[:, 0], row_labels):
+            ax.set_ylabel(label, fontsize=7)
+    if title:
+        target.suptitle(title, fontsize=9)
+    return axes
