@@ -28,6 +28,7 @@ from megafr.errors import InputError
 from megafr.fileio import atomic_write
 
 PROFILES = ("smoke", "mini", "paper")
+DEVICE_VARIABLE = "MEGAFR_DEVICE"  # environment variable overriding the device choice ("cpu", "cuda", "cuda:1")
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
 
@@ -140,3 +141,19 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`InputError` with ``message`` unless ``condition`` holds (for ``__post_init__`` checks)."""
     if not condition:
         raise InputError(message)
+
+
+def torch_device():
+    """The device the reenactment networks run on: ``$MEGAFR_DEVICE`` if set, else CUDA when present, else CPU."""
+    import torch
+
+    name = os.environ.get(DEVICE_VARIABLE, "").strip()
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError as error:
+            raise InputError(f"{DEVICE_VARIABLE}={name!r} is not a torch device; use cpu, cuda or cuda:N") from error
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"{DEVICE_VARIABLE}={name!r} but torch sees no CUDA device; unset it to run on the CPU")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

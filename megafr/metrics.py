@@ -53,8 +53,9 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def csim(idnet: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Identity cosine similarity per image pair -> [B] (the same function as the ID loss)."""
-    return identity_similarity(idnet, x, y)
+    """Identity cosine similarity per image pair -> [B] (the same function as the ID loss), on ``x``'s device."""
+    device = next(idnet.parameters()).device
+    return identity_similarity(idnet, x.to(device), y.to(device)).to(x.device)
 
 
 def aed(expression_a: torch.Tensor, expression_b: torch.Tensor) -> torch.Tensor:

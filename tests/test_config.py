@@ -66,3 +66,22 @@ def test_build_config_converts_and_validates():
         build_config(_Toy, {"steps": -1, "rate": 1.0})
     with pytest.raises(InputError, match="missing"):
         build_config(_Toy, {"steps": 1})
+
+
+def test_torch_device_follows_the_environment(monkeypatch):
+    import torch
+
+    from megafr.config import DEVICE_VARIABLE, torch_device
+
+    monkeypatch.setenv(DEVICE_VARIABLE, "cpu")
+    assert torch_device() == torch.device("cpu")
+    monkeypatch.setenv(DEVICE_VARIABLE, "tpu-ish")
+    with pytest.raises(InputError, match="not a torch device"):
+        torch_device()
+    monkeypatch.delenv(DEVICE_VARIABLE)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert torch_device().type == expected
+    if not torch.cuda.is_available():
+        monkeypatch.setenv(DEVICE_VARIABLE, "cuda")
+        with pytest.raises(InputError, match="no CUDA device"):
+            torch_device()

@@ -24,8 +24,8 @@ from megafr.errors import InputError
 from megafr.face3d import pose as posemod
 from megafr.face3d.recon import FaceParams
 from megafr.reenact.model import MegaFR
-from megafr.reenact.train import (Frozen, ReenactConfig, build_model, checkpoint_path, invert, load_frozen, make_targets,
-                                  read_checkpoint)
+from megafr.reenact.train import (Frozen, ReenactConfig, build_model, checkpoint_path, frozen_device, invert, load_frozen,
+                                  make_targets, read_checkpoint)
 
 PTI_STEPS = 50  # optimisation steps of pivotal tuning
 PTI_LR = 3e-4  # its Adam learning rate (PTI's default)
@@ -40,12 +40,17 @@ class ReenactOutput(NamedTuple):
 
 
 class Reenactor:
-    """A trained MegaFR ready to reenact images (all networks in eval mode, no gradients)."""
+    """A trained MegaFR ready to reenact images (all networks in eval mode, no gradients).
+
+    The networks stay on the device they were loaded to (:func:`megafr.config.torch_device`);
+    inputs may come from anywhere and every result is returned on the CPU.
+    """
 
     def __init__(self, model: MegaFR, frozen: Frozen, condition: str = "render"):
         self.model = model.eval()
         self.frozen = frozen
         self.condition = condition
+        self.device = frozen_device(frozen)
 
     @classmethod
     def from_config(cls, cfg: ReenactConfig) -> "Reenactor":
@@ -57,7 +62,10 @@ class Reenactor:
 
     @torch.no_grad()
     def measure(self, images: torch.Tensor) -> FaceParams:
-        """FLAME parameters of images [B, 3, S, S] by the 3D face network."""
+        """FLAME parameters of images [B, 3, S, S] by the 3D face network (on the CPU)."""
+        return _cpu(self._measure(images.to(self.device)))
+
+    def _measure(self, images: torch.Tensor) -> FaceParams:
         return self.frozen.face.net(images.clamp(-1, 1))
 
     @torch.no_grad()
@@ -65,7 +73,8 @@ class Reenactor:
         targets = make_targets(self.frozen.face, source.shape, expression, pose, self.condition)
         out = model.refine(x_s, targets.condition, w_s, refine_steps)
         params = source._replace(expression=expression, pose=pose)
-        return ReenactOutput(out.image.clamp(-1, 1), out.latent, x_s, targets.condition, params)
+        return ReenactOutput(out.image.clamp(-1, 1).cpu(), out.latent.cpu(), x_s.cpu(), targets.condition.cpu(),
+                             _cpu(params))
 
     def _source(self, sources: torch.Tensor, pti_steps: int):
         x_s, w_s = invert(self.frozen, sources)
@@ -81,8 +90,8 @@ class Reenactor:
         """Sources take the targets' expression and pose; both [B, 3, S, S] in [-1, 1]."""
         if sources.shape != targets.shape:
             raise InputError(f"sources and targets must have the same shape, got {tuple(sources.shape)} and {tuple(targets.shape)}")
-        x_s, w_s, model = self._source(sources, pti_steps)
-        source, target = self.measure(x_s), self.measure(targets)
+        x_s, w_s, model = self._source(sources.to(self.device), pti_steps)
+        source, target = self._measure(x_s), self._measure(targets.to(self.device))
         return self._run(x_s, w_s, source, target.expression, target.pose, refine_steps, model)
 
     def reenact_params(self, sources: torch.Tensor, *, yaw_deg: Optional[torch.Tensor] = None,
@@ -96,15 +105,20 @@ class Reenactor:
         opening; ``expression`` maps expression component index -> value [B] (e.g. blink = 0 opens
         the eyes: the eye-opening application). ``yaw=pitch=roll=0`` is frontalization.
         """
-        x_s, w_s, model = self._source(sources, pti_steps)
-        source = self.measure(x_s)
+        x_s, w_s, model = self._source(sources.to(self.device), pti_steps)
+        source = self._measure(x_s)
         expr = source.expression.clone()
         for index, value in (expression or {}).items():
             if not 0 <= index < expr.shape[1]:
                 raise InputError(f"expression component {index} does not exist (0..{expr.shape[1] - 1})")
             expr[:, index] = torch.as_tensor(value, dtype=expr.dtype)
-        pose = edit_pose(source.pose, yaw_deg, pitch_deg, roll_deg, jaw_deg)
+        pose = edit_pose(source.pose, *(None if v is None else torch.as_tensor(v).to(self.device)
+                                        for v in (yaw_deg, pitch_deg, roll_deg, jaw_deg)))
         return self._run(x_s, w_s, source, expr, pose, refine_steps, model)
+
+
+def _cpu(params: FaceParams) -> FaceParams:
+    return FaceParams(*(t.cpu() for t in params))
 
 
 def edit_pose(pose: torch.Tensor, yaw_deg=None, pitch_deg=None, roll_deg=None, jaw_deg=None) -> torch.Tensor:

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from megafr.config import require, study_path
+from megafr.config import require, study_path, torch_device
 from megafr.errors import CheckpointError, MissingFileError
 from megafr.face3d.framing import aligned_camera
 from megafr.face3d.pose import GLOBAL, JAW, LEFT_EYE, RIGHT_EYE
@@ -119,8 +119,15 @@ class Frozen(NamedTuple):
     lpips: Optional[torch.nn.Module]
 
 
-def _freeze(module: Optional[torch.nn.Module]):
-    return None if module is None else module.requires_grad_(False).eval()
+def _freeze(module: Optional[torch.nn.Module], device: Optional[torch.device] = None):
+    if module is None:
+        return None
+    return module.to(device or torch.device("cpu")).requires_grad_(False).eval()
+
+
+def frozen_device(frozen: Frozen) -> torch.device:
+    """The device the frozen networks (and so E_FR and every batch) live on."""
+    return next(frozen.generator.parameters()).device
 
 
 def load_frozen(cfg: ReenactConfig) -> Frozen:
@@ -131,8 +138,9 @@ def load_frozen(cfg: ReenactConfig) -> Frozen:
     latent_d = checkpoints.load_latent_discriminator(study_path(cfg.e4e_path)) if cfg.lambda_latent > 0 else None
     face = load_face_model(study_path(cfg.face3d_path), study_path(cfg.model_path), study_path(cfg.landmark_path))
     idnet = checkpoints.load_arcface(study_path(cfg.idnet_path))
-    return Frozen(*(_freeze(m) for m in (generator, inversion, face, idnet, latent_d)),
-                  lpips=_freeze(load_lpips(cfg.lambda_lpips)))
+    device = torch_device()
+    return Frozen(*(_freeze(m, device) for m in (generator, inversion, face, idnet, latent_d)),
+                  lpips=_freeze(load_lpips(cfg.lambda_lpips), device))
 
 
 def load_lpips(weight: float) -> Optional[torch.nn.Module]:
@@ -154,7 +162,8 @@ def build_model(cfg: ReenactConfig, frozen: Frozen) -> MegaFR:
     """E_FR initialised from the inversion encoder, over the frozen generator."""
     torch.manual_seed(cfg.seed)
     channels = RENDER_CHANNELS if cfg.condition == "render" else condition_width(frozen.face)
-    return MegaFR(frozen.inversion, frozen.generator, cfg.groups, condition_channels=channels)
+    model = MegaFR(frozen.inversion, frozen.generator, cfg.groups, condition_channels=channels)
+    return model.to(frozen_device(frozen))
 
 
 def condition_width(face: FaceModel) -> int:
@@ -276,7 +285,9 @@ def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool
     model.encoder.train()
     for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train E_FR", disable=not progress):
         src, tgt = batch_indices(cfg.seed, step, len(images), cfg.batch_size)
-        total, log = step_losses(model, frozen, cfg, images_to_tensor(images[src]), images_to_tensor(images[tgt]))
+        device = frozen_device(frozen)
+        total, log = step_losses(model, frozen, cfg, images_to_tensor(images[src]).to(device),
+                                 images_to_tensor(images[tgt]).to(device))
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
