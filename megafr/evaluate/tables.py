@@ -1,0 +1,269 @@
+"""Tables 1 (cross reenactment) and 2 (frontalization): their rows, their scores, the paper's numbers.
+
+Rows (each a function ``(sources, targets) -> outputs`` on [-1, 1] images):
+
+- MegaFR (e4e), MegaFR (pSp): the trained E_FR variants ``e4e:render`` and ``psp:render`` at the
+  configured number of refinement steps; frontalization asks :meth:`Reenactor.reenact_params` for
+  yaw = pitch = roll = 0 with the source's own expression;
+- FLAME-params baseline (e4e): the ``e4e:params`` variant, fed raw parameters instead of r_t;
+- inversion only (e4e): ``x_s = G(E_e4e(x))`` unchanged, the floor every method must beat on motion;
+- linear directions (e4e): :class:`megafr.evaluate.linear.LinearBaseline`.
+
+Columns (definitions pinned in ``docs/metrics.md``): the paper's FID, LPIPS and ID similarity
+(:mod:`megafr.evaluate.external`, ``None`` = n/a), and the study's own: L1 / PSNR / SSIM against
+the rendered right answer (worlds that have one), AED / APD (3D face network), CSIM (the study's
+ID network, output vs source photo) and FD-id (Frechet distance in that network's features, outputs
+vs the reference photos). Motion is judged against the target (Table 1) or against the source's
+expression and the frontal pose (Table 2).
+
+Scoring streams over batches (only features and per-pair values are kept), so the paper profile's
+1024 px outputs never have to sit in memory at once.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from megafr import metrics
+from megafr.config import study_path
+from megafr.errors import MissingFileError
+from megafr.evaluate.external import PAPER_METRICS, PaperMetrics, inception_features
+from megafr.evaluate.linear import LinearBaseline
+from megafr.imageio import images_to_tensor, tensors_to_images
+from megafr.pretrain.metrics import feature_statistics, frechet_distance, identity_embeddings
+from megafr.reenact.inference import Reenactor
+from megafr.reenact.train import Frozen, invert
+
+EVAL_BATCH = 32  # pairs per forward pass
+KEEP_OUTPUTS = 6  # outputs per row kept for the example figure
+TASKS = ("cross", "frontal")
+TRUTH_METRICS = ("l1", "psnr", "ssim")  # need the right answer (mini and smoke worlds)
+OWN_METRICS = ("aed", "apd", "csim", "fd_id")  # the study's measurements, on every world
+COLUMNS = PAPER_METRICS + TRUTH_METRICS + OWN_METRICS
+LOWER_IS_BETTER = {"fid": True, "lpips": True, "id_similarity": False, "l1": True, "psnr": False, "ssim": False,
+                   "aed": True, "apd": True, "csim": False, "fd_id": True}
+
+VARIANT_ROWS = {  # train_reenact variant -> row name
+    "e4e_render": "MegaFR (e4e)",
+    "psp_render": "MegaFR (pSp)",
+    "e4e_params": "FLAME-params baseline (e4e)",
+}
+INVERSION_ROW = "inversion only (e4e)"
+LINEAR_ROW = "linear directions (e4e)"
+
+# The paper's published numbers (CelebA-HQ test set, 1024 px; METHOD.md section 5). Never ours.
+PAPER_TABLE_1 = pd.DataFrame(
+    [("ID-disentanglement (Nitzan et al.)", 72.7, 0.46, 0.33), ("MegaFR (pSp)", 23.4, 0.29, 0.47),
+     ("MegaFR (e4e)", 24.7, 0.32, 0.44)], columns=["method", "fid", "lpips", "id_similarity"])
+PAPER_TABLE_2 = pd.DataFrame(
+    [("R&R", 88.0, 0.49, 0.73), ("pSp", 62.8, 0.34, 0.58), ("MegaFR (pSp)", 24.3, 0.23, 0.51),
+     ("MegaFR (e4e)", 27.2, 0.27, 0.47)], columns=["method", "fid", "lpips", "id_similarity"])
+PAPER_LABEL = "paper, CelebA-HQ 1024 px — not ours"
+
+Method = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]  # (sources, targets) -> outputs
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """An evaluation set of ``data/prepare/eval/<name>``: uint8 images [N, S, S, 3]."""
+
+    task: str  # "cross" (Table 1) or "frontal" (Table 2)
+    source: np.ndarray  # source photos
+    target: Optional[np.ndarray]  # target photos (cross only)
+    truth: Optional[np.ndarray]  # rendered right answers (None on photos)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+def load_eval_set(folder: str | Path, task: str, limit: int) -> EvalSet:
+    """The first ``limit`` items of an evaluation folder (``source.npy``, ``target.npy``, ``truth.npy``)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    folder = study_path(folder)
+    if not (folder / "source.npy").is_file():
+        raise MissingFileError(f"no evaluation set in {folder} (source.npy missing); run the prepare stage")
+
+    def optional(name: str) -> Optional[np.ndarray]:
+        path = folder / f"{name}.npy"
+        return np.load(path, mmap_mode="r")[:limit] if path.is_file() else None
+
+    target = optional("target") if task == "cross" else None
+    if task == "cross" and target is None:
+        raise MissingFileError(f"cross-reenactment set {folder} has no target.npy")
+    return EvalSet(task, np.load(folder / "source.npy", mmap_mode="r")[:limit], target, optional("truth"))
+
+
+# ------------------------------------------------------------------------------------------ rows
+def inversion_only(frozen: Frozen) -> Method:
+    return lambda sources, targets: invert(frozen, sources)[0]
+
+
+def table_methods(task: str, reenactors: Mapping[str, Reenactor], linear: LinearBaseline, refine_steps: int,
+                  inversion_frozen: Frozen) -> dict[str, Method]:
+    """Row name -> method for Table 1 (``cross``) or Table 2 (``frontal``), in the tables' order."""
+    rows: dict[str, Method] = {}
+    for variant, reenactor in reenactors.items():
+        name = VARIANT_ROWS.get(variant, variant)
+        if task == "cross":
+            rows[name] = lambda s, t, r=reenactor: r.reenact(s, t, refine_steps=refine_steps).image
+        else:
+            rows[name] = lambda s, t, r=reenactor: r.reenact_params(
+                s, yaw_deg=0.0, pitch_deg=0.0, roll_deg=0.0, refine_steps=refine_steps).image
+    rows[INVERSION_ROW] = inversion_only(inversion_frozen)
+    rows[LINEAR_ROW] = (lambda s, t: linear.reenact(s, t)) if task == "cross" else (lambda s, t: linear.frontalize(s))
+    return rows
+
+
+# --------------------------------------------------------------------------------------- scoring
+class Judge:
+    """The study's measuring networks (3D face network, ID network), the paper's metrics, and the
+    reference photos' features that FID and FD-id compare against."""
+
+    def __init__(self, frozen: Frozen, paper: PaperMetrics, reference: np.ndarray):
+        self.face = frozen.face
+        self.idnet = frozen.idnet
+        self.paper = paper
+        batches = (images_to_tensor(reference[i:i + EVAL_BATCH]) for i in range(0, len(reference), EVAL_BATCH))
+        self.reference_ids = np.concatenate([identity_embeddings(self.idnet, x).numpy() for x in batches])
+        paper.set_reference(reference)
+
+    @torch.no_grad()
+    def pair_scores(self, task: str, out: torch.Tensor, source: torch.Tensor, target: Optional[torch.Tensor],
+                    truth: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-pair values [B] of one batch (only the metrics that can be computed)."""
+        measured = self.face.net(out)
+        if task == "cross":
+            wanted = self.face.net(target)
+            expression, pose = wanted.expression, wanted.pose
+        else:  # frontalization keeps the source's expression and wants the frontal pose
+            expression, pose = self.face.net(source).expression, torch.zeros_like(measured.pose)
+        scores = {"aed": metrics.aed(measured.expression, expression), "apd": metrics.apd(measured.pose, pose),
+                  "csim": metrics.csim(self.idnet, out, source)}
+        if truth is not None:
+            scores.update(l1=metrics.l1(out, truth), psnr=metrics.psnr(out, truth), ssim=metrics.ssim(out, truth))
+        for name, fn in (("lpips", self.paper.lpips), ("id_similarity", self.paper.id_similarity)):
+            value = fn(out, source)
+            if value is not None:
+                scores[name] = value
+        return scores
+
+
+@dataclass
+class RowResult:
+    scores: dict[str, Optional[float]]  # column -> mean value (None: n/a)
+    examples: np.ndarray  # uint8 [KEEP_OUTPUTS, S, S, 3] first outputs, for the figure
+
+
+@torch.no_grad()
+def score_method(method: Method, data: EvalSet, judge: Judge, progress: bool = False, desc: str = "") -> RowResult:
+    """Run ``method`` over the set in batches and average every metric that can be computed."""
+    collected: dict[str, list[torch.Tensor]] = {}
+    id_features, inception, examples = [], [], []
+    for start in tqdm(range(0, len(data), EVAL_BATCH), desc=desc, disable=not progress, leave=False):
+        part = slice(start, start + EVAL_BATCH)
+        source = images_to_tensor(data.source[part])
+        target = None if data.target is None else images_to_tensor(data.target[part])
+        truth = None if data.truth is None else images_to_tensor(data.truth[part])
+        out = method(source, target).clamp(-1, 1)
+        for key, value in judge.pair_scores(data.task, out, source, target, truth).items():
+            collected.setdefault(key, []).append(value)
+        id_features.append(identity_embeddings(judge.idnet, out).numpy())
+        as_uint8 = tensors_to_images(out)
+        if judge.paper.inception is not None:
+            inception.append(inception_features(judge.paper.inception, as_uint8))
+        if sum(len(e) for e in examples) < KEEP_OUTPUTS:
+            examples.append(as_uint8)
+    scores: dict[str, Optional[float]] = {c: None for c in COLUMNS}
+    scores.update({k: float(torch.cat(v).mean()) for k, v in collected.items()})
+    scores["fd_id"] = frechet_distance(*feature_statistics(np.concatenate(id_features)),
+                                       *feature_statistics(judge.reference_ids))
+    if inception:
+        scores["fid"] = judge.paper.fid_of_features(np.concatenate(inception))
+    return RowResult(scores, np.concatenate(examples)[:KEEP_OUTPUTS])
+
+
+def build_table(methods: Mapping[str, Method], data: EvalSet, judge: Judge,
+                progress: bool = False) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """One row per method: ``method``, ``pairs`` and every column (NaN where n/a); also example outputs."""
+    rows, examples = [], {}
+    for name, method in methods.items():
+        result = score_method(method, data, judge, progress, desc=f"{data.task}: {name}")
+        rows.append({"method": name, "pairs": len(data),
+                     **{k: np.nan if v is None else v for k, v in result.scores.items()}})
+        examples[name] = result.examples
+    return pd.DataFrame(rows, columns=["method", "pairs", *COLUMNS]), examples
+
+
+# ---------------------------------------------------------------------------------------- output
+def world_label(profile: str) -> str:
+    """How a table of ours is labelled: mini/smoke numbers are that world's, never the paper's."""
+    if profile == "paper":
+        return "ours, paper profile (real photos, official weights)"
+    return f"ours, {profile} world (synthetic SynthHeads) — {profile}-world numbers, not comparable with the paper"
+
+
+def csv_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as written to CSV: n/a where a metric could not be computed."""
+    return table.astype(object).where(table.notna(), "n/a")
+
+
+def _formatted(table: pd.DataFrame) -> pd.DataFrame:
+    shown = table.copy().astype(object)
+    for column in table.columns:
+        if column in LOWER_IS_BETTER:
+            shown[column] = [("n/a" if pd.isna(v) else f"{v:.4g}") for v in table[column]]
+    shown.columns = [f"{c} {'↓' if LOWER_IS_BETTER[c] else '↑'}" if c in LOWER_IS_BETTER else c for c in table.columns]
+    return shown
+
+
+def markdown_table(table: pd.DataFrame, title: str, label: str, notes: Optional[Mapping[str, str]] = None) -> str:
+    """A Markdown section: title with its world label, the table, and one note per n/a column."""
+    lines = [f"### {title} ({label})", "", _formatted(table).to_markdown(index=False), ""]
+    missing = [c for c in COLUMNS if c in table.columns and table[c].isna().all()]
+    for column in missing:
+        reason = (notes or {}).get(column, "not measurable on this world (no right answer)")
+        lines.append(f"- {column}: n/a — {reason}")
+    return "\n".join(lines + [""])
+
+
+def paper_markdown(table: pd.DataFrame, title: str) -> str:
+    """The paper's published numbers as their own section (never mixed with ours)."""
+    return "\n".join([f"### {title} ({PAPER_LABEL})", "", _formatted(table).to_markdown(index=False), ""])
+
+
+def metrics_tree(table: pd.DataFrame) -> dict:
+    """``{row: {metric: value}}`` with numeric leaves only (n/a columns left out), row names as keys."""
+    tree = {}
+    for row in table.to_dict("records"):
+        key = row["method"].lower().replace(" ", "_").replace("(", "").replace(")", "")
+        tree[key] = {c: round(float(row[c]), 5) for c in COLUMNS if c in row and pd.notna(row[c])}
+    return tree
+
+
+def examples_figure(data: EvalSet, examples: Mapping[str, np.ndarray], title: str):
+    """Columns: the inputs (source, target), each row's output, and the right answer where known."""
+    from megafr import plots
+
+    n = min(len(v) for v in examples.values())
+    columns, labels = [data.source[:n]], ["source"]
+    if data.target is not None:
+        columns, labels = columns + [data.target[:n]], labels + ["target"]
+    columns += [examples[name][:n] for name in examples]
+    labels += list(examples)
+    if data.truth is not None:
+        columns, labels = columns + [data.truth[:n]], labels + ["right answer"]
+    cells = np.stack(columns, axis=1).reshape(-1, *data.source.shape[1:])
+    return plots.image_grid(cells, len(columns), title, col_labels=[_wrap(label) for label in labels])
+
+
+def _wrap(label: str, width: int = 14) -> str:
+    return textwrap.fill(label, width)

@@ -1,0 +1,230 @@
+"""The evaluate stage's code on tiny random networks: rows, metrics, n/a handling, linear edits, ablations."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from megafr.errors import InputError
+from megafr.evaluate import ablations as abl
+from megafr.evaluate import external, linear, tables
+from megafr.evaluate.stage import EvaluateConfig
+from megafr.face3d import headmodel
+from megafr.reenact import train as rt
+from megafr.reenact.directions import fit_direction
+from megafr.reenact.inference import Reenactor
+from megafr.reenact.model import MegaFR
+from megafr.stage import numeric_leaves
+from tests.conftest import TINY_SIZE as SIZE
+
+ATTRIBUTES = ("yaw_deg", "pitch_deg", "expr_smile")
+
+
+def _uint8(n, seed):
+    return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def _reenactor(frozen, condition):
+    torch.manual_seed(1)
+    channels = 3 if condition == "render" else rt.condition_width(frozen.face)
+    model = MegaFR(frozen.inversion, frozen.generator, condition_channels=channels)
+    with torch.no_grad():
+        model.encoder.input_layer[0].weight[:, 3:].normal_(std=0.1)  # make the condition matter
+    return Reenactor(model, frozen, condition)
+
+
+def _truth_table(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"yaw_deg": rng.uniform(-60, 60, n), "pitch_deg": rng.uniform(-30, 30, n),
+                         "expr_smile": rng.uniform(0, 1, n)})
+
+
+def _no_paper_metrics():
+    reasons = {name: f"{name} n/a: test" for name in external.PAPER_METRICS}
+    return external.PaperMetrics(None, None, None, reasons)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_frozen):
+    directions, search = linear.fit_baseline(tiny_frozen, _uint8(40, 0), ATTRIBUTES, (0.1, 10.0), _truth_table(40))
+    baseline = linear.LinearBaseline(directions, tiny_frozen, search)
+    reenactors = {"e4e_render": _reenactor(tiny_frozen, "render"), "e4e_params": _reenactor(tiny_frozen, "params")}
+    judge = tables.Judge(tiny_frozen, _no_paper_metrics(), _uint8(12, 1))
+    cross = tables.EvalSet("cross", _uint8(3, 2), _uint8(3, 3), _uint8(3, 4))
+    return baseline, reenactors, judge, cross
+
+
+# ------------------------------------------------------------------------------- linear baseline
+def test_joint_edit_reaches_every_wanted_value_and_keeps_the_others():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(300, 3, 4, generator=g)
+    truth = {"yaw_deg": (w[:, 0, 0] * 5 + w[:, 1, 2]).numpy(), "expr_smile": (w[:, 2, 3] - w[:, 0, 0]).numpy()}
+    directions = {n: fit_direction(n, w, v, ridge=1e-6) for n, v in truth.items()}
+    codes = w[:4]
+    edited = linear.edit_codes(directions, codes, {"yaw_deg": torch.tensor([1.0, -2.0, 0.0, 3.0])})
+    assert torch.allclose(directions["yaw_deg"].predict(edited), torch.tensor([1.0, -2.0, 0.0, 3.0]), atol=1e-4)
+    assert torch.allclose(directions["expr_smile"].predict(edited), directions["expr_smile"].predict(codes), atol=1e-4)
+    # one direction alone: the same move as LatentDirection.edit (eq. 1)
+    alone = {"yaw_deg": directions["yaw_deg"]}
+    assert torch.allclose(linear.edit_codes(alone, codes, {"yaw_deg": 2.0}), directions["yaw_deg"].edit(codes, 2.0),
+                          atol=1e-5)
+    with pytest.raises(InputError, match="no fitted direction"):
+        linear.edit_codes(alone, codes, {"pitch_deg": 0.0})
+
+
+def test_attributes_are_validated_and_measured(tiny_frozen):
+    assert linear.parse_attributes("yaw_deg, expr_smile") == ("yaw_deg", "expr_smile")
+    with pytest.raises(InputError):
+        linear.parse_attributes("yaw_deg,expr_grin")
+    params = tiny_frozen.face.net(torch.rand(2, 3, SIZE, SIZE) * 2 - 1)
+    values = linear.measured_attributes(params, ATTRIBUTES)
+    assert torch.equal(values["expr_smile"], params.expression[:, headmodel.EXPRESSION_COMPONENTS.index("smile")])
+    flame_like = params._replace(expression=torch.zeros(2, 50))  # FLAME's unnamed coefficients
+    with pytest.raises(InputError, match="synthetic head model"):
+        linear.measured_attributes(flame_like, ["expr_smile"])
+
+
+def test_fit_baseline_picks_a_ridge_from_the_candidates_and_checks_the_table(setup, tiny_frozen):
+    baseline = setup[0]
+    assert list(baseline.ridge_search["ridge"]) == [0.1, 10.0]
+    assert np.isfinite(baseline.ridge_search["edit_error"]).all()
+    assert set(baseline.fit_report()["attribute"]) == set(ATTRIBUTES)
+    with pytest.raises(InputError, match="columns"):
+        linear.fit_baseline(tiny_frozen, _uint8(40, 0), ATTRIBUTES, (1.0,), _truth_table(40).drop(columns="expr_smile"))
+    with pytest.raises(InputError):
+        linear.parse_ridges("1,-2")
+
+
+# ------------------------------------------------------------------------------- paper metrics
+def test_missing_weights_give_reasons_not_errors(tmp_path):
+    paper = external.PaperMetrics.detect(str(tmp_path), "")
+    assert not paper.available("fid") and "not on this machine" in paper.reasons["fid"]
+    assert not paper.available("id_similarity") and "no ArcFace IR-SE50 file" in paper.reasons["id_similarity"]
+    assert paper.reasons["lpips"].startswith("LPIPS")
+    (tmp_path / external.INCEPTION_FILE).write_bytes(b"not a torchscript file")
+    net, line = external.load_inception(str(tmp_path))
+    assert net is None and "does not load" in line
+    net, line = external.load_paper_arcface(str(tmp_path / "missing.pth"))
+    assert net is None and "not on this machine" in line
+    assert paper.fid_of_features(np.zeros((3, 4))) is None
+
+
+def test_fid_plumbing_with_a_stand_in_feature_network():
+    pooled = lambda x: torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)  # noqa: E731  [B, 12]
+    a, b = _uint8(20, 0), _uint8(20, 1) // 2
+    features_a = external.inception_features(pooled, a, batch=7)
+    assert features_a.shape == (20, 12)
+    assert external.fid_from_features(features_a, features_a) == pytest.approx(0.0, abs=1e-6)
+    assert external.fid_from_features(features_a, external.inception_features(pooled, b)) > 100.0
+
+
+# ------------------------------------------------------------------------------------ tables
+def test_tables_have_every_row_and_say_what_is_not_available(setup, tiny_frozen):
+    baseline, reenactors, judge, cross = setup
+    methods = tables.table_methods("cross", reenactors, baseline, 1, tiny_frozen)
+    assert list(methods) == ["MegaFR (e4e)", "FLAME-params baseline (e4e)", tables.INVERSION_ROW, tables.LINEAR_ROW]
+    table, examples = tables.build_table(methods, cross, judge)
+    assert list(table.columns) == ["method", "pairs", *tables.COLUMNS] and (table["pairs"] == 3).all()
+    own = list(tables.TRUTH_METRICS + tables.OWN_METRICS)
+    assert np.isfinite(table[own].to_numpy(float)).all()
+    assert table[list(external.PAPER_METRICS)].isna().all().all()
+    assert examples["MegaFR (e4e)"].shape == (3, SIZE, SIZE, 3)
+    # MegaFR moves the face; inversion only returns x_s
+    assert not np.array_equal(examples["MegaFR (e4e)"], examples[tables.INVERSION_ROW])
+    assert (tables.csv_table(table)["fid"] == "n/a").all()
+    text = tables.markdown_table(table, "Table 1", tables.world_label("smoke"), judge.paper.reasons)
+    assert "smoke-world numbers" in text and "fid: n/a — fid n/a: test" in text
+    paper = tables.paper_markdown(tables.PAPER_TABLE_1, "Table 1")
+    assert "not ours" in paper and "24.7" in paper and "24.7" not in text
+    tree = numeric_leaves(tables.metrics_tree(table))
+    assert set(tree["megafr_e4e"]) == set(own)
+
+
+def test_frontal_rows_and_a_set_without_right_answers(setup, tiny_frozen):
+    baseline, reenactors, judge, _ = setup
+    frontal = tables.EvalSet("frontal", _uint8(4, 5), None, None)
+    table, _ = tables.build_table(tables.table_methods("frontal", reenactors, baseline, 0, tiny_frozen), frontal, judge)
+    assert table[list(tables.TRUTH_METRICS)].isna().all().all()
+    assert np.isfinite(table[list(tables.OWN_METRICS)].to_numpy(float)).all()
+    text = tables.markdown_table(table, "Table 2", tables.world_label("paper"), judge.paper.reasons)
+    assert "l1: n/a — not measurable" in text
+
+
+def test_scores_are_reproducible(setup, tiny_frozen):
+    baseline, reenactors, judge, cross = setup
+    every = tables.table_methods("cross", reenactors, baseline, 1, tiny_frozen)
+    methods = {name: every[name] for name in ("MegaFR (e4e)", tables.LINEAR_ROW)}
+    first, _ = tables.build_table(methods, cross, judge)
+    second, _ = tables.build_table(methods, cross, judge)
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_load_eval_set_reads_the_prepare_layout(tmp_path):
+    for name in ("source", "target"):
+        np.save(tmp_path / f"{name}.npy", _uint8(6, 0))
+    data = tables.load_eval_set(tmp_path, "cross", 4)
+    assert len(data) == 4 and data.truth is None and data.target.shape == (4, SIZE, SIZE, 3)
+    assert tables.load_eval_set(tmp_path, "frontal", 10).target is None
+
+
+# --------------------------------------------------------------------------------- ablations
+def _base_config(tmp_path):
+    return rt.ReenactConfig(
+        profile="smoke", seed=0, steps=50, batch_size=2, lr=1e-3, encoder="e4e", condition="render",
+        edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0, lambda_pair=1.0, lambda_cyc=1.0,
+        lambda_self=1.0, lambda_latent=0.1, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5,
+        checkpoint_every=1, generator_path="", e4e_path="", psp_path="", face3d_path="", idnet_path="",
+        model_path="", landmark_path="", train_images="", out_dir=str(tmp_path / "canonical"))
+
+
+def test_plan_and_configs_change_one_thing(tmp_path):
+    plan = abl.plan(abl.parse_kinds("loss,layers,refine"), refine_steps=1)
+    names = [a.name for a in plan]
+    assert names[0] == "reference" and "lambda_cyc=0" in names and "edit_groups=coarse" in names
+    assert [a.refine_steps for a in plan if a.kind == "refine"] == [0, 2, 3]
+    base = _base_config(tmp_path)
+    for ablation in plan:
+        cfg = abl.ablation_config(base, ablation, 3, tmp_path / "ablations")
+        changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)}
+        assert changed == {"steps", "out_dir"} | {k for k, _ in ablation.changes}
+        assert cfg.out_dir == str(tmp_path / "ablations" / ablation.trained_name)
+    with pytest.raises(InputError):
+        abl.parse_kinds("loss,colour")
+    assert abl.parse_kinds("none") == ()
+
+
+def test_ablations_train_in_their_own_folders_and_resume(setup, tiny_frozen, tmp_path):
+    judge, cross = setup[2], setup[3]
+    plan = [a for a in abl.plan(("loss", "refine"), 1) if a.name in ("reference", "lambda_id=0", "refine_steps=0")]
+    base, images, folder = _base_config(tmp_path), _uint8(8, 6), tmp_path / "ablations"
+    table = abl.run_ablations(base, tiny_frozen, images, cross, judge, plan, 2, folder, digest="a")
+    assert list(table["ablation"]) == ["reference", "lambda_id=0", "refine_steps=0"]
+    assert table.loc[1, "lambda_id"] == 0.0 and table.loc[0, "lambda_id"] == 1.0
+    assert np.isfinite(table[["aed", "apd", "csim", "l1"]].to_numpy(float)).all()
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["lambda_id=0", "reference"]
+    assert not (tmp_path / "canonical").exists()
+    saved = torch.load(folder / "reference" / "megafr_e4e_render.pt", weights_only=False)
+    assert saved["step"] == 2
+    again = abl.run_ablations(base, tiny_frozen, images, cross, judge, plan, 2, folder, digest="a")
+    pd.testing.assert_frame_equal(table, again)  # resumed from the finished checkpoints: same numbers
+    assert abl.clear_if_stale(folder, "b") and not (folder / "reference").exists()
+    assert set(numeric_leaves(abl.metrics_tree(table, ["aed", "apd", "csim"]))) == set(table["ablation"])
+    figure = abl.ablation_figure(table, "test")
+    assert len(figure.axes) == len(abl.FIGURE_METRICS)
+
+
+def test_stage_config_is_validated():
+    values = dict(profile="smoke", seed=0, reenact_dir="r", variants="e4e:render,psp:render", cross_dir="c",
+                  cross_pairs=4, frontal_dir="f", frontal_pairs=4, reference_images="t", reference_count=0,
+                  truth_table="", direction_attributes="yaw_deg,pitch_deg", direction_images=0,
+                  direction_ridges="1,10", refine_steps=1, inception_dir="", arcface_path="",
+                  ablations="loss", ablation_steps=2, ablation_pairs=4, out_dir="data/evaluate", run_dir="")
+    assert EvaluateConfig(**values).folder.name == "evaluate"
+    for bad in (dict(variants="psp:render"), dict(cross_pairs=1), dict(ablations="everything"),
+                dict(direction_attributes="mood"), dict(direction_ridges="0")):
+        with pytest.raises(InputError):
+            EvaluateConfig(**{**values, **bad})
+    swept = EvaluateConfig(**{**values, "run_dir": "data/sweeps/x/y"}).folder
+    assert swept.parts[-4:] == ("sweeps", "x", "y", "evaluate")
