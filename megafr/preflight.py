@@ -143,7 +143,7 @@ class _KeyRule:
     folder: bool = False  # the key names a folder of photos
 
 
-_FLAME_USERS = ("train_face3d", "train_generator", "train_reenact", REENACT_CLI)
+_FLAME_USERS = ("train_face3d", "train_generator", "train_reenact", "figures", REENACT_CLI)
 KEY_RULES = (
     _KeyRule("flame.model_path", "flame_model", _FLAME_USERS),
     _KeyRule("flame.landmark_path", "flame_landmarks", _FLAME_USERS),
@@ -156,11 +156,11 @@ KEY_RULES = (
     _KeyRule("train_inversion.e4e_path", "e4e", ("train_inversion",)),
     _KeyRule("train_inversion.idnet_path", "arcface", ("train_inversion",)),
     _KeyRule("train_inversion.official_psp", "psp", ("train_inversion",), _official("train_inversion")),
-    _KeyRule("train_reenact.generator_path", "stylegan2", ("train_reenact", REENACT_CLI)),
-    _KeyRule("train_reenact.e4e_path", "e4e", ("train_reenact", REENACT_CLI)),
-    _KeyRule("train_reenact.psp_path", "psp", ("train_reenact",)),
+    _KeyRule("train_reenact.generator_path", "stylegan2", ("train_reenact", "figures", REENACT_CLI)),
+    _KeyRule("train_reenact.e4e_path", "e4e", ("train_reenact", "figures", REENACT_CLI)),
+    _KeyRule("train_reenact.psp_path", "psp", ("train_reenact", "figures")),
     _KeyRule("train_reenact.psp_path", "psp", (REENACT_CLI,), _encoder_is("psp")),
-    _KeyRule("train_reenact.idnet_path", "arcface", ("train_reenact", REENACT_CLI)),
+    _KeyRule("train_reenact.idnet_path", "arcface", ("train_reenact", "figures", REENACT_CLI)),
     _KeyRule("evaluate.arcface_path", "arcface", ("evaluate",)),
 )
 # Stage blocks whose lambda_lpips switches LPIPS on; the evaluate stage reports LPIPS (Table 2) regardless.

@@ -56,8 +56,9 @@ def _fill(root, skip: str | None = None) -> None:
         (root / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
         (root / "hub" / "checkpoints" / preflight.ALEXNET_FILE).write_bytes(b"alexnet")
     if skip != "inception":
-        (root / "fid").mkdir(exist_ok=True)
-        (root / "fid" / preflight.INCEPTION_FILE).write_bytes(b"inception")
+        folder = root / (_paper()["evaluate"].get("inception_dir") or "fid")  # the profile's folder, else clean-fid's
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / preflight.INCEPTION_FILE).write_bytes(b"inception")
 
 
 @pytest.mark.parametrize("name", ["mini", "smoke"])
