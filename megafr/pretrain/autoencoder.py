@@ -295,12 +295,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
     if idnet is not None:
         idnet.eval().requires_grad_(False)
     path = cfg.checkpoint_path
-    start, curve = 0, []
-    saved = common.try_resume(path, cfg, cfg.steps)
-    if saved is not None:
-        start = common.restore(saved, modules, optimizers)
-        curve = list(saved["curve"])
-    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    start, end, curve = common.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
     noise = [getattr(nets.generator.noises, f"noise_{i}") for i in range(nets.generator.num_layers)]
     nets.generator.train()

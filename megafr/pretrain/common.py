@@ -29,7 +29,7 @@ from typing import ClassVar, Iterator, Optional
 import numpy as np
 import torch
 
-from megafr.config import study_path
+from megafr.config import require, study_path
 from megafr.errors import CheckpointError
 from megafr.fileio import atomic_path, write_json
 from megafr.training import batch_rows  # noqa: F401  (re-exported: the stages' data order)
@@ -186,6 +186,28 @@ def restore(data: dict, modules: dict[str, torch.nn.Module], optimizers: dict[st
         opt.load_state_dict(data["optimizers"][name])
     torch.set_rng_state(data["rng"])
     return int(data["step"])
+
+
+def resume_or_start(cfg, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                    stop_after: Optional[int]) -> tuple[int, int, list]:
+    """Resume from ``cfg.checkpoint_path`` when it matches ``cfg`` -> (first step, end step, curve so far).
+
+    The end is ``cfg.steps``, or ``stop_after`` steps after the start (an interruption, for tests).
+    """
+    start, curve = 0, []
+    saved = try_resume(cfg.checkpoint_path, cfg, cfg.steps)
+    if saved is not None:
+        start = restore(saved, modules, optimizers)
+        curve = list(saved["curve"])
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    return start, end, curve
+
+
+def require_at_least(block: str, cfg, lows: tuple[tuple[str, int], ...]) -> None:
+    """``cfg.<name> >= low`` for each ``(name, low)``, else InputError naming ``<block>.<name>``."""
+    for name, low in lows:
+        value = getattr(cfg, name)
+        require(value >= low, f"{block}.{name} must be >= {low}, got {value}; fix it in params.yaml")
 
 
 RUN_RECORD_FILE = "run.json"

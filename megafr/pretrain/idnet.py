@@ -85,10 +85,8 @@ class IdNetConfig(common.StageFolders):
             return
         require(self.input_size % 16 == 0 and self.input_size >= 16,
                 f"train_idnet.input_size must be a multiple of 16, got {self.input_size}")
-        for name, low in (("width", 1), ("units", 1), ("embedding_dim", 1), ("steps", 1), ("batch_size", 2),
-                          ("checkpoint_every", 1), ("threads", 0)):
-            require(getattr(self, name) >= low, f"train_idnet.{name} must be >= {low}, got {getattr(self, name)}; "
-                                                "fix it in params.yaml")
+        common.require_at_least("train_idnet", self, (("width", 1), ("units", 1), ("embedding_dim", 1), ("steps", 1),
+                                                      ("batch_size", 2), ("checkpoint_every", 1), ("threads", 0)))
         require(self.margin >= 0 and self.scale > 0,
                 f"train_idnet.margin must be >= 0 and scale > 0, got {self.margin} and {self.scale}")
         require(self.lr > 0 and self.weight_decay >= 0,
@@ -177,12 +175,7 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     modules, optimizers = {"net": net, "head": head}, {"opt": optimizer}
     path = cfg.checkpoint_path
-    start, curve = 0, []
-    saved = common.try_resume(path, cfg, cfg.steps)
-    if saved is not None:
-        start = common.restore(saved, modules, optimizers)
-        curve = list(saved["curve"])
-    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    start, end, curve = common.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
     window: dict[str, list[float]] = {}
     net.train()

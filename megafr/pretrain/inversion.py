@@ -79,9 +79,8 @@ class InversionStageConfig(common.StageFolders):
         if self.mode == "official":
             require(bool(self.official_psp), "train_inversion.official_psp must name psp_ffhq_encode.pt in the paper profile")
             return
-        for name, low in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1), ("n_eval", 1), ("threads", 0)):
-            require(getattr(self, name) >= low, f"train_inversion.{name} must be >= {low}, got "
-                                                f"{getattr(self, name)}; fix it in params.yaml")
+        common.require_at_least("train_inversion", self, (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1),
+                                                          ("n_eval", 1), ("threads", 0)))
         require(self.lr > 0, f"train_inversion.lr must be positive, got {self.lr}")
         for name in ("lambda_l2", "lambda_id", "lambda_wnorm", "lambda_lpips"):
             require(getattr(self, name) >= 0, f"train_inversion.{name} must be >= 0, got {getattr(self, name)}")
@@ -129,12 +128,7 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
     if idnet is not None:
         idnet.eval().requires_grad_(False)
     path = cfg.checkpoint_path
-    start, curve = 0, []
-    saved = common.try_resume(path, cfg, cfg.steps)
-    if saved is not None:
-        start = common.restore(saved, modules, optimizers)
-        curve = list(saved["curve"])
-    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    start, end, curve = common.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
     decoder = net.decoder
     noise = [getattr(decoder.noises, f"noise_{i}") for i in range(decoder.num_layers)]

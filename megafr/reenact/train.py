@@ -283,9 +283,9 @@ def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool
             start = int(data["step"])
             rows = pd.read_csv(curve_path).to_dict("records") if curve_path.is_file() else []
     model.encoder.train()
+    device = frozen_device(frozen)
     for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train E_FR", disable=not progress):
         src, tgt = batch_indices(cfg.seed, step, len(images), cfg.batch_size)
-        device = frozen_device(frozen)
         total, log = step_losses(model, frozen, cfg, images_to_tensor(images[src]).to(device),
                                  images_to_tensor(images[tgt]).to(device))
         optimizer.zero_grad(set_to_none=True)
