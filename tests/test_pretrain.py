@@ -55,8 +55,8 @@ def _gen_cfg(out_dir, **overrides) -> ae.GeneratorStageConfig:
 def _id_cfg(out_dir, **overrides) -> idnet.IdNetConfig:
     values = dict(profile="smoke", seed=5, mode="train", data_dir="unused", official_path="", input_size=16,
                   embedding_dim=8, width=4, units=1, drop_ratio=0.2,
-                  margin=0.3, scale=8.0, steps=4, batch_size=6, lr=1e-3, weight_decay=1e-4, checkpoint_every=1,
-                  threads=0, out_dir=str(out_dir / "products"))
+                  margin=0.3, scale=8.0, steps=4, batch_size=6, lr=1e-3, weight_decay=1e-4, blur_sigma_max=1.0,
+                  checkpoint_every=1, threads=0, out_dir=str(out_dir / "products"))
     values.update(overrides)
     return idnet.IdNetConfig(**values)
 
@@ -200,6 +200,24 @@ def test_config_refuses_bad_values(tmp_path):
         _gen_cfg(tmp_path, swap_pool=1, swap_batch=2)
     with pytest.raises(InputError):
         _id_cfg(tmp_path, input_size=20)
+    with pytest.raises(InputError):
+        _id_cfg(tmp_path, blur_sigma_max=-1.0)
+
+
+def test_idnet_blur_augmentation():
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, SIZE, SIZE) * 2 - 1
+    assert torch.equal(idnet.random_blur(x, 0.0), x)  # off
+    flat = torch.full((2, 3, SIZE, SIZE), 0.25)
+    assert torch.allclose(idnet.random_blur(flat, 2.0), flat, atol=1e-6)  # a blur keeps a constant image
+    torch.manual_seed(1)
+    y = idnet.random_blur(x, 2.0)
+    assert torch.allclose(y.mean((2, 3)), x.mean((2, 3)), atol=0.02)  # the mean colour stays
+    rough = lambda im: (im[..., 1:] - im[..., :-1]).abs().mean((1, 2, 3))  # mean horizontal gradient
+    assert (rough(y) <= rough(x) + 1e-6).all() and (rough(y) < 0.5 * rough(x)).sum() >= 3  # smoother, never rougher
+    assert rough(y).std() > 0.01  # each image draws its own sigma (some near 0)
+    torch.manual_seed(1)
+    assert torch.equal(idnet.random_blur(x, 2.0), y)  # torch's RNG (seeded per step) decides
 
 
 # -------------------------------------------------------------------------- generator
