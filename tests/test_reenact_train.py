@@ -55,6 +55,33 @@ def test_resume_equals_uninterrupted(tiny_frozen, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_checkpoint_of_other_frozen_networks_is_not_resumed(tiny_frozen, tmp_path):
+    generator_file = tmp_path / "stylegan2.pt"
+    generator_file.write_bytes(b"generator, first version")
+    cfg = _config(tmp_path / "run", steps=2, generator_path=str(generator_file))
+    rt.train(cfg, tiny_frozen, _images(), progress=False)
+    path = rt.checkpoint_path(cfg)
+    assert torch.load(path, weights_only=False)["upstream"] == rt.upstream_digest(cfg)
+    _, curve = rt.train(cfg, tiny_frozen, _images(), progress=False)  # same files: the finished run is reused
+    assert list(curve["step"]) == [1, 2]
+    stamp = path.stat().st_mtime_ns
+    generator_file.write_bytes(b"generator, retrained")  # an earlier stage re-ran
+    assert rt.upstream_digest(cfg) != torch.load(path, weights_only=False)["upstream"]
+    with pytest.warns(UserWarning, match="other frozen networks"):
+        _, curve = rt.train(cfg, tiny_frozen, _images(), progress=False)
+    assert list(curve["step"]) == [1, 2]  # trained again from step 0
+    assert path.stat().st_mtime_ns != stamp
+    assert torch.load(path, weights_only=False)["upstream"] == rt.upstream_digest(cfg)
+
+
+def test_upstream_digest_reads_contents_not_names(tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"same bytes")
+    b.write_bytes(b"same bytes")
+    assert rt.file_digest([str(a)]) == rt.file_digest([str(b)])
+    assert rt.file_digest([str(a)]) != rt.file_digest([""]) != rt.file_digest([str(tmp_path / "missing.pt")])
+
+
 def test_params_baseline_feeds_parameters(tiny_frozen, tmp_path):
     frozen = tiny_frozen
     model, curve = rt.train(_config(tmp_path, condition="params", steps=1), frozen, _images(), progress=False)

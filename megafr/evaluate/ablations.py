@@ -18,7 +18,6 @@ frozen networks and training images it was trained against, and is emptied when 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from megafr.config import require, study_path
 from megafr.evaluate.tables import EvalSet, Judge, score_method
 from megafr.fileio import write_json
 from megafr.reenact.inference import Reenactor
-from megafr.reenact.train import LOSS_NAMES, Frozen, ReenactConfig, train
+from megafr.reenact.train import LOSS_NAMES, Frozen, ReenactConfig, train, upstream_digest
 
 KINDS = ("loss", "layers", "refine")  # ablation groups; "reference" is always trained
 REFERENCE = "reference"
@@ -42,7 +41,6 @@ FIGURE_METRICS = (("aed", "AED (lower is better)"), ("apd", "APD, degrees (lower
                   ("csim", "CSIM (higher is better)"))
 DIGEST_FILE = "upstream.md5"  # digest of what the ablations were trained against
 RUN_FILE = "run.json"  # wall time per ablation (not a DVC metric: it varies between machines)
-HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
 
 
 @dataclass(frozen=True)
@@ -86,19 +84,9 @@ def ablation_config(base: ReenactConfig, ablation: Ablation, steps: int, folder:
                                out_dir=str(folder / ablation.trained_name), **changes)
 
 
-def file_digest(paths: Iterable[str | Path]) -> str:
-    """MD5 over the contents of the given files (in order)."""
-    digest = hashlib.md5()
-    for path in paths:
-        with open(study_path(path), "rb") as handle:
-            for block in iter(lambda: handle.read(HASH_CHUNK), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def upstream_files(cfg: ReenactConfig) -> list[str]:
-    """What an ablation's weights depend on besides its configuration."""
-    return [cfg.generator_path, cfg.e4e_path, cfg.face3d_path, cfg.idnet_path, cfg.train_images]
+def ablation_digest(base: ReenactConfig) -> str:
+    """What the ablations' weights depend on besides their configurations (MegaFR e4e's frozen networks, images)."""
+    return upstream_digest(dataclasses.replace(base, encoder="e4e", condition="render"))
 
 
 def clear_if_stale(folder: Path, digest: str) -> bool:
@@ -118,7 +106,7 @@ def run_ablations(base: ReenactConfig, frozen: Frozen, images: np.ndarray, pairs
                   progress: bool = True) -> pd.DataFrame:
     """Train (or resume) every ablation's E_FR and score it on the cross pairs -> one row per ablation.
 
-    ``digest`` identifies the frozen networks and training images (:func:`file_digest`); checkpoints
+    ``digest`` identifies the frozen networks and training images (:func:`ablation_digest`); checkpoints
     in ``folder`` trained against other ones are deleted first (:func:`clear_if_stale`)."""
     clear_if_stale(folder, digest)
     models: dict[str, Reenactor] = {}

@@ -135,7 +135,7 @@ def run_ablations(cfg: EvaluateConfig, trained: Trained, judge: Judge, pairs, pr
     images = np.load(study_path(trained.base.train_images), mmap_mode="r")
     return abl.run_ablations(trained.base, trained.frozen, images, pairs, judge,
                              abl.plan(abl.parse_kinds(cfg.ablations), cfg.refine_steps), cfg.ablation_steps,
-                             cfg.folder / "ablations", abl.file_digest(abl.upstream_files(trained.base)), progress)
+                             cfg.folder / "ablations", abl.ablation_digest(trained.base), progress)
 
 
 TABLE_TITLES = {"table1_cross": "Table 1: cross reenactment", "table2_frontal": "Table 2: frontalization"}

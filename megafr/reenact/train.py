@@ -15,14 +15,18 @@ One training step, for a batch of source photos ``x_real`` and target photos ``x
 The parameter-fed baseline (``condition="params"``) replaces ``r_t`` by the raw target parameters
 (expression and the non-neck pose) tiled as constant image channels; everything else is the same.
 
-Checkpoints ``{"state_dict", "config", "step", "optimizer", "rng"}`` are written atomically every
+Checkpoints ``{"state_dict", "config", "step", "optimizer", "upstream"}`` are written atomically every
 ``checkpoint_every`` steps; the data order is a function of (seed, step), so a resumed run ends
-with the same weights as an uninterrupted one.
+with the same weights as an uninterrupted one. ``upstream`` is an MD5 digest of the frozen
+networks' files and the training images (:func:`upstream_digest`): a checkpoint is resumed only
+when both its configuration and that digest match, so E_FR is retrained, not reused, after an
+earlier stage (generator, inversion encoder, 3D network, identity network) changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +53,7 @@ ENCODERS = ("e4e", "psp")
 CONDITION_POSE = (GLOBAL, JAW, LEFT_EYE, RIGHT_EYE)  # pose parts fed to the params baseline (neck is zero)
 LOSS_NAMES = ("id", "lmk", "pair", "cyc", "self", "latent")
 LAYER_GROUP_NAMES = ("coarse", "medium", "fine")  # W+ groups of megafr.nets.encoders.layer_groups
+HASH_CHUNK = 1 << 20  # bytes read at a time while hashing upstream files
 
 
 @dataclass(frozen=True)
@@ -241,11 +246,30 @@ def checkpoint_path(cfg: ReenactConfig) -> Path:
     return study_path(cfg.out_dir) / f"megafr_{cfg.encoder}_{cfg.condition}.pt"
 
 
-def save_checkpoint(path: Path, model: MegaFR, optimizer: torch.optim.Optimizer, cfg: ReenactConfig, step: int) -> None:
-    """Atomic ``{"state_dict", "config", "step", "optimizer"}`` (state_dict = E_FR's weights)."""
+def file_digest(paths) -> str:
+    """MD5 over the contents of the given files, in order; an empty path counts as "unset", a missing one by its name."""
+    digest = hashlib.md5()
+    for path in paths:
+        if not path or not study_path(path).is_file():
+            digest.update(f"<{'unset' if not path else 'missing ' + str(path)}>".encode())
+            continue
+        with open(study_path(path), "rb") as handle:
+            for block in iter(lambda: handle.read(HASH_CHUNK), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def upstream_digest(cfg: ReenactConfig) -> str:
+    """Digest of what E_FR's weights depend on besides ``cfg``: the frozen networks and the training images."""
+    return file_digest([cfg.generator_path, cfg.inversion_path, cfg.face3d_path, cfg.idnet_path, cfg.train_images])
+
+
+def save_checkpoint(path: Path, model: MegaFR, optimizer: torch.optim.Optimizer, cfg: ReenactConfig, step: int,
+                    upstream: str = "") -> None:
+    """Atomic ``{"state_dict", "config", "step", "optimizer", "upstream"}`` (state_dict = E_FR's weights)."""
     payload = {"state_dict": model.encoder.state_dict(), "config": dataclasses.asdict(cfg), "step": step,
                "optimizer": optimizer.state_dict(), "groups": list(model.groups),
-               "condition_channels": model.condition_channels}
+               "condition_channels": model.condition_channels, "upstream": upstream}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -269,6 +293,7 @@ def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool
     path = checkpoint_path(cfg)
     curve_path = path.with_suffix(".curve.csv")
     start, rows = 0, []
+    upstream = upstream_digest(cfg)
     if path.is_file():
         try:
             data = read_checkpoint(path)
@@ -277,6 +302,10 @@ def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool
             data = {"config": None}
         if data["config"] != dataclasses.asdict(cfg):
             path.unlink()  # another configuration: start over rather than mix runs
+        elif data.get("upstream") != upstream:
+            warnings.warn(f"{path}: trained against other frozen networks or training images (their files changed); "
+                          "starting train_reenact afresh")
+            path.unlink()
         else:
             model.encoder.load_state_dict(data["state_dict"])
             optimizer.load_state_dict(data["optimizer"])
@@ -293,9 +322,9 @@ def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool
         optimizer.step()
         rows.append({"step": step + 1, **log})
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(path, model, optimizer, cfg, step + 1)
+            save_checkpoint(path, model, optimizer, cfg, step + 1, upstream)
             with atomic_path(curve_path) as tmp:
                 pd.DataFrame(rows).to_csv(tmp, index=False)
     if cfg.steps == 0:
-        save_checkpoint(path, model, optimizer, cfg, 0)
+        save_checkpoint(path, model, optimizer, cfg, 0, upstream)
     return model.eval(), pd.DataFrame(rows)
