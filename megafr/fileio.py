@@ -15,11 +15,12 @@ whole mechanism is ``open`` + ``fsync`` + ``os.replace``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -186,3 +187,22 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     with atomic_write(path, "w") as handle:
         handle.write(text)
     return Path(path)
+
+
+HASH_CHUNK = 1 << 20  # bytes read at a time by file_digest
+
+
+def file_digest(paths: Iterable[str | Path]) -> str:
+    """MD5 over the contents of the given files, in order (absolute paths, or relative to the working folder).
+
+    An empty path counts as "unset" and a missing file by its name, so a digest can be taken of any
+    configuration (resume checks compare the digests of a run's input files)."""
+    digest = hashlib.md5()
+    for path in paths:
+        if not path or not Path(path).is_file():
+            digest.update(f"<{'unset' if not path else 'missing ' + str(path)}>".encode())
+            continue
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(HASH_CHUNK), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -348,6 +348,17 @@ def test_psp_trains_encoder_only_resumes_exactly_and_loads(tmp_path, images, poo
     x = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(loaded.encode(x), rest.net.encode(x), atol=1e-6)
+    # an interrupted pSp run is not resumed over a retrained generator (UPSTREAM digest)
+    import shutil
+
+    generator_copy = tmp_path / "stylegan2_copy.pt"
+    shutil.copy(products["stylegan2"], generator_copy)
+    d = replace(cfg("d"), stylegan2_path=str(generator_copy))
+    inversion.train_psp(d, fresh(), images, ident, progress=False, stop_after=2)
+    assert common.try_resume(d.checkpoint_path, d, d.steps)["step"] == 2
+    with open(generator_copy, "ab") as handle:
+        handle.write(b"retrained")
+    assert common.try_resume(d.checkpoint_path, d, d.steps) is None
 
 
 def test_checkpoint_of_other_code_or_config_is_not_resumed(tmp_path, images, monkeypatch):

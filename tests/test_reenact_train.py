@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from megafr.errors import InputError
+from megafr.fileio import file_digest
 from megafr.reenact import train as rt
 from tests.conftest import TINY_SIZE as SIZE
 
@@ -78,8 +79,8 @@ def test_upstream_digest_reads_contents_not_names(tmp_path):
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     a.write_bytes(b"same bytes")
     b.write_bytes(b"same bytes")
-    assert rt.file_digest([str(a)]) == rt.file_digest([str(b)])
-    assert rt.file_digest([str(a)]) != rt.file_digest([""]) != rt.file_digest([str(tmp_path / "missing.pt")])
+    assert file_digest([str(a)]) == file_digest([str(b)])
+    assert file_digest([str(a)]) != file_digest([""]) != file_digest([str(tmp_path / "missing.pt")])
 
 
 def test_params_baseline_feeds_parameters(tiny_frozen, tmp_path):

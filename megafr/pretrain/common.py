@@ -31,7 +31,7 @@ import torch
 
 from megafr.config import require, study_path
 from megafr.errors import CheckpointError
-from megafr.fileio import atomic_path, write_json
+from megafr.fileio import atomic_path, file_digest, write_json
 from megafr.training import batch_rows  # noqa: F401  (re-exported: the stages' data order)
 
 WARMUP_FRACTION = 0.03  # share of the steps with a linear learning-rate warm-up (then cosine decay)
@@ -132,6 +132,11 @@ def resume_key(cfg) -> dict:
     return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUME_FREE_FIELDS}
 
 
+def _upstream(cfg) -> str:
+    """The digest of a stage config's input files ("" for configs without any)."""
+    return cfg.upstream_digest() if isinstance(cfg, StageFolders) else ""
+
+
 def save_training_state(path: Path, cfg, step: int, modules: dict[str, torch.nn.Module],
                         optimizers: dict[str, torch.optim.Optimizer], curve: list[dict],
                         extra: Optional[dict] = None) -> None:
@@ -144,6 +149,7 @@ def save_training_state(path: Path, cfg, step: int, modules: dict[str, torch.nn.
         "rng": torch.get_rng_state(),
         "curve": list(curve),
         "code": code_digest(),
+        "upstream": _upstream(cfg),
         **(extra or {}),
     }
     with atomic_path(path) as temp:
@@ -164,7 +170,8 @@ def read_training_state(path: Path) -> dict:
 
 
 def try_resume(path: Path, cfg, steps: int) -> Optional[dict]:
-    """The checkpoint at ``path`` if it was written by a run with the same configuration, else None."""
+    """The checkpoint at ``path`` if it was written by a run with the same configuration, code and
+    input files (``UPSTREAM``), else None."""
     if not path.is_file():
         return None
     try:
@@ -174,7 +181,7 @@ def try_resume(path: Path, cfg, steps: int) -> Optional[dict]:
     saved = {k: v for k, v in data["config"].items() if k not in RESUME_FREE_FIELDS}
     wanted = resume_key(cfg)
     same = saved == {k: (list(v) if isinstance(v, tuple) else v) for k, v in wanted.items()} or saved == wanted
-    same = same and data.get("code") == code_digest()
+    same = same and data.get("code") == code_digest() and data.get("upstream", "") == _upstream(cfg)
     return data if same and 0 < int(data["step"]) <= steps else None
 
 
@@ -219,6 +226,14 @@ class StageFolders:
     and its resume checkpoint go. Subclasses name their stage in ``STAGE``."""
 
     STAGE: ClassVar[str]
+    UPSTREAM: ClassVar[tuple[str, ...]] = ()  # fields naming the input files a run's weights depend on
+
+    def upstream_digest(self) -> str:
+        """Digest of the files named by the ``UPSTREAM`` fields ("" when there are none): a checkpoint
+        is resumed only by a run whose input files are the same (:func:`try_resume`)."""
+        if not self.UPSTREAM:
+            return ""
+        return file_digest([study_path(getattr(self, f)) if getattr(self, f) else "" for f in self.UPSTREAM])
 
     @property
     def checkpoint_path(self) -> Path:

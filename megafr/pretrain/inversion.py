@@ -50,6 +50,7 @@ LOSS_TERMS = ("l2", "id", "wnorm", "lpips")
 @dataclass(frozen=True)
 class InversionStageConfig(common.StageFolders):
     STAGE: ClassVar[str] = "train_inversion"
+    UPSTREAM: ClassVar[tuple[str, ...]] = ("stylegan2_path", "e4e_path", "idnet_path")  # a retrained generator restarts pSp
 
     """Parameters of the train_inversion stage (params.yaml block ``train_inversion`` plus shared keys)."""
 

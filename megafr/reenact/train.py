@@ -26,7 +26,6 @@ earlier stage (generator, inversion encoder, 3D network, identity network) chang
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from megafr.errors import CheckpointError, MissingFileError
 from megafr.face3d.framing import aligned_camera
 from megafr.face3d.pose import GLOBAL, JAW, LEFT_EYE, RIGHT_EYE
 from megafr.face3d.recon import FaceModel, load_face_model
-from megafr.fileio import atomic_path
+from megafr.fileio import atomic_path, file_digest
 from megafr.imageio import images_to_tensor
 from megafr.nets import checkpoints
 from megafr.reenact import losses
@@ -53,7 +52,6 @@ ENCODERS = ("e4e", "psp")
 CONDITION_POSE = (GLOBAL, JAW, LEFT_EYE, RIGHT_EYE)  # pose parts fed to the params baseline (neck is zero)
 LOSS_NAMES = ("id", "lmk", "pair", "cyc", "self", "latent")
 LAYER_GROUP_NAMES = ("coarse", "medium", "fine")  # W+ groups of megafr.nets.encoders.layer_groups
-HASH_CHUNK = 1 << 20  # bytes read at a time while hashing upstream files
 
 
 @dataclass(frozen=True)
@@ -246,22 +244,10 @@ def checkpoint_path(cfg: ReenactConfig) -> Path:
     return study_path(cfg.out_dir) / f"megafr_{cfg.encoder}_{cfg.condition}.pt"
 
 
-def file_digest(paths) -> str:
-    """MD5 over the contents of the given files, in order; an empty path counts as "unset", a missing one by its name."""
-    digest = hashlib.md5()
-    for path in paths:
-        if not path or not study_path(path).is_file():
-            digest.update(f"<{'unset' if not path else 'missing ' + str(path)}>".encode())
-            continue
-        with open(study_path(path), "rb") as handle:
-            for block in iter(lambda: handle.read(HASH_CHUNK), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def upstream_digest(cfg: ReenactConfig) -> str:
     """Digest of what E_FR's weights depend on besides ``cfg``: the frozen networks and the training images."""
-    return file_digest([cfg.generator_path, cfg.inversion_path, cfg.face3d_path, cfg.idnet_path, cfg.train_images])
+    paths = (cfg.generator_path, cfg.inversion_path, cfg.face3d_path, cfg.idnet_path, cfg.train_images)
+    return file_digest([study_path(p) if p else "" for p in paths])
 
 
 def save_checkpoint(path: Path, model: MegaFR, optimizer: torch.optim.Optimizer, cfg: ReenactConfig, step: int,
