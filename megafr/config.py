@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from megafr.errors import InputError
-from megafr.fileio import atomic_write
+from megafr.fileio import atomic_write, file_digest
 
 PROFILES = ("smoke", "mini", "paper")
 DEVICE_VARIABLE = "MEGAFR_DEVICE"  # environment variable overriding the device choice ("cpu", "cuda", "cuda:1")
@@ -73,6 +73,11 @@ def study_path(path: str | os.PathLike) -> Path:
     """``path`` if absolute, else ``path`` under :func:`study_root`."""
     path = Path(path)
     return path if path.is_absolute() else study_root() / path
+
+
+def study_files_digest(paths: typing.Iterable[str]) -> str:
+    """``fileio.file_digest`` of study paths (relative ones under the study root); an empty path counts as unset."""
+    return file_digest([study_path(p) if p else "" for p in paths])
 
 
 def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:

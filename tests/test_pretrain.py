@@ -5,6 +5,7 @@ Everything runs on tiny networks (32 px generator, 16-channel encoder) and rando
 the file stays well under a minute on two cores.
 """
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -349,8 +350,6 @@ def test_psp_trains_encoder_only_resumes_exactly_and_loads(tmp_path, images, poo
     with torch.no_grad():
         assert torch.allclose(loaded.encode(x), rest.net.encode(x), atol=1e-6)
     # an interrupted pSp run is not resumed over a retrained generator (UPSTREAM digest)
-    import shutil
-
     generator_copy = tmp_path / "stylegan2_copy.pt"
     shutil.copy(products["stylegan2"], generator_copy)
     d = replace(cfg("d"), stylegan2_path=str(generator_copy))

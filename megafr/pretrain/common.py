@@ -29,9 +29,9 @@ from typing import ClassVar, Iterator, Optional
 import numpy as np
 import torch
 
-from megafr.config import require, study_path
+from megafr.config import require, study_files_digest, study_path
 from megafr.errors import CheckpointError
-from megafr.fileio import atomic_path, file_digest, write_json
+from megafr.fileio import atomic_path, write_json
 from megafr.training import batch_rows  # noqa: F401  (re-exported: the stages' data order)
 
 WARMUP_FRACTION = 0.03  # share of the steps with a linear learning-rate warm-up (then cosine decay)
@@ -138,7 +138,7 @@ def _upstream(cfg) -> str:
 
 
 def save_training_state(path: Path, cfg, step: int, modules: dict[str, torch.nn.Module],
-                        optimizers: dict[str, torch.optim.Optimizer], curve: list[dict],
+                        optimizers: dict[str, torch.optim.Optimizer], curve: list[dict], upstream: str,
                         extra: Optional[dict] = None) -> None:
     """Write ``{"state_dict": {name: weights}, "config", "step", "optimizers", "rng", "curve"}`` atomically."""
     data = {
@@ -149,7 +149,7 @@ def save_training_state(path: Path, cfg, step: int, modules: dict[str, torch.nn.
         "rng": torch.get_rng_state(),
         "curve": list(curve),
         "code": code_digest(),
-        "upstream": _upstream(cfg),
+        "upstream": upstream,  # digest of the run's input files, taken once at its start (resume_or_start)
         **(extra or {}),
     }
     with atomic_path(path) as temp:
@@ -169,9 +169,9 @@ def read_training_state(path: Path) -> dict:
     return data
 
 
-def try_resume(path: Path, cfg, steps: int) -> Optional[dict]:
+def try_resume(path: Path, cfg, steps: int, upstream: Optional[str] = None) -> Optional[dict]:
     """The checkpoint at ``path`` if it was written by a run with the same configuration, code and
-    input files (``UPSTREAM``), else None."""
+    input files (``UPSTREAM``; ``upstream``: their digest when the caller has taken it already), else None."""
     if not path.is_file():
         return None
     try:
@@ -181,7 +181,8 @@ def try_resume(path: Path, cfg, steps: int) -> Optional[dict]:
     saved = {k: v for k, v in data["config"].items() if k not in RESUME_FREE_FIELDS}
     wanted = resume_key(cfg)
     same = saved == {k: (list(v) if isinstance(v, tuple) else v) for k, v in wanted.items()} or saved == wanted
-    same = same and data.get("code") == code_digest() and data.get("upstream", "") == _upstream(cfg)
+    upstream = _upstream(cfg) if upstream is None else upstream
+    same = same and data.get("code") == code_digest() and data.get("upstream", "") == upstream
     return data if same and 0 < int(data["step"]) <= steps else None
 
 
@@ -196,18 +197,20 @@ def restore(data: dict, modules: dict[str, torch.nn.Module], optimizers: dict[st
 
 
 def resume_or_start(cfg, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                    stop_after: Optional[int]) -> tuple[int, int, list]:
-    """Resume from ``cfg.checkpoint_path`` when it matches ``cfg`` -> (first step, end step, curve so far).
+                    stop_after: Optional[int]) -> tuple[int, int, list, str]:
+    """Resume from ``cfg.checkpoint_path`` when it matches ``cfg`` -> (first step, end step, curve so far,
+    digest of the input files to record in every checkpoint of the run).
 
     The end is ``cfg.steps``, or ``stop_after`` steps after the start (an interruption, for tests).
     """
     start, curve = 0, []
-    saved = try_resume(cfg.checkpoint_path, cfg, cfg.steps)
+    upstream = _upstream(cfg)  # the input files are hashed once per run, not at every checkpoint
+    saved = try_resume(cfg.checkpoint_path, cfg, cfg.steps, upstream)
     if saved is not None:
         start = restore(saved, modules, optimizers)
         curve = list(saved["curve"])
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    return start, end, curve
+    return start, end, curve, upstream
 
 
 def require_at_least(block: str, cfg, lows: tuple[tuple[str, int], ...]) -> None:
@@ -233,7 +236,7 @@ class StageFolders:
         is resumed only by a run whose input files are the same (:func:`try_resume`)."""
         if not self.UPSTREAM:
             return ""
-        return file_digest([study_path(getattr(self, f)) if getattr(self, f) else "" for f in self.UPSTREAM])
+        return study_files_digest(getattr(self, f) for f in self.UPSTREAM)
 
     @property
     def checkpoint_path(self) -> Path:

@@ -23,8 +23,10 @@ learns to rely on fine texture instead: measured on mini, a Gaussian blur of 2 p
 alone dropped the similarity of a test image with itself to 0.60, and the generator's inversions
 scored 0.06. So each training image is blurred (kornia's ``gaussian_blur2d``) with its own sigma
 drawn uniformly from [0, ``blur_sigma_max``] pixels of the data set's images before the face crop;
-0 turns it off. Verification (TAR) is still measured on the sharp test images. Verification on the *test identities* (never
-seen in training): all genuine and impostor pairs of the test split, TAR at FAR 1e-3.
+0 turns it off.
+
+Verification is measured on the sharp images of the *test identities* (never seen in training):
+all genuine and impostor pairs of the test split, TAR at FAR 1e-3.
 
 The paper profile does not train: ``run_idnet_stage`` validates that the user's official file loads
 through ``megafr.nets.checkpoints.load_arcface`` and reports that nothing was trained.
@@ -197,7 +199,7 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     modules, optimizers = {"net": net, "head": head}, {"opt": optimizer}
     path = cfg.checkpoint_path
-    start, end, curve = common.resume_or_start(cfg, modules, optimizers, stop_after)
+    start, end, curve, upstream = common.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
     window: dict[str, list[float]] = {}
     net.train()
@@ -223,7 +225,7 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
             curve.append({"step": step + 1, "lr": lr, **{k: float(np.mean(v)) for k, v in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            common.save_training_state(path, cfg, step + 1, modules, optimizers, curve)
+            common.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     net.eval()
     return IdNetResult(net, pd.DataFrame(curve, columns=["step", "lr", "loss", "accuracy"]), end - start, seconds,

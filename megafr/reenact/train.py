@@ -36,12 +36,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from megafr.config import require, study_path, torch_device
+from megafr.config import require, study_files_digest, study_path, torch_device
 from megafr.errors import CheckpointError, MissingFileError
 from megafr.face3d.framing import aligned_camera
 from megafr.face3d.pose import GLOBAL, JAW, LEFT_EYE, RIGHT_EYE
 from megafr.face3d.recon import FaceModel, load_face_model
-from megafr.fileio import atomic_path, file_digest
+from megafr.fileio import atomic_path
 from megafr.imageio import images_to_tensor
 from megafr.nets import checkpoints
 from megafr.reenact import losses
@@ -246,8 +246,8 @@ def checkpoint_path(cfg: ReenactConfig) -> Path:
 
 def upstream_digest(cfg: ReenactConfig) -> str:
     """Digest of what E_FR's weights depend on besides ``cfg``: the frozen networks and the training images."""
-    paths = (cfg.generator_path, cfg.inversion_path, cfg.face3d_path, cfg.idnet_path, cfg.train_images)
-    return file_digest([study_path(p) if p else "" for p in paths])
+    return study_files_digest((cfg.generator_path, cfg.inversion_path, cfg.face3d_path, cfg.idnet_path,
+                               cfg.train_images))
 
 
 def save_checkpoint(path: Path, model: MegaFR, optimizer: torch.optim.Optimizer, cfg: ReenactConfig, step: int,
