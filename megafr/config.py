@@ -148,6 +148,13 @@ def require(condition: bool, message: str) -> None:
         raise InputError(message)
 
 
+def require_at_least(block: str, cfg, lows: tuple[tuple[str, int], ...]) -> None:
+    """``cfg.<name> >= low`` for each ``(name, low)``, else InputError naming ``<block>.<name>``."""
+    for name, low in lows:
+        value = getattr(cfg, name)
+        require(value >= low, f"{block}.{name} must be >= {low}, got {value}; fix it in params.yaml")
+
+
 def torch_device():
     """The device the reenactment networks run on: ``$MEGAFR_DEVICE`` if set, else CUDA when present, else CPU."""
     import torch

@@ -175,7 +175,7 @@ def test_load_reenactor_refuses_damaged_foreign_unfinished_and_stale_checkpoints
     with pytest.raises(MissingFileError, match="stylegan2.pt"):
         cli.load_reenactor(cfg)
 
-    def other_size(_cfg):
+    def other_size(_cfg, _checkpoint=None, _frozen=None):
         torch.nn.Linear(3, 3).load_state_dict(torch.nn.Linear(4, 4).state_dict())  # the real error type
 
     monkeypatch.setattr(Reenactor, "from_config", other_size)

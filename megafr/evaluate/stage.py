@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import pandas as pd
 
-from megafr.config import require, study_path
+from megafr.config import require, require_at_least, study_path
 from megafr.evaluate import ablations as abl
 from megafr.evaluate.external import PaperMetrics
 from megafr.evaluate.linear import LinearBaseline, fit_baseline, parse_attributes, parse_ridges
@@ -35,7 +35,7 @@ from megafr.fileio import atomic_write
 from megafr.reenact.directions import save_directions
 from megafr.reenact.inference import Reenactor
 from megafr.reenact.stage import parse_variants, variant_name
-from megafr.reenact.train import Frozen, ReenactConfig, build_model, load_frozen, read_checkpoint
+from megafr.reenact.train import Frozen, ReenactConfig, load_frozen, read_checkpoint
 
 REFERENCE_VARIANT = ("e4e", "render")  # MegaFR (e4e): the ablations' base and the linear baseline's encoder
 
@@ -69,8 +69,8 @@ class EvaluateConfig:
         for name in ("cross_pairs", "frontal_pairs", "ablation_pairs"):
             value = getattr(self, name)
             require(value >= 2, f"evaluate.{name} must be >= 2 (FD-id needs a spread), got {value}")
-        for name in ("reference_count", "direction_images", "refine_steps", "ablation_steps"):
-            require(getattr(self, name) >= 0, f"evaluate.{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least("evaluate", self, (("reference_count", 0), ("direction_images", 0), ("refine_steps", 0),
+                                            ("ablation_steps", 0)))
         require(REFERENCE_VARIANT in parse_variants(self.variants),
                 f"evaluate.variants must include e4e:render (MegaFR (e4e)), got {self.variants!r}")
         parse_attributes(self.direction_attributes)
@@ -99,9 +99,7 @@ def load_trained(cfg: EvaluateConfig) -> Trained:
         trained_cfg = ReenactConfig(**data["config"])
         if encoder not in frozen_by_encoder:
             frozen_by_encoder[encoder] = load_frozen(trained_cfg)
-        model = build_model(trained_cfg, frozen_by_encoder[encoder])
-        model.encoder.load_state_dict(data["state_dict"])
-        reenactors[name] = Reenactor(model, frozen_by_encoder[encoder], condition)
+        reenactors[name] = Reenactor.from_config(trained_cfg, data, frozen_by_encoder[encoder])
         if (encoder, condition) == REFERENCE_VARIANT:
             base = dataclasses.replace(trained_cfg, seed=cfg.seed)
     return Trained(reenactors, base, frozen_by_encoder["e4e"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from megafr.config import build_config, require, study_path
+from megafr.config import build_config, require, require_at_least, study_path
 from megafr.datasets.prepare import SOURCES
 from megafr.errors import CheckpointError
 from megafr.face3d import headmodel
@@ -52,11 +52,10 @@ class FiguresConfig:
     threads: int  # torch intra-op threads (0: torch's default)
 
     def __post_init__(self):
-        for name in ("grid_sources", "grid_targets", "extreme_pairs", "control_sources", "frontal_inputs",
-                     "eye_sources", "fps", "video_scale"):
-            require(getattr(self, name) >= 1, f"figures.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("refine_steps", "max_refine", "talking_frames", "threads"):
-            require(getattr(self, name) >= 0, f"figures.{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least("figures", self, (("grid_sources", 1), ("grid_targets", 1), ("extreme_pairs", 1),
+                                           ("control_sources", 1), ("frontal_inputs", 1), ("eye_sources", 1),
+                                           ("fps", 1), ("video_scale", 1), ("refine_steps", 0), ("max_refine", 0),
+                                           ("talking_frames", 0), ("threads", 0)))
         require(self.source in SOURCES, f"figures.source must be one of {SOURCES} (prepare.source), got {self.source!r}")
         require(self.control_angles >= 2, f"figures.control_angles must be >= 2, got {self.control_angles}")
         require(0 < self.yaw_max_deg <= 90 and 0 < self.pitch_max_deg <= 90,
@@ -107,8 +106,8 @@ def load_reenactor(checkpoint: str | Path, *, generator_path: str, e4e_path: str
     latent discriminator and LPIPS, which only training needs, are not loaded.
     """
     path = study_path(checkpoint)
-    recorded = read_checkpoint(path)["config"]
-    values = {**recorded, "generator_path": generator_path, "e4e_path": e4e_path, "psp_path": psp_path,
+    data = read_checkpoint(path)
+    values = {**data["config"], "generator_path": generator_path, "e4e_path": e4e_path, "psp_path": psp_path,
               "face3d_path": face3d_path, "idnet_path": idnet_path, "model_path": model_path,
               "landmark_path": landmark_path, "out_dir": str(path.parent), "lambda_latent": 0.0, "lambda_lpips": 0.0}
     try:
@@ -118,7 +117,7 @@ def load_reenactor(checkpoint: str | Path, *, generator_path: str, e4e_path: str
     if checkpoint_path(cfg).resolve() != path.resolve():
         raise CheckpointError(f"{path}: a checkpoint of encoder {cfg.encoder!r} and condition {cfg.condition!r} must be "
                               f"named {checkpoint_path(cfg).name} (train_reenact's naming); rename it or pass that file")
-    return Reenactor.from_config(cfg)
+    return Reenactor.from_config(cfg, data)
 
 
 def use_threads(threads: int) -> int:

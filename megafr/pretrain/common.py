@@ -213,13 +213,6 @@ def resume_or_start(cfg, modules: dict[str, torch.nn.Module], optimizers: dict[s
     return start, end, curve, upstream
 
 
-def require_at_least(block: str, cfg, lows: tuple[tuple[str, int], ...]) -> None:
-    """``cfg.<name> >= low`` for each ``(name, low)``, else InputError naming ``<block>.<name>``."""
-    for name, low in lows:
-        value = getattr(cfg, name)
-        require(value >= low, f"{block}.{name} must be >= {low}, got {value}; fix it in params.yaml")
-
-
 RUN_RECORD_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from megafr.config import require, study_path
+from megafr.config import require, require_at_least, study_path
 from megafr.errors import InputError, MissingFileError
 from megafr.fileio import write_json
 from megafr.nets.checkpoints import load_arcface, save_arcface
@@ -98,7 +98,7 @@ class IdNetConfig(common.StageFolders):
             return
         require(self.input_size % 16 == 0 and self.input_size >= 16,
                 f"train_idnet.input_size must be a multiple of 16, got {self.input_size}")
-        common.require_at_least("train_idnet", self, (("width", 1), ("units", 1), ("embedding_dim", 1), ("steps", 1),
+        require_at_least("train_idnet", self, (("width", 1), ("units", 1), ("embedding_dim", 1), ("steps", 1),
                                                       ("batch_size", 2), ("checkpoint_every", 1), ("threads", 0)))
         require(self.margin >= 0 and self.scale > 0,
                 f"train_idnet.margin must be >= 0 and scale > 0, got {self.margin} and {self.scale}")

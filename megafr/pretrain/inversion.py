@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from megafr.config import require, study_path
+from megafr.config import require, require_at_least, study_path
 from megafr.errors import InputError
 from megafr.fileio import write_json
 from megafr.nets.checkpoints import load_arcface, load_e4e, load_psp, load_stylegan2, save_encoder
@@ -80,7 +80,7 @@ class InversionStageConfig(common.StageFolders):
         if self.mode == "official":
             require(bool(self.official_psp), "train_inversion.official_psp must name psp_ffhq_encode.pt in the paper profile")
             return
-        common.require_at_least("train_inversion", self, (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1),
+        require_at_least("train_inversion", self, (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1),
                                                           ("n_eval", 1), ("threads", 0)))
         require(self.lr > 0, f"train_inversion.lr must be positive, got {self.lr}")
         for name in ("lambda_l2", "lambda_id", "lambda_wnorm", "lambda_lpips"):

@@ -102,7 +102,7 @@ def load_reenactor(cfg: ReenactConfig) -> Reenactor:
         raise CheckpointError(f"{path} was trained with other settings than params.yaml (differing: "
                               f"{', '.join(differ[:6])}); {fix}")
     try:
-        return Reenactor.from_config(cfg)
+        return Reenactor.from_config(cfg, data)
     except RuntimeError as error:  # load_state_dict: weights of another architecture or size
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         detail = " ".join(lines[:2])  # "Error(s) in loading state_dict for X:" and the first mismatch

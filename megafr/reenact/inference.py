@@ -53,11 +53,16 @@ class Reenactor:
         self.device = frozen_device(frozen)
 
     @classmethod
-    def from_config(cls, cfg: ReenactConfig) -> "Reenactor":
-        """Load the frozen networks and the trained E_FR named by a ``train_reenact`` config."""
-        frozen = load_frozen(cfg)
+    def from_config(cls, cfg: ReenactConfig, checkpoint: Optional[dict] = None,
+                    frozen: Optional[Frozen] = None) -> "Reenactor":
+        """The trained E_FR named by a ``train_reenact`` config, with its frozen networks.
+
+        ``checkpoint``: that E_FR checkpoint when the caller has read it already (it is read here
+        otherwise); ``frozen``: networks already loaded for ``cfg`` (loaded here otherwise)."""
+        frozen = load_frozen(cfg) if frozen is None else frozen
         model = build_model(cfg, frozen)
-        model.encoder.load_state_dict(read_checkpoint(checkpoint_path(cfg))["state_dict"])
+        checkpoint = read_checkpoint(checkpoint_path(cfg)) if checkpoint is None else checkpoint
+        model.encoder.load_state_dict(checkpoint["state_dict"])
         return cls(model, frozen, cfg.condition)
 
     @torch.no_grad()
