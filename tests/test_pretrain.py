@@ -46,7 +46,7 @@ def _gen_cfg(out_dir, **overrides) -> ae.GeneratorStageConfig:
                   official_stylegan2="", official_e4e="", image_size=SIZE, style_dim=16, n_mlp=2, max_channels=16,
                   enc_width=4, enc_units=1, steps=4, batch_size=2,
                   swap_batch=2, swap_pool=8, lr_g=2e-3, lr_e=1e-3, lr_d=1e-3, lambda_l2=1.0, lambda_swap=1.0,
-                  lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, lambda_id=0.0, r1_gamma=1.0, ema_decay=0.9,
+                  lambda_lap=0.5, lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, lambda_id=0.0, r1_gamma=1.0, ema_decay=0.9,
                   idnet_path="", face3d_path="", n_eval=4, n_fd_samples=4, n_swap_eval=2,
                   checkpoint_every=1, threads=0, out_dir=str(out_dir / "products"))
     values.update(overrides)
@@ -137,6 +137,20 @@ def test_border_colour_reads_only_the_border():
 
 
 # ------------------------------------------------------------------------------ metrics
+def test_laplacian_l1_counts_each_scale_separately():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    i = torch.arange(32)
+    checker = ((i.view(-1, 1) + i.view(1, -1)) % 2 * 2 - 1).float() * 0.2  # finest detail, amplitude 0.2
+    assert float(ae.laplacian_l1(x, x)) == 0.0
+    assert float(ae.laplacian_l1(x, x + 0.3)) == pytest.approx(0.3, abs=1e-5)  # low-pass residual only
+    assert float(ae.laplacian_l1(x, x + checker)) == pytest.approx(0.2, abs=1e-5)  # finest band only
+    # Both errors at once: the pyramid adds them (0.5); a plain L1 lets the offset hide the detail
+    # (mean of |0.3 + 0.2| and |0.3 - 0.2| = 0.3).
+    assert float(ae.laplacian_l1(x, x + 0.3 + checker)) == pytest.approx(0.5, abs=1e-5)
+    assert float((0.3 + checker).abs().mean()) == pytest.approx(0.3, abs=1e-6)
+
+
 def test_psnr_ssim_known_values():
     x = torch.zeros(2, 3, 16, 16)
     y = x + 0.2  # 0.1 in [0, 1] units -> MSE 0.01 -> 20 dB

@@ -9,6 +9,7 @@ an image to W+ (offsets + ``latent_avg``), the generator's synthesis network ``G
 both learn together from
 
     L = lambda_l2 * |G(E(x)) - x|^2                              reconstruction (pixel L2)
+      + lambda_lap * Lap1(G(E(x)), x) [+ the same for the swap targets]   Laplacian-pyramid L1
       + lambda_swap * |G(mix(E(x_B), E(x_A))) - r(B geom, A colour)|^2    layer semantics
       + lambda_latent * softplus(-D_latent(E(x)))                 codes stay in the mapping's distribution
       + lambda_delta * mean_i |w_i - w_0|_2                       e4e's delta regularisation
@@ -33,13 +34,25 @@ both learn together from
 - **No image discriminator.** An adversarial image loss was left out: in this budget a step of G
   and D together costs about twice an autoencoder step, for sharper but not more faithful
   reconstructions; the targets here are inversion fidelity and the layer structure.
-- **Identity term, off on mini.** ``lambda_id > 0`` adds the frozen identity network of
-  ``train_idnet`` (pSp's ``IDLoss`` recipe, ``megafr.nets.identity``) comparing each reconstruction
-  with its input. Measured on mini (3000 steps, batch 4): with ``lambda_id = 0.5`` the test
-  inversions got *worse* on every count (PSNR 18.3 dB, ID similarity 0.078, layer-swap yaw within
-  10 degrees for 45 % of pairs) against 21.1 dB, 0.061 and 84 % at 1500 steps without it: the
-  identity gradient of a 32 px network overrides the pixel term of a generator this small. So
-  the profiles leave it at 0; the pSp encoder of ``train_inversion`` uses the identity term.
+- **Sharper terms: Laplacian-pyramid L1 and a light identity term.** Pixel L2 alone leaves the
+  heads as featureless blobs. ``lambda_lap`` adds the Laplacian-pyramid L1 of Bojanowski et al.
+  (2018, GLO), a standard sharper substitute for L2 when no perceptual network is available (LPIPS's
+  backbone cannot be downloaded here), on the reconstructions and the swap targets; ``lambda_id``
+  adds the frozen identity network of ``train_idnet`` (pSp's and e4e's ``IDLoss`` recipe,
+  ``megafr.nets.identity``). Measured on mini (batch 16, 3000 steps, 256 test images; "independent"
+  is an identity network trained with another seed that no stage uses):
+
+  | recipe | PSNR | SSIM | ID sim | ID sim to another image | ID sim, independent net |
+  |---|---|---|---|---|---|
+  | L2 only | 23.06 dB | 0.706 | 0.136 | 0.065 | 0.150 |
+  | + Lap1 0.5 + ID 0.1 | 23.38 dB | 0.730 | 0.385 | 0.198 | 0.369 |
+
+  At 800 steps Lap1 alone lifted SSIM from 0.578 to 0.614 and PSNR by 0.2 dB. A larger identity
+  weight hurt: ``lambda_id = 0.5`` (batch 4, the earlier sharp-trained identity network) made every
+  count worse (18.3 dB, ID 0.078, layer-swap yaw within 10 degrees for 45 % of pairs). Halving
+  ``lambda_latent`` as well was no better beyond noise (23.46 dB, ID 0.404), so e4e's latent term
+  keeps its weight. The identity term trains against the network that also measures ID similarity,
+  as e4e and pSp do with ArcFace; the independent network's column is the check on that.
 - **Images seen, not width, limit the mini generator.** Measured on mini (e4e inversions of 256
   test images; one step also decodes 2 swap pairs): batch 4 x 3000 steps gave 22.2 dB (0.17 s a
   step), batch 16 x 3000 steps 23.1 dB (0.25 s a step on 2 quiet cores: four times the images
@@ -71,6 +84,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from kornia.geometry.transform import build_laplacian_pyramid
 from tqdm.auto import tqdm
 
 from megafr.config import require, study_path
@@ -91,8 +105,9 @@ SWAP_POOL_FILE = "swap_pool.npz"
 MEAN_LATENT_SAMPLES = 4096  # z samples averaged into latent_avg
 ADAM_BETAS_G = (0.0, 0.99)  # StyleGAN2's Adam betas (generator, discriminator)
 ADAM_BETAS_E = (0.9, 0.999)  # encoder
+LAP_LEVELS = 4  # Laplacian-pyramid levels (64 px: bands at 64, 32, 16 and the 8 px residual)
 CURVE_POINTS = 150  # about this many rows in the training curve
-LOSS_TERMS = ("l2", "swap", "latent", "delta", "lpips", "id", "d_latent", "r1")
+LOSS_TERMS = ("l2", "lap", "swap", "latent", "delta", "lpips", "id", "d_latent", "r1")
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,7 @@ class GeneratorStageConfig(common.StageFolders):
     lr_d: float  # latent-discriminator learning rate
     lambda_l2: float  # pixel L2 reconstruction weight
     lambda_swap: float  # layer-swap supervision weight
+    lambda_lap: float  # Laplacian-pyramid L1 weight (reconstructions and swap targets; 0: off)
     lambda_latent: float  # encoder's adversarial latent loss weight
     lambda_delta: float  # e4e delta regularisation weight
     lambda_lpips: float  # LPIPS weight (used only when LPIPS's backbone weights are present)
@@ -208,6 +224,17 @@ def latent_d_loss(latent_d: LatentCodesDiscriminator, real_w: torch.Tensor, fake
         r1 = grad.square().sum(1).mean()
         loss = loss + r1_gamma / 2 * r1
     return loss, {"d_latent": float(loss.detach()), "r1": float(r1.detach())}
+
+
+def laplacian_l1(x: torch.Tensor, y: torch.Tensor, levels: int = LAP_LEVELS) -> torch.Tensor:
+    """Laplacian-pyramid L1 (Bojanowski et al. 2018): sum over levels of the mean |band(x) - band(y)|.
+
+    kornia builds the pyramids (``levels`` levels, the last one the low-pass residual). Each level is
+    averaged over its own pixels, so an error counts once at each scale where it lives: fine detail
+    is not hidden under a coarse colour error, as it partly is in a plain pixel loss. x, y [B, C, H, W]
+    """
+    bands_x, bands_y = build_laplacian_pyramid(x, levels), build_laplacian_pyramid(y, levels)
+    return sum((bx - by).abs().mean() for bx, by in zip(bands_x, bands_y))
 
 
 def encoder_latent_loss(latent_d: LatentCodesDiscriminator, codes: torch.Tensor) -> torch.Tensor:
@@ -335,6 +362,9 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         out = nets.generator.synthesis(decode, noise)  # [B + 2P, 3, S, S]
         terms = {"l2": F.mse_loss(out[:n_a], x[:n_a])}
         terms["swap"] = F.mse_loss(out[n_a:], truth) if cfg.swap_batch else out.new_zeros(())
+        terms["lap"] = out.new_zeros(())
+        if cfg.lambda_lap:
+            terms["lap"] = laplacian_l1(out[:n_a], x[:n_a]) + (laplacian_l1(out[n_a:], truth) if cfg.swap_batch else 0)
         terms["latent"] = encoder_latent_loss(nets.latent_d, codes) if cfg.lambda_latent else out.new_zeros(())
         terms["delta"] = delta_loss(codes)
         terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else out.new_zeros(())
@@ -385,7 +415,7 @@ def save_products(cfg: GeneratorStageConfig, nets: Networks) -> dict[str, str]:
     """Write ``stylegan2.pt`` and ``e4e.pt`` in the official layouts and ``products.json``; return the paths."""
     folder = cfg.folder
     save_stylegan2(folder / STYLEGAN_FILE, nets.g_ema, nets.latent_avg, g=nets.generator)
-    opts = {"dataset_type": "synthheads", "lambda_l2": cfg.lambda_l2, "lambda_swap": cfg.lambda_swap,
+    opts = {"dataset_type": "synthheads", "lambda_l2": cfg.lambda_l2, "lambda_swap": cfg.lambda_swap, "lambda_lap": cfg.lambda_lap,
             "lambda_latent": cfg.lambda_latent, "lambda_delta": cfg.lambda_delta, "lambda_lpips": cfg.lambda_lpips,
             "lambda_id": cfg.lambda_id, "id_lambda": cfg.lambda_id, "w_discriminator_lambda": cfg.lambda_latent, "delta_norm_lambda": cfg.lambda_delta}
     save_encoder(folder / E4E_FILE, e4e_net(nets), opts=opts, discriminator=nets.latent_d)
