@@ -385,6 +385,18 @@ def test_checkpoint_of_other_code_or_config_is_not_resumed(tmp_path, images, mon
     assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
 
 
+def test_generator_checkpoint_is_not_resumed_over_another_identity_network(tmp_path, images, pool):
+    weights = tmp_path / "idnet.pt"
+    weights.write_bytes(b"first identity network")
+    cfg = _gen_cfg(tmp_path, idnet_path=str(weights))
+    ae.train_generator(cfg, images, pool, progress=False, stop_after=2)
+    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
+    weights.write_bytes(b"retrained identity network")  # the lambda_id term would now pull elsewhere
+    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
+    weights.write_bytes(b"first identity network")
+    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
+
+
 def test_official_mode_only_validates_the_given_files(tmp_path, images, pool):
     import json
 

@@ -93,7 +93,7 @@ import torch.nn.functional as F
 from kornia.geometry.transform import build_laplacian_pyramid
 from tqdm.auto import tqdm
 
-from megafr.config import require, study_path
+from megafr.config import require, study_files_digest, study_path
 from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
 from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
@@ -177,6 +177,12 @@ class GeneratorStageConfig(common.StageFolders):
         require(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
 
+
+    def upstream_digest(self) -> str:
+        """Digest of the files the weights depend on besides the config: the identity network (the
+        ``lambda_id`` term) and the training split; a checkpoint is resumed only over the same files."""
+        split = f"{self.data_dir}/train"
+        return study_files_digest((self.idnet_path, f"{split}/images.npy", f"{split}/meta.parquet"))
 
     @property
     def n_latent(self) -> int:
