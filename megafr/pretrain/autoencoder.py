@@ -103,7 +103,6 @@ from megafr.nets.stylegan2 import Generator
 from megafr.pretrain import common
 from megafr.pretrain.latent_structure import mix_codes, render_swap_set, swap_pairs
 
-MODES = ("train", "official")
 STYLEGAN_FILE = "stylegan2.pt"
 E4E_FILE = "e4e.pt"
 PRODUCTS_FILE = "products.json"
@@ -163,10 +162,8 @@ class GeneratorStageConfig(common.StageFolders):
     run_dir: str = ""  # set by a sweep: write under <run_dir>/train_generator instead
 
     def __post_init__(self):
-        require(self.mode in MODES, f"train_generator.mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "official":
-            require(bool(self.official_stylegan2) and bool(self.official_e4e),
-                    "train_generator.official_stylegan2 and official_e4e must name the released files in the paper profile")
+        if common.official_mode(self, ("official_stylegan2", "official_e4e"),
+                                "stylegan2-ffhq-config-f.pt and e4e_ffhq_encode.pt"):
             return
         require(self.image_size >= 16 and self.image_size & (self.image_size - 1) == 0,
                 f"train_generator.image_size must be a power of two >= 16, got {self.image_size}")

@@ -217,6 +217,20 @@ RUN_RECORD_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+MODES = ("train", "official")  # train: the mini and smoke worlds; official: validate the paper's released files
+
+
+def official_mode(cfg, official_fields: tuple[str, ...], released: str) -> bool:
+    """Check ``cfg.mode`` of a pretraining stage config; True in official mode (the paper profile), once
+    the ``official_fields`` name the released files (``released``: their names, for the message)."""
+    require(cfg.mode in MODES, f"{cfg.STAGE}.mode must be one of {MODES}, got {cfg.mode!r}")
+    if cfg.mode != "official":
+        return False
+    names = " and ".join(f"{cfg.STAGE}.{name}" for name in official_fields)
+    require(all(getattr(cfg, name) for name in official_fields), f"{names} must name {released} in the paper profile")
+    return True
+
+
 class StageFolders:
     """Mixin of the stage configs (which have ``out_dir`` and ``run_dir``): where a stage's products
     and its resume checkpoint go. Subclasses name their stage in ``STAGE``."""

@@ -56,7 +56,6 @@ from megafr.nets.irse import ArcFace, ArcFaceConfig
 from megafr.pretrain import common
 from megafr.pretrain.metrics import identity_embeddings, tar_at_far, verification_pairs
 
-MODES = ("train", "official")  # train: mini / smoke worlds; official: validate the paper's file
 PRODUCT_FILE = "arcface.pt"
 PRODUCTS_FILE = "products.json"  # names the file later stages use (own product or the official one)
 FARS = (1e-3, 1e-2)  # false accept rates at which TAR is reported
@@ -92,9 +91,7 @@ class IdNetConfig(common.StageFolders):
     run_dir: str = ""  # set by a sweep: write under <run_dir>/train_idnet instead
 
     def __post_init__(self):
-        require(self.mode in MODES, f"train_idnet.mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "official":
-            require(bool(self.official_path), "train_idnet.official_path must name model_ir_se50.pth in the paper profile")
+        if common.official_mode(self, ("official_path",), "model_ir_se50.pth"):
             return
         require(self.input_size % 16 == 0 and self.input_size >= 16,
                 f"train_idnet.input_size must be a multiple of 16, got {self.input_size}")

@@ -38,7 +38,6 @@ from megafr.nets.encoders import GradualStyleEncoder, InversionNet
 from megafr.nets.identity import identity_similarity
 from megafr.pretrain import common
 
-MODES = ("train", "official")
 PSP_FILE = "psp.pt"
 PRODUCTS_FILE = "products.json"
 BACKBONE_PREFIXES = ("input_layer.", "body.", "latlayer1.", "latlayer2.")  # weights taken over from e4e
@@ -76,9 +75,7 @@ class InversionStageConfig(common.StageFolders):
     run_dir: str = ""  # set by a sweep: write under <run_dir>/train_inversion instead
 
     def __post_init__(self):
-        require(self.mode in MODES, f"train_inversion.mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "official":
-            require(bool(self.official_psp), "train_inversion.official_psp must name psp_ffhq_encode.pt in the paper profile")
+        if common.official_mode(self, ("official_psp",), "psp_ffhq_encode.pt"):
             return
         require_at_least("train_inversion", self, (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1),
                                                           ("n_eval", 1), ("threads", 0)))
