@@ -62,6 +62,14 @@ def _id_cfg(out_dir, **overrides) -> idnet.IdNetConfig:
     return idnet.IdNetConfig(**values)
 
 
+def _psp_cfg(out_dir, **overrides) -> inversion.InversionStageConfig:
+    values = dict(profile="smoke", seed=2, mode="train", data_dir="unused", stylegan2_path="", e4e_path="",
+                  idnet_path="", official_psp="", steps=4, batch_size=4, lr=1e-3, lambda_l2=1.0, lambda_id=0.1,
+                  lambda_wnorm=1e-3, lambda_lpips=0.0, n_eval=4, checkpoint_every=1, threads=0,
+                  out_dir=str(out_dir / "products"))
+    values.update(overrides)
+    return inversion.InversionStageConfig(**values)
+
 def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -145,10 +153,9 @@ def test_laplacian_l1_counts_each_scale_separately():
     assert float(ae.laplacian_l1(x, x)) == 0.0
     assert float(ae.laplacian_l1(x, x + 0.3)) == pytest.approx(0.3, abs=1e-5)  # low-pass residual only
     assert float(ae.laplacian_l1(x, x + checker)) == pytest.approx(0.2, abs=1e-5)  # finest band only
-    # Both errors at once: the pyramid adds them (0.5); a plain L1 lets the offset hide the detail
-    # (mean of |0.3 + 0.2| and |0.3 - 0.2| = 0.3).
+    # Both errors at once: the pyramid adds them (0.5), where a plain L1 would let the offset hide
+    # the detail (the mean of |0.3 + 0.2| and |0.3 - 0.2| is 0.3).
     assert float(ae.laplacian_l1(x, x + 0.3 + checker)) == pytest.approx(0.5, abs=1e-5)
-    assert float((0.3 + checker).abs().mean()) == pytest.approx(0.3, abs=1e-6)
 
 
 def test_psnr_ssim_known_values():
@@ -217,6 +224,17 @@ def test_config_refuses_bad_values(tmp_path):
         _id_cfg(tmp_path, input_size=20)
     with pytest.raises(InputError):
         _id_cfg(tmp_path, blur_sigma_max=-1.0)
+    with pytest.raises(InputError, match="lambda_lap"):
+        _gen_cfg(tmp_path, lambda_lap=-0.5)
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda tmp: _gen_cfg(tmp, mode="official", official_stylegan2="g.pt"), "official_e4e"),
+    (lambda tmp: _id_cfg(tmp, mode="official"), "official_path"),
+    (lambda tmp: _psp_cfg(tmp, mode="official"), "official_psp")])
+def test_official_mode_names_the_missing_released_file(tmp_path, make, field):
+    with pytest.raises(InputError, match=f"{field}.*must name .* in the paper profile"):
+        make(tmp_path)
 
 
 def test_idnet_blur_augmentation():
@@ -262,6 +280,9 @@ def test_generator_identity_term_needs_the_network_and_leaves_it_frozen(tmp_path
     assert all(torch.equal(frozen[k], v) for k, v in ident.state_dict().items())
     assert all(p.grad is None for p in ident.parameters())
     assert (result.curve["id"] > 0).all()  # the term is logged, and non-zero for imperfect reconstructions
+    assert (result.curve["lap"] > 0).all()  # so is the Laplacian-pyramid term
+    no_swap = ae.train_generator(_gen_cfg(tmp_path / "ns", steps=1, swap_batch=0), images, None, progress=False)
+    assert (no_swap.curve["lap"] > 0).all() and (no_swap.curve["swap"] == 0).all()
 
 
 def test_generator_resume_equals_uninterrupted(tmp_path, images, pool):
@@ -338,10 +359,7 @@ def test_psp_trains_encoder_only_resumes_exactly_and_loads(tmp_path, images, poo
     ident = idnet.ArcFace(_id_cfg(Path("unused")).arcface_config()).eval()
 
     def cfg(out):
-        return inversion.InversionStageConfig(
-            profile="smoke", seed=2, mode="train", data_dir="unused", stylegan2_path="", e4e_path="", idnet_path="",
-            official_psp="", steps=4, batch_size=4, lr=1e-3, lambda_l2=1.0, lambda_id=0.1, lambda_wnorm=1e-3,
-            lambda_lpips=0.0, n_eval=4, checkpoint_every=1, threads=0, out_dir=str(tmp_path / out / "products"))
+        return _psp_cfg(tmp_path / out)
 
     def fresh():
         g, _ = load_stylegan2(products["stylegan2"])
@@ -385,16 +403,27 @@ def test_checkpoint_of_other_code_or_config_is_not_resumed(tmp_path, images, mon
     assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
 
 
-def test_generator_checkpoint_is_not_resumed_over_another_identity_network(tmp_path, images, pool):
-    weights = tmp_path / "idnet.pt"
+def test_generator_checkpoint_is_not_resumed_over_other_input_files(tmp_path, images, pool):
+    weights, split = tmp_path / "idnet.pt", tmp_path / "data" / "train"
+    split.mkdir(parents=True)
     weights.write_bytes(b"first identity network")
-    cfg = _gen_cfg(tmp_path, idnet_path=str(weights))
-    ae.train_generator(cfg, images, pool, progress=False, stop_after=2)
+    (split / "images.npy").write_bytes(b"first split")
+    ident = idnet.ArcFace(_id_cfg(Path("unused")).arcface_config()).eval()
+    cfg = _gen_cfg(tmp_path / "g", idnet_path=str(weights), data_dir=str(tmp_path / "data"), lambda_id=0.1)
+    ae.train_generator(cfg, images, pool, progress=False, stop_after=2, idnet=ident)
     assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
     weights.write_bytes(b"retrained identity network")  # the lambda_id term would now pull elsewhere
     assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
     weights.write_bytes(b"first identity network")
     assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
+    (split / "images.npy").write_bytes(b"re-prepared split")
+    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
+    # without the identity term the identity network does not shape the weights, so it is not checked
+    (split / "images.npy").write_bytes(b"first split")
+    cfg0 = replace(cfg, out_dir=str(tmp_path / "g0"), lambda_id=0.0)
+    ae.train_generator(cfg0, images, pool, progress=False, stop_after=2)
+    weights.write_bytes(b"retrained identity network")
+    assert common.try_resume(cfg0.checkpoint_path, cfg0, cfg0.steps)["step"] == 2
 
 
 def test_official_mode_only_validates_the_given_files(tmp_path, images, pool):

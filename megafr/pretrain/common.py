@@ -171,7 +171,8 @@ def read_training_state(path: Path) -> dict:
 
 def try_resume(path: Path, cfg, steps: int, upstream: Optional[str] = None) -> Optional[dict]:
     """The checkpoint at ``path`` if it was written by a run with the same configuration, code and
-    input files (``UPSTREAM``; ``upstream``: their digest when the caller has taken it already), else None."""
+    input files (``cfg.upstream_digest()``, by default the ``UPSTREAM`` fields; ``upstream``: their digest
+    when the caller has taken it already), else None."""
     if not path.is_file():
         return None
     try:
