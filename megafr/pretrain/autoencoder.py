@@ -114,6 +114,7 @@ ADAM_BETAS_E = (0.9, 0.999)  # encoder
 LAP_LEVELS = 4  # Laplacian-pyramid levels (64 px: bands at 64, 32, 16 and the 8 px residual)
 CURVE_POINTS = 150  # about this many rows in the training curve
 LOSS_TERMS = ("l2", "lap", "swap", "latent", "delta", "lpips", "id", "d_latent", "r1")
+LAMBDA_TERMS = LOSS_TERMS[:-2]  # the weighted terms of the G + E loss (lambda_<term>); D's terms are unweighted
 
 
 @dataclass(frozen=True)
@@ -168,14 +169,12 @@ class GeneratorStageConfig(common.StageFolders):
             return
         require(self.image_size >= 16 and self.image_size & (self.image_size - 1) == 0,
                 f"train_generator.image_size must be a power of two >= 16, got {self.image_size}")
-        require(self.enc_width >= 1 and self.enc_units >= 1, "train_generator.enc_width and enc_units must be >= 1")
-        require(self.steps >= 1 and self.batch_size >= 1 and self.swap_batch >= 0, "steps, batch_size >= 1, swap_batch >= 0")
+        require_at_least("train_generator", self, (
+            ("enc_width", 1), ("enc_units", 1), ("steps", 1), ("batch_size", 1), ("swap_batch", 0),
+            ("checkpoint_every", 1), *((f"lambda_{term}", 0) for term in LAMBDA_TERMS)))
         require(self.swap_batch == 0 or self.swap_pool >= self.swap_batch,
                 f"swap_pool ({self.swap_pool}) must hold at least swap_batch ({self.swap_batch}) pairs")
-        require(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
-        require_at_least("train_generator", self, tuple((f"lambda_{term}", 0) for term in
-                                                        ("l2", "lap", "swap", "latent", "delta", "lpips", "id")))
+        require(0 <= self.ema_decay < 1, f"train_generator.ema_decay must lie in [0, 1), got {self.ema_decay}")
 
     def upstream_digest(self) -> str:
         """Digest of the files the weights depend on besides the config (overrides ``UPSTREAM``): the
@@ -380,9 +379,8 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         out = nets.generator.synthesis(decode, noise)  # [B + 2P, 3, S, S]
         terms = {"l2": F.mse_loss(out[:n_a], x[:n_a])}
         terms["swap"] = F.mse_loss(out[n_a:], truth) if cfg.swap_batch else out.new_zeros(())
-        terms["lap"] = out.new_zeros(())
-        if cfg.lambda_lap:
-            terms["lap"] = laplacian_l1(out[:n_a], x[:n_a]) + (laplacian_l1(out[n_a:], truth) if cfg.swap_batch else 0)
+        terms["lap"] = (laplacian_l1(out[:n_a], x[:n_a]) + (laplacian_l1(out[n_a:], truth) if cfg.swap_batch else 0)
+                        if cfg.lambda_lap else out.new_zeros(()))
         terms["latent"] = encoder_latent_loss(nets.latent_d, codes) if cfg.lambda_latent else out.new_zeros(())
         terms["delta"] = delta_loss(codes)
         terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else out.new_zeros(())
@@ -433,9 +431,10 @@ def save_products(cfg: GeneratorStageConfig, nets: Networks) -> dict[str, str]:
     """Write ``stylegan2.pt`` and ``e4e.pt`` in the official layouts and ``products.json``; return the paths."""
     folder = cfg.folder
     save_stylegan2(folder / STYLEGAN_FILE, nets.g_ema, nets.latent_avg, g=nets.generator)
-    opts = {"dataset_type": "synthheads", "lambda_l2": cfg.lambda_l2, "lambda_swap": cfg.lambda_swap, "lambda_lap": cfg.lambda_lap,
-            "lambda_latent": cfg.lambda_latent, "lambda_delta": cfg.lambda_delta, "lambda_lpips": cfg.lambda_lpips,
-            "lambda_id": cfg.lambda_id, "id_lambda": cfg.lambda_id, "w_discriminator_lambda": cfg.lambda_latent, "delta_norm_lambda": cfg.lambda_delta}
+    opts = {"dataset_type": "synthheads", "lambda_l2": cfg.lambda_l2, "lambda_swap": cfg.lambda_swap,
+            "lambda_lap": cfg.lambda_lap, "lambda_latent": cfg.lambda_latent, "lambda_delta": cfg.lambda_delta,
+            "lambda_lpips": cfg.lambda_lpips, "lambda_id": cfg.lambda_id, "id_lambda": cfg.lambda_id,
+            "w_discriminator_lambda": cfg.lambda_latent, "delta_norm_lambda": cfg.lambda_delta}
     save_encoder(folder / E4E_FILE, e4e_net(nets), opts=opts, discriminator=nets.latent_d)
     products = {"stylegan2": str(folder / STYLEGAN_FILE), "e4e": str(folder / E4E_FILE)}
     write_json(folder / PRODUCTS_FILE, products)

@@ -132,15 +132,11 @@ def resume_key(cfg) -> dict:
     return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUME_FREE_FIELDS}
 
 
-def _upstream(cfg) -> str:
-    """The digest of a stage config's input files ("" for configs without any)."""
-    return cfg.upstream_digest() if isinstance(cfg, StageFolders) else ""
-
-
 def save_training_state(path: Path, cfg, step: int, modules: dict[str, torch.nn.Module],
                         optimizers: dict[str, torch.optim.Optimizer], curve: list[dict], upstream: str,
                         extra: Optional[dict] = None) -> None:
-    """Write ``{"state_dict": {name: weights}, "config", "step", "optimizers", "rng", "curve"}`` atomically."""
+    """Write ``{"state_dict": {name: weights}, "config", "step", "optimizers", "rng", "curve", "code",
+    "upstream"}`` (+ ``extra``) atomically."""
     data = {
         "state_dict": {name: module.state_dict() for name, module in modules.items()},
         "config": asdict(cfg),
@@ -182,7 +178,7 @@ def try_resume(path: Path, cfg, steps: int, upstream: Optional[str] = None) -> O
     saved = {k: v for k, v in data["config"].items() if k not in RESUME_FREE_FIELDS}
     wanted = resume_key(cfg)
     same = saved == {k: (list(v) if isinstance(v, tuple) else v) for k, v in wanted.items()} or saved == wanted
-    upstream = _upstream(cfg) if upstream is None else upstream
+    upstream = cfg.upstream_digest() if upstream is None else upstream
     same = same and data.get("code") == code_digest() and data.get("upstream", "") == upstream
     return data if same and 0 < int(data["step"]) <= steps else None
 
@@ -205,7 +201,7 @@ def resume_or_start(cfg, modules: dict[str, torch.nn.Module], optimizers: dict[s
     The end is ``cfg.steps``, or ``stop_after`` steps after the start (an interruption, for tests).
     """
     start, curve = 0, []
-    upstream = _upstream(cfg)  # the input files are hashed once per run, not at every checkpoint
+    upstream = cfg.upstream_digest()  # the input files are hashed once per run, not at every checkpoint
     saved = try_resume(cfg.checkpoint_path, cfg, cfg.steps, upstream)
     if saved is not None:
         start = restore(saved, modules, optimizers)

@@ -78,10 +78,9 @@ class InversionStageConfig(common.StageFolders):
         if common.official_mode(self, ("official_psp",), "psp_ffhq_encode.pt"):
             return
         require_at_least("train_inversion", self, (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1),
-                                                          ("n_eval", 1), ("threads", 0)))
+                                                   ("n_eval", 1), ("threads", 0), ("lambda_l2", 0), ("lambda_id", 0),
+                                                   ("lambda_wnorm", 0), ("lambda_lpips", 0)))
         require(self.lr > 0, f"train_inversion.lr must be positive, got {self.lr}")
-        for name in ("lambda_l2", "lambda_id", "lambda_wnorm", "lambda_lpips"):
-            require(getattr(self, name) >= 0, f"train_inversion.{name} must be >= 0, got {getattr(self, name)}")
 
 
 
