@@ -107,7 +107,7 @@ def face3d(settings: Settings) -> dict:
 def identity_net(settings: Settings) -> dict:
     """train_idnet: IR-SE ArcFace with the additive angular margin head."""
     cfg = idnet_config(settings, checkpoint_every=NO_CHECKPOINT, threads=0)
-    n_classes = int(profile_params(settings)["prepare"]["n_train_identities"])
+    n_classes = int(profile_params(settings)["prepare"]["n_idnet_identities"])
     n = max(_data_size(cfg.batch_size), n_classes)
     images = random_images(n, image_size(settings))
     identity = np.arange(n) % n_classes

@@ -51,7 +51,8 @@ def study(tmp_path_factory, tiny_frozen):
     head = root / "prepare" / "head_model"
     prep = PrepareConfig(profile="smoke", seed=0, model_path=str(head / headmodel.MODEL_FILE),
                          landmark_path=str(head / headmodel.LANDMARK_FILE), source="synthetic", image_size=TINY_SIZE,
-                         n_train_identities=2, n_test_identities=3, images_per_identity=3, n_cross_pairs=6,
+                         n_train_identities=2, n_test_identities=3, images_per_identity=3, n_idnet_identities=2,
+                         idnet_images_per_identity=2, n_cross_pairs=6,
                          n_self_pairs=1, n_frontal=4, n_eye_sources=2, talking_frames=6, max_yaw_deg=60.0,
                          max_pitch_deg=30.0, max_roll_deg=15.0, photos_dir="", out_dir=str(root / "prepare"))
     build_synthheads(prep)

@@ -45,6 +45,20 @@ def test_splits_are_disjoint_by_identity(built):
     assert summary["counts"]["train_identities"] == cfg.n_train_identities
 
 
+def test_recognition_set_holds_other_identities(built):
+    cfg, summary = built
+    images, table = load_split(cfg, "recognition")
+    _, train = load_split(cfg, "train")
+    _, test = load_split(cfg, "test")
+    labels = set(table["identity"])
+    assert len(labels) == cfg.n_idnet_identities and labels.isdisjoint(set(train["identity"]) | set(test["identity"]))
+    assert (table.groupby("identity").size() == cfg.idnet_images_per_identity).all()
+    assert images.shape == (len(table), cfg.image_size, cfg.image_size, 3)
+    shape = table[[c for c in table.columns if c.startswith("shape_")]].to_numpy()
+    assert len(np.unique(shape, axis=0)) == cfg.n_idnet_identities  # one head shape per identity, none shared
+    assert summary["counts"]["recognition_images"] == len(table)
+
+
 def test_table_holds_the_full_ground_truth(built):
     cfg, _ = built
     _, table = load_split(cfg, "train")
@@ -91,6 +105,15 @@ def test_same_params_give_byte_identical_files(built, tmp_path):
     assert _digests(cfg.data_dir) == _digests(again.data_dir)
 
 
+def test_recognition_set_size_leaves_the_other_sets_unchanged(built, tmp_path):
+    cfg, _ = built
+    bigger = _config(tmp_path / "prepare", talking_frames=8, n_idnet_identities=cfg.n_idnet_identities + 3)
+    run_prepare(bigger)
+    before, after = _digests(cfg.data_dir), _digests(bigger.data_dir)
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"recognition/images.npy", "recognition/meta.parquet"}
+
+
 def test_bad_params_are_refused(tmp_path):
     with pytest.raises(InputError, match="image_size"):
         _config(tmp_path, image_size=8)
@@ -98,3 +121,5 @@ def test_bad_params_are_refused(tmp_path):
         _config(tmp_path, source="video")
     with pytest.raises(InputError, match="photos_dir"):
         _config(tmp_path, source="photos", photos_dir=str(tmp_path / "missing"))
+    with pytest.raises(InputError, match="n_idnet_identities"):
+        _config(tmp_path, n_idnet_identities=1)

@@ -8,6 +8,7 @@ train/images.npy            uint8 [N, S, S, 3]
 train/masks.npy             uint8 [N, S, S], 1 where the head covers the pixel (silhouette ground truth)
 train/meta.parquet          one row per image: identity, shape, expression, pose, camera, light, landmarks
 test/...                    test identities, never seen in training
+recognition/                images.npy, meta.parquet: the face-recognition training set (see below)
 eval/cross/                 source.npy, target.npy, truth.npy, pairs.parquet (cross-reenactment)
 eval/self/                  same for self-reenactment
 eval/frontal/               source.npy, truth.npy, pairs.parquet
@@ -15,6 +16,12 @@ eval/eyes/                  source.npy (closed eyes), truth.npy (opened, source-
 eval/talking/               driving.npy, truth.npy, frames.parquet
 photos/                     aligned photos, landmarks.parquet, rejects.csv (photos source only)
 ```
+
+``recognition/`` is the mini world's stand-in for the face-recognition data the paper's ArcFace was
+trained on (MS1M, about 85,000 people, a different data set from FFHQ): many more identities than
+the train split, with fewer images each (``n_idnet_identities`` x ``idnet_images_per_identity``),
+disjoint from the train and the test identities. Only ``train_idnet`` reads it; what it changed is
+measured in ``megafr.pretrain.idnet``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from megafr.fileio import atomic_write
 
 SOURCES = ("synthetic", "photos")
 # Independent random streams, so that adding an evaluation set never changes the training images.
-STREAMS = ("train", "test", "cross", "self", "frontal", "eyes", "talking")
+STREAMS = ("train", "test", "cross", "self", "frontal", "eyes", "talking", "recognition")
 YAW_BIN_DEG = 10.0
 
 
@@ -46,6 +53,8 @@ class PrepareConfig:
     n_train_identities: int  # identities in the training split
     n_test_identities: int  # identities in the test split (disjoint from training)
     images_per_identity: int  # images rendered per identity
+    n_idnet_identities: int  # identities of the face-recognition training set (disjoint from train and test)
+    idnet_images_per_identity: int  # images rendered per identity of that set
     n_cross_pairs: int  # cross-reenactment evaluation pairs
     n_self_pairs: int  # self-reenactment evaluation pairs
     n_frontal: int  # frontalization evaluation sources
@@ -65,6 +74,10 @@ class PrepareConfig:
             for name in ("n_train_identities", "n_test_identities"):
                 require(getattr(self, name) >= 2, f"prepare.{name} must be at least 2 for SynthHeads")
             require(self.images_per_identity >= 2, "prepare.images_per_identity must be at least 2 (self pairs)")
+            require(self.n_idnet_identities >= 2 and self.idnet_images_per_identity >= 2,
+                    "prepare.n_idnet_identities and prepare.idnet_images_per_identity must be at least 2 "
+                    f"(the identity network learns from pairs), got {self.n_idnet_identities} and "
+                    f"{self.idnet_images_per_identity}")
             for name in ("n_cross_pairs", "n_self_pairs", "n_frontal", "n_eye_sources", "talking_frames"):
                 require(getattr(self, name) >= 1, f"prepare.{name} must be positive, got {getattr(self, name)}")
             require(0 < self.max_yaw_deg <= 90 and 0 < self.max_pitch_deg < 90 and 0 <= self.max_roll_deg < 90,
@@ -118,18 +131,20 @@ def build_synthheads(cfg: PrepareConfig) -> dict:
     world = sh.HeadWorld(files.model_path, files.landmark_path, cfg.image_size)
     streams = dict(zip(STREAMS, (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(len(STREAMS)))))
 
-    splits = {
-        "train": np.arange(cfg.n_train_identities),
-        "test": cfg.n_train_identities + np.arange(cfg.n_test_identities),
+    n_split = cfg.n_train_identities + cfg.n_test_identities
+    splits = {  # split: (identity labels, images per identity, write masks)
+        "train": (np.arange(cfg.n_train_identities), cfg.images_per_identity, True),
+        "test": (cfg.n_train_identities + np.arange(cfg.n_test_identities), cfg.images_per_identity, True),
+        "recognition": (n_split + np.arange(cfg.n_idnet_identities), cfg.idnet_images_per_identity, False),
     }
     tables: dict[str, pd.DataFrame] = {}
     test_params = None
-    for split, identities in splits.items():
-        params = sh.sample_split(world, streams[split], identities, cfg.images_per_identity, cfg.bounds)
+    for split, (identities, per_identity, with_masks) in splits.items():
+        params = sh.sample_split(world, streams[split], identities, per_identity, cfg.bounds)
         rendered = world.render(params, progress=f"render {split}")
         tables[split] = sh.scene_table(params, rendered, split)
-        _write_set(out / split, {"images": rendered["images"], "masks": rendered["masks"]}, tables[split],
-                   "meta.parquet")
+        arrays = {"images": rendered["images"], **({"masks": rendered["masks"]} if with_masks else {})}
+        _write_set(out / split, arrays, tables[split], "meta.parquet")
         if split == "test":
             test_params, test_images = params, rendered["images"]
 
@@ -220,7 +235,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
 
 
 def load_split(cfg: PrepareConfig, split: str) -> tuple[np.ndarray, pd.DataFrame]:
-    """Images uint8 [N, S, S, 3] and the ground-truth table of a SynthHeads split (``train`` or ``test``)."""
+    """Images uint8 [N, S, S, 3] and the ground-truth table of a SynthHeads split (``train``, ``test`` or ``recognition``)."""
     folder = cfg.data_dir / split
     return np.load(folder / "images.npy"), pd.read_parquet(folder / "meta.parquet")
 
