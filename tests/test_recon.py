@@ -202,6 +202,14 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(world_dir, train_
     assert changed.resumed_from == 0, "a checkpoint of other settings must not be resumed"
 
 
+def test_checkpoint_is_not_resumed_over_other_training_data(world_dir, train_set, tmp_path):
+    cfg = _config(world_dir, tmp_path)
+    train_face3d(cfg, train_set, progress=False, stop_after=2)
+    moved = replace(train_set, landmarks=train_set.landmarks + np.float32(0.01))  # e.g. a re-made prepare split
+    assert train_face3d(cfg, moved, progress=False, stop_after=1).resumed_from == 0
+    assert train_face3d(cfg, moved, progress=False, stop_after=1).resumed_from == 1  # its own checkpoint resumes
+
+
 def test_checkpoint_round_trip(world_dir, train_set, tmp_path):
     cfg = _config(world_dir, tmp_path, steps=2)
     result = train_face3d(cfg, train_set, progress=False)

@@ -28,10 +28,14 @@ permutation per epoch seeded by ``(seed, epoch)``), the learning rate a pure fun
 the checkpoint (written atomically every ``checkpoint_every`` steps and at the end) holds the
 weights, the optimizer state, the torch RNG state and the curve so far. A run that is killed and
 started again continues from its last checkpoint and ends with the weights of an uninterrupted run.
+It resumes only over the same settings and the same inputs: the checkpoint records a digest of the
+training data and of the head-model files, and a run over other data (e.g. a re-made prepare split)
+starts afresh instead of continuing weights trained on something else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, fields
@@ -44,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from megafr.config import require, study_path
+from megafr.config import require, study_files_digest, study_path
 from megafr.errors import CheckpointError, InputError, MissingFileError
 from megafr.face3d import landmarks as lmk
 from megafr.face3d.flame import FLAME, POSE_DIM
@@ -147,6 +151,13 @@ class LandmarkSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def digest(self) -> str:
+        """MD5 of what the network learns from (images, landmarks, masks): a checkpoint resumes only over the same."""
+        digest = hashlib.md5()
+        for array in (self.images, self.landmarks, self.masks):
+            digest.update(b"<none>" if array is None else np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
 
 
 def pixels_to_ndc(points: np.ndarray, image_size: int) -> np.ndarray:
@@ -302,9 +313,15 @@ def _resume_key(cfg: TrainConfig) -> dict:
     return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUME_FREE_FIELDS}
 
 
+def _upstream_digest(cfg: TrainConfig, data: LandmarkSet) -> str:
+    """Digest of a run's inputs beyond its config: the training data and the head-model files."""
+    return data.digest() + study_files_digest((cfg.model_path, cfg.landmark_path))
+
+
 def _write_checkpoint(path: Path, model: FaceModel, optimizer, step: int, cfg: TrainConfig, curve: list,
-                      window: dict) -> None:
+                      window: dict, upstream: str) -> None:
     extra = {
+        "upstream": upstream,  # _upstream_digest of the run, taken once at its start
         "window": window,  # loss values of the unfinished curve row
         "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(),
@@ -316,8 +333,9 @@ def _write_checkpoint(path: Path, model: FaceModel, optimizer, step: int, cfg: T
         torch.save(save_checkpoint_dict(model, step, extra), temp)
 
 
-def _try_resume(path: Path, cfg: TrainConfig) -> Optional[dict]:
-    """The checkpoint at ``path`` if it belongs to this configuration, else None (a fresh start)."""
+def _try_resume(path: Path, cfg: TrainConfig, upstream: str) -> Optional[dict]:
+    """The checkpoint at ``path`` if it belongs to this configuration and these inputs (``upstream``,
+    see :func:`_upstream_digest`), else None (a fresh start)."""
     if not path.is_file():
         return None
     try:
@@ -328,6 +346,7 @@ def _try_resume(path: Path, cfg: TrainConfig) -> Optional[dict]:
     if not isinstance(saved, dict) or "optimizer" not in data:
         return None
     same = {k: v for k, v in saved.items() if k not in RESUME_FREE_FIELDS} == _resume_key(cfg)
+    same = same and data.get("upstream") == upstream
     return data if same and 0 < data["step"] <= cfg.steps else None
 
 
@@ -357,7 +376,8 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
     loss_fn = Face3dLoss(cfg)
     path = cfg.checkpoint_path
     start, curve, window = 0, [], {}
-    saved = _try_resume(path, cfg)
+    upstream = _upstream_digest(cfg, data)
+    saved = _try_resume(path, cfg, upstream)
     if saved is not None:
         model.net.load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -389,7 +409,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
                           **{name: float(np.mean(values)) for name, values in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            _write_checkpoint(path, model, optimizer, step + 1, cfg, curve, window)
+            _write_checkpoint(path, model, optimizer, step + 1, cfg, curve, window, upstream)
     seconds = time.perf_counter() - began
     model.eval()
     return TrainResult(model, pd.DataFrame(curve).reindex(columns=["step", "lr", "total", *LOSS_TERMS]).fillna(0.0),
