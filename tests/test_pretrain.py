@@ -45,7 +45,7 @@ def _gen_cfg(out_dir, **overrides) -> ae.GeneratorStageConfig:
     values = dict(profile="smoke", seed=3, mode="train", data_dir="unused", model_path="", landmark_path="",
                   official_stylegan2="", official_e4e="", image_size=SIZE, style_dim=16, n_mlp=2, max_channels=16,
                   enc_width=4, enc_units=1, steps=4, batch_size=2,
-                  swap_batch=2, swap_pool=8, lr_g=2e-3, lr_e=1e-3, lr_d=1e-3, lambda_l2=1.0, lambda_swap=1.0,
+                  swap_batch=2, swap_pool=8, lr_g=2e-3, lr_e=1e-3, lr_d=1e-3, lr_mapping=0.0, lambda_l2=1.0, lambda_swap=1.0,
                   lambda_lap=0.5, lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, lambda_id=0.0, r1_gamma=1.0, ema_decay=0.9,
                   idnet_path="", face3d_path="", n_eval=4, n_fd_samples=4, n_swap_eval=2,
                   checkpoint_every=1, threads=0, out_dir=str(out_dir / "products"))
@@ -268,6 +268,28 @@ def test_generator_step_changes_only_what_it_should(tmp_path, images, pool):
     # without the adversarial term the latent discriminator is left alone
     cfg0 = _gen_cfg(tmp_path / "g0", steps=1, lambda_latent=0.0)
     assert _state_equal(ae.build_networks(cfg0).latent_d, ae.train_generator(cfg0, images, pool, progress=False).nets.latent_d)
+
+
+def test_generator_mapping_trains_against_the_latent_discriminator(tmp_path, images, pool):
+    cfg = _gen_cfg(tmp_path / "m", steps=2, lr_mapping=2e-3)
+    before = ae.build_networks(cfg)
+    result = ae.train_generator(cfg, images, pool, progress=False)
+    assert not _state_equal(before.generator.style, result.nets.generator.style)
+    assert not _state_equal(before.g_ema.style, result.nets.g_ema.style)  # the moving average follows it too
+    assert torch.equal(before.latent_avg, result.nets.latent_avg)  # the encoders' anchor stays put
+    assert (result.curve["mapping"] > 0).all()
+    # the loss is D's "fake" side: lowering it moves mapping(z) to where D puts the encoder's codes
+    d = ae.LatentCodesDiscriminator(16)
+    w = torch.randn(8, 16)
+    assert torch.allclose(ae.mapping_loss(d, w), F.softplus(d(w)).mean())
+    # resumes like the other optimizers
+    whole = ae.train_generator(_gen_cfg(tmp_path / "ma", steps=3, lr_mapping=2e-3), images, pool, progress=False)
+    part = _gen_cfg(tmp_path / "mb", steps=3, lr_mapping=2e-3)
+    ae.train_generator(part, images, pool, progress=False, stop_after=2)
+    rest = ae.train_generator(part, images, pool, progress=False)
+    assert rest.resumed_from == 2 and _state_equal(whole.nets.generator.style, rest.nets.generator.style)
+    with pytest.raises(InputError, match="lr_mapping"):
+        _gen_cfg(tmp_path, lr_mapping=-1.0)
 
 
 def test_generator_identity_term_needs_the_network_and_leaves_it_frozen(tmp_path, images, pool):

@@ -235,7 +235,8 @@ def run_prepare(cfg: PrepareConfig) -> dict:
 
 
 def load_split(cfg: PrepareConfig, split: str) -> tuple[np.ndarray, pd.DataFrame]:
-    """Images uint8 [N, S, S, 3] and the ground-truth table of a SynthHeads split (``train``, ``test`` or ``recognition``)."""
+    """Images uint8 [N, S, S, 3] and the ground-truth table of a SynthHeads split
+    (``train``, ``test`` or ``recognition``)."""
     folder = cfg.data_dir / split
     return np.load(folder / "images.npy"), pd.read_parquet(folder / "meta.parquet")
 
