@@ -260,6 +260,7 @@ def test_generator_step_changes_only_what_it_should(tmp_path, images, pool):
     result = ae.train_generator(cfg, images, pool, progress=False)
     after = result.nets
     assert _state_equal(before.generator.style, after.generator.style)  # the mapping network is frozen
+    assert "mapping" not in result.curve.columns  # and its term is not in the curve
     assert not _state_equal(before.generator.convs, after.generator.convs)
     assert not _state_equal(before.g_ema.convs, after.g_ema.convs)  # moving average follows
     assert not _state_equal(before.encoder, after.encoder)
@@ -278,10 +279,18 @@ def test_generator_mapping_trains_against_the_latent_discriminator(tmp_path, ima
     assert not _state_equal(before.g_ema.style, result.nets.g_ema.style)  # the moving average follows it too
     assert torch.equal(before.latent_avg, result.nets.latent_avg)  # the encoders' anchor stays put
     assert (result.curve["mapping"] > 0).all()
-    # the loss is D's "fake" side: lowering it moves mapping(z) to where D puts the encoder's codes
-    d = ae.LatentCodesDiscriminator(16)
-    w = torch.randn(8, 16)
-    assert torch.allclose(ae.mapping_loss(d, w), F.softplus(d(w)).mean())
+    # a step on mapping_loss moves mapping(z) to D's "fake" side, where it puts the encoder's codes
+    torch.manual_seed(0)
+    d, mapping = ae.LatentCodesDiscriminator(16), torch.nn.Linear(16, 16)
+    z = torch.randn(64, 16)
+    fake_score = lambda: float(torch.sigmoid(d(mapping(z))).mean())  # D's belief that the codes are mapping(z)
+    before_score = fake_score()
+    opt = torch.optim.SGD(mapping.parameters(), lr=0.5)
+    for _ in range(5):
+        opt.zero_grad()
+        ae.mapping_loss(d, mapping(z)).backward()
+        opt.step()
+    assert fake_score() < before_score
     # resumes like the other optimizers
     whole = ae.train_generator(_gen_cfg(tmp_path / "ma", steps=3, lr_mapping=2e-3), images, pool, progress=False)
     part = _gen_cfg(tmp_path / "mb", steps=3, lr_mapping=2e-3)
@@ -290,6 +299,8 @@ def test_generator_mapping_trains_against_the_latent_discriminator(tmp_path, ima
     assert rest.resumed_from == 2 and _state_equal(whole.nets.generator.style, rest.nets.generator.style)
     with pytest.raises(InputError, match="lr_mapping"):
         _gen_cfg(tmp_path, lr_mapping=-1.0)
+    with pytest.raises(InputError, match="lambda_latent"):
+        _gen_cfg(tmp_path, lr_mapping=1e-3, lambda_latent=0.0)
 
 
 def test_generator_identity_term_needs_the_network_and_leaves_it_frozen(tmp_path, images, pool):
@@ -357,6 +368,17 @@ def test_idnet_resume_equals_uninterrupted_and_product_loads(tmp_path, images):
         assert torch.allclose(loaded(x), rest.net(x), atol=1e-6)
     report = idnet.evaluate_idnet(rest.net, images, identity)
     assert 0 <= report["tar_at_far_0.001"] <= 1 and report["genuine_pairs"] == 6 * 6
+
+
+def test_idnet_checkpoint_is_not_resumed_over_another_recognition_set(tmp_path, images):
+    split = tmp_path / "data" / idnet.IdNetConfig.UPSTREAM_SPLIT
+    split.mkdir(parents=True)
+    (split / "images.npy").write_bytes(b"first set")
+    cfg = _id_cfg(tmp_path / "r", data_dir=str(tmp_path / "data"))
+    idnet.train_idnet(cfg, images, np.repeat(np.arange(6), 4), progress=False, stop_after=2)
+    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
+    (split / "images.npy").write_bytes(b"re-rendered set")  # e.g. prepare.idnet_images_per_identity changed
+    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
 
 
 def test_idnet_learns_separable_identities(tmp_path):

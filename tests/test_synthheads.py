@@ -56,6 +56,8 @@ def test_recognition_set_holds_other_identities(built):
     assert images.shape == (len(table), cfg.image_size, cfg.image_size, 3)
     shape = table[[c for c in table.columns if c.startswith("shape_")]].to_numpy()
     assert len(np.unique(shape, axis=0)) == cfg.n_idnet_identities  # one head shape per identity, none shared
+    others = np.concatenate([t[[c for c in t.columns if c.startswith("shape_")]].to_numpy() for t in (train, test)])
+    assert not (shape[:, None, :] == others[None, :, :]).all(-1).any()  # and none of them a train or test head
     assert summary["counts"]["recognition_images"] == len(table)
 
 

@@ -156,7 +156,11 @@ class LandmarkSet:
         """MD5 of what the network learns from (images, landmarks, masks): a checkpoint resumes only over the same."""
         digest = hashlib.md5()
         for array in (self.images, self.landmarks, self.masks):
-            digest.update(b"<none>" if array is None else np.ascontiguousarray(array).tobytes())
+            if array is None:
+                digest.update(b"<none>")
+                continue
+            digest.update(f"{array.shape}{array.dtype.str}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
 
 

@@ -45,7 +45,10 @@ both learn together from
   | mini (lr_mapping 0, lambda_delta 0.0002; pipeline run) | 23.43 dB | 0.735 | 0.482 | 5.0 | 0.529 | colour blobs |
   | lr_mapping 0.2, lambda_delta 0.02 | 22.90 dB | 0.720 | 0.437 | 0.72 | 0.440 | blurry heads |
 
-  D_latent's loss then sits near chance (1.36). The mapping's EqualLinear layers carry StyleGAN2's
+  D_latent's loss then sits near chance (1.36). ``latent_avg`` stays the mean of the *initial*
+  mapping: it is the encoders' anchor (their codes are offsets from it), and the product files save
+  it as ``latent_avg`` even though a trained mapping's mean moves away from it (unlike the released
+  files, where it is the mean of the final mapping). The mapping's EqualLinear layers carry StyleGAN2's
   0.01 learning-rate multiplier, so ``lr_mapping`` 0.002 (``lr_g``) barely moved them (its loss
   stayed near 1.9 after 1650 steps). The mini profile keeps the frozen mapping because the issue's
   targets are inversion fidelity (24 dB); the smoke profile trains the mapping so that the tests
@@ -164,7 +167,7 @@ class GeneratorStageConfig(common.StageFolders):
     lr_g: float  # synthesis-network learning rate (Adam, StyleGAN2 betas)
     lr_e: float  # encoder learning rate
     lr_d: float  # latent-discriminator learning rate
-    lr_mapping: float  # mapping-network learning rate, against the latent discriminator (0: mapping frozen)
+    lr_mapping: float  # mapping-network learning rate, against the latent discriminator (0: frozen; needs lambda_latent)
     lambda_l2: float  # pixel L2 reconstruction weight
     lambda_swap: float  # layer-swap supervision weight
     lambda_lap: float  # Laplacian-pyramid L1 weight (reconstructions and swap targets; 0: off)
@@ -193,6 +196,9 @@ class GeneratorStageConfig(common.StageFolders):
         require_at_least("train_generator", self, (
             ("enc_width", 1), ("enc_units", 1), ("steps", 1), ("batch_size", 1), ("swap_batch", 0),
             ("checkpoint_every", 1), ("lr_mapping", 0), *((f"lambda_{term}", 0) for term in LAMBDA_TERMS)))
+        require(self.lr_mapping == 0 or self.lambda_latent > 0,
+                f"train_generator.lr_mapping={self.lr_mapping} trains the mapping against the latent discriminator, "
+                "which lambda_latent=0 turns off; set lambda_latent > 0 or lr_mapping: 0")
         require(self.swap_batch == 0 or self.swap_pool >= self.swap_batch,
                 f"swap_pool ({self.swap_pool}) must hold at least swap_batch ({self.swap_batch}) pairs")
         require(0 <= self.ema_decay < 1, f"train_generator.ema_decay must lie in [0, 1), got {self.ema_decay}")
@@ -201,9 +207,7 @@ class GeneratorStageConfig(common.StageFolders):
         """Digest of the files the weights depend on besides the config (overrides ``UPSTREAM``): the
         training split and, when ``lambda_id > 0``, the identity network; a checkpoint is resumed only
         over the same files."""
-        split = f"{self.data_dir}/train"
-        return study_files_digest((self.idnet_path if self.lambda_id else "", f"{split}/images.npy",
-                                   f"{split}/meta.parquet"))
+        return study_files_digest([self.idnet_path if self.lambda_id else "", *common.split_files(self.data_dir, "train")])
 
     def pool_digest(self) -> str:
         """Digest of the files the swap pool is rendered from: the head model, its landmarks, the split's table."""
@@ -211,7 +215,7 @@ class GeneratorStageConfig(common.StageFolders):
 
     @property
     def trains_mapping(self) -> bool:
-        """The mapping network learns (against D_latent) only with a learning rate and the latent term on."""
+        """The mapping network learns (against D_latent) when it has a learning rate (the latent term is on)."""
         return self.lr_mapping > 0 and self.lambda_latent > 0
 
     @property
@@ -225,11 +229,11 @@ class GeneratorStageConfig(common.StageFolders):
 
 @dataclass
 class Networks:
-    generator: Generator  # trained synthesis network (mapping frozen)
+    generator: Generator  # trained synthesis network (mapping frozen unless cfg.trains_mapping)
     g_ema: Generator  # moving average of the generator
     encoder: Encoder4Editing  # e4e encoder (returns offsets)
     latent_d: LatentCodesDiscriminator  # e4e's latent discriminator
-    latent_avg: torch.Tensor  # mean of mapping(z) [D]
+    latent_avg: torch.Tensor  # mean of the initial mapping(z) [D]: the encoders' anchor, saved as latent_avg
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, S, S] -> W+ codes [B, n_latent, D] (latent_avg added)."""
@@ -246,6 +250,11 @@ def build_networks(cfg: GeneratorStageConfig) -> Networks:
     latent_avg = generator.mean_latent(MEAN_LATENT_SAMPLES)[0]  # [D]
     g_ema = copy.deepcopy(generator).eval().requires_grad_(False)
     return Networks(generator, g_ema, encoder, latent_d, latent_avg)
+
+
+def curve_columns(cfg: GeneratorStageConfig) -> list[str]:
+    """Columns of the training curve (the mapping's term only when it trains)."""
+    return ["step", "lr_g", "total", *(t for t in LOSS_TERMS if t != "mapping" or cfg.trains_mapping)]
 
 
 def synthesis_parameters(generator: Generator) -> list[torch.nn.Parameter]:
@@ -426,7 +435,6 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         total.backward()
         opt_g.step()
         opt_e.step()
-        _ema(nets.g_ema, nets.generator, cfg.ema_decay)
 
         # latent discriminator step
         logged = {k: float(v.detach()) for k, v in terms.items()}
@@ -447,6 +455,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
             m_loss.backward()
             optimizers["m"].step()
             logged["mapping"] = float(m_loss.detach())
+        _ema(nets.g_ema, nets.generator, cfg.ema_decay)  # after the mapping's step, so g_ema follows it too
         logged["total"] = float(total.detach())
         for k, v in logged.items():
             window.setdefault(k, []).append(v)
@@ -458,7 +467,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
     seconds = time.perf_counter() - began
     for module in modules.values():
         module.eval()
-    columns = ["step", "lr_g", "total", *(t for t in LOSS_TERMS if t != "mapping" or cfg.trains_mapping)]
+    columns = curve_columns(cfg)
     return GeneratorResult(nets, pd.DataFrame(curve).reindex(columns=columns).fillna(0.0), end - start, seconds, start,
                            lpips_term.message)
 
@@ -517,7 +526,7 @@ def run_generator_stage(cfg: GeneratorStageConfig, progress: bool = True) -> Gen
 
     if cfg.mode == "official":
         metrics, _ = check_official(cfg)
-        return GeneratorStageOutput(metrics, pd.DataFrame(columns=["step", "lr_g", "total", *LOSS_TERMS]), None)
+        return GeneratorStageOutput(metrics, pd.DataFrame(columns=curve_columns(cfg)), None)
     images, table = read_split(cfg.data_dir, "train")
     pool = load_or_render_pool(cfg, table) if cfg.swap_batch else None
     idnet = load_arcface(study_path(cfg.idnet_path))

@@ -228,19 +228,27 @@ def official_mode(cfg, official_fields: tuple[str, ...], released: str) -> bool:
     return True
 
 
+def split_files(data_dir: str, split: str) -> list[str]:
+    """The files of a prepare split that a training run reads (images and their table)."""
+    return [f"{data_dir}/{split}/images.npy", f"{data_dir}/{split}/meta.parquet"]
+
+
 class StageFolders:
     """Mixin of the stage configs (which have ``out_dir`` and ``run_dir``): where a stage's products
     and its resume checkpoint go. Subclasses name their stage in ``STAGE``."""
 
     STAGE: ClassVar[str]
     UPSTREAM: ClassVar[tuple[str, ...]] = ()  # fields naming the input files a run's weights depend on
+    UPSTREAM_SPLIT: ClassVar[str] = ""  # the prepare split (under ``data_dir``) a run trains on ("": none)
 
     def upstream_digest(self) -> str:
-        """Digest of the files named by the ``UPSTREAM`` fields ("" when there are none): a checkpoint
-        is resumed only by a run whose input files are the same (:func:`try_resume`)."""
-        if not self.UPSTREAM:
-            return ""
-        return study_files_digest(getattr(self, f) for f in self.UPSTREAM)
+        """Digest of the files named by the ``UPSTREAM`` fields and of the ``UPSTREAM_SPLIT`` training
+        split ("" when there are none): a checkpoint is resumed only by a run whose input files are the
+        same (:func:`try_resume`)."""
+        files = [getattr(self, f) for f in self.UPSTREAM]
+        if self.UPSTREAM_SPLIT:
+            files += split_files(getattr(self, "data_dir"), self.UPSTREAM_SPLIT)
+        return study_files_digest(files) if files else ""
 
     @property
     def checkpoint_path(self) -> Path:

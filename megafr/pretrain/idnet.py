@@ -78,7 +78,6 @@ from megafr.nets.irse import ArcFace, ArcFaceConfig
 from megafr.pretrain import common
 from megafr.pretrain.metrics import identity_embeddings, tar_at_far, verification_pairs
 
-TRAIN_SPLIT = "recognition"  # the prepare stage's face-recognition set (identities of neither train nor test)
 PRODUCT_FILE = "arcface.pt"
 PRODUCTS_FILE = "products.json"  # names the file later stages use (own product or the official one)
 FARS = (1e-3, 1e-2)  # false accept rates at which TAR is reported
@@ -88,6 +87,7 @@ CURVE_POINTS = 100  # about this many rows in the training curve
 @dataclass(frozen=True)
 class IdNetConfig(common.StageFolders):
     STAGE: ClassVar[str] = "train_idnet"
+    UPSTREAM_SPLIT: ClassVar[str] = "recognition"  # the face-recognition set (identities of neither train nor test)
 
     """Parameters of the train_idnet stage (params.yaml block ``train_idnet`` plus shared keys)."""
 
@@ -281,7 +281,7 @@ def run_idnet_stage(cfg: IdNetConfig, progress: bool = True) -> tuple[ArcFace, d
         n_params = sum(p.numel() for p in net.parameters())
         return net, {"trained": 0, "official_file_loaded": 1, "parameters": n_params}, pd.DataFrame(
             columns=["step", "lr", "loss", "accuracy"])
-    images, table = read_split(cfg.data_dir, TRAIN_SPLIT)
+    images, table = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
     result = train_idnet(cfg, images, table["identity"].to_numpy(), progress=progress)
     write_json(cfg.folder / PRODUCTS_FILE, {"arcface": str(save_idnet(cfg, result.net))})
     common.finish(cfg.checkpoint_path)

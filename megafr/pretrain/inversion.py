@@ -50,6 +50,7 @@ LOSS_TERMS = ("l2", "id", "wnorm", "lpips")
 class InversionStageConfig(common.StageFolders):
     STAGE: ClassVar[str] = "train_inversion"
     UPSTREAM: ClassVar[tuple[str, ...]] = ("stylegan2_path", "e4e_path", "idnet_path")  # a retrained generator restarts pSp
+    UPSTREAM_SPLIT: ClassVar[str] = "train"
 
     """Parameters of the train_inversion stage (params.yaml block ``train_inversion`` plus shared keys)."""
 
@@ -185,7 +186,7 @@ def run_inversion_stage(cfg: InversionStageConfig, progress: bool = True) -> Inv
     decoder, _ = load_stylegan2(study_path(cfg.stylegan2_path))  # its latent_avg is e4e's (the mapping mean)
     e4e = load_e4e(study_path(cfg.e4e_path))
     idnet = load_arcface(study_path(cfg.idnet_path))
-    images, _ = read_split(cfg.data_dir, "train")
+    images, _ = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
     if images.shape[1] != decoder.size:
         raise InputError(f"train_inversion: images are {images.shape[1]} px, the generator makes {decoder.size} px")
     net = build_psp(e4e, decoder, e4e.latent_avg, cfg.seed)
