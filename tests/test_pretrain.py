@@ -283,7 +283,11 @@ def test_generator_mapping_trains_against_the_latent_discriminator(tmp_path, ima
     torch.manual_seed(0)
     d, mapping = ae.LatentCodesDiscriminator(16), torch.nn.Linear(16, 16)
     z = torch.randn(64, 16)
-    fake_score = lambda: float(torch.sigmoid(d(mapping(z))).mean())  # D's belief that the codes are mapping(z)
+
+    def fake_score() -> float:  # D's belief that the codes are mapping(z)
+        with torch.no_grad():
+            return float(torch.sigmoid(d(mapping(z))).mean())
+
     before_score = fake_score()
     opt = torch.optim.SGD(mapping.parameters(), lr=0.5)
     for _ in range(5):
