@@ -143,6 +143,7 @@ LAMBDA_TERMS = LOSS_TERMS[:-3]  # the weighted terms of the G + E loss (lambda_<
 @dataclass(frozen=True)
 class GeneratorStageConfig(common.StageFolders):
     STAGE: ClassVar[str] = "train_generator"
+    UPSTREAM_SPLIT: ClassVar[str] = "train"
 
     """Parameters of the train_generator stage (params.yaml block ``train_generator`` plus shared keys)."""
 
@@ -207,11 +208,13 @@ class GeneratorStageConfig(common.StageFolders):
         """Digest of the files the weights depend on besides the config (overrides ``UPSTREAM``): the
         training split and, when ``lambda_id > 0``, the identity network; a checkpoint is resumed only
         over the same files."""
-        return study_files_digest([self.idnet_path if self.lambda_id else "", *common.split_files(self.data_dir, "train")])
+        return study_files_digest([self.idnet_path if self.lambda_id else "",
+                                   *common.split_files(self.data_dir, self.UPSTREAM_SPLIT)])
 
     def pool_digest(self) -> str:
         """Digest of the files the swap pool is rendered from: the head model, its landmarks, the split's table."""
-        return study_files_digest((self.model_path, self.landmark_path, f"{self.data_dir}/train/meta.parquet"))
+        table = f"{self.data_dir}/{self.UPSTREAM_SPLIT}/meta.parquet"
+        return study_files_digest((self.model_path, self.landmark_path, table))
 
     @property
     def trains_mapping(self) -> bool:
@@ -395,6 +398,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
     noise = [getattr(nets.generator.noises, f"noise_{i}") for i in range(nets.generator.num_layers)]
     nets.generator.train()
     nets.encoder.train()
+    peaks = {"g": cfg.lr_g, "e": cfg.lr_e, "d": cfg.lr_d, "m": cfg.lr_mapping}  # learning rates by optimizer
     window: dict[str, list[float]] = {}
     began = time.perf_counter()
     for step in tqdm(range(start, end), desc="train_generator", initial=start, total=cfg.steps,
@@ -409,7 +413,6 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
             xb = common.images_to_tensor(images[pool["b"][pick]])
             truth = common.images_to_tensor(pool["truth"][pick])
             x = torch.cat([x, xa, xb])  # [B + 2P, 3, S, S]
-        peaks = {"g": cfg.lr_g, "e": cfg.lr_e, "d": cfg.lr_d, "m": cfg.lr_mapping}
         lrs = {name: common.cosine_lr(peaks[name], step, cfg.steps) for name in optimizers}
         for name, opt in optimizers.items():
             common.set_lr(opt, lrs[name])
@@ -527,7 +530,7 @@ def run_generator_stage(cfg: GeneratorStageConfig, progress: bool = True) -> Gen
     if cfg.mode == "official":
         metrics, _ = check_official(cfg)
         return GeneratorStageOutput(metrics, pd.DataFrame(columns=curve_columns(cfg)), None)
-    images, table = read_split(cfg.data_dir, "train")
+    images, table = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
     pool = load_or_render_pool(cfg, table) if cfg.swap_batch else None
     idnet = load_arcface(study_path(cfg.idnet_path))
     result = train_generator(cfg, images, pool, progress=progress, idnet=idnet)
