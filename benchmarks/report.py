@@ -145,6 +145,12 @@ def _thread_rows(section: dict) -> list[list[str]]:
     return rows
 
 
+def _optimizer_rows(section: dict) -> list[list[str]]:
+    default, fused = section["default"]["median_s"], section["fused"]["median_s"]
+    return [[f"Default vs fused Adam, {section['workload']}", f"{section['parameters'] / 1e6:.1f} M parameters",
+             f"{seconds(default)} vs {seconds(fused)}", f"fused: {default / fused:.2f}x the speed", ""]]
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -155,7 +161,7 @@ def main_table(result: dict) -> str:
     builders = (("rendering", _rendering_rows), ("flame_layer", _flame_rows),
                 ("generator", lambda s: _network_rows(s, "StyleGAN2 synthesis")),
                 ("e4e", lambda s: _network_rows(s, "e4e encoder")), ("reenactment", _reenactment_rows),
-                ("training", _training_rows), ("threads", _thread_rows))
+                ("training", _training_rows), ("threads", _thread_rows), ("optimizer", _optimizer_rows))
     rows = []
     for name, build in builders:
         if _ok(result.get(name)):

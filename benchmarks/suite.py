@@ -10,6 +10,7 @@ Runs every case in its own process (:mod:`benchmarks.runner`) and writes one JSO
 - ``training``: step time, images/s and peak memory of each training stage;
 - ``threads``: the batched reenactment and an E_FR step with 1 vs 2 torch threads side by side, with
   OpenMP's default wait policy and with ``OMP_WAIT_POLICY=PASSIVE``;
+- ``optimizer``: one Adam step over the mini e4e encoder, torch's default update vs the fused one;
 - ``profile``: top operators and megafr functions of a reenactment and of an E_FR step;
 - ``gpu``: the paper-size cases on a CUDA device, or why they were skipped;
 - ``pipeline``: per-stage wall time of the last ``dvc repro``, read from its records;
@@ -67,6 +68,7 @@ SECTIONS: dict[str, dict[str, Row]] = {
                 "reenactment_omp_passive": Row(cases.reenactment_threads, PASSIVE),
                 "efr_train_step": Row(training.efr_step_threads),
                 "efr_train_step_omp_passive": Row(training.efr_step_threads, PASSIVE)},
+    "optimizer": {"": Row(training.adam_step)},
     "profile": {"reenactment": Row(profiling.profile_reenactment), "efr_train_step": Row(profiling.profile_efr_step)},
     "gpu": {"": Row(gpu.gpu)},
 }

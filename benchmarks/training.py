@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from benchmarks.cases import pick, thread_comparison
-from benchmarks.timing import rate, timed
+from benchmarks.timing import rate, side_by_side, timed
 from benchmarks.worlds import (Settings, face3d_config, frozen_networks, generator_config, idnet_config, image_size,
                                inversion_config, profile_params, random_images, reenact_config)
 from megafr.face3d import train as face3d_train
@@ -34,6 +34,7 @@ from megafr.imageio import images_to_tensor
 from megafr.nets.irse import ArcFace
 from megafr.pretrain import autoencoder, common, idnet, inversion
 from megafr.reenact import train as reenact_train
+from megafr.training import adam
 
 WARMUP_STEPS = 1  # untimed steps (first allocation) before the timed ones
 TIMED_STEPS = {  # (full, quick) timed steps per stage; face3d's is a multiple of its silhouette interval
@@ -165,7 +166,7 @@ def efr_step(settings: Settings):
     frozen = frozen_networks(settings)
     cfg = reenact_config(settings)
     model = reenact_train.build_model(cfg, frozen)
-    optimizer = torch.optim.Adam(model.encoder.parameters(), lr=cfg.lr)
+    optimizer = adam(model.encoder.parameters(), cfg.lr)  # the stage's optimizer
     model.encoder.train()
     images = random_images(_data_size(cfg.batch_size), image_size(settings))
     counter = itertools.count()
@@ -197,6 +198,21 @@ def efr_step_threads(settings: Settings) -> dict:
     step, cfg = efr_step(settings)
     return {"workload": f"one E_FR training step, batch {cfg.batch_size}", "batch": cfg.batch_size,
             **thread_comparison(step, settings.repeats)}
+
+
+def adam_step(settings: Settings) -> dict:
+    """One Adam step over the e4e encoder of train_generator: torch's default update vs the fused one
+    (``megafr.training.adam``), side by side in one process, on random gradients."""
+    cfg = generator_config(settings)
+    encoder = autoencoder.build_networks(cfg).encoder
+    for p in encoder.parameters():
+        p.grad = torch.randn_like(p)
+    optimizers = {"default": torch.optim.Adam(encoder.parameters(), lr=cfg.lr_e),
+                  "fused": adam(encoder.parameters(), cfg.lr_e)}
+    rows = side_by_side({name: opt.step for name, opt in optimizers.items()}, max(settings.repeats, 3) * 10)
+    return {"workload": "one Adam step over the train_generator e4e encoder",
+            "parameters": sum(p.numel() for p in encoder.parameters()), **rows,
+            "time_ratio_default_over_fused": rows["default"]["median_s"] / rows["fused"]["median_s"]}
 
 
 STAGES = {  # JSON name -> case; the pipeline stage each belongs to

@@ -2,11 +2,20 @@
 
 ``batch_rows`` makes the data order a pure function of (seed, step), which is what lets an
 interrupted stage resume and end with exactly the weights of an uninterrupted run.
+
+``adam`` is torch's Adam with its fused kernel, which updates every parameter in one pass instead of
+looping over tensors in Python. Measured on 2 CPU cores (``benchmarks``): one step over the mini e4e
+encoder's 4.9 M parameters takes 7.5 ms fused against 19 ms for the default, about 3.5 % of a
+train_generator step. Used by the stages whose optimiser step showed in their profiles
+(train_generator, train_inversion, train_reenact); the fused kernel exists for CPU and CUDA tensors.
 """
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
+import torch
 
 
 def batch_rows(seed: int, step: int, n_items: int, batch_size: int) -> np.ndarray:
@@ -22,3 +31,8 @@ def batch_rows(seed: int, step: int, n_items: int, batch_size: int) -> np.ndarra
         chosen = epochs == epoch
         out[chosen] = order[offsets[chosen]]
     return out
+
+
+def adam(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
+    """Adam with the fused update (same rule and state layout as ``torch.optim.Adam``, one kernel per step)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)

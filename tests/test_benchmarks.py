@@ -88,6 +88,13 @@ def test_training_stages_report_step_time_and_memory(quick_run):
             assert _positive(row[key]), (name, key)
 
 
+def test_optimizer_section_compares_default_and_fused_adam(quick_run):
+    row = quick_run["optimizer"]
+    assert row["parameters"] > 0 and _positive(row["default"]["median_s"]) and _positive(row["fused"]["median_s"])
+    assert row["time_ratio_default_over_fused"] == row["default"]["median_s"] / row["fused"]["median_s"]
+    assert "Default vs fused Adam" in report.markdown(quick_run)
+
+
 def test_profile_lists_ops_and_functions(quick_run):
     for workload in ("reenactment", "efr_train_step"):
         entry = quick_run["profile"][workload]

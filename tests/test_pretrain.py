@@ -207,6 +207,24 @@ def test_batch_rows_cover_each_epoch_and_are_pure():
     assert np.array_equal(common.batch_rows(1, 3, 10, 4), common.batch_rows(1, 3, 10, 4))
 
 
+def test_fused_adam_follows_the_default_update():
+    from megafr.training import adam
+
+    torch.manual_seed(0)
+    start = torch.randn(50, 7)
+    params = {name: torch.nn.Parameter(start.clone()) for name in ("default", "fused")}
+    optimizers = {"default": torch.optim.Adam([params["default"]], lr=0.01, betas=(0.0, 0.99)),
+                  "fused": adam([params["fused"]], 0.01, (0.0, 0.99))}
+    assert optimizers["fused"].defaults["fused"] is True
+    for _ in range(5):
+        grad = torch.randn(50, 7)
+        for name, opt in optimizers.items():
+            params[name].grad = grad.clone()
+            opt.step()
+    assert not torch.equal(params["fused"].detach(), start)
+    torch.testing.assert_close(params["fused"].detach(), params["default"].detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_lpips_is_off_without_backbone_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     available, message = common.lpips_status()

@@ -37,6 +37,7 @@ from megafr.nets.checkpoints import load_arcface, load_e4e, load_psp, load_style
 from megafr.nets.encoders import GradualStyleEncoder, InversionNet
 from megafr.nets.identity import identity_similarity
 from megafr.pretrain import common
+from megafr.training import adam
 
 PSP_FILE = "psp.pt"
 PRODUCTS_FILE = "products.json"
@@ -120,7 +121,7 @@ def train_psp(cfg: InversionStageConfig, net: InversionNet, images: np.ndarray, 
 def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> InversionResult:
     from megafr.pretrain.autoencoder import LpipsTerm
 
-    optimizer = torch.optim.Adam(net.encoder.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
+    optimizer = adam(net.encoder.parameters(), cfg.lr, ADAM_BETAS)
     modules, optimizers = {"encoder": net.encoder}, {"opt": optimizer}
     lpips_term = LpipsTerm(cfg.lambda_lpips)
     if idnet is not None:

@@ -46,6 +46,7 @@ from megafr.imageio import images_to_tensor
 from megafr.nets import checkpoints
 from megafr.reenact import losses
 from megafr.reenact.model import RENDER_CHANNELS, MegaFR
+from megafr.training import adam
 
 CONDITIONS = ("render", "params")
 ENCODERS = ("e4e", "psp")
@@ -275,7 +276,7 @@ def read_checkpoint(path: Path) -> dict:
 def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool = True) -> tuple[MegaFR, pd.DataFrame]:
     """Train (or resume) E_FR for ``cfg.steps`` steps on uint8 training images [N, S, S, 3]; return the model and curve."""
     model = build_model(cfg, frozen)
-    optimizer = torch.optim.Adam(model.encoder.parameters(), lr=cfg.lr)
+    optimizer = adam(model.encoder.parameters(), cfg.lr)
     path = checkpoint_path(cfg)
     curve_path = path.with_suffix(".curve.csv")
     start, rows = 0, []
