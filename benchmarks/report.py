@@ -58,6 +58,13 @@ def machine_line(result: dict) -> str:
             f"medians of {result['settings']['repeats']} after a warm-up call; `{result['suite']}`, {result['date'][:10]}.")
     if baseline:
         line += f" Peak memory is each case's own process (imports alone: {baseline:.0f} MB)."
+    kept = result.get("kept_sections")
+    if kept:
+        by_date: dict[str, list[str]] = {}
+        for name, date in sorted(kept.items()):
+            by_date.setdefault(date, []).append(name)
+        line += " Sections kept from earlier runs (`--merge`): " + "; ".join(
+            f"{', '.join(names)} measured {date}" for date, names in sorted(by_date.items())) + "."
     if result.get("quick"):
         line = "**Quick run (tiny sizes, for tests), not for the README.** " + line
     return line

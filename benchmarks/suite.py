@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "the threads section compares 1 and 2 whatever this is")
     parser.add_argument("--sections", default=",".join(ALL_SECTIONS),
                         help=f"comma-separated subset of: {', '.join(ALL_SECTIONS)} (writes only those)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the sections of an existing --out file that this run does not measure "
+                             "(their earlier run dates go under 'kept_sections')")
     parser.add_argument("--markdown", action="store_true", help="print the README table of --out and exit")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -163,12 +166,29 @@ def run_suite(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     return result, errors
 
 
+def merge_results(old: dict, new: dict) -> dict:
+    """``new`` plus the sections of ``old`` that ``new`` lacks, each recorded in ``kept_sections`` with the
+    date of the run that measured it; errors of kept sections are kept with them."""
+    merged = dict(new)
+    kept = {name: date for name, date in old.get("kept_sections", {}).items() if name not in new}
+    for name in ALL_SECTIONS:
+        if name in old and name not in new:
+            merged[name] = old[name]
+            kept.setdefault(name, old.get("date", "unknown"))
+    merged["kept_sections"] = kept
+    merged["errors"] = new.get("errors", []) + [e for e in old.get("errors", [])
+                                                if e["case"].split(".")[0] in kept]
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.markdown:
         print(report.markdown(json.loads(Path(args.out).read_text())))
         return 0
     result, errors = run_suite(args)
+    if args.merge and Path(args.out).is_file():
+        result = merge_results(json.loads(Path(args.out).read_text()), result)
     path = write_json(args.out, result)
     print(f"wrote {path} in {result['total_s']:.0f} s")
     if "reenactment" in result and "rows" in result["reenactment"]:

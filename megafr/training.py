@@ -4,9 +4,11 @@
 interrupted stage resume and end with exactly the weights of an uninterrupted run.
 
 ``adam`` is torch's Adam with its fused kernel, which updates every parameter in one pass instead of
-looping over tensors in Python. Measured on 2 CPU cores (``benchmarks``): one step over the mini e4e
-encoder's 4.9 M parameters takes 7.5 ms fused against 19 ms for the default, about 3.5 % of a
-train_generator step. Used by the stages whose optimiser step showed in their profiles
+looping over tensors in Python. Measured (``python -m benchmarks --sections optimizer``, one thread):
+one step over the mini e4e encoder's 4.9 M parameters takes 3.1 ms fused against 8.1 ms for the
+default; with the generator's and the latent discriminator's steps this is a few per cent of a
+train_generator step (the pipeline's step went from 325 to 300 ms between two runs, which also
+differ in the mapping network's training). Used by the stages whose optimiser step showed in their profiles
 (train_generator, train_inversion, train_reenact); the fused kernel exists for CPU and CUDA tensors.
 """
 

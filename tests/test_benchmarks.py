@@ -171,6 +171,20 @@ def test_pipeline_records_are_read_with_their_sources(tmp_path):
     assert out["finished_notebooks"] == 1 and out["finished_notebooks_total_s"] == 30.0
 
 
+def test_merge_keeps_the_sections_a_run_did_not_measure():
+    old = {"date": "d1", "rendering": {"rows": 1}, "pipeline": {"old": True}, "kept_sections": {"gpu": "d0"},
+           "gpu": {"skipped": "x"}, "errors": [{"case": "rendering", "error": "e"}, {"case": "pipeline", "error": "p"}]}
+    new = {"date": "d2", "pipeline": {"new": True}, "errors": []}
+    merged = suite.merge_results(old, new)
+    assert merged["pipeline"] == {"new": True} and merged["rendering"] == {"rows": 1} and merged["date"] == "d2"
+    assert merged["kept_sections"] == {"gpu": "d0", "rendering": "d1"}
+    assert merged["errors"] == [{"case": "rendering", "error": "e"}]
+    line = report.machine_line({"machine": {"cpu_model": "cpu", "usable_cores": 2, "torch": "t", "torch_threads": 1,
+                                            "device": "cpu"}, "settings": {"repeats": 3}, "suite": "s",
+                                "date": "2026-01-02T00:00:00", "kept_sections": merged["kept_sections"]})
+    assert "Sections kept from earlier runs (`--merge`): gpu measured d0; rendering measured d1." in line
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(SystemExit):
         suite.parse_args(["--sections", "nonsense"])
