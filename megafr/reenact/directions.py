@@ -66,7 +66,7 @@ def _check_codes(w: torch.Tensor, coef: torch.Tensor) -> None:
 def fit_direction(name: str, latents: torch.Tensor, values, ridge: float = RIDGE) -> LatentDirection:
     """Ridge regression of attribute ``values`` [N] on W+ codes ``latents`` [N, L, D]."""
     latents = torch.as_tensor(latents, dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(values), dtype=torch.float64)
+    y = torch.tensor(np.array(values, dtype=np.float64))  # a copy: values may be a read-only pandas column
     if latents.dim() != 3 or len(latents) != len(y):
         raise InputError(f"need codes [N, L, D] and N values, got {tuple(latents.shape)} and {tuple(y.shape)}")
     if len(y) < 2 or float(y.std()) == 0.0:
