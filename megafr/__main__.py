@@ -1,13 +1,18 @@
 """Command line of the study: ``python -m megafr <command>``.
 
 - ``profile NAME``: make ``profiles/NAME.yaml`` the active ``params.yaml`` (smoke, mini, paper);
+- ``validate [--profile NAME] [--record PATH]``: check every stage's values in the params file at once
+  (``dvc repro`` runs it first, as the ``validate`` stage, before any stage deletes its outputs);
+- ``run STAGE``: validate the params file, then run the stage's notebook into ``data/executed/`` (each
+  ``dvc.yaml`` stage's command);
 - ``sweep STAGE --name NAME -p KEY V1 V2 ... [-p KEY2 ...]``: run a stage's notebook over a grid;
 - ``reenact --source A --target B --out C [--refine-steps N] [--pti] [--largest-face]``: reenact one photo
   by another;
 - ``check [--profile NAME] [--stage STAGE]``: list every external file the profile needs and is missing
   (``megafr.preflight``; only ``paper`` needs any).
 
-Errors the study raises on purpose print as one line and exit with status 2.
+Errors the study raises on purpose print as one line and exit with status 2; a stage notebook that
+fails on a bug prints one line naming the executed notebook that holds the traceback and exits with 1.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from megafr.config import PARAMS_FILE, PROFILES, load_params, profile_file, stud
 from megafr.errors import MegaFRError
 
 EXIT_USER_ERROR = 2
+EXIT_STAGE_FAILED = 1  # a stage notebook failed on something other than the study's own errors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,11 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     profile = commands.add_parser("profile", help="switch the active profile (rewrites params.yaml)")
     profile.add_argument("name", choices=PROFILES)
 
+    validate = commands.add_parser("validate", help="check every stage's values in the params file at once")
+    validate.add_argument("--profile", choices=PROFILES, help="check this profile's file instead of params.yaml")
+    validate.add_argument("--record", help="write the profile and the stages checked to this JSON file")
+
+    run = commands.add_parser("run", help="validate params.yaml, then run one stage's notebook (dvc.yaml's command)")
+    run.add_argument("stage", help="stage name in dvc.yaml, e.g. prepare")
+
     sweep = commands.add_parser("sweep", help="run one stage's notebook over a grid of parameter values")
     sweep.add_argument("stage", help="stage name in dvc.yaml, e.g. prepare")
     sweep.add_argument("--name", required=True, help="sweep name: results go to data/sweeps/<name>/")
     sweep.add_argument("-p", "--param", nargs="+", action="append", metavar=("KEY", "VALUE"), default=[],
-                       help="a notebook parameter and the values to sweep (YAML-parsed); repeat for a grid")
+                       help="a field of the stage's config and the values to sweep (YAML-parsed); repeat for a grid")
 
     reenact = commands.add_parser("reenact", help="reenact a source image by a target image with the trained MegaFR")
     reenact.add_argument("--source", required=True, help="source photo (identity kept)")
@@ -63,12 +76,32 @@ def _check(profile: str | None, stage: str | None) -> None:
     preflight.report(found, params["profile"])
 
 
+def _validate(profile: str | None, record: str | None) -> None:
+    from megafr import runner, stages
+
+    root = study_root()
+    path = profile_file(profile, root) if profile else root / PARAMS_FILE
+    if record:
+        runner.write_validated(path, record)
+    else:
+        stages.validate(load_params(path))
+    print(f"{path.name}: every stage's values are valid ({', '.join(stages.ORDER)})")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from megafr.runner import StageFailed
+
     args = _parser().parse_args(argv)
     try:
         if args.command == "profile":
             path = use_profile(args.name)
             print(f"profile {args.name} is active ({path}); run `dvc repro` to rebuild what changed")
+        elif args.command == "validate":
+            _validate(args.profile, args.record)
+        elif args.command == "run":
+            from megafr.runner import run_stage
+
+            print(f"wrote {run_stage(args.stage)}")
         elif args.command == "sweep":
             from megafr.sweep import run_sweep
 
@@ -100,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     except MegaFRError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except StageFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR if error.user_error else EXIT_STAGE_FAILED
     return 0
 
 

@@ -10,13 +10,17 @@ The study has one pipeline and three profiles of it (``profiles/<name>.yaml``):
 ``python -m megafr profile <name>``. DVC reads ``params.yaml``, so switching
 profile is a params change and re-runs exactly the stages whose values differ.
 
-Each stage's notebook builds a frozen dataclass from its ``parameters`` cell with
-:func:`build_config`, which validates names, types and ranges at once.
+A parameter's value lives in the profile only. Each stage reads its frozen config dataclass from
+the params file (``megafr.stages``) through :func:`build_config`, which refuses unknown names (with
+the closest valid one), wrong types and non-finite numbers; ranges are checked by each dataclass's
+``__post_init__``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import typing
 from pathlib import Path
@@ -81,8 +85,8 @@ def study_files_digest(paths: typing.Iterable[str]) -> str:
 
 
 def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
-    """Read a params file (``params.yaml`` or a profile) as a dict."""
-    path = Path(path)
+    """Read a params file (``params.yaml`` or a profile; a relative path is under the study root) as a dict."""
+    path = study_path(path)
     if not path.is_file():
         raise InputError(f"params file {path} not found; run from the study root or `python -m megafr profile mini`")
     loaded = yaml.safe_load(path.read_text())
@@ -111,35 +115,63 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
-def build_config(cls: type, values: dict[str, Any]):
+def closest(name: str, known: typing.Iterable[str]) -> str | None:
+    """The known name closest to a misspelled ``name``, or None when none is close."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def unknown_key_message(key: str, suggestion: str | None) -> str:
+    """``unknown parameter K (did you mean S?)``: one unknown name and the closest valid one."""
+    return f"unknown parameter {key}" + (f" (did you mean {suggestion}?)" if suggestion else "")
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` is (or, for a list or tuple, holds) an infinite or NaN float."""
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(item) for item in value)
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def build_config(cls: type, values: dict[str, Any], keys: typing.Mapping[str, str] | None = None):
     """Build the frozen dataclass ``cls`` from ``values``, with clear errors for bad names and types.
 
-    Unknown names and missing names are both errors (a typo in a sweep must not pass
-    silently); ints are accepted for float fields and converted; lists become tuples.
-    Range checks live in each dataclass's ``__post_init__``.
+    Unknown names (with the closest known one suggested) and missing names are both errors (a typo
+    must not run the unchanged experiment); non-finite floats (``.inf``, ``.nan``) are refused; ints
+    are accepted for float fields and converted; lists become tuples. ``keys`` maps field names to
+    the params-file keys that messages name (default ``<Class>.<field>``). Range checks live in each
+    dataclass's ``__post_init__``.
     """
+    keys = keys or {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    where = {name: keys.get(name, f"{cls.__name__}.{name}") for name in set(fields) | set(values)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise InputError(f"{cls.__name__}: unknown parameter(s) {unknown}; known: {sorted(fields)}")
+        named = [unknown_key_message(where[name], where.get(closest(name, fields) or "")) for name in unknown]
+        raise InputError(f"{'; '.join(named)}; fix or remove it in params.yaml (or the override)")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         annotation = hints[name]
         if not _type_ok(value, annotation):
             raise InputError(
-                f"{cls.__name__}.{name} must be {getattr(annotation, '__name__', annotation)}, "
-                f"got {value!r} ({type(value).__name__}); fix it in params.yaml or the -p value"
+                f"{where[name]} must be {getattr(annotation, '__name__', annotation)}, "
+                f"got {value!r} ({type(value).__name__}); fix it in params.yaml or the override"
             )
+        if _non_finite(value):
+            raise InputError(f"{where[name]} must be a finite number, got {value!r}; fix it in params.yaml "
+                             "or the override")
         if annotation is float and isinstance(value, int):
             value = float(value)
         if isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as error:  # missing required fields
-        raise InputError(f"{cls.__name__}: {error}; add the parameter to params.yaml") from None
+    missing = [where[name] for name, f in fields.items() if name not in kwargs and f.init
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise InputError(f"{cls.__name__}: missing parameter(s) {', '.join(missing)}; add them to every profile "
+                         "(profiles/*.yaml) and params.yaml")
+    return cls(**kwargs)
 
 
 def require(condition: bool, message: str) -> None:

@@ -50,6 +50,7 @@ class FiguresConfig:
     fps: int  # frame rate of the talking-head MP4 and GIF
     video_scale: int  # nearest-neighbour enlargement of the video frames
     threads: int  # torch intra-op threads (0: torch's default)
+    run_dir: str = ""  # set by a sweep: figures, metrics and plots go under <run_dir>/ instead
 
     def __post_init__(self):
         require_at_least("figures", self, (("grid_sources", 1), ("grid_targets", 1), ("extreme_pairs", 1),
