@@ -126,13 +126,6 @@ def unknown_key_message(key: str, suggestion: str | None) -> str:
     return f"unknown parameter {key}" + (f" (did you mean {suggestion}?)" if suggestion else "")
 
 
-def _non_finite(value: Any) -> bool:
-    """Whether ``value`` is (or, for a list or tuple, holds) an infinite or NaN float."""
-    if isinstance(value, (list, tuple)):
-        return any(_non_finite(item) for item in value)
-    return isinstance(value, float) and not math.isfinite(value)
-
-
 def build_config(cls: type, values: dict[str, Any], keys: typing.Mapping[str, str] | None = None):
     """Build the frozen dataclass ``cls`` from ``values``, with clear errors for bad names and types.
 
@@ -158,7 +151,7 @@ def build_config(cls: type, values: dict[str, Any], keys: typing.Mapping[str, st
                 f"{where[name]} must be {getattr(annotation, '__name__', annotation)}, "
                 f"got {value!r} ({type(value).__name__}); fix it in params.yaml or the override"
             )
-        if _non_finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"{where[name]} must be a finite number, got {value!r}; fix it in params.yaml "
                              "or the override")
         if annotation is float and isinstance(value, int):

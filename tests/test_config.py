@@ -1,6 +1,7 @@
 """Profiles, params.yaml and config validation."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
@@ -56,7 +57,7 @@ class _Toy:
 def test_build_config_converts_and_validates():
     cfg = build_config(_Toy, {"steps": 3, "rate": 1})
     assert cfg.rate == 1.0 and isinstance(cfg.rate, float)
-    with pytest.raises(InputError, match="unknown parameter"):
+    with pytest.raises(InputError, match=r"unknown parameter _Toy.stpes \(did you mean _Toy.steps\?\)"):
         build_config(_Toy, {"steps": 3, "rate": 1.0, "stpes": 4})
     with pytest.raises(InputError, match="must be int"):
         build_config(_Toy, {"steps": "3", "rate": 1.0})
@@ -85,3 +86,81 @@ def test_torch_device_follows_the_environment(monkeypatch):
         monkeypatch.setenv(DEVICE_VARIABLE, "cuda")
         with pytest.raises(InputError, match="no CUDA device"):
             torch_device()
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_build_config_refuses_non_finite_numbers(value):
+    with pytest.raises(InputError, match=r"^block.rate must be a finite number, got"):
+        build_config(_Toy, {"steps": 3, "rate": value}, keys={"rate": "block.rate"})
+
+
+def _scratch(tmp_path, edit) -> Path:
+    """A scratch study root: dvc.yaml and params.yaml = the smoke profile, changed by ``edit(params)``."""
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    params = load_params(profile_file("smoke", ROOT))
+    edit(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path / "params.yaml"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda p: p["train_reenact"].update(lambda_cyk=3.0),
+     r"unknown parameter train_reenact.lambda_cyk \(did you mean train_reenact.lambda_cyc\?\)"),
+    (lambda p: p.update(sed=1), r"unknown parameter sed \(did you mean seed\?\); no stage reads it"),
+    (lambda p: p["flame"].update(modle_path="x"), r"unknown parameter flame.modle_path \(did you mean flame.model_path"),
+    (lambda p: p["train_face3d"].update(lr=float("inf")), r"train_face3d.lr must be a finite number, got inf"),
+    (lambda p: p["train_reenact"].update(lambda_id=float("nan")), r"train_reenact.lambda_id must be a finite number"),
+    (lambda p: p["prepare"].update(max_yaw_deg="abc"), r"prepare.max_yaw_deg must be float, got 'abc'"),
+    (lambda p: p["train_idnet"].update(seed=3), r"train_idnet.seed is read from `seed`"),
+    (lambda p: p["evaluate"].pop("cross_pairs"), r"missing parameter\(s\) evaluate.cross_pairs"),
+    (lambda p: p["train_generator"].update(steps=0), r"train_generator.steps must be >= 1, got 0"),
+])
+def test_the_whole_params_file_is_validated_naming_the_key(tmp_path, monkeypatch, edit, message):
+    from megafr import stages
+
+    params_file = _scratch(tmp_path, edit)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=message) as info:
+        stages.validate(load_params(params_file))
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_infinity_in_a_profile_is_refused(tmp_path, monkeypatch):
+    from megafr import stages
+
+    params_file = _scratch(tmp_path, lambda p: None)
+    params_file.write_text(params_file.read_text().replace("lr: 0.002\n", "lr: .inf\n", 1))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"train_face3d.lr must be a finite number, got inf"):
+        stages.validate(load_params("params.yaml"))
+
+
+@pytest.mark.parametrize("profile", ["smoke", "mini"])
+def test_profiles_are_valid_as_a_whole(profile):
+    from megafr import stages
+
+    configs = stages.validate(load_params(profile_file(profile, ROOT)))
+    assert list(configs) == list(stages.ORDER)
+
+
+def test_paper_profile_is_valid_once_the_user_supplies_photos_and_eyelids(tmp_path, monkeypatch):
+    from megafr import stages
+
+    params = load_params(profile_file("paper", ROOT))
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / params["prepare"]["photos_dir"]).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="figures.eye_components must name"):
+        stages.validate(params)
+    params["figures"]["eye_components"] = "3,4"
+    assert stages.validate(params)["figures"].eye_components == "3,4"
+
+
+def test_a_notebook_in_notebooks_reads_the_params_file_of_the_study_root(tmp_path, monkeypatch):
+    from megafr.stages import train_face3d
+
+    monkeypatch.chdir(ROOT / "notebooks")  # where JupyterLab runs a notebook
+    cfg = train_face3d.load_config("params.yaml", {"steps": 7})
+    params = load_params(ROOT / "params.yaml")
+    assert cfg.steps == 7 and cfg.lr == params["train_face3d"]["lr"] and cfg.profile == params["profile"]
+    assert cfg.image_size == params["prepare"]["image_size"] and cfg.data_dir == "data/prepare"

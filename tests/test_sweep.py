@@ -1,26 +1,76 @@
-"""The sweep helper: stage parameters from dvc.yaml, grids, run names, result collection."""
+"""The sweep helper: grids checked before any run, overrides instead of dvc.yaml parsing, result collection."""
 
 import json
+import shutil
 
 import pytest
 
 from megafr import sweep
-from megafr.config import load_params, study_root
+from megafr.__main__ import main
+from megafr.config import load_params, profile_file, study_root
 from megafr.errors import InputError
+from megafr.runner import StageFailed
 
 ROOT = study_root(__file__)
 
 
-def test_stage_command_resolves_params_like_dvc():
-    notebook, executed, values = sweep.stage_command("prepare", ROOT)
-    params = load_params(ROOT / "params.yaml")
-    assert notebook == "notebooks/01_prepare.ipynb"
-    assert executed == "data/executed/01_prepare.ipynb"
-    assert values["image_size"] == params["prepare"]["image_size"]
-    assert values["seed"] == params["seed"]
-    assert values["model_path"] == params["flame"]["model_path"]
-    with pytest.raises(InputError, match="no stage"):
-        sweep.stage_command("no_such_stage", ROOT)
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    """A scratch study: dvc.yaml, the stage notebooks, params.yaml = the smoke profile."""
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copy(profile_file("smoke", ROOT), tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_check_grid_builds_every_point_from_params_yaml(study):
+    points = sweep.check_grid("prepare", {"max_yaw_deg": [30.0, 45], "seed": [1]}, study)
+    assert points == [{"max_yaw_deg": 30.0, "seed": 1}, {"max_yaw_deg": 45, "seed": 1}]
+    with pytest.raises(InputError, match=r"unknown parameter override max_yaw \(did you mean prepare.max_yaw_deg\?\)"):
+        sweep.check_grid("prepare", {"max_yaw": [30.0]}, study)
+    with pytest.raises(InputError, match="no stage 'prepar'; did you mean prepare"):
+        sweep.check_grid("prepar", {"seed": [1]}, study)
+
+
+@pytest.mark.parametrize("value,words", [("abc", "override max_yaw_deg must be float, got 'abc'"),
+                                         (".inf", "override max_yaw_deg must be a finite number, got inf"),
+                                         ("120", "prepare.max_*_deg must lie in (0, 90)")])
+def test_a_bad_value_is_one_line_exit_2_and_no_run(study, capsys, value, words):
+    code = main(["sweep", "prepare", "--name", "bad", "-p", "max_yaw_deg", "30", value])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+    assert not (study / sweep.SWEEPS_DIR).exists()  # no run started, so no .partial notebook
+
+
+def test_a_failing_run_keeps_its_notebook_as_failed_not_partial(study, monkeypatch):
+    def fail(notebook, output, parameters, *, root, progress):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("{}")
+        raise StageFailed(notebook.name, 3, "RuntimeError", "boom", output.relative_to(root))
+
+    monkeypatch.setattr(sweep, "execute", fail)
+    with pytest.raises(StageFailed, match=r"01_prepare.ipynb failed in cell 3: RuntimeError: boom") as info:
+        sweep.run_sweep("prepare", "demo", {"seed": [1]}, progress=False)
+    run = study / sweep.SWEEPS_DIR / "demo" / "seed=1"
+    assert sorted(p.name for p in run.iterdir()) == ["01_prepare.failed.ipynb"]
+    assert str(info.value).endswith("(traceback in data/sweeps/demo/seed=1/01_prepare.failed.ipynb)")
+
+
+def test_runs_get_overrides_and_their_run_dir(study, monkeypatch):
+    calls = []
+
+    def record(notebook, output, parameters, *, root, progress):
+        calls.append((notebook.name, parameters))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("{}")
+
+    monkeypatch.setattr(sweep, "execute", record)
+    sweep.run_sweep("train_idnet", "lr", {"lr": [0.1, 0.2]}, progress=False)
+    assert calls == [("03_train_idnet.ipynb", {"overrides": {"lr": 0.1}, "run_dir": "data/sweeps/lr/lr=0.1"}),
+                     ("03_train_idnet.ipynb", {"overrides": {"lr": 0.2}, "run_dir": "data/sweeps/lr/lr=0.2"})]
+    sweep.run_sweep("train_idnet", "lr", {"lr": [0.1, 0.2]}, progress=False)
+    assert len(calls) == 2  # finished runs are skipped
 
 
 def test_grid_and_run_names():

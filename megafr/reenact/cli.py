@@ -1,7 +1,7 @@
 """``python -m megafr reenact``: reenact one source photo by one target photo from the command line.
 
-The networks are the ones the ``train_reenact`` stage trained, with the values ``dvc repro`` passes
-it (read from ``dvc.yaml`` and ``params.yaml``, the notebook's defaults for the rest). On the paper
+The networks are the ones the ``train_reenact`` stage trained, with the values ``dvc repro`` runs it
+with: its config read from ``params.yaml`` (``megafr.stages.train_reenact``). On the paper
 profile real photos are first aligned the FFHQ way (dlib landmarks); on mini and smoke the inputs
 are SynthHeads images, already framed, of the world's size.
 
@@ -10,7 +10,7 @@ as one :class:`~megafr.errors.MegaFRError` naming the problem and the fix: the o
 (extension, not a folder, not one of the inputs), both input images (readable, not empty, tiny or
 huge; greyscale, alpha, palette and 16-bit files are converted, see ``megafr.imageio``), the
 external files of the paper profile (all missing ones at once, ``megafr.preflight``), and the
-trained E_FR checkpoint (present, readable, finished, trained with the current settings). The
+trained E_FR checkpoint (present, readable, trained with the current settings and profile, finished). The
 output is written atomically, so a failure never leaves a partial file behind.
 
 Faces (paper profile): a photo with no face is refused; with several faces the command refuses
@@ -20,61 +20,32 @@ the wrong person is worse than an error).
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import json
 import os
 import warnings
 from pathlib import Path
 
-from megafr.config import build_config, study_root
+from megafr.config import PARAMS_FILE, study_root
 from megafr.errors import CheckpointError, InputError, NoFaceError
 from megafr.imageio import image_to_tensor, load_image, output_format, save_image, tensor_to_image
 from megafr.reenact.inference import Reenactor
 from megafr.reenact.train import ReenactConfig, checkpoint_path, read_checkpoint
-from megafr.sweep import stage_command
+from megafr.stages import train_reenact
 
 STAGE = "train_reenact"
-PARAMETERS_TAG = "parameters"  # papermill's tag of the notebook cell holding the defaults
 
 
 class FaceChoiceWarning(UserWarning):
     """A photo held several faces and the largest was reenacted (``largest_face=True``)."""
 
 
-def notebook_defaults(notebook: str | os.PathLike) -> dict:
-    """The plain values assigned in a notebook's ``parameters`` cell (what papermill overrides)."""
-    path = Path(notebook)
-    try:
-        cells = json.loads(path.read_text())["cells"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"cannot read the parameters of {path} ({type(error).__name__}: {error}); "
-                         f"restore it with `git checkout {path}`") from error
-    defaults: dict = {}
-    for cell in cells:
-        if PARAMETERS_TAG not in cell.get("metadata", {}).get("tags", []):
-            continue
-        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-        for node in ast.parse(source).body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                try:
-                    defaults[node.targets[0].id] = ast.literal_eval(node.value)
-                except ValueError:
-                    continue  # not a plain value; papermill passes it through and so do we
-    return defaults
-
-
 def stage_config(root: str | os.PathLike | None = None) -> ReenactConfig:
-    """The ``train_reenact`` configuration exactly as ``dvc repro`` runs it: the notebook's defaults,
-    overridden by the ``-p`` values of its ``dvc.yaml`` command."""
+    """The ``train_reenact`` training configuration exactly as ``dvc repro`` runs it, from ``params.yaml``."""
     root = Path(root) if root is not None else study_root()
     if not (root / "dvc.yaml").is_file():
         raise InputError(f"no dvc.yaml in {Path.cwd()} or above; run `python -m megafr reenact` inside the study "
                          "folder (the one holding dvc.yaml and params.yaml)")
-    notebook, _, values = stage_command(STAGE, root)
-    merged = {**notebook_defaults(root / notebook), **values}
-    names = {f.name for f in dataclasses.fields(ReenactConfig)}
-    return build_config(ReenactConfig, {k: v for k, v in merged.items() if k in names})
+    return train_reenact.load_config(root / PARAMS_FILE).training()
 
 
 def check_output(out: str | os.PathLike, inputs: tuple[str | os.PathLike, ...]) -> Path:
@@ -92,15 +63,19 @@ def load_reenactor(cfg: ReenactConfig) -> Reenactor:
     path = checkpoint_path(cfg)
     fix = f"run `dvc repro {STAGE}` to (re)train it with the current params.yaml"
     data = read_checkpoint(path)  # MissingFileError / CheckpointError name the file
-    step = data.get("step")
-    if not isinstance(step, int) or step < cfg.steps:
-        raise CheckpointError(f"{path} stopped at step {step} of {cfg.steps} (an interrupted training); {fix}")
+    saved = data["config"] if isinstance(data["config"], dict) else {}
+    if saved.get("profile") not in (None, cfg.profile):
+        raise CheckpointError(f"{path} was trained on the {saved['profile']} profile but params.yaml is the "
+                              f"{cfg.profile} profile; switch back with `python -m megafr profile {saved['profile']}`, "
+                              f"or {fix}")
     if data["config"] != dataclasses.asdict(cfg):
-        saved = data["config"] if isinstance(data["config"], dict) else {}
         differ = sorted(k for k in set(saved) | set(dataclasses.asdict(cfg))
                         if saved.get(k) != getattr(cfg, k, None))
         raise CheckpointError(f"{path} was trained with other settings than params.yaml (differing: "
                               f"{', '.join(differ[:6])}); {fix}")
+    step = data.get("step")
+    if not isinstance(step, int) or step < cfg.steps:
+        raise CheckpointError(f"{path} stopped at step {step} of {cfg.steps} (an interrupted training); {fix}")
     try:
         return Reenactor.from_config(cfg, data)
     except RuntimeError as error:  # load_state_dict: weights of another architecture or size

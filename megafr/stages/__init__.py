@@ -108,7 +108,7 @@ def config_from(stage: str, params: Mapping[str, Any], overrides: Mapping[str, A
     keys = dict(stage_module.SHARED)
     block = _block(params, stage)
     values.update(block)
-    keys.update({name: f"{stage}.{name}" for name in block})
+    keys.update({name: f"{stage}.{name}" for name in [*block_fields(stage), *block]})
     values.update(stage_module.PRODUCTS)
     values[RUN_DIR] = run_dir
     for name, value in (overrides or {}).items():
