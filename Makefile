@@ -1,6 +1,7 @@
 # Two entry points, both from a fresh clone with nothing but Python 3.10+:
 #   make study   installs into .venv and runs the study (`dvc repro`, active profile in params.yaml)
 #   make test    installs into .venv (with test extras) and runs the test suite
+# `make validate` checks every value of params.yaml at once (dvc repro's first stage does the same).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # threads ran 0.01-0.26x the speed of one thread (benchmarks/, `threads` section).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: study test profile-smoke profile-mini profile-paper benchmarks lab
+.PHONY: study test validate profile-smoke profile-mini profile-paper benchmarks lab
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ study: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+validate: $(VENV)/.installed
+	$(BIN)/python -m megafr validate
 
 profile-%: $(VENV)/.installed
 	$(BIN)/python -m megafr profile $*

@@ -343,10 +343,11 @@ def test_figures_notebook_writes_every_output(study, directions, tmp_path):
 
     save_directions(directions, tmp_path / "directions.pt")
     cfg = figures_config(study, talking_frames=5)
-    values = {name: getattr(cfg, name) for name in FiguresConfig.__dataclass_fields__}
-    values.update(directions_path=str(tmp_path / "directions.pt"), run_dir=str(tmp_path / "run"), threads=1)
+    values = {name: getattr(cfg, name) for name in FiguresConfig.__dataclass_fields__ if name != "run_dir"}
+    values.update(directions_path=str(tmp_path / "directions.pt"), threads=1)
+    parameters = {"params_file": "profiles/smoke.yaml", "overrides": values, "run_dir": str(tmp_path / "run")}
     papermill.execute_notebook(str(ROOT / "notebooks" / "08_figures.ipynb"), str(tmp_path / "08.ipynb"), cwd=str(ROOT),
-                               parameters=values, progress_bar=False)
+                               parameters=parameters, progress_bar=False)
     names = ["reenactment_grid", "refinement", "yaw_control", "pitch_control", "frontalization", "eye_opening",
              "talking_head"]
     for name in names:
