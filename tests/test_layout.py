@@ -108,7 +108,7 @@ def test_every_field_has_one_value_in_every_profile(profile):
             assert head in params and (not tail or tail in params[head]), f"{profile}: {key} ({stage})"
         config = stages.module(stage).CONFIG
         fields = {f.name for f in dataclasses.fields(config)}
-        sources = set(stages.block_fields(stage)) | set(stages.module(stage).SHARED) | stages._code_fields(stage)
+        sources = set(stages.block_fields(stage)) | set(stages.module(stage).SHARED) | stages.code_fields(stage)
         assert fields == sources, f"{stage}: fields without a source {sorted(fields - sources)}"
     read = stages.read_keys()
     leaves = {f"{k}.{sub}" if isinstance(v, dict) else k for k, v in params.items() if k not in stages.ORDER

@@ -61,7 +61,8 @@ def test_a_failing_cell_is_one_line_naming_the_record(tmp_path):
     user = StageFailed("01_prepare.ipynb", 4, "InputError", "prepare.photos_dir is not a folder", tmp_path / "x.ipynb")
     bug = StageFailed("01_prepare.ipynb", 4, "ZeroDivisionError", "division by zero", tmp_path / "x.ipynb")
     assert user.user_error and not bug.user_error
-    assert str(bug) == f"01_prepare.ipynb failed in cell 4: ZeroDivisionError: division by zero (traceback in {tmp_path / 'x.ipynb'})"
+    assert str(bug) == ("01_prepare.ipynb failed in cell 4: ZeroDivisionError: division by zero "
+                        f"(traceback in {tmp_path / 'x.ipynb'})")
 
 
 @pytest.mark.slow

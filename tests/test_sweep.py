@@ -27,7 +27,7 @@ def study(tmp_path, monkeypatch):
 def test_check_grid_builds_every_point_from_params_yaml(study):
     points = sweep.check_grid("prepare", {"max_yaw_deg": [30.0, 45], "seed": [1]}, study)
     assert points == [{"max_yaw_deg": 30.0, "seed": 1}, {"max_yaw_deg": 45, "seed": 1}]
-    with pytest.raises(InputError, match=r"unknown parameter override max_yaw \(did you mean prepare.max_yaw_deg\?\)"):
+    with pytest.raises(InputError, match=r"override max_yaw \(did you mean max_yaw_deg\?\): stage prepare"):
         sweep.check_grid("prepare", {"max_yaw": [30.0]}, study)
     with pytest.raises(InputError, match="no stage 'prepar'; did you mean prepare"):
         sweep.check_grid("prepar", {"seed": [1]}, study)

@@ -54,7 +54,7 @@ def executed_notebook(stage: str) -> str:
     return f"{EXECUTED_DIR}/{Path(notebook(stage)).name}"
 
 
-def _code_fields(stage: str) -> set[str]:
+def code_fields(stage: str) -> set[str]:
     """Fields that are not parameters: products' paths, dataclass defaults and ``run_dir``."""
     stage_module = module(stage)
     defaults = {f.name for f in dataclasses.fields(stage_module.CONFIG)
@@ -65,7 +65,7 @@ def _code_fields(stage: str) -> set[str]:
 def block_fields(stage: str) -> list[str]:
     """The keys the stage's own params block must hold: the fields that are neither shared nor code."""
     stage_module = module(stage)
-    taken = set(stage_module.SHARED) | _code_fields(stage)
+    taken = set(stage_module.SHARED) | code_fields(stage)
     return [f.name for f in dataclasses.fields(stage_module.CONFIG) if f.name not in taken]
 
 
@@ -94,7 +94,7 @@ def _block(params: Mapping[str, Any], stage: str) -> dict[str, Any]:
         if key in stage_module.SHARED:
             raise InputError(f"{stage}.{key} is read from `{stage_module.SHARED[key]}` for this stage; "
                              f"remove {stage}.{key} from params.yaml")
-        if key in _code_fields(stage):
+        if key in code_fields(stage):
             raise InputError(f"{stage}.{key} is set by the code (or by a sweep), not by a profile; "
                              f"remove it from params.yaml")
     return dict(block)
@@ -111,7 +111,11 @@ def config_from(stage: str, params: Mapping[str, Any], overrides: Mapping[str, A
     keys.update({name: f"{stage}.{name}" for name in [*block_fields(stage), *block]})
     values.update(stage_module.PRODUCTS)
     values[RUN_DIR] = run_dir
+    fields = [f.name for f in dataclasses.fields(stage_module.CONFIG)]
     for name, value in (overrides or {}).items():
+        if name not in fields:
+            raise InputError(f"{unknown_key_message(f'override {name}', closest(name, fields))}: stage {stage} has "
+                             f"no such field; its fields: {', '.join(fields)}")
         values[name] = value
         keys[name] = f"override {name}"
     return build_config(stage_module.CONFIG, values, keys)
