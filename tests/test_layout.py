@@ -82,6 +82,7 @@ def test_notebooks_are_numbered_in_pipeline_order():
 
 def test_every_stage_command_is_one_short_line_running_its_notebook():
     assert PIPELINE["validate"]["cmd"] == "python -m megafr validate --record data/validate.json"
+    assert not [name for name, spec in PIPELINE.items() if "${" in spec["cmd"]]  # no value passes through a shell
     for stage in stages.ORDER:
         assert PIPELINE[stage]["cmd"] == f"python -m megafr run {stage}", stage
         outs = [next(iter(o)) if isinstance(o, dict) else o for o in PIPELINE[stage]["outs"]]
