@@ -42,10 +42,10 @@ from typing import Any
 
 from megafr.config import PARAMS_FILE, PROFILES, load_params, study_root
 from megafr.errors import InputError, PreflightError
+from megafr.stages import ORDER
 
-# Stages in pipeline order (dvc.yaml), then the ones still to come; check_stage(s) checks s and what follows.
-PIPELINE = ("prepare", "train_face3d", "train_idnet", "train_generator", "train_inversion", "train_reenact",
-            "evaluate", "figures")
+# Stages in pipeline order (dvc.yaml); check_stage(s) checks s and what follows.
+PIPELINE = ORDER
 # Consumer name of the `python -m megafr reenact` command (not a pipeline stage).
 REENACT_CLI = "reenact"
 CONSUMERS = PIPELINE + (REENACT_CLI,)

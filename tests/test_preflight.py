@@ -215,12 +215,10 @@ def test_command_line_check(scratch, monkeypatch, capsys):
 
 
 def _stages_of_notebooks() -> dict[str, str]:
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    found = {}
-    for stage, spec in stages.items():
-        notebook = next(word for word in spec["cmd"].split() if word.startswith("notebooks/"))
-        found[notebook] = stage
-    return found
+    from megafr import stages
+
+    dvc_stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {stages.notebook(stage): stage for stage in stages.ORDER if stage in dvc_stages}
 
 
 def test_pipeline_order_follows_dvc_yaml():
