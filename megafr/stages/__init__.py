@@ -111,14 +111,19 @@ def config_from(stage: str, params: Mapping[str, Any], overrides: Mapping[str, A
     keys.update({name: f"{stage}.{name}" for name in [*block_fields(stage), *block]})
     values.update(stage_module.PRODUCTS)
     values[RUN_DIR] = run_dir
-    fields = [f.name for f in dataclasses.fields(stage_module.CONFIG)]
-    for name, value in (overrides or {}).items():
+    _check_overrides(stage, overrides or {})
+    values.update(overrides or {})
+    keys.update({name: f"override {name}" for name in overrides or {}})
+    return build_config(stage_module.CONFIG, values, keys)
+
+
+def _check_overrides(stage: str, overrides: Mapping[str, Any]) -> None:
+    """Refuse an override that names no field of the stage's config, suggesting the closest field."""
+    fields = [f.name for f in dataclasses.fields(module(stage).CONFIG)]
+    for name in overrides:
         if name not in fields:
             raise InputError(f"{unknown_key_message(f'override {name}', closest(name, fields))}: stage {stage} has "
                              f"no such field; its fields: {', '.join(fields)}")
-        values[name] = value
-        keys[name] = f"override {name}"
-    return build_config(stage_module.CONFIG, values, keys)
 
 
 def load_config(stage: str, params_file: str | os.PathLike = PARAMS_FILE,
