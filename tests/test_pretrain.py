@@ -14,11 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from megafr import metrics
 from megafr.errors import InputError
 from megafr.nets.checkpoints import load_arcface, load_e4e, load_latent_discriminator, load_psp, load_stylegan2
 from megafr.nets.encoders import layer_groups
 from megafr.pretrain import autoencoder as ae
-from megafr.pretrain import common, idnet, inversion, metrics
+from megafr.pretrain import common, idnet, inversion
 from megafr.pretrain.latent_structure import (
     YAW_TOLERANCE_DEG, border_colour, geometry_layers, layer_swap_report, mix_codes, swap_pairs,
 )

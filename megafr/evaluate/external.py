@@ -30,7 +30,7 @@ import torch
 
 from megafr.config import study_path
 from megafr.nets.identity import identity_similarity
-from megafr.pretrain.metrics import feature_statistics, frechet_distance
+from megafr.metrics import feature_statistics, frechet_distance
 
 INCEPTION_FILE = "inception-2015-12-05.pt"  # clean-fid's (and StyleGAN2-ADA's) Inception-v3 torchscript file
 CLEANFID_DEFAULT_DIR = "/tmp"  # the folder clean-fid itself downloads that file to on Linux

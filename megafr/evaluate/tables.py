@@ -38,7 +38,7 @@ from megafr.errors import MissingFileError
 from megafr.evaluate.external import PAPER_METRICS, PaperMetrics, inception_features
 from megafr.evaluate.linear import LinearBaseline
 from megafr.imageio import images_to_tensor, tensors_to_images
-from megafr.pretrain.metrics import feature_statistics, frechet_distance, identity_embeddings
+from megafr.metrics import feature_statistics, frechet_distance, identity_embeddings
 from megafr.reenact.inference import Reenactor
 from megafr.reenact.train import Frozen, invert
 

@@ -1,6 +1,6 @@
 """Evaluation and figures of the generator and inversion stages, on the *test identities* only.
 
-- inversion: PSNR and SSIM (``megafr.pretrain.metrics``) and ID similarity
+- inversion: PSNR and SSIM (``megafr.metrics``) and ID similarity
   (``megafr.nets.identity.identity_similarity``, the function MegaFR's L_ID uses) of ``G(E(x))``
   against ``x``;
 - samples: FD-id between ``G(mapping(z))`` and real test images in the identity network's space;
@@ -20,7 +20,7 @@ from megafr import plots
 from megafr.nets.identity import identity_similarity
 from megafr.pretrain import common
 from megafr.pretrain.latent_structure import PoseMeasure, layer_swap_report, mix_codes, pose_table_degrees, swap_pairs
-from megafr.pretrain.metrics import fd_id, psnr, ssim
+from megafr.metrics import fd_id, psnr, ssim
 
 EVAL_BATCH = 64  # images per forward pass during evaluation
 SAMPLE_SEED = 12345  # z of the sample grid and FD-id samples (fixed: comparable across runs)

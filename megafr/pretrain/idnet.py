@@ -76,7 +76,7 @@ from megafr.nets.checkpoints import load_arcface, save_arcface
 from megafr.nets.identity import face_crop
 from megafr.nets.irse import ArcFace, ArcFaceConfig
 from megafr.pretrain import common
-from megafr.pretrain.metrics import identity_embeddings, tar_at_far, verification_pairs
+from megafr.metrics import identity_embeddings, tar_at_far, verification_pairs
 
 PRODUCT_FILE = "arcface.pt"
 PRODUCTS_FILE = "products.json"  # names the file later stages use (own product or the official one)
