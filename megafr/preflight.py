@@ -61,7 +61,7 @@ INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_DIR = "." if os.name == "nt" else "/tmp"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 # torchvision's ImageNet AlexNet (AlexNet_Weights.IMAGENET1K_V1), the backbone LPIPS(net="alex") loads
-# from the torch hub cache; megafr.pretrain.common.lpips_status looks for the same name prefix.
+# from the torch hub cache; megafr.losses.perceptual.lpips_status looks for the same name prefix.
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 ALEXNET_PREFIX = "alexnet-owt"
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megafr import metrics
+from megafr import losses, metrics
 from megafr.errors import InputError
 from megafr.nets.checkpoints import load_arcface, load_e4e, load_latent_discriminator, load_psp, load_stylegan2
 from megafr.nets.encoders import layer_groups
@@ -151,12 +151,12 @@ def test_laplacian_l1_counts_each_scale_separately():
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     i = torch.arange(32)
     checker = ((i.view(-1, 1) + i.view(1, -1)) % 2 * 2 - 1).float() * 0.2  # finest detail, amplitude 0.2
-    assert float(ae.laplacian_l1(x, x)) == 0.0
-    assert float(ae.laplacian_l1(x, x + 0.3)) == pytest.approx(0.3, abs=1e-5)  # low-pass residual only
-    assert float(ae.laplacian_l1(x, x + checker)) == pytest.approx(0.2, abs=1e-5)  # finest band only
+    assert float(losses.laplacian_l1(x, x)) == 0.0
+    assert float(losses.laplacian_l1(x, x + 0.3)) == pytest.approx(0.3, abs=1e-5)  # low-pass residual only
+    assert float(losses.laplacian_l1(x, x + checker)) == pytest.approx(0.2, abs=1e-5)  # finest band only
     # Both errors at once: the pyramid adds them (0.5), where a plain L1 would let the offset hide
     # the detail (the mean of |0.3 + 0.2| and |0.3 - 0.2| is 0.3).
-    assert float(ae.laplacian_l1(x, x + 0.3 + checker)) == pytest.approx(0.5, abs=1e-5)
+    assert float(losses.laplacian_l1(x, x + 0.3 + checker)) == pytest.approx(0.5, abs=1e-5)
 
 
 def test_psnr_ssim_known_values():
@@ -228,7 +228,7 @@ def test_fused_adam_follows_the_default_update():
 
 def test_lpips_is_off_without_backbone_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    available, message = common.lpips_status()
+    available, message = losses.lpips_status()
     assert not available and message.startswith("LPIPS off")
 
 
@@ -311,7 +311,7 @@ def test_generator_mapping_trains_against_the_latent_discriminator(tmp_path, ima
     opt = torch.optim.SGD(mapping.parameters(), lr=0.5)
     for _ in range(5):
         opt.zero_grad()
-        ae.mapping_loss(d, mapping(z)).backward()
+        losses.mapping_loss(d, mapping(z)).backward()
         opt.step()
     assert fake_score() < before_score
     # resumes like the other optimizers

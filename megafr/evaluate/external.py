@@ -59,14 +59,10 @@ def load_inception(folder: str = "") -> tuple[Optional[FeatureFn], str]:
 
 def load_lpips() -> tuple[Optional[torch.nn.Module], str]:
     """LPIPS with the AlexNet backbone when its weights are here and the package imports -> (net or None, log line)."""
-    from megafr.pretrain.common import lpips_status
+    from megafr.losses.perceptual import load_lpips as load_lpips_network
 
-    available, message = lpips_status()
-    if not available:
-        return None, message.replace("LPIPS off:", "LPIPS n/a:", 1)
-    import lpips
-
-    return lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False), message
+    net, message = load_lpips_network()
+    return net, message if net is not None else message.replace("LPIPS off:", "LPIPS n/a:", 1)
 
 
 def load_paper_arcface(path: str) -> tuple[Optional[torch.nn.Module], str]:

@@ -59,6 +59,7 @@ from megafr.face3d.recon import (
 from megafr.face3d.render import Renderer, project
 from megafr.fileio import atomic_path
 from megafr.imageio import images_to_tensor
+from megafr.losses import silhouette_loss, weighted_landmark_loss
 from megafr.training import batch_rows as batch_indices  # the data order: a function of (seed, step)
 
 SOURCES = ("synthetic", "photos")
@@ -232,21 +233,6 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 # -------------------------------------------------------------------------------------- losses
-def weighted_landmark_loss(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_i w_i * mean_xy |p_i - t_i| / sum_i w_i, averaged over the batch. predicted/target [B, 68, 2], weights [68]."""
-    if predicted.shape != target.shape or predicted.shape[-2] != weights.shape[0]:
-        raise ValueError(f"landmarks {tuple(predicted.shape)} vs {tuple(target.shape)} vs weights {tuple(weights.shape)}")
-    per_point = (predicted - target).abs().mean(dim=-1)  # [B, 68]
-    return ((per_point * weights).sum(dim=-1) / weights.sum()).mean()
-
-
-def silhouette_loss(soft: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between a soft silhouette [B, 1, H, W] and a target mask [B, 1, H, W] in [0, 1]."""
-    if soft.shape != mask.shape:
-        raise ValueError(f"silhouette {tuple(soft.shape)} and mask {tuple(mask.shape)} differ")
-    return (soft - mask).abs().mean()
-
-
 def prior_losses(params: FaceParams) -> dict[str, torch.Tensor]:
     """L2 priors: mean square of identity, expression, and jaw + eye rotations."""
     rotations = torch.cat([params.pose[:, JAW], params.pose[:, LEFT_EYE], params.pose[:, RIGHT_EYE]], dim=1)

@@ -130,14 +130,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from kornia.geometry.transform import build_laplacian_pyramid
 from tqdm.auto import tqdm
 
 from megafr.config import require, require_at_least, study_files_digest, study_path
 from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
+from megafr.losses import LpipsLoss, delta_loss, id_loss, laplacian_l1, latent_d_loss, latent_loss, mapping_loss
 from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
-from megafr.nets.identity import identity_similarity
 from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, LatentCodesDiscriminator
 from megafr.nets.stylegan2 import Generator
 from megafr.pretrain import common
@@ -151,7 +150,6 @@ SWAP_POOL_FILE = "swap_pool.npz"
 MEAN_LATENT_SAMPLES = 4096  # z samples averaged into latent_avg
 ADAM_BETAS_G = (0.0, 0.99)  # StyleGAN2's Adam betas (generator, discriminator)
 ADAM_BETAS_E = (0.9, 0.999)  # encoder
-LAP_LEVELS = 4  # Laplacian-pyramid levels (64 px: bands at 64, 32, 16 and the 8 px residual)
 CURVE_POINTS = 150  # about this many rows in the training curve
 LOSS_TERMS = ("l2", "lap", "swap", "latent", "delta", "lpips", "id", "d_latent", "r1", "mapping")
 LAMBDA_TERMS = LOSS_TERMS[:-3]  # the weighted terms of the G + E loss (lambda_<term>); D's and the mapping's are not
@@ -282,65 +280,6 @@ def synthesis_parameters(generator: Generator) -> list[torch.nn.Parameter]:
     return [p for name, p in generator.named_parameters() if not name.startswith("style.")]
 
 
-# ------------------------------------------------------------------------------ losses
-def latent_d_loss(latent_d: LatentCodesDiscriminator, real_w: torch.Tensor, fake_w: torch.Tensor,
-                  r1_gamma: float) -> tuple[torch.Tensor, dict]:
-    """Non-saturating logistic loss of D_latent on mapping(z) [N, D] vs encoder codes [M, D], + R1 on real."""
-    real_w = real_w.detach().requires_grad_(r1_gamma > 0)
-    real_pred, fake_pred = latent_d(real_w), latent_d(fake_w.detach())
-    loss = F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
-    r1 = real_w.new_zeros(())
-    if r1_gamma > 0:
-        (grad,) = torch.autograd.grad(real_pred.sum(), real_w, create_graph=True)
-        r1 = grad.square().sum(1).mean()
-        loss = loss + r1_gamma / 2 * r1
-    return loss, {"d_latent": float(loss.detach()), "r1": float(r1.detach())}
-
-
-def laplacian_l1(x: torch.Tensor, y: torch.Tensor, levels: int = LAP_LEVELS) -> torch.Tensor:
-    """Laplacian-pyramid L1 (Bojanowski et al. 2018): sum over levels of the mean |band(x) - band(y)|.
-
-    kornia builds the pyramids (``levels`` levels, the last one the low-pass residual). Each level is
-    averaged over its own pixels, so an error counts once at each scale where it lives: fine detail
-    is not hidden under a coarse colour error, as it partly is in a plain pixel loss. x, y [B, C, H, W]
-    """
-    bands_x, bands_y = build_laplacian_pyramid(x, levels), build_laplacian_pyramid(y, levels)
-    return sum((bx - by).abs().mean() for bx, by in zip(bands_x, bands_y))
-
-
-def mapping_loss(latent_d: LatentCodesDiscriminator, w: torch.Tensor) -> torch.Tensor:
-    """The mapping network's adversarial term: softplus(D(w)), pushing mapping(z) [N, D] to where D puts the
-    encoder's codes (D's "fake" side; the encoder is pushed the other way by :func:`encoder_latent_loss`)."""
-    return F.softplus(latent_d(w)).mean()
-
-
-def encoder_latent_loss(latent_d: LatentCodesDiscriminator, codes: torch.Tensor) -> torch.Tensor:
-    """e4e's adversarial term: softplus(-D(w_i)) averaged over images and W+ entries. codes [B, n_latent, D]"""
-    return F.softplus(-latent_d(codes)).mean()
-
-
-def delta_loss(codes: torch.Tensor) -> torch.Tensor:
-    """e4e's delta regularisation: mean over entries i >= 1 of |w_i - w_0|_2. codes [B, n_latent, D]"""
-    return (codes[:, 1:] - codes[:, :1]).norm(dim=2).mean()
-
-
-class LpipsTerm:
-    """LPIPS (AlexNet) when its backbone weights are on the machine; otherwise off, with the reason."""
-
-    def __init__(self, weight: float):
-        self.available, self.message = common.lpips_status()
-        self.net = None
-        if weight > 0 and self.available:
-            import lpips
-
-            self.net = lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False)
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.net is None:
-            return x.new_zeros(())
-        return self.net(x, y).mean()
-
-
 # ------------------------------------------------------------------------------ swap pool
 def load_or_render_pool(cfg: GeneratorStageConfig, table: pd.DataFrame) -> dict[str, np.ndarray]:
     """The run's swap pool (rows a, b and truth images), from the cache file when it matches."""
@@ -406,7 +345,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
     optimizers = {"g": opt_g, "e": opt_e, "d": opt_d}
     if cfg.trains_mapping:
         optimizers["m"] = adam(nets.generator.style.parameters(), cfg.lr_mapping, ADAM_BETAS_G)
-    lpips_term = LpipsTerm(cfg.lambda_lpips)
+    lpips_term = LpipsLoss(cfg.lambda_lpips)
     if idnet is not None:
         idnet.eval().requires_grad_(False)
     path = cfg.checkpoint_path
@@ -445,10 +384,10 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         terms["swap"] = F.mse_loss(out[n_a:], truth) if cfg.swap_batch else out.new_zeros(())
         terms["lap"] = (laplacian_l1(out[:n_a], x[:n_a]) + (laplacian_l1(out[n_a:], truth) if cfg.swap_batch else 0)
                         if cfg.lambda_lap else out.new_zeros(()))
-        terms["latent"] = encoder_latent_loss(nets.latent_d, codes) if cfg.lambda_latent else out.new_zeros(())
+        terms["latent"] = latent_loss(nets.latent_d, codes) if cfg.lambda_latent else out.new_zeros(())
         terms["delta"] = delta_loss(codes)
         terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else out.new_zeros(())
-        terms["id"] = (1 - identity_similarity(idnet, out[:n_a], x[:n_a])).mean() if cfg.lambda_id else out.new_zeros(())
+        terms["id"] = id_loss(idnet, out[:n_a], x[:n_a]) if cfg.lambda_id else out.new_zeros(())
         total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
         opt_g.zero_grad(set_to_none=True)
         opt_e.zero_grad(set_to_none=True)

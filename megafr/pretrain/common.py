@@ -41,7 +41,6 @@ CHECKPOINT_KEYS = ("state_dict", "config", "step")
 # Config fields that may change between an interrupted run and its resumption.
 RESUME_FREE_FIELDS = ("checkpoint_every", "threads", "out_dir", "run_dir", "profile", "idnet_path", "face3d_path",
                       "n_eval", "n_fd_samples", "n_swap_eval")
-LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt", "vgg": "vgg16-"}  # torchvision weight file prefixes in the hub cache
 
 
 WIDTH_GROWTH = (1, 2, 4, 8)  # IR-SE stage widths as multiples of the base width (distinct, so shapes identify stages)
@@ -267,21 +266,3 @@ def write_run_record(folder: Path, seconds: float, steps_run: int, resumed_from:
     write_json(Path(folder) / RUN_RECORD_FILE, {"train_seconds": round(seconds, 2), "steps_run": steps_run,
                                                  "seconds_per_step": round(seconds / max(1, steps_run), 4),
                                                  "resumed_from": resumed_from})
-
-
-def lpips_status() -> tuple[bool, str]:
-    """Whether LPIPS can run offline here: its torchvision backbone weights must already be in the hub cache.
-
-    Never downloads. Returns ``(available, message)``; the message is what the stage logs.
-    """
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    found = sorted(p.name for p in folder.glob("*.pth")) if folder.is_dir() else []
-    have = [net for net, prefix in LPIPS_BACKBONE_FILES.items() if any(f.startswith(prefix) for f in found)]
-    if not have:
-        return False, (f"LPIPS off: no AlexNet/VGG16 ImageNet weights in {folder} (lpips needs torchvision's "
-                       "pretrained backbone; nothing is downloaded); the pixel L2 term carries the reconstruction")
-    try:
-        import lpips  # noqa: F401  (imports torchvision)
-    except Exception as error:  # a broken torchvision install raises RuntimeError on import
-        return False, f"LPIPS off: the lpips package does not import ({type(error).__name__}: {error})"
-    return True, f"LPIPS on: {have[0]} backbone found in {folder}"

@@ -121,6 +121,11 @@ def swap_grid(xa: np.ndarray, xb: np.ndarray, mixed: torch.Tensor, truth: np.nda
                             row_labels=["A (colour)", "B (geometry)", "G(mix)", "truth"])
 
 
+def loss_columns(curve: pd.DataFrame) -> list[str]:
+    """The loss columns of a training curve (``total`` and each term), in order: all but the step and learning rates."""
+    return [c for c in curve.columns if c != "step" and not c.startswith("lr")]
+
+
 def curve_figure(curve: pd.DataFrame, columns: list[str], title: str):
     """Figure: training curves (one panel per column, log scale where positive)."""
     import matplotlib.pyplot as plt
@@ -141,13 +146,11 @@ def curve_figure(curve: pd.DataFrame, columns: list[str], title: str):
 
 def generator_figures(out, world: str) -> dict:
     """``{name: figure}`` of the train_generator stage: curve, inversions, samples, swaps."""
-    from megafr.pretrain.autoencoder import LOSS_TERMS
-
     names = ("curve", "inversions", "samples", "swaps")
     if out.nets is None:
         return {n: plots.message_figure("official files loaded; nothing trained", f"train_generator ({world} world)") for n in names}
     return {
-        "curve": curve_figure(out.curve, ["total", *LOSS_TERMS], f"train_generator losses ({world} world)"),
+        "curve": curve_figure(out.curve, loss_columns(out.curve), f"train_generator losses ({world} world)"),
         "inversions": inversion_grid(out.test_x, out.test_recon, f"e4e inversions of test identities ({world} world)"),
         "samples": sample_grid(samples(out.nets.g_ema, GRID_COLUMNS * 2), f"G(mapping(z)) samples ({world} world)"),
         "swaps": swap_grid(out.swap["xa"], out.swap["xb"], out.swap["mixed"], out.swap["truth"],
@@ -157,8 +160,6 @@ def generator_figures(out, world: str) -> dict:
 
 def inversion_figures(out, world: str) -> dict:
     """``{name: figure}`` of the train_inversion stage: curve and pSp / e4e inversions."""
-    from megafr.pretrain.inversion import LOSS_TERMS
-
     names = ("curve", "inversions")
     if out.net is None:
         return {n: plots.message_figure("official files loaded; nothing trained", f"train_inversion ({world} world)") for n in names}
@@ -166,7 +167,7 @@ def inversion_figures(out, world: str) -> dict:
     tiles = np.concatenate([common.tensor_to_images(t[:n]) for t in (out.test_x, out.test_recon, out.e4e_recon)])
     grid = plots.image_grid(tiles, ncols=n, title=f"pSp and e4e inversions of test identities ({world} world)",
                             row_labels=["real", "pSp", "e4e"])
-    return {"curve": curve_figure(out.curve, ["total", *LOSS_TERMS], f"train_inversion losses ({world} world)"),
+    return {"curve": curve_figure(out.curve, loss_columns(out.curve), f"train_inversion losses ({world} world)"),
             "inversions": grid}
 
 

@@ -8,7 +8,7 @@ One training step, for a batch of source photos ``x_real`` and target photos ``x
 3. render the target geometry ``r_t = R(FLAME(beta_s, psi_t, theta_t))`` and the source's own
    ``r_s = R(FLAME(beta_s, psi_s, theta_s))``, each framed like an FFHQ crop
    (:func:`megafr.face3d.framing.aligned_camera`);
-4. ``x_f, w_f = F(x_s, r_t)``; the six losses of :mod:`megafr.reenact.losses`, where the target
+4. ``x_f, w_f = F(x_s, r_t)``; the six losses of :mod:`megafr.losses` (paper eq. 2-8), where the target
    landmarks ``p_t`` are FLAME(beta_s, psi_t, theta_t)'s (what r_t shows) and ``p_f`` the 3D
    network's landmarks of ``x_f`` (gradients flow through the frozen 3D network into ``x_f``).
 
@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from megafr import losses
 from megafr.config import require, study_files_digest, study_path, torch_device
 from megafr.errors import CheckpointError, MissingFileError
 from megafr.face3d.framing import aligned_camera
@@ -44,7 +45,6 @@ from megafr.face3d.recon import FaceModel, load_face_model
 from megafr.fileio import atomic_path
 from megafr.imageio import images_to_tensor
 from megafr.nets import checkpoints
-from megafr.reenact import losses
 from megafr.reenact.model import RENDER_CHANNELS, MegaFR
 from megafr.training import adam
 
@@ -149,17 +149,11 @@ def load_frozen(cfg: ReenactConfig) -> Frozen:
 
 def load_lpips(weight: float) -> Optional[torch.nn.Module]:
     """LPIPS (AlexNet) when its weight is non-zero and its backbone weights are on the machine; the log says which."""
-    from megafr.pretrain.common import lpips_status
-
     if weight <= 0:
         return None
-    available, message = lpips_status()
+    net, message = losses.load_lpips()
     print(message)
-    if not available:
-        return None
-    import lpips
-
-    return lpips.LPIPS(net="alex", verbose=False)
+    return net
 
 
 def build_model(cfg: ReenactConfig, frozen: Frozen) -> MegaFR:
