@@ -95,6 +95,32 @@ def test_losses_live_in_megafr_losses():
 
 def test_resume_code_lives_in_megafr_training():
     resume = {"code_digest", "resume_key", "try_resume", "save_training_state", "read_training_state", "restore",
-              "resume_or_start", "_try_resume", "_resume_key", "_write_checkpoint"}
+              "resume_or_start", "_try_resume", "_resume_key", "resume_mismatch", "config_matches"}
     outside = [f for f in defined_functions(resume) if not f.startswith("megafr.training:")]
     assert outside == []
+
+
+# ------------------------------------------------------------------------------ the resume digest
+def test_code_digest_ignores_comments_docstrings_and_layout():
+    from megafr.training import source_digest
+
+    base = 'def f(x):\n    """Doc."""\n    return x + 1  # one\n'
+    same = [
+        '"""A module docstring."""\n\ndef f(x):\n    """Another doc, with a table:\n| a | b |\n"""\n    return x + 1\n',
+        "def f(x):\n    return (x +\n            1)  # another comment\n",
+        "class C:\n    pass\n\n" * 0 + "def f(x):\n    'single-quoted doc'\n    return x + 1\n",
+    ]
+    for other in same:
+        assert source_digest(other) == source_digest(base), other
+    changed = ["def f(x):\n    return x + 2\n", "def f(y):\n    return y + 1\n", "def f(x):\n    return x + 1.0\n",
+               "def f(x):\n    return 'x' + 1\n", "def f(x):\n    print('doc')\n    return x + 1\n"]
+    for other in changed:
+        assert source_digest(other) != source_digest(base), other
+
+
+def test_code_digest_of_the_pretraining_sources_is_stable_and_covers_the_losses():
+    from megafr.training import PRETRAIN_CODE, code_digest
+
+    assert code_digest(PRETRAIN_CODE) == code_digest(PRETRAIN_CODE)
+    assert code_digest(PRETRAIN_CODE) != code_digest(("pretrain", "nets"))
+    assert "losses" in PRETRAIN_CODE and "training.py" in PRETRAIN_CODE

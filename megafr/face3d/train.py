@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -48,8 +48,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from megafr import training
 from megafr.config import require, study_files_digest, study_path
-from megafr.errors import CheckpointError, InputError, MissingFileError
+from megafr.errors import InputError, MissingFileError
 from megafr.face3d import landmarks as lmk
 from megafr.face3d.flame import FLAME, POSE_DIM
 from megafr.face3d.pose import JAW, LEFT_EYE, RIGHT_EYE, head_pose_degrees
@@ -57,7 +58,6 @@ from megafr.face3d.recon import (
     FaceModel, FaceParams, ReconConfig, read_checkpoint, save_checkpoint_dict,
 )
 from megafr.face3d.render import Renderer, project
-from megafr.fileio import atomic_path
 from megafr.imageio import images_to_tensor
 from megafr.losses import silhouette_loss, weighted_landmark_loss
 from megafr.training import batch_rows as batch_indices  # the data order: a function of (seed, step)
@@ -299,17 +299,14 @@ def build_model(cfg: TrainConfig, flame: Optional[FLAME] = None) -> FaceModel:
     return FaceModel(cfg.recon_config(), flame)
 
 
-def _resume_key(cfg: TrainConfig) -> dict:
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUME_FREE_FIELDS}
-
-
 def _upstream_digest(cfg: TrainConfig, data: LandmarkSet) -> str:
     """Digest of a run's inputs beyond its config: the training data and the head-model files."""
     return data.digest() + study_files_digest((cfg.model_path, cfg.landmark_path))
 
 
-def _write_checkpoint(path: Path, model: FaceModel, optimizer, step: int, cfg: TrainConfig, curve: list,
-                      window: dict, upstream: str) -> None:
+def checkpoint_payload(model: FaceModel, optimizer, step: int, cfg: TrainConfig, curve: list, window: dict,
+                       upstream: str) -> dict:
+    """The checkpoint: the product's ``{"state_dict", "config", "step", "flame"}`` plus what resuming needs."""
     extra = {
         "upstream": upstream,  # _upstream_digest of the run, taken once at its start
         "window": window,  # loss values of the unfinished curve row
@@ -319,25 +316,7 @@ def _write_checkpoint(path: Path, model: FaceModel, optimizer, step: int, cfg: T
         "curve": curve,
         "flame": {"model_path": str(study_path(cfg.model_path)), "landmark_path": str(study_path(cfg.landmark_path))},
     }
-    with atomic_path(path) as temp:
-        torch.save(save_checkpoint_dict(model, step, extra), temp)
-
-
-def _try_resume(path: Path, cfg: TrainConfig, upstream: str) -> Optional[dict]:
-    """The checkpoint at ``path`` if it belongs to this configuration and these inputs (``upstream``,
-    see :func:`_upstream_digest`), else None (a fresh start)."""
-    if not path.is_file():
-        return None
-    try:
-        data = read_checkpoint(path)
-    except CheckpointError:
-        return None  # a damaged leftover: start again rather than fail
-    saved = data.get("train_config")
-    if not isinstance(saved, dict) or "optimizer" not in data:
-        return None
-    same = {k: v for k, v in saved.items() if k not in RESUME_FREE_FIELDS} == _resume_key(cfg)
-    same = same and data.get("upstream") == upstream
-    return data if same and 0 < data["step"] <= cfg.steps else None
+    return save_checkpoint_dict(model, step, extra)
 
 
 def train_face3d(cfg: TrainConfig, data: LandmarkSet, flame: Optional[FLAME] = None, progress: bool = True,
@@ -367,7 +346,8 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
     path = cfg.checkpoint_path
     start, curve, window = 0, [], {}
     upstream = _upstream_digest(cfg, data)
-    saved = _try_resume(path, cfg, upstream)
+    saved = training.resumable(path, read_checkpoint, cfg, upstream=upstream, free_fields=RESUME_FREE_FIELDS,
+                               config_entry="train_config", steps=cfg.steps)
     if saved is not None:
         model.net.load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -399,7 +379,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
                           **{name: float(np.mean(values)) for name, values in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            _write_checkpoint(path, model, optimizer, step + 1, cfg, curve, window, upstream)
+            training.write_checkpoint(path, checkpoint_payload(model, optimizer, step + 1, cfg, curve, window, upstream))
     seconds = time.perf_counter() - began
     model.eval()
     return TrainResult(model, pd.DataFrame(curve).reindex(columns=["step", "lr", "total", *LOSS_TERMS]).fillna(0.0),

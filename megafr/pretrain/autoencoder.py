@@ -132,6 +132,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from megafr import training
 from megafr.config import require, require_at_least, study_files_digest, study_path
 from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
@@ -349,7 +350,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
     if idnet is not None:
         idnet.eval().requires_grad_(False)
     path = cfg.checkpoint_path
-    start, end, curve, upstream = common.resume_or_start(cfg, modules, optimizers, stop_after)
+    start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
     noise = [getattr(nets.generator.noises, f"noise_{i}") for i in range(nets.generator.num_layers)]
     nets.generator.train()
@@ -422,7 +423,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
             curve.append({"step": step + 1, "lr_g": lrs["g"], **{k: float(np.mean(v)) for k, v in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            common.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
+            training.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     for module in modules.values():
         module.eval()

@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 
 from megafr import plots
+from megafr.metrics import fd_id, psnr, ssim
 from megafr.nets.identity import identity_similarity
 from megafr.pretrain import common
 from megafr.pretrain.latent_structure import PoseMeasure, layer_swap_report, mix_codes, pose_table_degrees, swap_pairs
-from megafr.metrics import fd_id, psnr, ssim
 
 EVAL_BATCH = 64  # images per forward pass during evaluation
 SAMPLE_SEED = 12345  # z of the sample grid and FD-id samples (fixed: comparable across runs)

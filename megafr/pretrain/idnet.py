@@ -69,14 +69,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from megafr import training
 from megafr.config import require, require_at_least, study_path
 from megafr.errors import InputError, MissingFileError
 from megafr.fileio import write_json
+from megafr.metrics import identity_embeddings, tar_at_far, verification_pairs
 from megafr.nets.checkpoints import load_arcface, save_arcface
 from megafr.nets.identity import face_crop
 from megafr.nets.irse import ArcFace, ArcFaceConfig
 from megafr.pretrain import common
-from megafr.metrics import identity_embeddings, tar_at_far, verification_pairs
 
 PRODUCT_FILE = "arcface.pt"
 PRODUCTS_FILE = "products.json"  # names the file later stages use (own product or the official one)
@@ -219,7 +220,7 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     modules, optimizers = {"net": net, "head": head}, {"opt": optimizer}
     path = cfg.checkpoint_path
-    start, end, curve, upstream = common.resume_or_start(cfg, modules, optimizers, stop_after)
+    start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
     window: dict[str, list[float]] = {}
     net.train()
@@ -245,7 +246,7 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
             curve.append({"step": step + 1, "lr": lr, **{k: float(np.mean(v)) for k, v in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            common.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
+            training.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     net.eval()
     return IdNetResult(net, pd.DataFrame(curve, columns=["step", "lr", "loss", "accuracy"]), end - start, seconds,

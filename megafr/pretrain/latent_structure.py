@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from megafr.nets.encoders import layer_groups
 from megafr.metrics import psnr
+from megafr.nets.encoders import layer_groups
 
 YAW_TOLERANCE_DEG = 10.0  # the target: after the swap, yaw within 10 degrees of B's
 BORDER_FRACTION = 0.1  # width of the image border (background) used for the colour comparison

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from megafr import losses
+from megafr import losses, training
 from megafr.config import require, study_files_digest, study_path, torch_device
 from megafr.errors import CheckpointError, MissingFileError
 from megafr.face3d.framing import aligned_camera
@@ -251,8 +251,7 @@ def save_checkpoint(path: Path, model: MegaFR, optimizer: torch.optim.Optimizer,
     payload = {"state_dict": model.encoder.state_dict(), "config": dataclasses.asdict(cfg), "step": step,
                "optimizer": optimizer.state_dict(), "groups": list(model.groups),
                "condition_channels": model.condition_channels, "upstream": upstream}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    training.write_checkpoint(path, payload)
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -267,6 +266,26 @@ def read_checkpoint(path: Path) -> dict:
     return data
 
 
+def resumable_checkpoint(path: Path, cfg: ReenactConfig, upstream: str) -> Optional[dict]:
+    """The checkpoint at ``path`` when it resumes ``cfg`` (every config field equal, the same frozen networks and
+    training images: ``upstream``); otherwise it is deleted, with a warning saying why, and None is returned."""
+    if not path.is_file():
+        return None
+    try:
+        data = read_checkpoint(path)
+    except CheckpointError as error:  # a leftover that cannot be resumed: start over, say why
+        warnings.warn(f"{error}; starting train_reenact afresh")
+        path.unlink()
+        return None
+    reason = training.resume_mismatch(data, cfg, upstream=upstream,
+                                      upstream_what="frozen networks or training images")
+    if reason:
+        warnings.warn(f"{path}: {reason}; starting train_reenact afresh")
+        path.unlink()  # start over rather than mix runs
+        return None
+    return data
+
+
 def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool = True) -> tuple[MegaFR, pd.DataFrame]:
     """Train (or resume) E_FR for ``cfg.steps`` steps on uint8 training images [N, S, S, 3]; return the model and curve."""
     model = build_model(cfg, frozen)
@@ -275,23 +294,12 @@ def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool
     curve_path = path.with_suffix(".curve.csv")
     start, rows = 0, []
     upstream = upstream_digest(cfg)
-    if path.is_file():
-        try:
-            data = read_checkpoint(path)
-        except CheckpointError as error:  # a leftover that cannot be resumed: start over, say why
-            warnings.warn(f"{error}; starting train_reenact afresh")
-            data = {"config": None}
-        if data["config"] != dataclasses.asdict(cfg):
-            path.unlink()  # another configuration: start over rather than mix runs
-        elif data.get("upstream") != upstream:
-            warnings.warn(f"{path}: trained against other frozen networks or training images (their files changed); "
-                          "starting train_reenact afresh")
-            path.unlink()
-        else:
-            model.encoder.load_state_dict(data["state_dict"])
-            optimizer.load_state_dict(data["optimizer"])
-            start = int(data["step"])
-            rows = pd.read_csv(curve_path).to_dict("records") if curve_path.is_file() else []
+    data = resumable_checkpoint(path, cfg, upstream)
+    if data is not None:
+        model.encoder.load_state_dict(data["state_dict"])
+        optimizer.load_state_dict(data["optimizer"])
+        start = int(data["step"])
+        rows = pd.read_csv(curve_path).to_dict("records") if curve_path.is_file() else []
     model.encoder.train()
     device = frozen_device(frozen)
     for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train E_FR", disable=not progress):
