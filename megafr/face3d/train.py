@@ -1,6 +1,6 @@
 """Training and evaluation of the 3D face reconstruction network (the ``train_face3d`` stage).
 
-Recipe (paper section 3.1, METHOD.md section 3): the network sees an image and is supervised only
+Recipe (paper section 3.1; ``docs/method.md`` section 3): the network sees an image and is supervised only
 by that image's 2D landmarks (SynthHeads' rendered landmarks in the mini world, dlib's 68 points
 on aligned photos in the paper profile), so the same code runs on real photos:
 
@@ -414,7 +414,7 @@ def landmark_nme(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model: FaceModel, data: LandmarkSet) -> dict:
-    """Metrics on held-out images (numeric leaves; see the issue for the list).
+    """Metrics on held-out images (numeric leaves, listed below).
 
     Every source: ``nme_percent``. SynthHeads also: eye/mouth opening error (mean over EYELID_PAIRS /
     LIP_PAIRS of the absolute difference of 3D gaps, mm), yaw/pitch/roll mean absolute error (degrees),

@@ -1,12 +1,9 @@
 """The ``train_generator`` stage: a StyleGAN2 generator and its e4e encoder, trained together on SynthHeads.
 
-The paper starts from the released FFHQ StyleGAN2 and e4e. The mini world must make its own on
-two CPU cores in about fifteen minutes, where a GAN trained from scratch would see far too few
-images to converge. The recipe, chosen for that budget (issue 7):
-
-**Style-based autoencoder.** The e4e encoder ``E`` (Encoder4Editing: w0 plus per-entry deltas) maps
-an image to W+ (offsets + ``latent_avg``), the generator's synthesis network ``G`` decodes it, and
-both learn together from
+The paper starts from the released FFHQ StyleGAN2 and e4e (paper Sec. 4; ``docs/method.md``). The
+mini world makes its own as a style-based autoencoder: the e4e encoder ``E`` (Encoder4Editing, Tov
+et al. 2021: w0 plus per-entry deltas) maps an image to W+ (offsets + ``latent_avg``), the
+generator's synthesis network ``G`` decodes it, and both learn together from
 
     L = lambda_l2 * |G(E(x)) - x|^2                              reconstruction (pixel L2)
       + lambda_lap * Lap1(G(E(x)), x) [+ the same for the swap targets]   Laplacian-pyramid L1
@@ -16,103 +13,30 @@ both learn together from
       + lambda_id * (1 - <R(G(E(x))), R(x)>)                      identity (R: the frozen train_idnet network)
       [+ lambda_lpips * LPIPS(G(E(x)), x) only when LPIPS's backbone weights are on the machine]
 
+with the terms of :mod:`megafr.losses`. Why these terms and weights, and the recipes measured and
+not kept: ``docs/experiments/train_generator.md``.
+
 - **Layer semantics (swap term).** MegaFR edits coarse + medium W+ entries and relies on them
-  carrying geometry while the fine entries carry colour. The synthetic world supervises exactly
-  that: for pairs (A, B) of training images, the mixed code (coarse + medium entries of B, fine of
-  A; ``latent_structure.mix_codes``) must decode to the *rendering* of B's shape, expression,
-  pose and camera jitter with A's appearance, light and background, which ``HeadWorld.render``
-  produces from the ground-truth table (``table_to_params``, ``SceneParams.with_``). A pool of
-  ``swap_pool`` such pairs is rendered once per run (rendering costs about as much as a training
-  step, so it is not done every step) and cached beside the checkpoint. Legitimate in the mini
-  world: this generator is the world's stand-in for a pretrained StyleGAN2, whose W+ hierarchy
-  has this structure in the paper's world.
-- **Latent discriminator.** As in e4e (Tov et al. 2021, Sec. 4.1), ``D_latent`` (the released
-  4-layer MLP) learns to tell ``w = mapping(z)`` from the encoder's per-entry codes (non-saturating
-  logistic loss, R1 penalty on real codes), and the encoder is trained to fool it. With
-  ``lr_mapping = 0`` (mini) the mapping network is not trained; it fixes the prior of W, and
-  ``latent_avg`` is its mean, so ``G(mapping(z))`` gives samples (FD-id measures them).
-- **Without a trained mapping, W is degenerate and the samples are not heads.** With the mapping
-  frozen (``lr_mapping = 0``) and e4e's light delta term (``lambda_delta`` 0.0002), the encoder's codes
-  spread little in ``w_0`` across test images (mean pairwise distance 0.93) and far more per entry
-  (mean ``|w_i - w_0|`` 5.0): the image lives in the deltas, D_latent tells the codes from
-  ``mapping(z)`` all run long (its loss stays near 0.55, chance is 1.39), ``G(w_0)`` with one code
-  broadcast to every entry decodes to the same grey average head (13.5 dB), and samples
-  ``G(mapping(z))`` are colour blobs. ``lr_mapping > 0`` trains the mapping network against D_latent
-  (``mapping_loss``: it chases the encoder's codes) and a stronger delta term keeps the codes near W.
-  Measured on mini (3000 steps, 256 test images, the same identity network; runs with one torch
-  thread except the pipeline's):
-
-  | recipe | PSNR | SSIM | ID sim | mean delta | FD-id samples | samples |
-  |---|---|---|---|---|---|---|
-  | lr_mapping 0, lambda_delta 0.0002 (pipeline run, 2 threads) | 23.43 dB | 0.735 | 0.482 | 5.0 | 0.529 | colour blobs |
-  | lr_mapping 0.2, lambda_delta 0.0002 | 23.13 dB | 0.723 | 0.496 | 2.9 | 0.616 | blurry heads |
-  | **lr_mapping 0.2, lambda_delta 0.002 (mini)** | 23.29 dB | 0.729 | 0.533 | 2.4 | 0.788 | blurry heads |
-  | lr_mapping 0.2, lambda_delta 0.02 | 22.90 dB | 0.720 | 0.437 | 0.72 | 0.440 | blurry heads |
-
-  The mini profile trains the mapping (lr_mapping 0.2, lambda_delta 0.002): its samples are heads,
-  and by the identity network its inversions keep a little more identity. The pipeline's own run of
-  it (2 threads, fused Adam) gave 23.03 dB, SSIM 0.720 and ID 0.496, against 23.29 dB and 0.533 for
-  the one-thread run above: runs of one recipe differ by about 0.3 dB and 0.04 in ID similarity,
-  as much as the recipes in this table differ from each other, so the table ranks them only coarsely.
-  Its samples' FD-id is *worse* than the colour blobs': they are heads of few colours against
-  similar backgrounds (a narrow distribution), while the blobs spread their identity features as
-  widely as the test set does. FD-id in a small identity network's feature space measures that
-  spread, not whether a sample looks like a head; the sample grid is the check. D_latent's loss
-  then sits near chance (1.27 at lambda_delta 0.002). ``latent_avg`` stays the mean of the *initial*
-  mapping: it is the encoders' anchor (their codes are offsets from it), and the product files save
-  it as ``latent_avg`` even though a trained mapping's mean moves away from it (unlike the released
-  files, where it is the mean of the final mapping). The mapping's EqualLinear layers carry StyleGAN2's
-  0.01 learning-rate multiplier, so ``lr_mapping`` 0.002 (``lr_g``) barely moved them (its loss
-  stayed near 1.9 after 1650 steps).
-- **Neither a weighted loss nor progressive deltas bring out eyes and mouths.** Weighting the pixel
-  loss by 1 + 1 on the head mask + 4 near the eye and mouth landmarks (the synthetic world's ground
-  truth) gave 23.48 dB and ID 0.493 against 23.43 and 0.482, and the same featureless heads; e4e's
-  progressive schedule (w_0 alone for 300 steps, then one more delta every 150) gave 22.79 dB and
-  deltas as large as before (5.2). Both were measured with one thread and not kept.
-- **No image discriminator.** An adversarial image loss was left out: in this budget a step of G
-  and D together costs about twice an autoencoder step, for sharper but not more faithful
-  reconstructions; the targets here are inversion fidelity and the layer structure.
-- **Sharper terms: Laplacian-pyramid L1 and a light identity term.** Pixel L2 alone leaves the
-  heads as featureless blobs. ``lambda_lap`` adds the Laplacian-pyramid L1 of Bojanowski et al.
-  (2018, GLO), a standard sharper substitute for L2 when no perceptual network is available (LPIPS's
-  backbone cannot be downloaded here), on the reconstructions and the swap targets; ``lambda_id``
-  adds the frozen identity network of ``train_idnet`` (pSp's and e4e's ``IDLoss`` recipe,
-  ``megafr.nets.identity``). Measured on mini (batch 16, 3000 steps, 256 test images; "independent"
-  is an identity network trained with another seed that no stage uses):
-
-  | recipe | PSNR | SSIM | ID sim | ID sim to another image | ID sim, independent net |
-  |---|---|---|---|---|---|
-  | L2 only | 23.06 dB | 0.706 | 0.136 | 0.065 | 0.150 |
-  | + Lap1 0.5 + ID 0.1 | 23.38 dB | 0.730 | 0.385 | 0.198 | 0.369 |
-
-  The pipeline's own run of the new recipe (2 threads, so not bit-identical) gave 23.22 dB, SSIM
-  0.729, ID similarity 0.379; with the identity network of the face-recognition set
-  (``megafr.pretrain.idnet``) it gives 23.43 dB, SSIM 0.735 and ID similarity 0.482 by that network. At 800 steps Lap1 alone lifted SSIM from 0.578 to 0.614 and PSNR by
-  0.2 dB. The two terms cost 1.21 times the time per step. A larger identity weight hurt:
-  ``lambda_id = 0.5`` (batch 4, 3000 steps, the earlier sharp-trained identity network) gave 18.3 dB
-  and layer-swap yaw within 10 degrees for 45 % of pairs, against 21.1 dB and 84 % without it at
-  1500 steps, while ID similarity barely moved (0.078 against 0.061). Halving
-  ``lambda_latent`` as well was no better beyond noise (23.46 dB, ID 0.404), so e4e's latent term
-  keeps its weight. The identity term trains against the network that also measures ID similarity,
-  as e4e and pSp do with ArcFace; the independent network's column is the check on that.
-- **Images seen, not width, limit the mini autoencoder.** Measured on mini (e4e inversions of 256
-  test images; one step also decodes 2 swap pairs): batch 4 x 3000 steps gave 22.2 dB (0.17 s a
-  step), batch 16 x 3000 steps 23.1 dB (0.25 s a step on 2 quiet cores: four times the images
-  for 1.7 times the time). Wider generators cost more per step without lowering the training
-  loss at equal steps, so they see fewer images in the same time (``max_channels`` 64 at batch
-  16 for 2400 steps: 22.6 dB; 96 at batch 8 was no better at step 800 and was stopped). So the mini
-  profile trains 48 channels at batch 16 (figures in this bullet: pixel L2 only).
-- **The encoder, not the generator, now limits the inversions.** Optimising W+ directly for 8 test
-  images against the trained ``g_ema`` (600 Adam steps, lr 0.01, pixel L2, codes started at the
-  encoder's) reaches 29.2 dB where the encoder gives 23.0 dB on the same images, and the optimised
-  codes decode to heads with hair and open mouths that the encoder's codes lose. The issue's 24 dB
-  and ID-similarity 0.8 targets are not reached by the encoder within the stage's share of the budget.
+  carrying geometry while the fine entries carry colour (``docs/method.md``, layer groups). The
+  synthetic world supervises exactly that: for pairs (A, B) of training images, the mixed code
+  (coarse + medium entries of B, fine of A; ``latent_structure.mix_codes``) must decode to the
+  *rendering* of B's shape, expression, pose and camera jitter with A's appearance, light and
+  background, which ``HeadWorld.render`` produces from the ground-truth table
+  (``table_to_params``, ``SceneParams.with_``). A pool of ``swap_pool`` such pairs is rendered once
+  per run and cached beside the checkpoint. Legitimate in the mini world: this generator is the
+  world's stand-in for a pretrained StyleGAN2, whose W+ hierarchy has this structure.
+- **Latent discriminator.** As in e4e (Sec. 4.1), ``D_latent`` (the released 4-layer MLP) learns to
+  tell ``w = mapping(z)`` from the encoder's per-entry codes (non-saturating logistic loss, R1
+  penalty on real codes), and the encoder is trained to fool it. With ``lr_mapping > 0`` the mapping
+  network also learns, against D_latent (``mapping_loss``: it chases the encoder's codes), so that
+  samples ``G(mapping(z))`` decode to heads; with ``lr_mapping = 0`` it stays frozen. ``latent_avg``
+  is the mean of the *initial* mapping, the encoders' anchor (their codes are offsets from it).
 - ``g_ema`` is an exponential moving average of the synthesis weights (decay ``ema_decay``); the
   e4e product decodes with ``g_ema`` and the metrics are computed with it.
 
 Products in the official layouts (``megafr.nets.checkpoints``): ``stylegan2.pt`` (``g_ema``, ``g``,
 ``latent_avg`` [D]) and ``e4e.pt`` (``state_dict`` with ``encoder.``/``decoder.``, ``latent_avg``
-[n_latent, D], ``opts``, ``discriminator_state_dict``). Resume: ``megafr.pretrain.common``.
+[n_latent, D], ``opts``, ``discriminator_state_dict``). Resume: :mod:`megafr.training`.
 
 The paper profile (``mode: official``) trains nothing: it loads the user's official files through
 the official loaders and writes ``products.json`` naming them.
@@ -158,10 +82,10 @@ LAMBDA_TERMS = LOSS_TERMS[:-3]  # the weighted terms of the G + E loss (lambda_<
 
 @dataclass(frozen=True)
 class GeneratorStageConfig(common.StageFolders):
+    """Parameters of the train_generator stage (params.yaml block ``train_generator`` plus shared keys)."""
+
     STAGE: ClassVar[str] = "train_generator"
     UPSTREAM_SPLIT: ClassVar[str] = "train"
-
-    """Parameters of the train_generator stage (params.yaml block ``train_generator`` plus shared keys)."""
 
     profile: str  # profile that produced the run
     seed: int  # seeds weights, data order, swap pairs

@@ -50,11 +50,11 @@ LOSS_TERMS = ("l2", "id", "wnorm", "lpips")
 
 @dataclass(frozen=True)
 class InversionStageConfig(common.StageFolders):
+    """Parameters of the train_inversion stage (params.yaml block ``train_inversion`` plus shared keys)."""
+
     STAGE: ClassVar[str] = "train_inversion"
     UPSTREAM: ClassVar[tuple[str, ...]] = ("stylegan2_path", "e4e_path", "idnet_path")  # a retrained generator restarts pSp
     UPSTREAM_SPLIT: ClassVar[str] = "train"
-
-    """Parameters of the train_inversion stage (params.yaml block ``train_inversion`` plus shared keys)."""
 
     profile: str  # profile that produced the run
     seed: int  # seeds weights and data order
