@@ -15,14 +15,15 @@ nothing that differs:
 - the configuration, except the fields a stage declares free (thread count, checkpoint interval,
   output folders: they do not change the weights);
 - the digest of the input files (``upstream``), taken once at the start of the run;
-- where the stage records it, the digest of the training code (:func:`code_digest`), which ignores
-  comments, docstrings and formatting: it hashes the syntax tree, not the bytes;
+- the digest of the training code (:func:`code_digest`), which ignores comments, docstrings and
+  formatting: it hashes the syntax tree, not the bytes;
 - the checkpoint's step lies in ``(0, steps]``.
 
 The pretraining stages keep ``{"state_dict", "config", "step"}`` plus the optimizer states, the
 torch RNG state and the curve so far (:func:`save_training_state`, :func:`resume_or_start`); the
 train_face3d and train_reenact checkpoints are also their products and keep their own layouts
-(``megafr.face3d.train``, ``megafr.reenact.train``), checked by the same :func:`resume_mismatch`.
+(``megafr.face3d.train``, ``megafr.reenact.train``) with the same ``"code"`` and ``"upstream"``
+entries, checked by the same :func:`resume_mismatch`.
 
 Hand-written: a loop of this size does not warrant a training framework (Lightning, Ignite), and
 none of them makes resume exact without the same bookkeeping.
@@ -31,6 +32,7 @@ none of them makes resume exact without the same bookkeeping.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -84,9 +86,13 @@ def source_digest(source: str) -> str:
     return hashlib.sha256(ast.dump(tree, annotate_fields=True, include_attributes=False).encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
 def code_digest(folders: tuple[str, ...]) -> str:
     """Digest of the ``megafr`` sources under ``folders`` (sub-packages such as ``"nets"`` or single modules such
-    as ``"training.py"``), each file by :func:`source_digest`: a checkpoint written by other code is not resumed."""
+    as ``"training.py"``), each file by :func:`source_digest`: a checkpoint written by other code is not resumed.
+
+    Taken once per process (parsing the sources takes a fraction of a second): the code that runs is the
+    code that was imported, even if the files are edited while a notebook kernel lives."""
     digest = hashlib.sha256()
     for folder in folders:
         target = PACKAGE_ROOT / folder

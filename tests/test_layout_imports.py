@@ -124,3 +124,12 @@ def test_code_digest_of_the_pretraining_sources_is_stable_and_covers_the_losses(
     assert code_digest(PRETRAIN_CODE) == code_digest(PRETRAIN_CODE)
     assert code_digest(PRETRAIN_CODE) != code_digest(("pretrain", "nets"))
     assert "losses" in PRETRAIN_CODE and "training.py" in PRETRAIN_CODE
+
+
+def test_every_training_stage_names_code_that_exists():
+    from megafr.face3d.train import TRAINING_CODE as FACE3D_CODE
+    from megafr.reenact.train import TRAINING_CODE as REENACT_CODE
+    from megafr.training import PACKAGE_ROOT, PRETRAIN_CODE
+
+    for folders in (PRETRAIN_CODE, FACE3D_CODE, REENACT_CODE):
+        assert all((PACKAGE_ROOT / f).exists() for f in folders), folders

@@ -28,9 +28,10 @@ permutation per epoch seeded by ``(seed, epoch)``), the learning rate a pure fun
 the checkpoint (written atomically every ``checkpoint_every`` steps and at the end) holds the
 weights, the optimizer state, the torch RNG state and the curve so far. A run that is killed and
 started again continues from its last checkpoint and ends with the weights of an uninterrupted run.
-It resumes only over the same settings and the same inputs: the checkpoint records a digest of the
-training data and of the head-model files, and a run over other data (e.g. a re-made prepare split)
-starts afresh instead of continuing weights trained on something else.
+It resumes only over the same settings, inputs and code: the checkpoint records a digest of the
+training data and of the head-model files, and one of the training code (blind to comments and
+docstrings, :func:`megafr.training.code_digest`); a run over other data (e.g. a re-made prepare
+split) or other code starts afresh instead of continuing weights trained on something else.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ PHOTO_PIXEL_CENTRE = 0.5  # align.py writes landmarks with pixel centres at inte
 LOSS_TERMS = ("lmk", "kp", "sil", "shape", "expr", "pose")
 # Config fields that may change between an interrupted run and its resumption.
 RESUME_FREE_FIELDS = ("checkpoint_every", "threads", "out_dir", "run_dir", "profile")
+TRAINING_CODE = ("face3d", "losses", "training.py", "imageio.py")  # sources the weights depend on (resume key)
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,7 @@ def checkpoint_payload(model: FaceModel, optimizer, step: int, cfg: TrainConfig,
     """The checkpoint: the product's ``{"state_dict", "config", "step", "flame"}`` plus what resuming needs."""
     extra = {
         "upstream": upstream,  # _upstream_digest of the run, taken once at its start
+        "code": training.code_digest(TRAINING_CODE),  # a checkpoint of other training code is not resumed
         "window": window,  # loss values of the unfinished curve row
         "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(),
@@ -347,7 +350,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
     start, curve, window = 0, [], {}
     upstream = _upstream_digest(cfg, data)
     saved = training.resumable(path, read_checkpoint, cfg, upstream=upstream, free_fields=RESUME_FREE_FIELDS,
-                               config_entry="train_config", steps=cfg.steps)
+                               config_entry="train_config", code=training.code_digest(TRAINING_CODE), steps=cfg.steps)
     if saved is not None:
         model.net.load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])

@@ -15,12 +15,13 @@ One training step, for a batch of source photos ``x_real`` and target photos ``x
 The parameter-fed baseline (``condition="params"``) replaces ``r_t`` by the raw target parameters
 (expression and the non-neck pose) tiled as constant image channels; everything else is the same.
 
-Checkpoints ``{"state_dict", "config", "step", "optimizer", "upstream"}`` are written atomically every
+Checkpoints ``{"state_dict", "config", "step", "optimizer", "upstream", "code"}`` are written atomically every
 ``checkpoint_every`` steps; the data order is a function of (seed, step), so a resumed run ends
 with the same weights as an uninterrupted one. ``upstream`` is an MD5 digest of the frozen
 networks' files and the training images (:func:`upstream_digest`): a checkpoint is resumed only
-when both its configuration and that digest match, so E_FR is retrained, not reused, after an
-earlier stage (generator, inversion encoder, 3D network, identity network) changed.
+when its configuration, that digest and the training code's digest (:func:`megafr.training.code_digest`,
+blind to comments and docstrings) match, so E_FR is retrained, not reused, after an earlier stage
+(generator, inversion encoder, 3D network, identity network) or its training code changed.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ ENCODERS = ("e4e", "psp")
 CONDITION_POSE = (GLOBAL, JAW, LEFT_EYE, RIGHT_EYE)  # pose parts fed to the params baseline (neck is zero)
 LOSS_NAMES = ("id", "lmk", "pair", "cyc", "self", "latent")
 LAYER_GROUP_NAMES = ("coarse", "medium", "fine")  # W+ groups of megafr.nets.encoders.layer_groups
+TRAINING_CODE = ("reenact/train.py", "reenact/model.py", "face3d", "nets", "losses", "training.py",
+                 "imageio.py")  # the sources E_FR's weights depend on (resume key)
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,8 @@ def save_checkpoint(path: Path, model: MegaFR, optimizer: torch.optim.Optimizer,
     """Atomic ``{"state_dict", "config", "step", "optimizer", "upstream"}`` (state_dict = E_FR's weights)."""
     payload = {"state_dict": model.encoder.state_dict(), "config": dataclasses.asdict(cfg), "step": step,
                "optimizer": optimizer.state_dict(), "groups": list(model.groups),
-               "condition_channels": model.condition_channels, "upstream": upstream}
+               "condition_channels": model.condition_channels, "upstream": upstream,
+               "code": training.code_digest(TRAINING_CODE)}
     training.write_checkpoint(path, payload)
 
 
@@ -277,7 +281,7 @@ def resumable_checkpoint(path: Path, cfg: ReenactConfig, upstream: str) -> Optio
         warnings.warn(f"{error}; starting train_reenact afresh")
         path.unlink()
         return None
-    reason = training.resume_mismatch(data, cfg, upstream=upstream,
+    reason = training.resume_mismatch(data, cfg, upstream=upstream, code=training.code_digest(TRAINING_CODE),
                                       upstream_what="frozen networks or training images")
     if reason:
         warnings.warn(f"{path}: {reason}; starting train_reenact afresh")
