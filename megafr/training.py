@@ -142,17 +142,24 @@ def resume_mismatch(data: dict, cfg, *, upstream: str, free_fields: tuple[str, .
     return ""
 
 
-def resumable(path: Path, read: Callable[[Path], dict], cfg, **checks) -> Optional[dict]:
+def resumable(path: Path, read: Callable[[Path], dict], cfg, on_reject: Optional[Callable[[str], None]] = None,
+              **checks) -> Optional[dict]:
     """The checkpoint at ``path`` (loaded by ``read``) when it can resume a run of ``cfg`` (``checks``: the
     keyword arguments of :func:`resume_mismatch`), else None: no file, a damaged leftover of a killed run
-    (started again rather than failing), or a mismatch."""
+    (started again rather than failing), or a mismatch; ``on_reject(reason)`` is called in the last two cases."""
     if not path.is_file():
         return None
     try:
         data = read(path)
-    except CheckpointError:
-        return None
-    return None if resume_mismatch(data, cfg, **checks) else data
+    except CheckpointError as error:
+        reason = str(error)
+    else:
+        reason = resume_mismatch(data, cfg, **checks)
+        if not reason:
+            return data
+    if on_reject is not None:
+        on_reject(reason)
+    return None
 
 
 def write_checkpoint(path: Path, payload: dict) -> None:

@@ -273,7 +273,6 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
     lpips_term = LpipsLoss(cfg.lambda_lpips)
     if idnet is not None:
         idnet.eval().requires_grad_(False)
-    path = cfg.checkpoint_path
     start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
     noise = [getattr(nets.generator.noises, f"noise_{i}") for i in range(nets.generator.num_layers)]
@@ -347,7 +346,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
             curve.append({"step": step + 1, "lr_g": lrs["g"], **{k: float(np.mean(v)) for k, v in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            training.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
+            training.save_training_state(cfg.checkpoint_path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     for module in modules.values():
         module.eval()

@@ -125,7 +125,6 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
     lpips_term = LpipsLoss(cfg.lambda_lpips)
     if idnet is not None:
         idnet.eval().requires_grad_(False)
-    path = cfg.checkpoint_path
     start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
     decoder = net.decoder
@@ -154,7 +153,7 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
             curve.append({"step": step + 1, "lr": lr, **{k: float(np.mean(v)) for k, v in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            training.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
+            training.save_training_state(cfg.checkpoint_path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     net.eval()
     frame = pd.DataFrame(curve).reindex(columns=["step", "lr", "total", *LOSS_TERMS]).fillna(0.0)

@@ -272,22 +272,16 @@ def read_checkpoint(path: Path) -> dict:
 
 def resumable_checkpoint(path: Path, cfg: ReenactConfig, upstream: str) -> Optional[dict]:
     """The checkpoint at ``path`` when it resumes ``cfg`` (every config field equal, the same frozen networks and
-    training images: ``upstream``); otherwise it is deleted, with a warning saying why, and None is returned."""
-    if not path.is_file():
-        return None
-    try:
-        data = read_checkpoint(path)
-    except CheckpointError as error:  # a leftover that cannot be resumed: start over, say why
-        warnings.warn(f"{error}; starting train_reenact afresh")
-        path.unlink()
-        return None
-    reason = training.resume_mismatch(data, cfg, upstream=upstream, code=training.code_digest(TRAINING_CODE),
-                                      upstream_what="frozen networks or training images")
-    if reason:
+    training images: ``upstream``, the same training code); otherwise it is deleted, with a warning saying why,
+    and None is returned."""
+
+    def start_afresh(reason: str) -> None:
         warnings.warn(f"{path}: {reason}; starting train_reenact afresh")
         path.unlink()  # start over rather than mix runs
-        return None
-    return data
+
+    return training.resumable(path, read_checkpoint, cfg, on_reject=start_afresh, upstream=upstream,
+                              code=training.code_digest(TRAINING_CODE),
+                              upstream_what="frozen networks or training images")
 
 
 def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool = True) -> tuple[MegaFR, pd.DataFrame]:
