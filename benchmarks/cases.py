@@ -28,7 +28,7 @@ from megafr.reenact.train import build_model, invert, make_targets
 
 # Batches (full suite, --quick)
 RENDER_BATCH = (16, 2)  # renderer calls
-FLAME_BATCH = (16, 2)  # FLAME layer forward (the issue's batch 16)
+FLAME_BATCH = (16, 2)  # FLAME layer forward (batch 16, the target's)
 GENERATOR_BATCH = (16, 2)  # batched generator rows at the profile's size
 LARGE_GENERATOR_BATCH = (4, 2)  # batched rows at the larger size (activations of [4, 48, 256, 256] already 50 MB)
 ENCODER_BATCH = (32, 4)  # batched e4e rows
@@ -39,8 +39,8 @@ PAPER_RENDER_SIZE = (256, 64)  # a larger size (the released encoders see 256 px
 CONFIG_F_SIZE = (1024, 32)  # StyleGAN2 config-f output size; --quick uses its widths at 32 px
 
 REFINE_STEPS = 1  # refinement steps of a reenactment (paper eq. 9: "one extra step usually enough")
-TARGET_IMAGES_PER_S = 20.0  # issue 11: at least 20 images/s at 64 px on CPU, batched
-CONFIG_F = dict(style_dim=512, n_mlp=8, channel_multiplier=2, max_channels=512)  # StyleGAN2 config-f (METHOD.md 6)
+TARGET_IMAGES_PER_S = 20.0  # the suite's target: at least 20 images/s at 64 px on CPU, batched
+CONFIG_F = dict(style_dim=512, n_mlp=8, channel_multiplier=2, max_channels=512)  # StyleGAN2 config-f (docs/method.md 7)
 FLAME_FILE_EXPRESSION = 100  # expression columns of FLAME 2020's shapedirs
 FLAME_JOINT_PARENTS = (-1, 0, 1, 1, 1)  # global, neck, jaw, left eye, right eye
 N_LANDMARKS = 68

@@ -110,7 +110,7 @@ def _network_rows(section: dict, label: str) -> list[list[str]]:
 
 def _reenactment_rows(section: dict) -> list[list[str]]:
     """Batch sizes in increasing order, then the variants of the largest batch; the largest batch's rows say
-    whether they reach the issue's target."""
+    whether they reach the suite's target."""
     rows = []
     target = section["target_images_per_s"]
     ordered = sorted(section["rows"].items(), key=lambda item: (item[1]["batch"], len(item[0])))

@@ -5,7 +5,7 @@ Runs every case in its own process (:mod:`benchmarks.runner`) and writes one JSO
 
 - ``machine``: CPU model, cores, torch version and threads, device, load average before and after;
 - ``rendering``, ``flame_layer``, ``generator``, ``e4e``: building blocks, forward only;
-- ``reenactment``: one full reenactment per image at the mini size, batched, against the issue's
+- ``reenactment``: one full reenactment per image at the mini size, batched, against the suite's
   target of 20 images/s, and its phases;
 - ``training``: step time, images/s and peak memory of each training stage;
 - ``threads``: the batched reenactment and an E_FR step with 1 vs 2 torch threads side by side, with

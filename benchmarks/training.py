@@ -32,8 +32,9 @@ from benchmarks.worlds import (Settings, face3d_config, frozen_networks, generat
 from megafr.face3d import train as face3d_train
 from megafr.imageio import images_to_tensor
 from megafr.nets.irse import ArcFace
-from megafr.pretrain import autoencoder, common, idnet, inversion
+from megafr.pretrain import autoencoder, idnet, inversion
 from megafr.reenact import train as reenact_train
+from megafr import training as megafr_training
 from megafr.training import adam
 
 WARMUP_STEPS = 1  # untimed steps (first allocation) before the timed ones
@@ -101,7 +102,7 @@ def face3d(settings: Settings) -> dict:
     def run(k):
         return face3d_train.train_face3d(cfg, data, flame, progress=False, stop_after=k)
 
-    out = _stage_timing(run, face3d_train, "_write_checkpoint", steps, cfg.batch_size)
+    out = _stage_timing(run, megafr_training, "write_checkpoint", steps, cfg.batch_size)
     return {**out, "batch_size": cfg.batch_size, "silhouette_every": cfg.sil_every, "input_size": cfg.input_size}
 
 
@@ -117,7 +118,7 @@ def identity_net(settings: Settings) -> dict:
     def run(k):
         return idnet.train_idnet(cfg, images, identity, progress=False, stop_after=k)
 
-    out = _stage_timing(run, common, "save_training_state", steps, cfg.batch_size)
+    out = _stage_timing(run, megafr_training, "save_training_state", steps, cfg.batch_size)
     return {**out, "batch_size": cfg.batch_size, "classes": n_classes}
 
 
@@ -139,7 +140,7 @@ def generator_autoencoder(settings: Settings) -> dict:
         return autoencoder.train_generator(cfg, images, pool, progress=False, stop_after=k, **extra)
 
     per_step = cfg.batch_size + 2 * cfg.swap_batch  # encoded images per step (reconstructions + both of each pair)
-    out = _stage_timing(run, common, "save_training_state", steps, per_step)
+    out = _stage_timing(run, megafr_training, "save_training_state", steps, per_step)
     return {**out, "batch_size": cfg.batch_size, "swap_batch": cfg.swap_batch,
             "note": "swap-pool rendering (once per run) not included"}
 
@@ -157,7 +158,7 @@ def inversion_psp(settings: Settings) -> dict:
     def run(k):
         return inversion.train_psp(cfg, net, images, identity, progress=False, stop_after=k)
 
-    out = _stage_timing(run, common, "save_training_state", steps, cfg.batch_size)
+    out = _stage_timing(run, megafr_training, "save_training_state", steps, cfg.batch_size)
     return {**out, "batch_size": cfg.batch_size}
 
 

@@ -1,7 +1,10 @@
 """MegaFR: one-shot megapixel face reenactment (Kang et al., arXiv 2205.13368).
 
 The package holds every model, loss, renderer, data set and metric of the study;
-the notebooks under ``notebooks/`` only call into it.
+the notebooks under ``notebooks/`` only call into it. Pieces every stage shares live in one place
+each: :mod:`megafr.losses` (every training loss), :mod:`megafr.metrics` (every metric) and
+:mod:`megafr.training` (data order, optimiser, checkpoints and resume). Method notes:
+``docs/method.md``; how the recipes were chosen: ``docs/experiments/``.
 
 Conventions used across modules:
 - images between modules are float tensors ``[B, 3, H, W]`` in ``[-1, 1]``

@@ -3,7 +3,7 @@
 The ``mini`` and ``smoke`` profiles build everything they use (the synthetic head model, the
 generator, the encoders, the identity network), so they need nothing from outside: optional
 extras such as LPIPS's ImageNet backbone are switched off with a log line where absent. The
-``paper`` profile needs files that users download themselves (METHOD.md section 6); without
+``paper`` profile needs files that users download themselves (``docs/method.md`` section 7); without
 this check the first missing one would surface hours into ``dvc repro``, after the photos are
 aligned. Here every one is looked up at once and :class:`~megafr.errors.PreflightError` lists
 all the missing ones, each with the parameter that names it, the stages that need it and
@@ -61,12 +61,12 @@ INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_DIR = "." if os.name == "nt" else "/tmp"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 # torchvision's ImageNet AlexNet (AlexNet_Weights.IMAGENET1K_V1), the backbone LPIPS(net="alex") loads
-# from the torch hub cache; megafr.pretrain.common.lpips_status looks for the same name prefix.
+# from the torch hub cache; megafr.losses.perceptual.lpips_status looks for the same name prefix.
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 ALEXNET_PREFIX = "alexnet-owt"
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 
-# Where to get each file (METHOD.md section 6 and the releases' READMEs).
+# Where to get each file (docs/method.md section 7 and the releases' READMEs).
 SOURCES = {
     "flame_model": "register and download FLAME 2020 (licence) at https://flame.is.tue.mpg.de; "
                    "generic_model.pkl is in the archive",

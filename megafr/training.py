@@ -1,23 +1,51 @@
-"""Pieces every training stage shares.
+"""Pieces every training stage shares: the data order, the optimiser, and checkpoints that resume exactly.
 
 ``batch_rows`` makes the data order a pure function of (seed, step), which is what lets an
 interrupted stage resume and end with exactly the weights of an uninterrupted run.
 
 ``adam`` is torch's Adam with its fused kernel, which updates every parameter in one pass instead of
-looping over tensors in Python. Measured (``python -m benchmarks --sections optimizer``, one thread):
-one step over the mini e4e encoder's 4.9 M parameters takes 3.1 ms fused against 8.1 ms for the
-default; with the generator's and the latent discriminator's steps this is a few per cent of a
-train_generator step (the pipeline's step went from 325 to 300 ms between two runs, which also
-differ in the mapping network's training). Used by the stages whose optimiser step showed in their profiles
-(train_generator, train_inversion, train_reenact); the fused kernel exists for CPU and CUDA tensors.
+looping over tensors in Python (same rule and state layout as the default; timings in
+``docs/experiments/training.md``).
+
+Resume (every training stage: train_face3d, train_idnet, train_generator, train_inversion,
+train_reenact). A stage writes its checkpoint atomically (:func:`write_checkpoint`) every
+``checkpoint_every`` steps; a new run continues from it only when :func:`resume_mismatch` finds
+nothing that differs:
+
+- the configuration, except the fields a stage declares free (thread count, checkpoint interval,
+  output folders: they do not change the weights);
+- the digest of the input files (``upstream``), taken once at the start of the run;
+- the digest of the training code (:func:`code_digest`), which ignores comments, docstrings and
+  formatting: it hashes the syntax tree, not the bytes;
+- the checkpoint's step lies in ``(0, steps]``.
+
+The pretraining stages keep ``{"state_dict", "config", "step"}`` plus the optimizer states, the
+torch RNG state and the curve so far (:func:`save_training_state`, :func:`resume_or_start`); the
+train_face3d and train_reenact checkpoints are also their products and keep their own layouts
+(``megafr.face3d.train``, ``megafr.reenact.train``) with the same ``"code"`` and ``"upstream"``
+entries, checked by the same :func:`resume_mismatch`.
+
+Hand-written: a loop of this size does not warrant a training framework (Lightning, Ignite), and
+none of them makes resume exact without the same bookkeeping.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import ast
+import functools
+import hashlib
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
+
+from megafr.errors import CheckpointError
+from megafr.fileio import atomic_path
+
+PACKAGE_ROOT = Path(__file__).resolve().parent  # the megafr package, whose sources code_digest reads
+CHECKPOINT_KEYS = ("state_dict", "config", "step")
 
 
 def batch_rows(seed: int, step: int, n_items: int, batch_size: int) -> np.ndarray:
@@ -38,3 +66,181 @@ def batch_rows(seed: int, step: int, n_items: int, batch_size: int) -> np.ndarra
 def adam(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
     """Adam with the fused update (same rule and state layout as ``torch.optim.Adam``, one kernel per step)."""
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+
+
+# ------------------------------------------------------------------------------ code digest
+def _strip_strings(tree: ast.AST) -> ast.AST:
+    """Remove every statement that is a bare string constant (docstrings, stray strings): they do nothing."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            node.body = [stmt for stmt in body if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+                                                       and isinstance(stmt.value.value, str))]
+    return tree
+
+
+def source_digest(source: str) -> str:
+    """SHA-256 of a module's syntax tree without docstrings: equal for sources that differ only in
+    comments, docstrings, blank lines or line breaks inside brackets; different for any change to code."""
+    tree = _strip_strings(ast.parse(source))
+    return hashlib.sha256(ast.dump(tree, annotate_fields=True, include_attributes=False).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(folders: tuple[str, ...]) -> str:
+    """Digest of the ``megafr`` sources under ``folders`` (sub-packages such as ``"nets"`` or single modules such
+    as ``"training.py"``), each file by :func:`source_digest`: a checkpoint written by other code is not resumed.
+
+    Taken once per process (parsing the sources takes a fraction of a second): the code that runs is the
+    code that was imported, even if the files are edited while a notebook kernel lives."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        target = PACKAGE_ROOT / folder
+        for path in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
+            digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
+            digest.update(source_digest(path.read_text()).encode())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------ resume checks
+def resume_key(cfg, free_fields: tuple[str, ...]) -> dict:
+    """The config fields that must match for a checkpoint to be resumed (all but ``free_fields``)."""
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in free_fields}
+
+
+def _as_saved(value):
+    """A config value as it reads back from a checkpoint that stored it as a list."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def config_matches(saved, cfg, free_fields: tuple[str, ...]) -> bool:
+    """Whether a checkpoint's stored config (a dict) equals ``cfg`` outside ``free_fields``."""
+    if not isinstance(saved, dict):
+        return False
+    saved = {k: v for k, v in saved.items() if k not in free_fields}
+    wanted = resume_key(cfg, free_fields)
+    return saved == wanted or saved == {k: _as_saved(v) for k, v in wanted.items()}
+
+
+def resume_mismatch(data: dict, cfg, *, upstream: str, free_fields: tuple[str, ...] = (),
+                    config_entry: str = "config", code: Optional[str] = None, steps: Optional[int] = None,
+                    upstream_what: str = "input files") -> str:
+    """Why checkpoint ``data`` cannot resume a run of ``cfg`` ("" when it can).
+
+    ``config_entry``: the key holding the training config; ``upstream``: the run's input-file digest;
+    ``code``: the run's :func:`code_digest` (None: the stage does not record one); ``steps``: the run's
+    length (None: any step); ``upstream_what``: what the upstream digest covers, for the reason.
+    """
+    if not config_matches(data.get(config_entry), cfg, free_fields):
+        return "written with another configuration"
+    if code is not None and data.get("code") != code:
+        return "written by other training code"
+    if data.get("upstream", "") != upstream:
+        return f"trained on other {upstream_what} (their files changed)"
+    if steps is not None and not 0 < int(data["step"]) <= steps:
+        return f"its step {data['step']} is outside 1..{steps}"
+    return ""
+
+
+def resumable(path: Path, read: Callable[[Path], dict], cfg, on_reject: Optional[Callable[[str], None]] = None,
+              **checks) -> Optional[dict]:
+    """The checkpoint at ``path`` (loaded by ``read``) when it can resume a run of ``cfg`` (``checks``: the
+    keyword arguments of :func:`resume_mismatch`), else None: no file, a damaged leftover of a killed run
+    (started again rather than failing), or a mismatch; ``on_reject(reason)`` is called in the last two cases."""
+    if not path.is_file():
+        return None
+    try:
+        data = read(path)
+    except CheckpointError as error:
+        reason = str(error)
+    else:
+        reason = resume_mismatch(data, cfg, **checks)
+        if not reason:
+            return data
+    if on_reject is not None:
+        on_reject(reason)
+    return None
+
+
+def write_checkpoint(path: Path, payload: dict) -> None:
+    """``torch.save`` a checkpoint atomically: a killed run leaves the previous checkpoint, never half a file."""
+    with atomic_path(path) as temp:
+        torch.save(payload, temp)
+
+
+def load_checkpoint(path: Path, required: tuple[str, ...], what: str, fix: str) -> dict:
+    """A checkpoint dict holding the ``required`` keys, else CheckpointError naming ``what`` it should be and the ``fix``."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable {what} ({type(error).__name__}: {error}); {fix}") from error
+    if not isinstance(data, dict) or any(k not in data for k in required):
+        raise CheckpointError(f"{path}: expected a {what} with keys {list(required)}; {fix}")
+    return data
+
+
+# ------------------------------------------------------------------------------ pretraining stages' layout
+PRETRAIN_CODE = ("pretrain", "nets", "losses", "training.py")  # the sources a pretraining checkpoint depends on
+# Config fields of the pretraining stages that may change between an interrupted run and its resumption.
+PRETRAIN_FREE_FIELDS = ("checkpoint_every", "threads", "out_dir", "run_dir", "profile", "idnet_path", "face3d_path",
+                        "n_eval", "n_fd_samples", "n_swap_eval")
+
+
+def save_training_state(path: Path, cfg, step: int, modules: dict[str, torch.nn.Module],
+                        optimizers: dict[str, torch.optim.Optimizer], curve: list[dict], upstream: str,
+                        extra: Optional[dict] = None) -> None:
+    """Write ``{"state_dict": {name: weights}, "config", "step", "optimizers", "rng", "curve", "code",
+    "upstream"}`` (+ ``extra``) atomically."""
+    write_checkpoint(path, {
+        "state_dict": {name: module.state_dict() for name, module in modules.items()},
+        "config": asdict(cfg),
+        "step": int(step),
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+        "rng": torch.get_rng_state(),
+        "curve": list(curve),
+        "code": code_digest(PRETRAIN_CODE),
+        "upstream": upstream,  # digest of the run's input files, taken once at its start (resume_or_start)
+        **(extra or {}),
+    })
+
+
+def read_training_state(path: Path) -> dict:
+    """Load a training checkpoint written by :func:`save_training_state` (CheckpointError if it is not one)."""
+    return load_checkpoint(path, CHECKPOINT_KEYS + ("optimizers", "curve"), "training checkpoint",
+                           "delete it to start the stage afresh")
+
+
+def try_resume(path: Path, cfg, steps: int, upstream: Optional[str] = None) -> Optional[dict]:
+    """The checkpoint at ``path`` if it was written by a run with the same configuration, code and
+    input files (``cfg.upstream_digest()``, by default the ``UPSTREAM`` fields; ``upstream``: their digest
+    when the caller has taken it already), else None."""
+    upstream = cfg.upstream_digest() if upstream is None else upstream
+    return resumable(path, read_training_state, cfg, upstream=upstream, free_fields=PRETRAIN_FREE_FIELDS,
+                     code=code_digest(PRETRAIN_CODE), steps=steps)
+
+
+def restore(data: dict, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> int:
+    """Load weights, optimizer states and the RNG state from a checkpoint; return its step."""
+    for name, module in modules.items():
+        module.load_state_dict(data["state_dict"][name])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(data["optimizers"][name])
+    torch.set_rng_state(data["rng"])
+    return int(data["step"])
+
+
+def resume_or_start(cfg, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                    stop_after: Optional[int]) -> tuple[int, int, list, str]:
+    """Resume from ``cfg.checkpoint_path`` when it matches ``cfg`` -> (first step, end step, curve so far,
+    digest of the input files to record in every checkpoint of the run).
+
+    The end is ``cfg.steps``, or ``stop_after`` steps after the start (an interruption, for tests).
+    """
+    start, curve = 0, []
+    upstream = cfg.upstream_digest()  # the input files are hashed once per run, not at every checkpoint
+    saved = try_resume(cfg.checkpoint_path, cfg, cfg.steps, upstream)
+    if saved is not None:
+        start = restore(saved, modules, optimizers)
+        curve = list(saved["curve"])
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    return start, end, curve, upstream

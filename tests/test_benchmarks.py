@@ -1,4 +1,4 @@
-"""The benchmark suite (issue 11): ``python -m benchmarks --quick`` writes a complete, well-formed JSON.
+"""The benchmark suite: ``python -m benchmarks --quick`` writes a complete, well-formed JSON.
 
 Only the structure is checked (keys present, numbers positive), never a timing threshold: timings
 depend on the machine and on what else runs on it.

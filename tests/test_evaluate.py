@@ -9,7 +9,9 @@ import torch
 
 from megafr.errors import InputError
 from megafr.evaluate import ablations as abl
-from megafr.evaluate import external, linear, tables
+from megafr.evaluate import external, linear, registry, tables
+from megafr.evaluate.rows.inversion_only import INVERSION_ROW
+from megafr.evaluate.rows.linear_directions import LINEAR_ROW
 from megafr.evaluate.stage import EvaluateConfig
 from megafr.face3d import headmodel
 from megafr.reenact import train as rt
@@ -124,7 +126,7 @@ def test_fid_plumbing_with_a_stand_in_feature_network():
 def test_tables_have_every_row_and_say_what_is_not_available(setup, tiny_frozen):
     baseline, reenactors, judge, cross = setup
     methods = tables.table_methods("cross", reenactors, baseline, 1, tiny_frozen)
-    assert list(methods) == ["MegaFR (e4e)", "FLAME-params baseline (e4e)", tables.INVERSION_ROW, tables.LINEAR_ROW]
+    assert list(methods) == ["MegaFR (e4e)", "FLAME-params baseline (e4e)", INVERSION_ROW, LINEAR_ROW]
     table, examples = tables.build_table(methods, cross, judge)
     assert list(table.columns) == ["method", "pairs", *tables.COLUMNS] and (table["pairs"] == 3).all()
     own = list(tables.TRUTH_METRICS + tables.OWN_METRICS)
@@ -132,7 +134,7 @@ def test_tables_have_every_row_and_say_what_is_not_available(setup, tiny_frozen)
     assert table[list(external.PAPER_METRICS)].isna().all().all()
     assert examples["MegaFR (e4e)"].shape == (3, SIZE, SIZE, 3)
     # MegaFR moves the face; inversion only returns x_s
-    assert not np.array_equal(examples["MegaFR (e4e)"], examples[tables.INVERSION_ROW])
+    assert not np.array_equal(examples["MegaFR (e4e)"], examples[INVERSION_ROW])
     assert (tables.csv_table(table)["fid"] == "n/a").all()
     text = tables.markdown_table(table, "Table 1", tables.world_label("smoke"), judge.paper.reasons)
     assert "smoke-world numbers" in text and "fid: n/a — fid n/a: test" in text
@@ -140,6 +142,35 @@ def test_tables_have_every_row_and_say_what_is_not_available(setup, tiny_frozen)
     assert "not ours" in paper and "24.7" in paper and "24.7" not in text
     tree = numeric_leaves(tables.metrics_tree(table))
     assert set(tree["megafr_e4e"]) == set(own)
+
+
+def test_rows_are_registered_in_table_order():
+    assert registry.registered_rows() == ["MegaFR (e4e)", "MegaFR (pSp)", "FLAME-params baseline (e4e)",
+                                          "FLAME-params baseline (pSp)", INVERSION_ROW, LINEAR_ROW]
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register_method(INVERSION_ROW, rank=99)(lambda task, inputs: None)
+    with pytest.raises(ValueError, match="task"):
+        registry.build_methods("profile", registry.MethodInputs({}, None, 0, None))
+
+
+def test_a_registered_method_becomes_a_row(setup, tiny_frozen, monkeypatch):
+    """A new baseline is a registered builder: it appears in both tables at its rank and is scored."""
+    baseline, reenactors, judge, cross = setup
+    monkeypatch.setattr(registry, "_ROWS", dict(registry._ROWS))  # registration undone after the test
+
+    @registry.register_method("identity (copies the source)", rank=25)
+    def copy_source(task, inputs):
+        return lambda sources, targets: sources
+
+    @registry.register_method("needs a variant that was not trained", rank=5)
+    def absent(task, inputs):
+        return None
+
+    methods = tables.table_methods("cross", reenactors, baseline, 1, tiny_frozen)
+    assert list(methods)[-3:] == [INVERSION_ROW, "identity (copies the source)", LINEAR_ROW]
+    assert "needs a variant that was not trained" not in methods
+    table, _ = tables.build_table({"identity (copies the source)": methods["identity (copies the source)"]}, cross, judge)
+    assert table.loc[0, "csim"] == pytest.approx(1.0, abs=1e-5)  # the output is the source itself
 
 
 def test_frontal_rows_and_a_set_without_right_answers(setup, tiny_frozen):
@@ -155,7 +186,7 @@ def test_frontal_rows_and_a_set_without_right_answers(setup, tiny_frozen):
 def test_scores_are_reproducible(setup, tiny_frozen):
     baseline, reenactors, judge, cross = setup
     every = tables.table_methods("cross", reenactors, baseline, 1, tiny_frozen)
-    methods = {name: every[name] for name in ("MegaFR (e4e)", tables.LINEAR_ROW)}
+    methods = {name: every[name] for name in ("MegaFR (e4e)", LINEAR_ROW)}
     first, _ = tables.build_table(methods, cross, judge)
     second, _ = tables.build_table(methods, cross, judge)
     pd.testing.assert_frame_equal(first, second)

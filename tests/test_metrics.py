@@ -23,3 +23,36 @@ def test_aed_apd_known_values():
     pose_a, pose_b = torch.zeros(1, 15), torch.zeros(1, 15)
     pose_b[:, :3] = euler_to_axis_angle(torch.tensor([math.radians(30.0)]), torch.tensor([0.0]), torch.tensor([0.0]))
     assert torch.allclose(metrics.apd(pose_a, pose_b), torch.tensor([10.0]), atol=1e-3)  # (30 + 0 + 0) / 3
+
+
+def _fixed_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic [4, 3, 16, 16] images in [-1, 1] and a copy with four levels of structured noise."""
+    grid = torch.arange(4 * 3 * 16 * 16, dtype=torch.float32).reshape(4, 3, 16, 16)
+    x = torch.sin(grid * 0.37)
+    y = (x + 0.05 * (1 + torch.arange(4.0))[:, None, None, None] * torch.cos(grid * 1.91)).clamp(-1, 1)
+    return x, y
+
+
+def test_psnr_ssim_match_the_two_former_implementations():
+    """The study had two PSNR/SSIM implementations (evaluation tables and pretraining stages); both gave
+    these numbers on the fixed pair, and the single one left must give them too."""
+    x, y = _fixed_pair()
+    former_psnr = torch.tensor([35.368492126464844, 29.520198822021484, 26.115245819091797, 23.693378448486328])
+    former_ssim = torch.tensor([0.9962923526763916, 0.9854919910430908, 0.9700243473052979, 0.9465225338935852])
+    torch.testing.assert_close(metrics.psnr(x, y), former_psnr, rtol=0, atol=1e-5)
+    torch.testing.assert_close(metrics.ssim(x, y), former_ssim, rtol=0, atol=1e-6)
+    assert torch.equal(metrics.psnr(x, x), torch.full((4,), metrics.PSNR_MAX))
+
+
+def test_one_psnr_and_one_ssim_in_the_package():
+    """PSNR and SSIM are defined once (megafr.metrics); every other module imports them."""
+    import ast
+    from pathlib import Path
+
+    package = Path(metrics.__file__).parent
+    defined = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.lower() in ("psnr", "ssim"):
+                defined.append(f"{path.relative_to(package.parent)}:{node.name}")
+    assert defined == ["megafr/metrics.py:psnr", "megafr/metrics.py:ssim"]

@@ -14,11 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from megafr import losses, metrics, training
 from megafr.errors import InputError
 from megafr.nets.checkpoints import load_arcface, load_e4e, load_latent_discriminator, load_psp, load_stylegan2
 from megafr.nets.encoders import layer_groups
 from megafr.pretrain import autoencoder as ae
-from megafr.pretrain import common, idnet, inversion, metrics
+from megafr.pretrain import common, idnet, inversion
 from megafr.pretrain.latent_structure import (
     YAW_TOLERANCE_DEG, border_colour, geometry_layers, layer_swap_report, mix_codes, swap_pairs,
 )
@@ -150,12 +151,12 @@ def test_laplacian_l1_counts_each_scale_separately():
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     i = torch.arange(32)
     checker = ((i.view(-1, 1) + i.view(1, -1)) % 2 * 2 - 1).float() * 0.2  # finest detail, amplitude 0.2
-    assert float(ae.laplacian_l1(x, x)) == 0.0
-    assert float(ae.laplacian_l1(x, x + 0.3)) == pytest.approx(0.3, abs=1e-5)  # low-pass residual only
-    assert float(ae.laplacian_l1(x, x + checker)) == pytest.approx(0.2, abs=1e-5)  # finest band only
+    assert float(losses.laplacian_l1(x, x)) == 0.0
+    assert float(losses.laplacian_l1(x, x + 0.3)) == pytest.approx(0.3, abs=1e-5)  # low-pass residual only
+    assert float(losses.laplacian_l1(x, x + checker)) == pytest.approx(0.2, abs=1e-5)  # finest band only
     # Both errors at once: the pyramid adds them (0.5), where a plain L1 would let the offset hide
     # the detail (the mean of |0.3 + 0.2| and |0.3 - 0.2| is 0.3).
-    assert float(ae.laplacian_l1(x, x + 0.3 + checker)) == pytest.approx(0.5, abs=1e-5)
+    assert float(losses.laplacian_l1(x, x + 0.3 + checker)) == pytest.approx(0.5, abs=1e-5)
 
 
 def test_psnr_ssim_known_values():
@@ -227,7 +228,7 @@ def test_fused_adam_follows_the_default_update():
 
 def test_lpips_is_off_without_backbone_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    available, message = common.lpips_status()
+    available, message = losses.lpips_status()
     assert not available and message.startswith("LPIPS off")
 
 
@@ -310,7 +311,7 @@ def test_generator_mapping_trains_against_the_latent_discriminator(tmp_path, ima
     opt = torch.optim.SGD(mapping.parameters(), lr=0.5)
     for _ in range(5):
         opt.zero_grad()
-        ae.mapping_loss(d, mapping(z)).backward()
+        losses.mapping_loss(d, mapping(z)).backward()
         opt.step()
     assert fake_score() < before_score
     # resumes like the other optimizers
@@ -398,9 +399,9 @@ def test_idnet_checkpoint_is_not_resumed_over_another_recognition_set(tmp_path, 
     (split / "images.npy").write_bytes(b"first set")
     cfg = _id_cfg(tmp_path / "r", data_dir=str(tmp_path / "data"))
     idnet.train_idnet(cfg, images, np.repeat(np.arange(6), 4), progress=False, stop_after=2)
-    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
+    assert training.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
     (split / "images.npy").write_bytes(b"re-rendered set")  # e.g. prepare.idnet_images_per_identity changed
-    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
+    assert training.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
 
 
 def test_idnet_learns_separable_identities(tmp_path):
@@ -452,10 +453,10 @@ def test_psp_trains_encoder_only_resumes_exactly_and_loads(tmp_path, images, poo
     shutil.copy(products["stylegan2"], generator_copy)
     d = replace(cfg("d"), stylegan2_path=str(generator_copy))
     inversion.train_psp(d, fresh(), images, ident, progress=False, stop_after=2)
-    assert common.try_resume(d.checkpoint_path, d, d.steps)["step"] == 2
+    assert training.try_resume(d.checkpoint_path, d, d.steps)["step"] == 2
     with open(generator_copy, "ab") as handle:
         handle.write(b"retrained")
-    assert common.try_resume(d.checkpoint_path, d, d.steps) is None
+    assert training.try_resume(d.checkpoint_path, d, d.steps) is None
 
 
 def test_checkpoint_of_other_code_or_config_is_not_resumed(tmp_path, images, monkeypatch):
@@ -463,10 +464,10 @@ def test_checkpoint_of_other_code_or_config_is_not_resumed(tmp_path, images, mon
     cfg = _id_cfg(tmp_path)
     idnet.train_idnet(cfg, images, identity, progress=False, stop_after=2)
     assert cfg.checkpoint_path.is_file() and cfg.folder not in cfg.checkpoint_path.parents  # outside the DVC outs
-    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
-    assert common.try_resume(cfg.checkpoint_path, replace(cfg, margin=0.1), cfg.steps) is None
-    monkeypatch.setattr(common, "code_digest", lambda: "other code")
-    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
+    assert training.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
+    assert training.try_resume(cfg.checkpoint_path, replace(cfg, margin=0.1), cfg.steps) is None
+    monkeypatch.setattr(training, "code_digest", lambda folders: "other code")
+    assert training.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
 
 
 def test_generator_checkpoint_is_not_resumed_over_other_input_files(tmp_path, images, pool):
@@ -477,19 +478,19 @@ def test_generator_checkpoint_is_not_resumed_over_other_input_files(tmp_path, im
     ident = idnet.ArcFace(_id_cfg(Path("unused")).arcface_config()).eval()
     cfg = _gen_cfg(tmp_path / "g", idnet_path=str(weights), data_dir=str(tmp_path / "data"), lambda_id=0.1)
     ae.train_generator(cfg, images, pool, progress=False, stop_after=2, idnet=ident)
-    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
+    assert training.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
     weights.write_bytes(b"retrained identity network")  # the lambda_id term would now pull elsewhere
-    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
+    assert training.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
     weights.write_bytes(b"first identity network")
-    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
+    assert training.try_resume(cfg.checkpoint_path, cfg, cfg.steps)["step"] == 2
     (split / "images.npy").write_bytes(b"re-prepared split")
-    assert common.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
+    assert training.try_resume(cfg.checkpoint_path, cfg, cfg.steps) is None
     # without the identity term the identity network does not shape the weights, so it is not checked
     (split / "images.npy").write_bytes(b"first split")
     cfg0 = replace(cfg, out_dir=str(tmp_path / "g0"), lambda_id=0.0)
     ae.train_generator(cfg0, images, pool, progress=False, stop_after=2)
     weights.write_bytes(b"retrained identity network")
-    assert common.try_resume(cfg0.checkpoint_path, cfg0, cfg0.steps)["step"] == 2
+    assert training.try_resume(cfg0.checkpoint_path, cfg0, cfg0.steps)["step"] == 2
 
 
 def test_official_mode_only_validates_the_given_files(tmp_path, images, pool):

@@ -22,8 +22,9 @@ from megafr.face3d.render import ndc_to_pixels
 from megafr.imageio import images_to_tensor
 from megafr.face3d.train import (
     LandmarkSet, TrainConfig, batch_indices, build_model, evaluate, landmark_nme, learning_rate,
-    load_landmark_set, pixels_to_ndc, reconstruction_figure, silhouette_loss, train_face3d, weighted_landmark_loss,
+    load_landmark_set, pixels_to_ndc, reconstruction_figure, train_face3d,
 )
+from megafr.losses import silhouette_loss, weighted_landmark_loss
 from megafr.stage import numeric_leaves
 
 SIZE = 32

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
+from megafr import losses
 from megafr.errors import InputError
 from megafr.face3d.landmarks import PAIRS
 from megafr.nets.encoders import EncoderConfig, Encoder4Editing, GradualStyleEncoder, InversionNet, LatentCodesDiscriminator
 from megafr.nets.irse import ArcFace, ArcFaceConfig, IRSEConfig
 from megafr.nets.stylegan2 import Generator
-from megafr.reenact import losses
 from megafr.reenact.model import MegaFR, edit_layers
 
 SIZE, STYLE = 32, 32

@@ -107,3 +107,15 @@ def test_unreadable_leftover_checkpoint_starts_afresh(tiny_frozen, tmp_path):
     with pytest.warns(UserWarning, match="afresh"):
         model, curve = rt.train(cfg, tiny_frozen, _images(), progress=False)
     assert rt.read_checkpoint(path)["step"] == 1 and len(curve) == 1
+
+
+def test_checkpoint_of_other_training_code_is_not_resumed(tiny_frozen, tmp_path, monkeypatch):
+    from megafr import training
+
+    cfg = _config(tmp_path, steps=1)
+    rt.train(cfg, tiny_frozen, _images(), progress=False)
+    assert torch.load(rt.checkpoint_path(cfg), weights_only=False)["code"] == training.code_digest(rt.TRAINING_CODE)
+    monkeypatch.setattr(training, "code_digest", lambda folders: "edited code")
+    with pytest.warns(UserWarning, match="other training code"):
+        _, curve = rt.train(cfg, tiny_frozen, _images(), progress=False)
+    assert list(curve["step"]) == [1]  # trained again from step 0

@@ -1,4 +1,4 @@
-"""Reliability (issue 12): bad input at every door, interrupted training, damaged or stale checkpoints.
+"""Reliability: bad input at every door, interrupted training, damaged or stale checkpoints.
 
 - the ``reenact`` command: unreadable, truncated, tiny, huge, wrong-size and odd-mode images, bad output
   paths, missing / truncated / foreign / unfinished / stale E_FR checkpoints, several faces on paper; every

@@ -21,7 +21,7 @@ photos/                     aligned photos, landmarks.parquet, rejects.csv (phot
 trained on (MS1M, about 85,000 people, a different data set from FFHQ): many more identities than
 the train split, with fewer images each (``n_idnet_identities`` x ``idnet_images_per_identity``),
 disjoint from the train and the test identities. Only ``train_idnet`` reads it; what it changed is
-measured in ``megafr.pretrain.idnet``.
+measured in ``docs/experiments/train_idnet.md``.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@
   AlexNet, ID similarity with ArcFace IR-SE50), each computed only where its weights are on the
   machine and otherwise reported as "n/a" with the reason;
 - :mod:`megafr.evaluate.linear`: the linear-latent-direction baseline (InterFaceGAN-style);
-- :mod:`megafr.evaluate.tables`: the rows of Table 1 (cross reenactment) and Table 2
-  (frontalization), their scores, and the paper's published numbers kept apart;
+- :mod:`megafr.evaluate.registry`: table rows by registration (``register_method``); the rows
+  themselves live in :mod:`megafr.evaluate.rows`, one module per row family;
+- :mod:`megafr.evaluate.tables`: Table 1 (cross reenactment) and Table 2 (frontalization): their
+  scores, and the paper's published numbers kept apart;
 - :mod:`megafr.evaluate.ablations`: E_FR re-trained with one loss weight at zero, with other
   W+ layer groups, and evaluated at 0-3 refinement steps;
 - :mod:`megafr.evaluate.stage`: the stage's configuration and the glue the notebook calls.

@@ -30,7 +30,7 @@ import torch
 
 from megafr.config import study_path
 from megafr.nets.identity import identity_similarity
-from megafr.pretrain.metrics import feature_statistics, frechet_distance
+from megafr.metrics import feature_statistics, frechet_distance
 
 INCEPTION_FILE = "inception-2015-12-05.pt"  # clean-fid's (and StyleGAN2-ADA's) Inception-v3 torchscript file
 CLEANFID_DEFAULT_DIR = "/tmp"  # the folder clean-fid itself downloads that file to on Linux
@@ -59,14 +59,10 @@ def load_inception(folder: str = "") -> tuple[Optional[FeatureFn], str]:
 
 def load_lpips() -> tuple[Optional[torch.nn.Module], str]:
     """LPIPS with the AlexNet backbone when its weights are here and the package imports -> (net or None, log line)."""
-    from megafr.pretrain.common import lpips_status
+    from megafr.losses.perceptual import load_lpips as load_lpips_network
 
-    available, message = lpips_status()
-    if not available:
-        return None, message.replace("LPIPS off:", "LPIPS n/a:", 1)
-    import lpips
-
-    return lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False), message
+    net, message = load_lpips_network()
+    return net, message if net is not None else message.replace("LPIPS off:", "LPIPS n/a:", 1)
 
 
 def load_paper_arcface(path: str) -> tuple[Optional[torch.nn.Module], str]:

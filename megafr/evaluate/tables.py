@@ -1,13 +1,8 @@
 """Tables 1 (cross reenactment) and 2 (frontalization): their rows, their scores, the paper's numbers.
 
-Rows (each a function ``(sources, targets) -> outputs`` on [-1, 1] images):
-
-- MegaFR (e4e), MegaFR (pSp): the trained E_FR variants ``e4e:render`` and ``psp:render`` at the
-  configured number of refinement steps; frontalization asks :meth:`Reenactor.reenact_params` for
-  yaw = pitch = roll = 0 with the source's own expression;
-- FLAME-params baseline (e4e): the ``e4e:params`` variant, fed raw parameters instead of r_t;
-- inversion only (e4e): ``x_s = G(E_e4e(x))`` unchanged, the floor every method must beat on motion;
-- linear directions (e4e): :class:`megafr.evaluate.linear.LinearBaseline`.
+Rows are registered methods (:mod:`megafr.evaluate.registry`; one module per row family in
+:mod:`megafr.evaluate.rows`), each a function ``(sources, targets) -> outputs`` on [-1, 1] images:
+MegaFR (e4e) and MegaFR (pSp), the FLAME-params baseline, inversion only and the linear directions.
 
 Columns (definitions pinned in ``docs/metrics.md``): the paper's FID, LPIPS and ID similarity
 (:mod:`megafr.evaluate.external`, ``None`` = n/a), and the study's own: L1 / PSNR / SSIM against
@@ -25,7 +20,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -35,31 +30,24 @@ from tqdm.auto import tqdm
 from megafr import metrics
 from megafr.config import study_path
 from megafr.errors import MissingFileError
+from megafr.evaluate import rows  # noqa: F401  (registers the table rows)
 from megafr.evaluate.external import PAPER_METRICS, PaperMetrics, inception_features
 from megafr.evaluate.linear import LinearBaseline
+from megafr.evaluate.registry import TASKS, Method, MethodInputs, build_methods
 from megafr.imageio import images_to_tensor, tensors_to_images
-from megafr.pretrain.metrics import feature_statistics, frechet_distance, identity_embeddings
+from megafr.metrics import feature_statistics, frechet_distance, identity_embeddings
 from megafr.reenact.inference import Reenactor
-from megafr.reenact.train import Frozen, invert
+from megafr.reenact.train import Frozen
 
 EVAL_BATCH = 32  # pairs per forward pass
 KEEP_OUTPUTS = 6  # outputs per row kept for the example figure
-TASKS = ("cross", "frontal")
 TRUTH_METRICS = ("l1", "psnr", "ssim")  # need the right answer (mini and smoke worlds)
 OWN_METRICS = ("aed", "apd", "csim", "fd_id")  # the study's measurements, on every world
 COLUMNS = PAPER_METRICS + TRUTH_METRICS + OWN_METRICS
 LOWER_IS_BETTER = {"fid": True, "lpips": True, "id_similarity": False, "l1": True, "psnr": False, "ssim": False,
                    "aed": True, "apd": True, "csim": False, "fd_id": True}
 
-VARIANT_ROWS = {  # train_reenact variant -> row name
-    "e4e_render": "MegaFR (e4e)",
-    "psp_render": "MegaFR (pSp)",
-    "e4e_params": "FLAME-params baseline (e4e)",
-}
-INVERSION_ROW = "inversion only (e4e)"
-LINEAR_ROW = "linear directions (e4e)"
-
-# The paper's published numbers (CelebA-HQ test set, 1024 px; METHOD.md section 5). Never ours.
+# The paper's published numbers (CelebA-HQ test set, 1024 px; paper Tables 1 and 2). Never ours.
 PAPER_TABLE_1 = pd.DataFrame(
     [("ID-disentanglement (Nitzan et al.)", 72.7, 0.46, 0.33), ("MegaFR (pSp)", 23.4, 0.29, 0.47),
      ("MegaFR (e4e)", 24.7, 0.32, 0.44)], columns=["method", "fid", "lpips", "id_similarity"])
@@ -67,8 +55,6 @@ PAPER_TABLE_2 = pd.DataFrame(
     [("R&R", 88.0, 0.49, 0.73), ("pSp", 62.8, 0.34, 0.58), ("MegaFR (pSp)", 24.3, 0.23, 0.51),
      ("MegaFR (e4e)", 27.2, 0.27, 0.47)], columns=["method", "fid", "lpips", "id_similarity"])
 PAPER_LABEL = "paper, CelebA-HQ 1024 px — not ours"
-
-Method = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]  # (sources, targets) -> outputs
 
 
 @dataclass(frozen=True)
@@ -103,24 +89,11 @@ def load_eval_set(folder: str | Path, task: str, limit: int) -> EvalSet:
 
 
 # ------------------------------------------------------------------------------------------ rows
-def inversion_only(frozen: Frozen) -> Method:
-    return lambda sources, targets: invert(frozen, sources)[0]
-
-
 def table_methods(task: str, reenactors: Mapping[str, Reenactor], linear: LinearBaseline, refine_steps: int,
                   inversion_frozen: Frozen) -> dict[str, Method]:
-    """Row name -> method for Table 1 (``cross``) or Table 2 (``frontal``), in the tables' order."""
-    rows: dict[str, Method] = {}
-    for variant, reenactor in reenactors.items():
-        name = VARIANT_ROWS.get(variant, variant)
-        if task == "cross":
-            rows[name] = lambda s, t, r=reenactor: r.reenact(s, t, refine_steps=refine_steps).image
-        else:
-            rows[name] = lambda s, t, r=reenactor: r.reenact_params(
-                s, yaw_deg=0.0, pitch_deg=0.0, roll_deg=0.0, refine_steps=refine_steps).image
-    rows[INVERSION_ROW] = inversion_only(inversion_frozen)
-    rows[LINEAR_ROW] = (lambda s, t: linear.reenact(s, t)) if task == "cross" else (lambda s, t: linear.frontalize(s))
-    return rows
+    """Row name -> method for Table 1 (``cross``) or Table 2 (``frontal``), in the tables' order: every
+    registered row that these trained variants, linear baseline and frozen networks can build."""
+    return build_methods(task, MethodInputs(reenactors, linear, refine_steps, inversion_frozen))
 
 
 # --------------------------------------------------------------------------------------- scoring

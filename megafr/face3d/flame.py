@@ -8,11 +8,11 @@ from 4D scans", SIGGRAPH Asia 2017) maps identity ``beta``, expression ``psi`` a
     M(beta, psi, theta)   = W(T_P, J(beta), theta, weights)                (eq. 1, linear blend skinning)
 
 with five joints (global/root, neck, jaw, left eye, right eye; 3 axis-angle values each,
-``POSE_DIM = 15``). MegaFR (METHOD.md sections 1-3) uses it to turn (beta_s, psi_t, theta_t)
-into the geometry that the renderer draws, and its 68-point landmark embedding for L_lmk
+``POSE_DIM = 15``). MegaFR (paper Sec. 3.1-3.3; ``docs/method.md`` sections 1-4) uses it to
+turn (beta_s, psi_t, theta_t) into the geometry that the renderer draws, and its 68-point landmark embedding for L_lmk
 and L_pair.
 
-File formats read here (METHOD.md section 6):
+File formats read here (``docs/method.md`` section 7):
 
 - ``generic_model.pkl`` (FLAME 2020): a pickle written by Python 2, read with
   ``encoding="latin1"``; values may be chumpy arrays (unpickled by the ``chumpy-fixed``

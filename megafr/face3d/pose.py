@@ -1,6 +1,6 @@
 """Head pose as yaw / pitch / roll angles, and the FLAME pose vector.
 
-FLAME's pose vector holds five axis-angle rotations (METHOD.md section 6):
+FLAME's pose vector holds five axis-angle rotations (``docs/method.md`` section 7):
 global, neck, jaw, left eye, right eye -> ``[B, 15]``. People think of head pose as
 yaw, pitch and roll, so the data set samples those and converts. Axis-angle <->
 matrix conversions come from kornia; the Euler composition (three 3x3 matrices) is

@@ -1,4 +1,4 @@
-"""The 3D face reconstruction network of MegaFR (paper section 3.1, METHOD.md section 3).
+"""The 3D face reconstruction network of MegaFR (paper section 3.1; ``docs/method.md`` section 3).
 
 A CNN regresses, from one image [B, 3, S, S] in [-1, 1], the FLAME parameters and a camera:
 

@@ -1,7 +1,7 @@
 """A batched differentiable mesh rasterizer and SH-Lambertian shader in plain PyTorch.
 
-MegaFR renders FLAME geometry twice (METHOD.md sections 1-3): the shaded geometry image
-``r_t`` fed to the reenactment encoder (``mode="geometry"``: uniform gray albedo, a fixed
+MegaFR renders FLAME geometry twice (paper Sec. 3.2; ``docs/method.md`` sections 1-4): the
+shaded geometry image ``r_t`` fed to the reenactment encoder (``mode="geometry"``: uniform gray albedo, a fixed
 frontal light, plain background) and synthetic photos for the 3D reconstruction network
 (``mode="photo"``: per-vertex albedo times 2nd-order spherical-harmonics shading, as in
 DECA, Feng et al. SIGGRAPH 2021, over a background colour or image). The 3D network's

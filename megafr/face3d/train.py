@@ -1,6 +1,6 @@
 """Training and evaluation of the 3D face reconstruction network (the ``train_face3d`` stage).
 
-Recipe (paper section 3.1, METHOD.md section 3): the network sees an image and is supervised only
+Recipe (paper section 3.1; ``docs/method.md`` section 3): the network sees an image and is supervised only
 by that image's 2D landmarks (SynthHeads' rendered landmarks in the mini world, dlib's 68 points
 on aligned photos in the paper profile), so the same code runs on real photos:
 
@@ -28,9 +28,10 @@ permutation per epoch seeded by ``(seed, epoch)``), the learning rate a pure fun
 the checkpoint (written atomically every ``checkpoint_every`` steps and at the end) holds the
 weights, the optimizer state, the torch RNG state and the curve so far. A run that is killed and
 started again continues from its last checkpoint and ends with the weights of an uninterrupted run.
-It resumes only over the same settings and the same inputs: the checkpoint records a digest of the
-training data and of the head-model files, and a run over other data (e.g. a re-made prepare split)
-starts afresh instead of continuing weights trained on something else.
+It resumes only over the same settings, inputs and code: the checkpoint records a digest of the
+training data and of the head-model files, and one of the training code (blind to comments and
+docstrings, :func:`megafr.training.code_digest`); a run over other data (e.g. a re-made prepare
+split) or other code starts afresh instead of continuing weights trained on something else.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -48,8 +49,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from megafr import training
 from megafr.config import require, study_files_digest, study_path
-from megafr.errors import CheckpointError, InputError, MissingFileError
+from megafr.errors import InputError, MissingFileError
 from megafr.face3d import landmarks as lmk
 from megafr.face3d.flame import FLAME, POSE_DIM
 from megafr.face3d.pose import JAW, LEFT_EYE, RIGHT_EYE, head_pose_degrees
@@ -57,8 +59,8 @@ from megafr.face3d.recon import (
     FaceModel, FaceParams, ReconConfig, read_checkpoint, save_checkpoint_dict,
 )
 from megafr.face3d.render import Renderer, project
-from megafr.fileio import atomic_path
 from megafr.imageio import images_to_tensor
+from megafr.losses import silhouette_loss, weighted_landmark_loss
 from megafr.training import batch_rows as batch_indices  # the data order: a function of (seed, step)
 
 SOURCES = ("synthetic", "photos")
@@ -74,6 +76,7 @@ PHOTO_PIXEL_CENTRE = 0.5  # align.py writes landmarks with pixel centres at inte
 LOSS_TERMS = ("lmk", "kp", "sil", "shape", "expr", "pose")
 # Config fields that may change between an interrupted run and its resumption.
 RESUME_FREE_FIELDS = ("checkpoint_every", "threads", "out_dir", "run_dir", "profile")
+TRAINING_CODE = ("face3d", "losses", "training.py", "imageio.py")  # sources the weights depend on (resume key)
 
 
 @dataclass(frozen=True)
@@ -232,21 +235,6 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 # -------------------------------------------------------------------------------------- losses
-def weighted_landmark_loss(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_i w_i * mean_xy |p_i - t_i| / sum_i w_i, averaged over the batch. predicted/target [B, 68, 2], weights [68]."""
-    if predicted.shape != target.shape or predicted.shape[-2] != weights.shape[0]:
-        raise ValueError(f"landmarks {tuple(predicted.shape)} vs {tuple(target.shape)} vs weights {tuple(weights.shape)}")
-    per_point = (predicted - target).abs().mean(dim=-1)  # [B, 68]
-    return ((per_point * weights).sum(dim=-1) / weights.sum()).mean()
-
-
-def silhouette_loss(soft: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between a soft silhouette [B, 1, H, W] and a target mask [B, 1, H, W] in [0, 1]."""
-    if soft.shape != mask.shape:
-        raise ValueError(f"silhouette {tuple(soft.shape)} and mask {tuple(mask.shape)} differ")
-    return (soft - mask).abs().mean()
-
-
 def prior_losses(params: FaceParams) -> dict[str, torch.Tensor]:
     """L2 priors: mean square of identity, expression, and jaw + eye rotations."""
     rotations = torch.cat([params.pose[:, JAW], params.pose[:, LEFT_EYE], params.pose[:, RIGHT_EYE]], dim=1)
@@ -313,19 +301,17 @@ def build_model(cfg: TrainConfig, flame: Optional[FLAME] = None) -> FaceModel:
     return FaceModel(cfg.recon_config(), flame)
 
 
-def _resume_key(cfg: TrainConfig) -> dict:
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUME_FREE_FIELDS}
-
-
 def _upstream_digest(cfg: TrainConfig, data: LandmarkSet) -> str:
     """Digest of a run's inputs beyond its config: the training data and the head-model files."""
     return data.digest() + study_files_digest((cfg.model_path, cfg.landmark_path))
 
 
-def _write_checkpoint(path: Path, model: FaceModel, optimizer, step: int, cfg: TrainConfig, curve: list,
-                      window: dict, upstream: str) -> None:
+def checkpoint_payload(model: FaceModel, optimizer, step: int, cfg: TrainConfig, curve: list, window: dict,
+                       upstream: str) -> dict:
+    """The checkpoint: the product's ``{"state_dict", "config", "step", "flame"}`` plus what resuming needs."""
     extra = {
         "upstream": upstream,  # _upstream_digest of the run, taken once at its start
+        "code": training.code_digest(TRAINING_CODE),  # a checkpoint of other training code is not resumed
         "window": window,  # loss values of the unfinished curve row
         "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(),
@@ -333,25 +319,7 @@ def _write_checkpoint(path: Path, model: FaceModel, optimizer, step: int, cfg: T
         "curve": curve,
         "flame": {"model_path": str(study_path(cfg.model_path)), "landmark_path": str(study_path(cfg.landmark_path))},
     }
-    with atomic_path(path) as temp:
-        torch.save(save_checkpoint_dict(model, step, extra), temp)
-
-
-def _try_resume(path: Path, cfg: TrainConfig, upstream: str) -> Optional[dict]:
-    """The checkpoint at ``path`` if it belongs to this configuration and these inputs (``upstream``,
-    see :func:`_upstream_digest`), else None (a fresh start)."""
-    if not path.is_file():
-        return None
-    try:
-        data = read_checkpoint(path)
-    except CheckpointError:
-        return None  # a damaged leftover: start again rather than fail
-    saved = data.get("train_config")
-    if not isinstance(saved, dict) or "optimizer" not in data:
-        return None
-    same = {k: v for k, v in saved.items() if k not in RESUME_FREE_FIELDS} == _resume_key(cfg)
-    same = same and data.get("upstream") == upstream
-    return data if same and 0 < data["step"] <= cfg.steps else None
+    return save_checkpoint_dict(model, step, extra)
 
 
 def train_face3d(cfg: TrainConfig, data: LandmarkSet, flame: Optional[FLAME] = None, progress: bool = True,
@@ -381,7 +349,8 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
     path = cfg.checkpoint_path
     start, curve, window = 0, [], {}
     upstream = _upstream_digest(cfg, data)
-    saved = _try_resume(path, cfg, upstream)
+    saved = training.resumable(path, read_checkpoint, cfg, upstream=upstream, free_fields=RESUME_FREE_FIELDS,
+                               config_entry="train_config", code=training.code_digest(TRAINING_CODE), steps=cfg.steps)
     if saved is not None:
         model.net.load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -413,7 +382,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
                           **{name: float(np.mean(values)) for name, values in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            _write_checkpoint(path, model, optimizer, step + 1, cfg, curve, window, upstream)
+            training.write_checkpoint(path, checkpoint_payload(model, optimizer, step + 1, cfg, curve, window, upstream))
     seconds = time.perf_counter() - began
     model.eval()
     return TrainResult(model, pd.DataFrame(curve).reindex(columns=["step", "lr", "total", *LOSS_TERMS]).fillna(0.0),
@@ -448,7 +417,7 @@ def landmark_nme(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model: FaceModel, data: LandmarkSet) -> dict:
-    """Metrics on held-out images (numeric leaves; see the issue for the list).
+    """Metrics on held-out images (numeric leaves, listed below).
 
     Every source: ``nme_percent``. SynthHeads also: eye/mouth opening error (mean over EYELID_PAIRS /
     LIP_PAIRS of the absolute difference of 3D gaps, mm), yaw/pitch/roll mean absolute error (degrees),

@@ -309,7 +309,7 @@ def expand_input_channels(state_dict: dict[str, torch.Tensor], input_nc: int, ke
 
     The pretrained channels are copied and the new ones start at zero, so the widened
     encoder computes exactly what the pretrained one did on the first channels (MegaFR's
-    E_FR initialised from e4e / pSp, METHOD.md Sec. 6).
+    E_FR initialised from e4e / pSp, ``docs/method.md`` section 1).
     """
     if key not in state_dict:
         raise KeyError(f"state dict has no {key!r}; keys start with {sorted(state_dict)[:3]}")

@@ -1,12 +1,9 @@
 """The ``train_generator`` stage: a StyleGAN2 generator and its e4e encoder, trained together on SynthHeads.
 
-The paper starts from the released FFHQ StyleGAN2 and e4e. The mini world must make its own on
-two CPU cores in about fifteen minutes, where a GAN trained from scratch would see far too few
-images to converge. The recipe, chosen for that budget (issue 7):
-
-**Style-based autoencoder.** The e4e encoder ``E`` (Encoder4Editing: w0 plus per-entry deltas) maps
-an image to W+ (offsets + ``latent_avg``), the generator's synthesis network ``G`` decodes it, and
-both learn together from
+The paper starts from the released FFHQ StyleGAN2 and e4e (paper Sec. 4; ``docs/method.md``). The
+mini world makes its own as a style-based autoencoder: the e4e encoder ``E`` (Encoder4Editing, Tov
+et al. 2021: w0 plus per-entry deltas) maps an image to W+ (offsets + ``latent_avg``), the
+generator's synthesis network ``G`` decodes it, and both learn together from
 
     L = lambda_l2 * |G(E(x)) - x|^2                              reconstruction (pixel L2)
       + lambda_lap * Lap1(G(E(x)), x) [+ the same for the swap targets]   Laplacian-pyramid L1
@@ -16,103 +13,30 @@ both learn together from
       + lambda_id * (1 - <R(G(E(x))), R(x)>)                      identity (R: the frozen train_idnet network)
       [+ lambda_lpips * LPIPS(G(E(x)), x) only when LPIPS's backbone weights are on the machine]
 
+with the terms of :mod:`megafr.losses`. Why these terms and weights, and the recipes measured and
+not kept: ``docs/experiments/train_generator.md``.
+
 - **Layer semantics (swap term).** MegaFR edits coarse + medium W+ entries and relies on them
-  carrying geometry while the fine entries carry colour. The synthetic world supervises exactly
-  that: for pairs (A, B) of training images, the mixed code (coarse + medium entries of B, fine of
-  A; ``latent_structure.mix_codes``) must decode to the *rendering* of B's shape, expression,
-  pose and camera jitter with A's appearance, light and background, which ``HeadWorld.render``
-  produces from the ground-truth table (``table_to_params``, ``SceneParams.with_``). A pool of
-  ``swap_pool`` such pairs is rendered once per run (rendering costs about as much as a training
-  step, so it is not done every step) and cached beside the checkpoint. Legitimate in the mini
-  world: this generator is the world's stand-in for a pretrained StyleGAN2, whose W+ hierarchy
-  has this structure in the paper's world.
-- **Latent discriminator.** As in e4e (Tov et al. 2021, Sec. 4.1), ``D_latent`` (the released
-  4-layer MLP) learns to tell ``w = mapping(z)`` from the encoder's per-entry codes (non-saturating
-  logistic loss, R1 penalty on real codes), and the encoder is trained to fool it. With
-  ``lr_mapping = 0`` (mini) the mapping network is not trained; it fixes the prior of W, and
-  ``latent_avg`` is its mean, so ``G(mapping(z))`` gives samples (FD-id measures them).
-- **Without a trained mapping, W is degenerate and the samples are not heads.** With the mapping
-  frozen (``lr_mapping = 0``) and e4e's light delta term (``lambda_delta`` 0.0002), the encoder's codes
-  spread little in ``w_0`` across test images (mean pairwise distance 0.93) and far more per entry
-  (mean ``|w_i - w_0|`` 5.0): the image lives in the deltas, D_latent tells the codes from
-  ``mapping(z)`` all run long (its loss stays near 0.55, chance is 1.39), ``G(w_0)`` with one code
-  broadcast to every entry decodes to the same grey average head (13.5 dB), and samples
-  ``G(mapping(z))`` are colour blobs. ``lr_mapping > 0`` trains the mapping network against D_latent
-  (``mapping_loss``: it chases the encoder's codes) and a stronger delta term keeps the codes near W.
-  Measured on mini (3000 steps, 256 test images, the same identity network; runs with one torch
-  thread except the pipeline's):
-
-  | recipe | PSNR | SSIM | ID sim | mean delta | FD-id samples | samples |
-  |---|---|---|---|---|---|---|
-  | lr_mapping 0, lambda_delta 0.0002 (pipeline run, 2 threads) | 23.43 dB | 0.735 | 0.482 | 5.0 | 0.529 | colour blobs |
-  | lr_mapping 0.2, lambda_delta 0.0002 | 23.13 dB | 0.723 | 0.496 | 2.9 | 0.616 | blurry heads |
-  | **lr_mapping 0.2, lambda_delta 0.002 (mini)** | 23.29 dB | 0.729 | 0.533 | 2.4 | 0.788 | blurry heads |
-  | lr_mapping 0.2, lambda_delta 0.02 | 22.90 dB | 0.720 | 0.437 | 0.72 | 0.440 | blurry heads |
-
-  The mini profile trains the mapping (lr_mapping 0.2, lambda_delta 0.002): its samples are heads,
-  and by the identity network its inversions keep a little more identity. The pipeline's own run of
-  it (2 threads, fused Adam) gave 23.03 dB, SSIM 0.720 and ID 0.496, against 23.29 dB and 0.533 for
-  the one-thread run above: runs of one recipe differ by about 0.3 dB and 0.04 in ID similarity,
-  as much as the recipes in this table differ from each other, so the table ranks them only coarsely.
-  Its samples' FD-id is *worse* than the colour blobs': they are heads of few colours against
-  similar backgrounds (a narrow distribution), while the blobs spread their identity features as
-  widely as the test set does. FD-id in a small identity network's feature space measures that
-  spread, not whether a sample looks like a head; the sample grid is the check. D_latent's loss
-  then sits near chance (1.27 at lambda_delta 0.002). ``latent_avg`` stays the mean of the *initial*
-  mapping: it is the encoders' anchor (their codes are offsets from it), and the product files save
-  it as ``latent_avg`` even though a trained mapping's mean moves away from it (unlike the released
-  files, where it is the mean of the final mapping). The mapping's EqualLinear layers carry StyleGAN2's
-  0.01 learning-rate multiplier, so ``lr_mapping`` 0.002 (``lr_g``) barely moved them (its loss
-  stayed near 1.9 after 1650 steps).
-- **Neither a weighted loss nor progressive deltas bring out eyes and mouths.** Weighting the pixel
-  loss by 1 + 1 on the head mask + 4 near the eye and mouth landmarks (the synthetic world's ground
-  truth) gave 23.48 dB and ID 0.493 against 23.43 and 0.482, and the same featureless heads; e4e's
-  progressive schedule (w_0 alone for 300 steps, then one more delta every 150) gave 22.79 dB and
-  deltas as large as before (5.2). Both were measured with one thread and not kept.
-- **No image discriminator.** An adversarial image loss was left out: in this budget a step of G
-  and D together costs about twice an autoencoder step, for sharper but not more faithful
-  reconstructions; the targets here are inversion fidelity and the layer structure.
-- **Sharper terms: Laplacian-pyramid L1 and a light identity term.** Pixel L2 alone leaves the
-  heads as featureless blobs. ``lambda_lap`` adds the Laplacian-pyramid L1 of Bojanowski et al.
-  (2018, GLO), a standard sharper substitute for L2 when no perceptual network is available (LPIPS's
-  backbone cannot be downloaded here), on the reconstructions and the swap targets; ``lambda_id``
-  adds the frozen identity network of ``train_idnet`` (pSp's and e4e's ``IDLoss`` recipe,
-  ``megafr.nets.identity``). Measured on mini (batch 16, 3000 steps, 256 test images; "independent"
-  is an identity network trained with another seed that no stage uses):
-
-  | recipe | PSNR | SSIM | ID sim | ID sim to another image | ID sim, independent net |
-  |---|---|---|---|---|---|
-  | L2 only | 23.06 dB | 0.706 | 0.136 | 0.065 | 0.150 |
-  | + Lap1 0.5 + ID 0.1 | 23.38 dB | 0.730 | 0.385 | 0.198 | 0.369 |
-
-  The pipeline's own run of the new recipe (2 threads, so not bit-identical) gave 23.22 dB, SSIM
-  0.729, ID similarity 0.379; with the identity network of the face-recognition set
-  (``megafr.pretrain.idnet``) it gives 23.43 dB, SSIM 0.735 and ID similarity 0.482 by that network. At 800 steps Lap1 alone lifted SSIM from 0.578 to 0.614 and PSNR by
-  0.2 dB. The two terms cost 1.21 times the time per step. A larger identity weight hurt:
-  ``lambda_id = 0.5`` (batch 4, 3000 steps, the earlier sharp-trained identity network) gave 18.3 dB
-  and layer-swap yaw within 10 degrees for 45 % of pairs, against 21.1 dB and 84 % without it at
-  1500 steps, while ID similarity barely moved (0.078 against 0.061). Halving
-  ``lambda_latent`` as well was no better beyond noise (23.46 dB, ID 0.404), so e4e's latent term
-  keeps its weight. The identity term trains against the network that also measures ID similarity,
-  as e4e and pSp do with ArcFace; the independent network's column is the check on that.
-- **Images seen, not width, limit the mini autoencoder.** Measured on mini (e4e inversions of 256
-  test images; one step also decodes 2 swap pairs): batch 4 x 3000 steps gave 22.2 dB (0.17 s a
-  step), batch 16 x 3000 steps 23.1 dB (0.25 s a step on 2 quiet cores: four times the images
-  for 1.7 times the time). Wider generators cost more per step without lowering the training
-  loss at equal steps, so they see fewer images in the same time (``max_channels`` 64 at batch
-  16 for 2400 steps: 22.6 dB; 96 at batch 8 was no better at step 800 and was stopped). So the mini
-  profile trains 48 channels at batch 16 (figures in this bullet: pixel L2 only).
-- **The encoder, not the generator, now limits the inversions.** Optimising W+ directly for 8 test
-  images against the trained ``g_ema`` (600 Adam steps, lr 0.01, pixel L2, codes started at the
-  encoder's) reaches 29.2 dB where the encoder gives 23.0 dB on the same images, and the optimised
-  codes decode to heads with hair and open mouths that the encoder's codes lose. The issue's 24 dB
-  and ID-similarity 0.8 targets are not reached by the encoder within the stage's share of the budget.
+  carrying geometry while the fine entries carry colour (``docs/method.md``, layer groups). The
+  synthetic world supervises exactly that: for pairs (A, B) of training images, the mixed code
+  (coarse + medium entries of B, fine of A; ``latent_structure.mix_codes``) must decode to the
+  *rendering* of B's shape, expression, pose and camera jitter with A's appearance, light and
+  background, which ``HeadWorld.render`` produces from the ground-truth table
+  (``table_to_params``, ``SceneParams.with_``). A pool of ``swap_pool`` such pairs is rendered once
+  per run and cached beside the checkpoint. Legitimate in the mini world: this generator is the
+  world's stand-in for a pretrained StyleGAN2, whose W+ hierarchy has this structure.
+- **Latent discriminator.** As in e4e (Sec. 4.1), ``D_latent`` (the released 4-layer MLP) learns to
+  tell ``w = mapping(z)`` from the encoder's per-entry codes (non-saturating logistic loss, R1
+  penalty on real codes), and the encoder is trained to fool it. With ``lr_mapping > 0`` the mapping
+  network also learns, against D_latent (``mapping_loss``: it chases the encoder's codes), so that
+  samples ``G(mapping(z))`` decode to heads; with ``lr_mapping = 0`` it stays frozen. ``latent_avg``
+  is the mean of the *initial* mapping, the encoders' anchor (their codes are offsets from it).
 - ``g_ema`` is an exponential moving average of the synthesis weights (decay ``ema_decay``); the
   e4e product decodes with ``g_ema`` and the metrics are computed with it.
 
 Products in the official layouts (``megafr.nets.checkpoints``): ``stylegan2.pt`` (``g_ema``, ``g``,
 ``latent_avg`` [D]) and ``e4e.pt`` (``state_dict`` with ``encoder.``/``decoder.``, ``latent_avg``
-[n_latent, D], ``opts``, ``discriminator_state_dict``). Resume: ``megafr.pretrain.common``.
+[n_latent, D], ``opts``, ``discriminator_state_dict``). Resume: :mod:`megafr.training`.
 
 The paper profile (``mode: official``) trains nothing: it loads the user's official files through
 the official loaders and writes ``products.json`` naming them.
@@ -130,14 +54,14 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from kornia.geometry.transform import build_laplacian_pyramid
 from tqdm.auto import tqdm
 
+from megafr import training
 from megafr.config import require, require_at_least, study_files_digest, study_path
 from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
+from megafr.losses import LpipsLoss, delta_loss, id_loss, laplacian_l1, latent_d_loss, latent_loss, mapping_loss
 from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
-from megafr.nets.identity import identity_similarity
 from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, LatentCodesDiscriminator
 from megafr.nets.stylegan2 import Generator
 from megafr.pretrain import common
@@ -151,7 +75,6 @@ SWAP_POOL_FILE = "swap_pool.npz"
 MEAN_LATENT_SAMPLES = 4096  # z samples averaged into latent_avg
 ADAM_BETAS_G = (0.0, 0.99)  # StyleGAN2's Adam betas (generator, discriminator)
 ADAM_BETAS_E = (0.9, 0.999)  # encoder
-LAP_LEVELS = 4  # Laplacian-pyramid levels (64 px: bands at 64, 32, 16 and the 8 px residual)
 CURVE_POINTS = 150  # about this many rows in the training curve
 LOSS_TERMS = ("l2", "lap", "swap", "latent", "delta", "lpips", "id", "d_latent", "r1", "mapping")
 LAMBDA_TERMS = LOSS_TERMS[:-3]  # the weighted terms of the G + E loss (lambda_<term>); D's and the mapping's are not
@@ -159,10 +82,10 @@ LAMBDA_TERMS = LOSS_TERMS[:-3]  # the weighted terms of the G + E loss (lambda_<
 
 @dataclass(frozen=True)
 class GeneratorStageConfig(common.StageFolders):
+    """Parameters of the train_generator stage (params.yaml block ``train_generator`` plus shared keys)."""
+
     STAGE: ClassVar[str] = "train_generator"
     UPSTREAM_SPLIT: ClassVar[str] = "train"
-
-    """Parameters of the train_generator stage (params.yaml block ``train_generator`` plus shared keys)."""
 
     profile: str  # profile that produced the run
     seed: int  # seeds weights, data order, swap pairs
@@ -282,65 +205,6 @@ def synthesis_parameters(generator: Generator) -> list[torch.nn.Parameter]:
     return [p for name, p in generator.named_parameters() if not name.startswith("style.")]
 
 
-# ------------------------------------------------------------------------------ losses
-def latent_d_loss(latent_d: LatentCodesDiscriminator, real_w: torch.Tensor, fake_w: torch.Tensor,
-                  r1_gamma: float) -> tuple[torch.Tensor, dict]:
-    """Non-saturating logistic loss of D_latent on mapping(z) [N, D] vs encoder codes [M, D], + R1 on real."""
-    real_w = real_w.detach().requires_grad_(r1_gamma > 0)
-    real_pred, fake_pred = latent_d(real_w), latent_d(fake_w.detach())
-    loss = F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
-    r1 = real_w.new_zeros(())
-    if r1_gamma > 0:
-        (grad,) = torch.autograd.grad(real_pred.sum(), real_w, create_graph=True)
-        r1 = grad.square().sum(1).mean()
-        loss = loss + r1_gamma / 2 * r1
-    return loss, {"d_latent": float(loss.detach()), "r1": float(r1.detach())}
-
-
-def laplacian_l1(x: torch.Tensor, y: torch.Tensor, levels: int = LAP_LEVELS) -> torch.Tensor:
-    """Laplacian-pyramid L1 (Bojanowski et al. 2018): sum over levels of the mean |band(x) - band(y)|.
-
-    kornia builds the pyramids (``levels`` levels, the last one the low-pass residual). Each level is
-    averaged over its own pixels, so an error counts once at each scale where it lives: fine detail
-    is not hidden under a coarse colour error, as it partly is in a plain pixel loss. x, y [B, C, H, W]
-    """
-    bands_x, bands_y = build_laplacian_pyramid(x, levels), build_laplacian_pyramid(y, levels)
-    return sum((bx - by).abs().mean() for bx, by in zip(bands_x, bands_y))
-
-
-def mapping_loss(latent_d: LatentCodesDiscriminator, w: torch.Tensor) -> torch.Tensor:
-    """The mapping network's adversarial term: softplus(D(w)), pushing mapping(z) [N, D] to where D puts the
-    encoder's codes (D's "fake" side; the encoder is pushed the other way by :func:`encoder_latent_loss`)."""
-    return F.softplus(latent_d(w)).mean()
-
-
-def encoder_latent_loss(latent_d: LatentCodesDiscriminator, codes: torch.Tensor) -> torch.Tensor:
-    """e4e's adversarial term: softplus(-D(w_i)) averaged over images and W+ entries. codes [B, n_latent, D]"""
-    return F.softplus(-latent_d(codes)).mean()
-
-
-def delta_loss(codes: torch.Tensor) -> torch.Tensor:
-    """e4e's delta regularisation: mean over entries i >= 1 of |w_i - w_0|_2. codes [B, n_latent, D]"""
-    return (codes[:, 1:] - codes[:, :1]).norm(dim=2).mean()
-
-
-class LpipsTerm:
-    """LPIPS (AlexNet) when its backbone weights are on the machine; otherwise off, with the reason."""
-
-    def __init__(self, weight: float):
-        self.available, self.message = common.lpips_status()
-        self.net = None
-        if weight > 0 and self.available:
-            import lpips
-
-            self.net = lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False)
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.net is None:
-            return x.new_zeros(())
-        return self.net(x, y).mean()
-
-
 # ------------------------------------------------------------------------------ swap pool
 def load_or_render_pool(cfg: GeneratorStageConfig, table: pd.DataFrame) -> dict[str, np.ndarray]:
     """The run's swap pool (rows a, b and truth images), from the cache file when it matches."""
@@ -406,11 +270,10 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
     optimizers = {"g": opt_g, "e": opt_e, "d": opt_d}
     if cfg.trains_mapping:
         optimizers["m"] = adam(nets.generator.style.parameters(), cfg.lr_mapping, ADAM_BETAS_G)
-    lpips_term = LpipsTerm(cfg.lambda_lpips)
+    lpips_term = LpipsLoss(cfg.lambda_lpips)
     if idnet is not None:
         idnet.eval().requires_grad_(False)
-    path = cfg.checkpoint_path
-    start, end, curve, upstream = common.resume_or_start(cfg, modules, optimizers, stop_after)
+    start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
     noise = [getattr(nets.generator.noises, f"noise_{i}") for i in range(nets.generator.num_layers)]
     nets.generator.train()
@@ -445,10 +308,10 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         terms["swap"] = F.mse_loss(out[n_a:], truth) if cfg.swap_batch else out.new_zeros(())
         terms["lap"] = (laplacian_l1(out[:n_a], x[:n_a]) + (laplacian_l1(out[n_a:], truth) if cfg.swap_batch else 0)
                         if cfg.lambda_lap else out.new_zeros(()))
-        terms["latent"] = encoder_latent_loss(nets.latent_d, codes) if cfg.lambda_latent else out.new_zeros(())
+        terms["latent"] = latent_loss(nets.latent_d, codes) if cfg.lambda_latent else out.new_zeros(())
         terms["delta"] = delta_loss(codes)
         terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else out.new_zeros(())
-        terms["id"] = (1 - identity_similarity(idnet, out[:n_a], x[:n_a])).mean() if cfg.lambda_id else out.new_zeros(())
+        terms["id"] = id_loss(idnet, out[:n_a], x[:n_a]) if cfg.lambda_id else out.new_zeros(())
         total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
         opt_g.zero_grad(set_to_none=True)
         opt_e.zero_grad(set_to_none=True)
@@ -483,7 +346,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
             curve.append({"step": step + 1, "lr_g": lrs["g"], **{k: float(np.mean(v)) for k, v in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            common.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
+            training.save_training_state(cfg.checkpoint_path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     for module in modules.values():
         module.eval()

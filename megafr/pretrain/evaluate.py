@@ -1,6 +1,6 @@
 """Evaluation and figures of the generator and inversion stages, on the *test identities* only.
 
-- inversion: PSNR and SSIM (``megafr.pretrain.metrics``) and ID similarity
+- inversion: PSNR and SSIM (``megafr.metrics``) and ID similarity
   (``megafr.nets.identity.identity_similarity``, the function MegaFR's L_ID uses) of ``G(E(x))``
   against ``x``;
 - samples: FD-id between ``G(mapping(z))`` and real test images in the identity network's space;
@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 
 from megafr import plots
+from megafr.metrics import fd_id, psnr, ssim
 from megafr.nets.identity import identity_similarity
 from megafr.pretrain import common
 from megafr.pretrain.latent_structure import PoseMeasure, layer_swap_report, mix_codes, pose_table_degrees, swap_pairs
-from megafr.pretrain.metrics import fd_id, psnr, ssim
 
 EVAL_BATCH = 64  # images per forward pass during evaluation
 SAMPLE_SEED = 12345  # z of the sample grid and FD-id samples (fixed: comparable across runs)
@@ -121,6 +121,11 @@ def swap_grid(xa: np.ndarray, xb: np.ndarray, mixed: torch.Tensor, truth: np.nda
                             row_labels=["A (colour)", "B (geometry)", "G(mix)", "truth"])
 
 
+def loss_columns(curve: pd.DataFrame) -> list[str]:
+    """The loss columns of a training curve (``total`` and each term), in order: all but the step and learning rates."""
+    return [c for c in curve.columns if c != "step" and not c.startswith("lr")]
+
+
 def curve_figure(curve: pd.DataFrame, columns: list[str], title: str):
     """Figure: training curves (one panel per column, log scale where positive)."""
     import matplotlib.pyplot as plt
@@ -141,13 +146,11 @@ def curve_figure(curve: pd.DataFrame, columns: list[str], title: str):
 
 def generator_figures(out, world: str) -> dict:
     """``{name: figure}`` of the train_generator stage: curve, inversions, samples, swaps."""
-    from megafr.pretrain.autoencoder import LOSS_TERMS
-
     names = ("curve", "inversions", "samples", "swaps")
     if out.nets is None:
         return {n: plots.message_figure("official files loaded; nothing trained", f"train_generator ({world} world)") for n in names}
     return {
-        "curve": curve_figure(out.curve, ["total", *LOSS_TERMS], f"train_generator losses ({world} world)"),
+        "curve": curve_figure(out.curve, loss_columns(out.curve), f"train_generator losses ({world} world)"),
         "inversions": inversion_grid(out.test_x, out.test_recon, f"e4e inversions of test identities ({world} world)"),
         "samples": sample_grid(samples(out.nets.g_ema, GRID_COLUMNS * 2), f"G(mapping(z)) samples ({world} world)"),
         "swaps": swap_grid(out.swap["xa"], out.swap["xb"], out.swap["mixed"], out.swap["truth"],
@@ -157,8 +160,6 @@ def generator_figures(out, world: str) -> dict:
 
 def inversion_figures(out, world: str) -> dict:
     """``{name: figure}`` of the train_inversion stage: curve and pSp / e4e inversions."""
-    from megafr.pretrain.inversion import LOSS_TERMS
-
     names = ("curve", "inversions")
     if out.net is None:
         return {n: plots.message_figure("official files loaded; nothing trained", f"train_inversion ({world} world)") for n in names}
@@ -166,7 +167,7 @@ def inversion_figures(out, world: str) -> dict:
     tiles = np.concatenate([common.tensor_to_images(t[:n]) for t in (out.test_x, out.test_recon, out.e4e_recon)])
     grid = plots.image_grid(tiles, ncols=n, title=f"pSp and e4e inversions of test identities ({world} world)",
                             row_labels=["real", "pSp", "e4e"])
-    return {"curve": curve_figure(out.curve, ["total", *LOSS_TERMS], f"train_inversion losses ({world} world)"),
+    return {"curve": curve_figure(out.curve, loss_columns(out.curve), f"train_inversion losses ({world} world)"),
             "inversions": grid}
 
 

@@ -16,36 +16,17 @@ entropy on ``s cos theta`` (the test checks it).
 The network sees exactly what ``megafr.nets.identity`` feeds it at evaluation: the pSp face crop
 of the image, pooled to the network's input size.
 
-**Blur augmentation** (``blur_sigma_max``). The released ArcFace was trained on millions of photos
-of every quality, so it still recognises a person in a soft or slightly blurred image, which is
-what the generators of the study produce. Trained on sharp renderings only, the mini network
-learns to rely on fine texture instead: measured on mini, a Gaussian blur of 2 px (sigma, at 64 px)
-alone dropped the similarity of a test image with itself to 0.60, and the generator's inversions
-scored 0.06. So each training image is blurred (kornia's ``gaussian_blur2d``) with its own sigma
+**Blur augmentation** (``blur_sigma_max``). The released ArcFace still recognises a person in a
+soft image, which is what the study's generators produce; a network trained on sharp renderings
+only does not. So each training image is blurred (kornia's ``gaussian_blur2d``) with its own sigma
 drawn uniformly from [0, ``blur_sigma_max``] pixels of the data set's images before the face crop;
 0 turns it off.
 
-**Training data.** The released ArcFace learnt from MS1M (about 85,000 people), not from the faces
-the study later reenacts. The mini network likewise trains on the ``recognition`` split that the
-prepare stage renders for it (4000 identities x 8 images, disjoint from the train and test
-identities; ``megafr.datasets.prepare``), not on the 400 x 20 train split of the generator. Measured
-on mini (test identities, 3000 steps unless noted, one thread each, side by side):
-
-| training data | steps | TAR @ FAR 1e-3 | TAR @ FAR 1e-2 | genuine cos | e4e inversion ID sim |
-|---|---|---|---|---|---|
-| train split, 400 x 20 | 3000 | 0.22 | 0.53 | 0.52 | 0.34 |
-| recognition, 2000 x 8 | 3000 | 0.22 | 0.53 | 0.55 | 0.51 |
-| recognition, 4000 x 8 | 3000 | 0.21 | 0.57 | 0.63 | 0.54 |
-| recognition, 4000 x 8, input 48 px | 3000 | 0.27 | 0.63 | 0.63 | 0.47 |
-| recognition, 4000 x 8, margin 0.3, scale 32 | 3000 | 0.07 | 0.33 | 0.63 | 0.66 |
-| **recognition, 4000 x 8** | **6000** | **0.37** | **0.74** | **0.62** | **0.42** |
-
-The last column scores the same 256 inversions (the generator of the previous pipeline run, trained
-against the first row's kind of network) with each network: how high a network rates inversions
-says little about how good it is (the margin-0.3 network rates them highest and verifies worst), so
-the recipe was chosen on TAR. The train-split network overfits (99.5 % training accuracy); the
-4000-identity one is still learning at 3000 steps (8 % training accuracy on the margin logits),
-hence 6000 steps.
+**Training data.** As the released ArcFace learnt from MS1M, not from the faces the study later
+reenacts, the mini network trains on the ``recognition`` split that the prepare stage renders for it
+(identities disjoint from the train and test identities; ``megafr.datasets.prepare``), not on the
+generator's train split. The measurements behind both choices and the step count:
+``docs/experiments/train_idnet.md``.
 
 Verification is measured on the sharp images of the *test identities* (never seen in training):
 all genuine and impostor pairs of the test split, TAR at FAR 1e-3.
@@ -69,14 +50,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from megafr import training
 from megafr.config import require, require_at_least, study_path
 from megafr.errors import InputError, MissingFileError
 from megafr.fileio import write_json
+from megafr.metrics import identity_embeddings, tar_at_far, verification_pairs
 from megafr.nets.checkpoints import load_arcface, save_arcface
 from megafr.nets.identity import face_crop
 from megafr.nets.irse import ArcFace, ArcFaceConfig
 from megafr.pretrain import common
-from megafr.pretrain.metrics import identity_embeddings, tar_at_far, verification_pairs
 
 PRODUCT_FILE = "arcface.pt"
 PRODUCTS_FILE = "products.json"  # names the file later stages use (own product or the official one)
@@ -86,10 +68,10 @@ CURVE_POINTS = 100  # about this many rows in the training curve
 
 @dataclass(frozen=True)
 class IdNetConfig(common.StageFolders):
+    """Parameters of the train_idnet stage (params.yaml block ``train_idnet`` plus shared keys)."""
+
     STAGE: ClassVar[str] = "train_idnet"
     UPSTREAM_SPLIT: ClassVar[str] = "recognition"  # the face-recognition set (identities of neither train nor test)
-
-    """Parameters of the train_idnet stage (params.yaml block ``train_idnet`` plus shared keys)."""
 
     profile: str  # profile that produced the run (labels figures and metrics)
     seed: int  # seeds the weights and the data order
@@ -218,8 +200,7 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
     params = list(net.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     modules, optimizers = {"net": net, "head": head}, {"opt": optimizer}
-    path = cfg.checkpoint_path
-    start, end, curve, upstream = common.resume_or_start(cfg, modules, optimizers, stop_after)
+    start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
     window: dict[str, list[float]] = {}
     net.train()
@@ -245,7 +226,7 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
             curve.append({"step": step + 1, "lr": lr, **{k: float(np.mean(v)) for k, v in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            common.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
+            training.save_training_state(cfg.checkpoint_path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     net.eval()
     return IdNetResult(net, pd.DataFrame(curve, columns=["step", "lr", "loss", "accuracy"]), end - start, seconds,

@@ -5,7 +5,7 @@ StyleGAN2 with ``L = lambda_l2 L2 + lambda_lpips LPIPS + lambda_id (1 - <R(x), R
 lambda_wnorm |E(x)|^2`` (the last term, pSp's ``w_norm``, keeps the codes near ``latent_avg``).
 The mini world uses the same terms with the study's identity network as ``R``
 (``megafr.nets.identity.identity_similarity``); LPIPS only where its backbone weights are present
-(``megafr.pretrain.common.lpips_status``).
+(``megafr.losses.perceptual``).
 
 pSp initialises its IR-SE50 body from a face-recognition network trained on real faces; here the
 body, input layer and pyramid lateral convolutions start from the e4e encoder of the
@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from megafr import training
 from megafr.config import require, require_at_least, study_path
 from megafr.errors import InputError
 from megafr.fileio import write_json
+from megafr.losses import LpipsLoss, id_loss, w_norm_loss
 from megafr.nets.checkpoints import load_arcface, load_e4e, load_psp, load_stylegan2, save_encoder
 from megafr.nets.encoders import GradualStyleEncoder, InversionNet
-from megafr.nets.identity import identity_similarity
 from megafr.pretrain import common
 from megafr.training import adam
 
@@ -49,11 +50,11 @@ LOSS_TERMS = ("l2", "id", "wnorm", "lpips")
 
 @dataclass(frozen=True)
 class InversionStageConfig(common.StageFolders):
+    """Parameters of the train_inversion stage (params.yaml block ``train_inversion`` plus shared keys)."""
+
     STAGE: ClassVar[str] = "train_inversion"
     UPSTREAM: ClassVar[tuple[str, ...]] = ("stylegan2_path", "e4e_path", "idnet_path")  # a retrained generator restarts pSp
     UPSTREAM_SPLIT: ClassVar[str] = "train"
-
-    """Parameters of the train_inversion stage (params.yaml block ``train_inversion`` plus shared keys)."""
 
     profile: str  # profile that produced the run
     seed: int  # seeds weights and data order
@@ -119,15 +120,12 @@ def train_psp(cfg: InversionStageConfig, net: InversionNet, images: np.ndarray, 
 
 
 def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> InversionResult:
-    from megafr.pretrain.autoencoder import LpipsTerm
-
     optimizer = adam(net.encoder.parameters(), cfg.lr, ADAM_BETAS)
     modules, optimizers = {"encoder": net.encoder}, {"opt": optimizer}
-    lpips_term = LpipsTerm(cfg.lambda_lpips)
+    lpips_term = LpipsLoss(cfg.lambda_lpips)
     if idnet is not None:
         idnet.eval().requires_grad_(False)
-    path = cfg.checkpoint_path
-    start, end, curve, upstream = common.resume_or_start(cfg, modules, optimizers, stop_after)
+    start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
     decoder = net.decoder
     noise = [getattr(decoder.noises, f"noise_{i}") for i in range(decoder.num_layers)]
@@ -142,8 +140,8 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
         common.set_lr(optimizer, lr)
         offsets = net.encoder(x)  # [B, n_latent, D]
         recon = decoder.synthesis(offsets + net.latent_avg, noise)  # [B, 3, S, S]
-        terms = {"l2": F.mse_loss(recon, x), "wnorm": offsets.square().sum(2).mean()}
-        terms["id"] = (1 - identity_similarity(idnet, recon, x.detach())).mean() if cfg.lambda_id else recon.new_zeros(())
+        terms = {"l2": F.mse_loss(recon, x), "wnorm": w_norm_loss(offsets)}
+        terms["id"] = id_loss(idnet, recon, x.detach()) if cfg.lambda_id else recon.new_zeros(())
         terms["lpips"] = lpips_term(recon, x) if cfg.lambda_lpips else recon.new_zeros(())
         total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
         optimizer.zero_grad(set_to_none=True)
@@ -155,7 +153,7 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
             curve.append({"step": step + 1, "lr": lr, **{k: float(np.mean(v)) for k, v in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            common.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
+            training.save_training_state(cfg.checkpoint_path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     net.eval()
     frame = pd.DataFrame(curve).reindex(columns=["step", "lr", "total", *LOSS_TERMS]).fillna(0.0)

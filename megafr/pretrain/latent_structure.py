@@ -1,7 +1,7 @@
-"""The layer-swap measurement of the W+ space (issue 7, point 4).
+"""The layer-swap measurement of the W+ space: do the coarse and medium entries carry the geometry?
 
-MegaFR edits only the coarse and medium W+ entries (METHOD.md Sec. 1) and relies on them carrying
-geometry (pose, expression, face shape) while the fine entries carry colour (appearance, light,
+MegaFR edits only the coarse and medium W+ entries (paper Sec. 3.2; ``docs/method.md`` section 2)
+and relies on them carrying geometry (pose, expression, face shape) while the fine entries carry colour (appearance, light,
 background). The measurement: for pairs (A, B), the style-mixed code ``mix(w_B, w_A)`` (coarse +
 medium entries of B, fine entries of A, see :func:`mix_codes`) is decoded, and
 
@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from megafr.metrics import psnr
 from megafr.nets.encoders import layer_groups
-from megafr.pretrain.metrics import psnr
 
-YAW_TOLERANCE_DEG = 10.0  # the issue's target: after the swap, yaw within 10 degrees of B's
+YAW_TOLERANCE_DEG = 10.0  # the aim: after the swap, yaw within 10 degrees of B's
 BORDER_FRACTION = 0.1  # width of the image border (background) used for the colour comparison
 PoseMeasure = Callable[[torch.Tensor], torch.Tensor]
 

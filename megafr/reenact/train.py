@@ -8,19 +8,20 @@ One training step, for a batch of source photos ``x_real`` and target photos ``x
 3. render the target geometry ``r_t = R(FLAME(beta_s, psi_t, theta_t))`` and the source's own
    ``r_s = R(FLAME(beta_s, psi_s, theta_s))``, each framed like an FFHQ crop
    (:func:`megafr.face3d.framing.aligned_camera`);
-4. ``x_f, w_f = F(x_s, r_t)``; the six losses of :mod:`megafr.reenact.losses`, where the target
+4. ``x_f, w_f = F(x_s, r_t)``; the six losses of :mod:`megafr.losses` (paper eq. 2-8), where the target
    landmarks ``p_t`` are FLAME(beta_s, psi_t, theta_t)'s (what r_t shows) and ``p_f`` the 3D
    network's landmarks of ``x_f`` (gradients flow through the frozen 3D network into ``x_f``).
 
 The parameter-fed baseline (``condition="params"``) replaces ``r_t`` by the raw target parameters
 (expression and the non-neck pose) tiled as constant image channels; everything else is the same.
 
-Checkpoints ``{"state_dict", "config", "step", "optimizer", "upstream"}`` are written atomically every
+Checkpoints ``{"state_dict", "config", "step", "optimizer", "upstream", "code"}`` are written atomically every
 ``checkpoint_every`` steps; the data order is a function of (seed, step), so a resumed run ends
 with the same weights as an uninterrupted one. ``upstream`` is an MD5 digest of the frozen
 networks' files and the training images (:func:`upstream_digest`): a checkpoint is resumed only
-when both its configuration and that digest match, so E_FR is retrained, not reused, after an
-earlier stage (generator, inversion encoder, 3D network, identity network) changed.
+when its configuration, that digest and the training code's digest (:func:`megafr.training.code_digest`,
+blind to comments and docstrings) match, so E_FR is retrained, not reused, after an earlier stage
+(generator, inversion encoder, 3D network, identity network) or its training code changed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from megafr import losses, training
 from megafr.config import require, study_files_digest, study_path, torch_device
 from megafr.errors import CheckpointError, MissingFileError
 from megafr.face3d.framing import aligned_camera
@@ -44,7 +46,6 @@ from megafr.face3d.recon import FaceModel, load_face_model
 from megafr.fileio import atomic_path
 from megafr.imageio import images_to_tensor
 from megafr.nets import checkpoints
-from megafr.reenact import losses
 from megafr.reenact.model import RENDER_CHANNELS, MegaFR
 from megafr.training import adam
 
@@ -53,6 +54,8 @@ ENCODERS = ("e4e", "psp")
 CONDITION_POSE = (GLOBAL, JAW, LEFT_EYE, RIGHT_EYE)  # pose parts fed to the params baseline (neck is zero)
 LOSS_NAMES = ("id", "lmk", "pair", "cyc", "self", "latent")
 LAYER_GROUP_NAMES = ("coarse", "medium", "fine")  # W+ groups of megafr.nets.encoders.layer_groups
+TRAINING_CODE = ("reenact/train.py", "reenact/model.py", "face3d", "nets", "losses", "training.py",
+                 "imageio.py")  # the sources E_FR's weights depend on (resume key)
 
 
 @dataclass(frozen=True)
@@ -149,17 +152,11 @@ def load_frozen(cfg: ReenactConfig) -> Frozen:
 
 def load_lpips(weight: float) -> Optional[torch.nn.Module]:
     """LPIPS (AlexNet) when its weight is non-zero and its backbone weights are on the machine; the log says which."""
-    from megafr.pretrain.common import lpips_status
-
     if weight <= 0:
         return None
-    available, message = lpips_status()
+    net, message = losses.load_lpips()
     print(message)
-    if not available:
-        return None
-    import lpips
-
-    return lpips.LPIPS(net="alex", verbose=False)
+    return net
 
 
 def build_model(cfg: ReenactConfig, frozen: Frozen) -> MegaFR:
@@ -256,9 +253,9 @@ def save_checkpoint(path: Path, model: MegaFR, optimizer: torch.optim.Optimizer,
     """Atomic ``{"state_dict", "config", "step", "optimizer", "upstream"}`` (state_dict = E_FR's weights)."""
     payload = {"state_dict": model.encoder.state_dict(), "config": dataclasses.asdict(cfg), "step": step,
                "optimizer": optimizer.state_dict(), "groups": list(model.groups),
-               "condition_channels": model.condition_channels, "upstream": upstream}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+               "condition_channels": model.condition_channels, "upstream": upstream,
+               "code": training.code_digest(TRAINING_CODE)}
+    training.write_checkpoint(path, payload)
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -273,6 +270,20 @@ def read_checkpoint(path: Path) -> dict:
     return data
 
 
+def resumable_checkpoint(path: Path, cfg: ReenactConfig, upstream: str) -> Optional[dict]:
+    """The checkpoint at ``path`` when it resumes ``cfg`` (every config field equal, the same frozen networks and
+    training images: ``upstream``, the same training code); otherwise it is deleted, with a warning saying why,
+    and None is returned."""
+
+    def start_afresh(reason: str) -> None:
+        warnings.warn(f"{path}: {reason}; starting train_reenact afresh")
+        path.unlink()  # start over rather than mix runs
+
+    return training.resumable(path, read_checkpoint, cfg, on_reject=start_afresh, upstream=upstream,
+                              code=training.code_digest(TRAINING_CODE),
+                              upstream_what="frozen networks or training images")
+
+
 def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool = True) -> tuple[MegaFR, pd.DataFrame]:
     """Train (or resume) E_FR for ``cfg.steps`` steps on uint8 training images [N, S, S, 3]; return the model and curve."""
     model = build_model(cfg, frozen)
@@ -281,23 +292,12 @@ def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool
     curve_path = path.with_suffix(".curve.csv")
     start, rows = 0, []
     upstream = upstream_digest(cfg)
-    if path.is_file():
-        try:
-            data = read_checkpoint(path)
-        except CheckpointError as error:  # a leftover that cannot be resumed: start over, say why
-            warnings.warn(f"{error}; starting train_reenact afresh")
-            data = {"config": None}
-        if data["config"] != dataclasses.asdict(cfg):
-            path.unlink()  # another configuration: start over rather than mix runs
-        elif data.get("upstream") != upstream:
-            warnings.warn(f"{path}: trained against other frozen networks or training images (their files changed); "
-                          "starting train_reenact afresh")
-            path.unlink()
-        else:
-            model.encoder.load_state_dict(data["state_dict"])
-            optimizer.load_state_dict(data["optimizer"])
-            start = int(data["step"])
-            rows = pd.read_csv(curve_path).to_dict("records") if curve_path.is_file() else []
+    data = resumable_checkpoint(path, cfg, upstream)
+    if data is not None:
+        model.encoder.load_state_dict(data["state_dict"])
+        optimizer.load_state_dict(data["optimizer"])
+        start = int(data["step"])
+        rows = pd.read_csv(curve_path).to_dict("records") if curve_path.is_file() else []
     model.encoder.train()
     device = frozen_device(frozen)
     for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train E_FR", disable=not progress):

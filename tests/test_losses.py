@@ -1,0 +1,58 @@
+"""megafr.losses: the shared terms give the values of the formulas the stages used inline before."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megafr import losses
+from megafr.nets.encoders import LatentCodesDiscriminator
+from megafr.nets.identity import identity_similarity
+from megafr.nets.irse import ArcFace, ArcFaceConfig
+from tests.conftest import TINY_BODY, TINY_SIZE
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    torch.manual_seed(0)
+    d = LatentCodesDiscriminator(16)
+    idnet = ArcFace(ArcFaceConfig(input_size=TINY_SIZE, embedding_dim=16, body=TINY_BODY)).eval()
+    x = torch.rand(2, 3, TINY_SIZE, TINY_SIZE) * 2 - 1
+    y = torch.rand(2, 3, TINY_SIZE, TINY_SIZE) * 2 - 1
+    return d, idnet, torch.randn(4, 8, 16), x, y
+
+
+def test_latent_loss_is_e4e_encoder_term_on_unflattened_codes(inputs):
+    d, _, codes, _, _ = inputs
+    former = F.softplus(-d(codes)).mean()  # the mini e4e encoder's former inline term, codes [B, L, D]
+    assert torch.equal(losses.latent_loss(d, codes), former)
+    with pytest.raises(ValueError, match="W\\+ codes"):
+        losses.latent_loss(d, codes[0])
+
+
+def test_identity_loss_is_one_minus_similarity(inputs):
+    _, idnet, _, x, y = inputs
+    assert torch.equal(losses.id_loss(idnet, x, y), (1 - identity_similarity(idnet, x, y)).mean())
+    assert float(losses.id_loss(idnet, x, x).detach()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_code_regularisers(inputs):
+    _, _, codes, _, _ = inputs
+    assert torch.equal(losses.w_norm_loss(codes), codes.square().sum(2).mean())
+    same = codes[:, :1].expand_as(codes)
+    assert float(losses.delta_loss(same)) == 0.0
+
+
+def test_lpips_loss_is_zero_when_off(tmp_path, monkeypatch, inputs):
+    _, _, _, x, y = inputs
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    term = losses.LpipsLoss(0.8)
+    assert term.net is None and term.message.startswith("LPIPS off")
+    assert float(term(x, y)) == 0.0
+
+
+def test_weighted_total_logs_every_term(inputs):
+    terms = {"a": torch.tensor(2.0), "b": torch.tensor(3.0)}
+    total, log = losses.weighted_total(terms, {"a": 0.5, "b": 0.0})
+    assert float(total) == 1.0 and log == {"a": 2.0, "b": 3.0, "total": 1.0}
+    with pytest.raises(KeyError):
+        losses.weighted_total(terms, {"a": 1.0})
