@@ -354,7 +354,7 @@ def test_atomic_write_binary_for_checkpoints_and_modes(tmp_path):
 def test_atomic_path(tmp_path):
     target = tmp_path / "x.npy"
     with atomic_path(target) as temp:
-        assert temp.parent == target.parent and not temp.exists()
+        assert temp.parent.parent == target.parent and temp.name == target.name and not temp.exists()
         np.save(open(temp, "wb"), np.arange(3))
     np.testing.assert_array_equal(np.load(target), np.arange(3))
     with pytest.raises(ValueError):

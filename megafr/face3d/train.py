@@ -57,9 +57,10 @@ from megafr.face3d.recon import (
     FaceModel, FaceParams, ReconConfig, read_checkpoint, save_checkpoint_dict,
 )
 from megafr.face3d.render import Renderer, project
-from megafr.fileio import atomic_path
+from megafr.fileio import atomic_path, study_relative
 from megafr.imageio import images_to_tensor
 from megafr.training import batch_rows as batch_indices  # the data order: a function of (seed, step)
+from megafr.training import check_finite, check_finite_weights
 
 SOURCES = ("synthetic", "photos")
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -331,7 +332,9 @@ def _write_checkpoint(path: Path, model: FaceModel, optimizer, step: int, cfg: T
         "rng": torch.get_rng_state(),
         "train_config": asdict(cfg),
         "curve": curve,
-        "flame": {"model_path": str(study_path(cfg.model_path)), "landmark_path": str(study_path(cfg.landmark_path))},
+        # relative to the study root when inside it (load_face_model resolves them): no checkout path in the product
+        "flame": {"model_path": study_relative(study_path(cfg.model_path)),
+                  "landmark_path": study_relative(study_path(cfg.landmark_path))},
     }
     with atomic_path(path) as temp:
         torch.save(save_checkpoint_dict(model, step, extra), temp)
@@ -403,6 +406,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         total, terms = loss_fn(model, images, target, masks)
+        check_finite("train_face3d", step, total, terms, path)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -413,6 +417,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
                           **{name: float(np.mean(values)) for name, values in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            check_finite_weights("train_face3d", step, {"network": model.net}, path)
             _write_checkpoint(path, model, optimizer, step + 1, cfg, curve, window, upstream)
     seconds = time.perf_counter() - began
     model.eval()

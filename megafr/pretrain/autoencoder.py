@@ -135,14 +135,14 @@ from tqdm.auto import tqdm
 
 from megafr.config import require, require_at_least, study_files_digest, study_path
 from megafr.errors import InputError
-from megafr.fileio import atomic_path, write_json
+from megafr.fileio import atomic_path, study_relative, write_json
 from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
 from megafr.nets.identity import identity_similarity
 from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, LatentCodesDiscriminator
 from megafr.nets.stylegan2 import Generator
 from megafr.pretrain import common
 from megafr.pretrain.latent_structure import mix_codes, render_swap_set, swap_pairs
-from megafr.training import adam
+from megafr.training import adam, check_finite, check_finite_weights
 
 STYLEGAN_FILE = "stylegan2.pt"
 E4E_FILE = "e4e.pt"
@@ -450,6 +450,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else out.new_zeros(())
         terms["id"] = (1 - identity_similarity(idnet, out[:n_a], x[:n_a])).mean() if cfg.lambda_id else out.new_zeros(())
         total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
+        check_finite("train_generator", step, total, terms, path)
         opt_g.zero_grad(set_to_none=True)
         opt_e.zero_grad(set_to_none=True)
         total.backward()
@@ -464,6 +465,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
                 real_w = nets.generator.style(z)  # [N, D]
             d_loss, d_terms = latent_d_loss(nets.latent_d, real_w, codes.detach().reshape(-1, cfg.style_dim),
                                             cfg.r1_gamma)
+            check_finite("train_generator", step, d_loss, d_terms, path)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
@@ -471,6 +473,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         if cfg.trains_mapping:  # the mapping chases the encoder's codes, so that G(mapping(z)) decodes to heads
             w = nets.generator.style(torch.randn(codes.shape[0] * codes.shape[1], cfg.style_dim))
             m_loss = mapping_loss(nets.latent_d, w)
+            check_finite("train_generator", step, m_loss, {"mapping": m_loss}, path)
             optimizers["m"].zero_grad(set_to_none=True)
             m_loss.backward()
             optimizers["m"].step()
@@ -483,6 +486,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
             curve.append({"step": step + 1, "lr_g": lrs["g"], **{k: float(np.mean(v)) for k, v in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            check_finite_weights("train_generator", step, modules, path)
             common.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     for module in modules.values():
@@ -507,7 +511,7 @@ def save_products(cfg: GeneratorStageConfig, nets: Networks) -> dict[str, str]:
             "lambda_lpips": cfg.lambda_lpips, "lambda_id": cfg.lambda_id, "id_lambda": cfg.lambda_id,
             "w_discriminator_lambda": cfg.lambda_latent, "delta_norm_lambda": cfg.lambda_delta}
     save_encoder(folder / E4E_FILE, e4e_net(nets), opts=opts, discriminator=nets.latent_d)
-    products = {"stylegan2": str(folder / STYLEGAN_FILE), "e4e": str(folder / E4E_FILE)}
+    products = {"stylegan2": study_relative(folder / STYLEGAN_FILE), "e4e": study_relative(folder / E4E_FILE)}
     write_json(folder / PRODUCTS_FILE, products)
     return products
 
@@ -516,7 +520,8 @@ def check_official(cfg: GeneratorStageConfig) -> tuple[dict, dict]:
     """Paper profile: load the user's official files through the official loaders; ``(metrics, products)``."""
     generator, _ = load_stylegan2(study_path(cfg.official_stylegan2))
     e4e = load_e4e(study_path(cfg.official_e4e))
-    products = {"stylegan2": str(study_path(cfg.official_stylegan2)), "e4e": str(study_path(cfg.official_e4e))}
+    products = {"stylegan2": study_relative(study_path(cfg.official_stylegan2)),
+                "e4e": study_relative(study_path(cfg.official_e4e))}
     write_json(cfg.folder / PRODUCTS_FILE, products)
     metrics = {"trained": 0, "official_files_loaded": 2, "generator_size": generator.size,
                "n_latent": generator.n_latent,

@@ -71,12 +71,13 @@ from tqdm.auto import tqdm
 
 from megafr.config import require, require_at_least, study_path
 from megafr.errors import InputError, MissingFileError
-from megafr.fileio import write_json
+from megafr.fileio import study_relative, write_json
 from megafr.nets.checkpoints import load_arcface, save_arcface
 from megafr.nets.identity import face_crop
 from megafr.nets.irse import ArcFace, ArcFaceConfig
 from megafr.pretrain import common
 from megafr.pretrain.metrics import identity_embeddings, tar_at_far, verification_pairs
+from megafr.training import check_finite, check_finite_weights
 
 PRODUCT_FILE = "arcface.pt"
 PRODUCTS_FILE = "products.json"  # names the file later stages use (own product or the official one)
@@ -236,6 +237,7 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
         common.set_lr(optimizer, lr)
         logits = head(net(x), y)
         loss = F.cross_entropy(logits, y)
+        check_finite("train_idnet", step, loss, {"arcface": loss}, path)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -245,6 +247,7 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
             curve.append({"step": step + 1, "lr": lr, **{k: float(np.mean(v)) for k, v in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            check_finite_weights("train_idnet", step, modules, path)
             common.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     net.eval()
@@ -277,13 +280,13 @@ def run_idnet_stage(cfg: IdNetConfig, progress: bool = True) -> tuple[ArcFace, d
     """The whole stage: train + save + evaluate (train mode), or load + report (official mode)."""
     if cfg.mode == "official":
         net = load_arcface(study_path(cfg.official_path))
-        write_json(cfg.folder / PRODUCTS_FILE, {"arcface": str(study_path(cfg.official_path))})
+        write_json(cfg.folder / PRODUCTS_FILE, {"arcface": study_relative(study_path(cfg.official_path))})
         n_params = sum(p.numel() for p in net.parameters())
         return net, {"trained": 0, "official_file_loaded": 1, "parameters": n_params}, pd.DataFrame(
             columns=["step", "lr", "loss", "accuracy"])
     images, table = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
     result = train_idnet(cfg, images, table["identity"].to_numpy(), progress=progress)
-    write_json(cfg.folder / PRODUCTS_FILE, {"arcface": str(save_idnet(cfg, result.net))})
+    write_json(cfg.folder / PRODUCTS_FILE, {"arcface": study_relative(save_idnet(cfg, result.net))})
     common.finish(cfg.checkpoint_path)
     test_images, test_table = read_split(cfg.data_dir, "test")
     common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)

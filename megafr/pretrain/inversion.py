@@ -32,12 +32,12 @@ from tqdm.auto import tqdm
 
 from megafr.config import require, require_at_least, study_path
 from megafr.errors import InputError
-from megafr.fileio import write_json
+from megafr.fileio import study_relative, write_json
 from megafr.nets.checkpoints import load_arcface, load_e4e, load_psp, load_stylegan2, save_encoder
 from megafr.nets.encoders import GradualStyleEncoder, InversionNet
 from megafr.nets.identity import identity_similarity
 from megafr.pretrain import common
-from megafr.training import adam
+from megafr.training import adam, check_finite, check_finite_weights
 
 PSP_FILE = "psp.pt"
 PRODUCTS_FILE = "products.json"
@@ -146,6 +146,7 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
         terms["id"] = (1 - identity_similarity(idnet, recon, x.detach())).mean() if cfg.lambda_id else recon.new_zeros(())
         terms["lpips"] = lpips_term(recon, x) if cfg.lambda_lpips else recon.new_zeros(())
         total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
+        check_finite("train_inversion", step, total, terms, path)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -155,6 +156,7 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
             curve.append({"step": step + 1, "lr": lr, **{k: float(np.mean(v)) for k, v in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            check_finite_weights("train_inversion", step, modules, path)
             common.save_training_state(path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     net.eval()
@@ -180,7 +182,7 @@ def run_inversion_stage(cfg: InversionStageConfig, progress: bool = True) -> Inv
 
     if cfg.mode == "official":
         net = load_psp(study_path(cfg.official_psp))
-        write_json(cfg.folder / PRODUCTS_FILE, {"psp": str(study_path(cfg.official_psp))})
+        write_json(cfg.folder / PRODUCTS_FILE, {"psp": study_relative(study_path(cfg.official_psp))})
         metrics = {"trained": 0, "official_files_loaded": 1, "n_latent": net.encoder.config.n_latent,
                    "encoder_parameters": sum(p.numel() for p in net.encoder.parameters())}
         return InversionStageOutput(metrics, pd.DataFrame(columns=["step", "lr", "total", *LOSS_TERMS]))
@@ -195,7 +197,7 @@ def run_inversion_stage(cfg: InversionStageConfig, progress: bool = True) -> Inv
     save_encoder(cfg.folder / PSP_FILE, result.net, opts={
         "dataset_type": "synthheads", "l2_lambda": cfg.lambda_l2, "id_lambda": cfg.lambda_id,
         "w_norm_lambda": cfg.lambda_wnorm, "lpips_lambda": cfg.lambda_lpips})
-    write_json(cfg.folder / PRODUCTS_FILE, {"psp": str(cfg.folder / PSP_FILE)})
+    write_json(cfg.folder / PRODUCTS_FILE, {"psp": study_relative(cfg.folder / PSP_FILE)})
     common.finish(cfg.checkpoint_path)
     test_images, _ = read_split(cfg.data_dir, "test")
     rows = np.linspace(0, len(test_images) - 1, min(cfg.n_eval, len(test_images))).round().astype(int)

@@ -46,7 +46,7 @@ from megafr.imageio import images_to_tensor
 from megafr.nets import checkpoints
 from megafr.reenact import losses
 from megafr.reenact.model import RENDER_CHANNELS, MegaFR
-from megafr.training import adam
+from megafr.training import adam, check_finite, check_finite_weights
 
 CONDITIONS = ("render", "params")
 ENCODERS = ("e4e", "psp")
@@ -304,11 +304,13 @@ def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool
         src, tgt = batch_indices(cfg.seed, step, len(images), cfg.batch_size)
         total, log = step_losses(model, frozen, cfg, images_to_tensor(images[src]).to(device),
                                  images_to_tensor(images[tgt]).to(device))
+        check_finite("train_reenact", step, total, log, path)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
         rows.append({"step": step + 1, **log})
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            check_finite_weights("train_reenact", step, {"E_FR": model.encoder}, path)
             save_checkpoint(path, model, optimizer, cfg, step + 1, upstream)
             with atomic_path(curve_path) as tmp:
                 pd.DataFrame(rows).to_csv(tmp, index=False)
