@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
-from megafr.config import require
+from megafr.config import require, study_path
 from megafr.errors import CheckpointError, InputError, MissingFileError
 from megafr.face3d.flame import FLAME, GLOBAL_JOINT, JAW_JOINT, LEFT_EYE_JOINT, N_JOINTS, POSE_DIM, RIGHT_EYE_JOINT
 from megafr.face3d.render import OrthoCamera, Renderer, ndc_to_pixels, project
