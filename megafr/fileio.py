@@ -167,32 +167,38 @@ def ensure_writable(path: str | os.PathLike) -> Path:
     raises :class:`~megafr.errors.InputError` naming the problem and the fix.
     """
     target = Path(path)
-    if target.is_dir():
-        raise InputError(f"cannot write {target}: it is a folder; give a file name such as {target / 'out.png'}")
-    folder = _existing_ancestor(target)
-    if not folder.is_dir():
-        raise InputError(f"cannot write {target}: {folder} is a file, not a folder; choose an output path "
-                         "inside a folder")
-    probe = folder / _temp_name(target).name
     try:
+        if target.is_dir():
+            raise InputError(f"cannot write {target}: it is a folder; give a file name such as {target / 'out.png'}")
+        folder = _existing_ancestor(target)
+        if not folder.is_dir():
+            raise InputError(f"cannot write {target}: {folder} is a file, not a folder; choose an output path "
+                             "inside a folder")
+        probe = folder / _temp_name(target).name
         probe.mkdir()
         try:
             (probe / target.name).touch()
         finally:
             shutil.rmtree(probe, ignore_errors=True)
-    except PermissionError as error:
-        raise InputError(f"cannot write {target}: no permission to create files in {folder}; choose a "
-                         "writable folder (or make this one writable)") from error
     except OSError as error:
-        if error.errno == errno.ENAMETOOLONG:
-            raise InputError(f"cannot write {target}: its file name is {len(os.fsencode(target.name))} bytes, "
-                             f"longer than the file system allows; choose a shorter name") from error
-        if error.errno == errno.EROFS:
-            raise InputError(f"cannot write {target}: {folder} is on a read-only file system; choose another "
-                             "folder") from error
-        raise InputError(f"cannot write {target}: {error.strerror or error} ({folder}); choose another output "
-                         "path") from error
+        raise _unwritable(target, error) from error
     return target
+
+
+def _unwritable(target: Path, error: OSError) -> InputError:
+    """The one-line error for an OSError met while probing ``target``."""
+    if isinstance(error, PermissionError):
+        return InputError(f"cannot write {target}: no permission to create files in "
+                          f"{_existing_ancestor(target)}; choose a writable folder (or make this one writable)")
+    if error.errno == errno.ENAMETOOLONG:
+        return InputError(f"cannot write {target}: its file name is {len(os.fsencode(target.name))} bytes, longer "
+                          "than the file system allows; choose a shorter name")
+    if error.errno == errno.EROFS:
+        return InputError(f"cannot write {target}: it is on a read-only file system; choose another folder")
+    if error.errno == errno.ENOTDIR:
+        return InputError(f"cannot write {target}: a parent on its path is a file, not a folder; choose an output "
+                          "path inside a folder")
+    return InputError(f"cannot write {target}: {error.strerror or error}; choose another output path")
 
 
 def study_relative(path: str | os.PathLike) -> str:

@@ -125,6 +125,46 @@ def test_reenact_refuses_bad_output_paths_before_any_work(smoke, capsys):
     assert code == 2 and "--refine-steps must be >= 0" in err
 
 
+def test_reenact_proves_the_output_writable_before_loading_networks(smoke, capsys, monkeypatch):
+    import pathlib
+
+    good = _png(smoke / "good.png")
+    monkeypatch.setattr(cli, "load_reenactor", lambda cfg: pytest.fail("networks loaded before the output check"))
+    (smoke / "afile").write_text("not a folder")
+    locked = smoke / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root ignores permission bits: refuse as the kernel refuses other users
+        real_mkdir = pathlib.Path.mkdir
+
+        def refused(self, *args, **kwargs):
+            if self.absolute().parent == locked:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(pathlib.Path, "mkdir", refused)
+    cases = (("afile/out.png", "afile is a file, not a folder"), ("afile/deeper/out.png", "afile is a file"),
+             ("locked/out.png", "no permission to create files in locked"),
+             ("locked/new/out.png", "no permission to create files in locked"),
+             ("n" * 300 + ".png", "its file name is 304 bytes, longer than the file system allows"))
+    for out, words in cases:
+        code, printed, err = _cli(capsys, "--source", str(good), "--target", str(good), "--out", out)
+        assert code == 2 and printed == "" and err.count("\n") == 1 and words in err, err
+        assert err.startswith(f"error: cannot write {out}") and "choose" in err
+    locked.chmod(0o755)
+    assert sorted(p.name for p in smoke.iterdir() if p.name.startswith(".")) == []  # no probe left behind
+    assert list(locked.iterdir()) == []
+
+
+def test_reenact_writes_a_legal_240_character_file_name(smoke, capsys, tiny_reenactor):
+    good = _png(smoke / "good.png")
+    name = "r" * 236 + ".png"  # 240 bytes: legal (NAME_MAX 255); the temporary names must fit beside it
+    code, out, err = _cli(capsys, "--source", str(good), "--target", str(good), "--out", f"out/{name}")
+    assert code == 0 and out.strip() == f"wrote out/{name}", err
+    assert (smoke / "out" / name).is_file()
+    _no_debris(smoke / "out")
+
+
 def test_reenact_outside_the_study_says_where_to_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     good = _png(tmp_path / "good.png")

@@ -7,8 +7,8 @@ are SynthHeads images, already framed, of the world's size.
 
 Everything a user can get wrong is checked before the networks run, cheapest first, and reported
 as one :class:`~megafr.errors.MegaFRError` naming the problem and the fix: the output path
-(extension, not a folder, not one of the inputs), both input images (readable, not empty, tiny or
-huge; greyscale, alpha, palette and 16-bit files are converted, see ``megafr.imageio``), the
+(extension, not a folder, not one of the inputs, writable), both input images (readable, not empty,
+tiny or huge; greyscale, alpha, palette and 16-bit files are converted, see ``megafr.imageio``), the
 external files of the paper profile (all missing ones at once, ``megafr.preflight``), and the
 trained E_FR checkpoint (present, readable, finished, trained with the current settings). The
 output is written atomically, so a failure never leaves a partial file behind.
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from megafr.config import build_config, study_root
 from megafr.errors import CheckpointError, InputError, NoFaceError
+from megafr.fileio import ensure_writable
 from megafr.imageio import image_to_tensor, load_image, output_format, save_image, tensor_to_image
 from megafr.reenact.inference import Reenactor
 from megafr.reenact.train import ReenactConfig, checkpoint_path, read_checkpoint
@@ -78,8 +79,9 @@ def stage_config(root: str | os.PathLike | None = None) -> ReenactConfig:
 
 
 def check_output(out: str | os.PathLike, inputs: tuple[str | os.PathLike, ...]) -> Path:
-    """Refuse an output path that cannot be written as an image, or that is one of the inputs."""
-    out = Path(out)
+    """Refuse an output path that cannot be written as an image, that is one of the inputs, or where no file
+    can be created (permissions, a parent that is a file, a name too long): proven by a probe write."""
+    out = ensure_writable(out)
     output_format(out)
     for given in inputs:
         if Path(given).exists() and out.exists() and out.resolve() == Path(given).resolve():
