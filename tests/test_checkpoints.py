@@ -170,3 +170,26 @@ def test_config_and_weights_disagree(tmp_path):
     torch.save({"g_ema": state, "latent_avg": torch.zeros(64)}, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="to_rgbs.2.bias"):
         load_stylegan2(tmp_path / "partial.pt")
+
+
+def test_evaluate_names_an_e_fr_checkpoint_whose_weights_or_config_do_not_fit(tmp_path, monkeypatch, tiny_frozen):
+    """The evaluate stage wraps load_state_dict's RuntimeError (and a foreign config) into CheckpointError."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from megafr.evaluate import stage
+    from tests.test_reenact_train import _config
+
+    monkeypatch.setattr(stage, "load_frozen", lambda cfg: tiny_frozen)
+    cfg = SimpleNamespace(reenact_dir=str(tmp_path), variants="e4e:render", seed=0)
+    path = tmp_path / "megafr_e4e_render.pt"
+    config = dataclasses.asdict(_config(tmp_path))
+    torch.save({"state_dict": {"body.0.weight": torch.zeros(3)}, "config": config, "step": 3}, path)
+    with pytest.raises(CheckpointError) as err:
+        stage.load_trained(cfg)
+    message = str(err.value)
+    assert str(path) in message and "do not fit" in message and "dvc repro train_reenact" in message
+    assert "Missing key" in message and "\n" not in message
+    torch.save({"state_dict": {}, "config": {**config, "lambda_old": 1.0}, "step": 3}, path)
+    with pytest.raises(CheckpointError, match="recorded configuration does not fit.*lambda_old"):
+        stage.load_trained(cfg)
