@@ -27,10 +27,10 @@ import os
 import warnings
 from pathlib import Path
 
-from megafr.config import build_config, study_root
+from megafr.config import PARAMS_FILE, build_config, load_params, study_root
 from megafr.errors import CheckpointError, InputError, NoFaceError
 from megafr.fileio import ensure_writable
-from megafr.imageio import image_to_tensor, load_image, output_format, save_image, tensor_to_image
+from megafr.imageio import image_size, image_to_tensor, load_image, output_format, save_image, tensor_to_image
 from megafr.reenact.inference import Reenactor
 from megafr.reenact.train import ReenactConfig, checkpoint_path, read_checkpoint
 from megafr.sweep import stage_command
@@ -126,10 +126,32 @@ def prepare_image(path: str | os.PathLike, image, size: int, profile: str, align
         face = aligner.select_face(faces if faces else detections, str(path))
         image = aligner.align_landmarks(image, face.landmarks, source=str(path)).image
     elif image.shape[:2] != (size, size):
-        raise InputError(f"{path} is {image.shape[1]}x{image.shape[0]} px; the {profile} world reenacts "
-                         f"{size}x{size} SynthHeads images (data/prepare/...). For real photos use the paper "
-                         "profile (`python -m megafr profile paper`), which aligns them first")
+        raise _other_world(path, image.shape[1], image.shape[0], size, profile)
     return image_to_tensor(image).unsqueeze(0)
+
+
+def _other_world(path, width: int, height: int, size: int, profile: str) -> InputError:
+    return InputError(f"{path} is {width}x{height} px; the {profile} world reenacts "
+                      f"{size}x{size} SynthHeads images (data/prepare/...). For real photos use the paper "
+                      "profile (`python -m megafr profile paper`), which aligns them first")
+
+
+def world_image_size(root: str | os.PathLike | None = None) -> int:
+    """The image side the study's networks work at: ``prepare.image_size`` of ``params.yaml``."""
+    root = Path(root) if root is not None else study_root()
+    size = load_params(root / PARAMS_FILE).get("prepare", {}).get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise InputError(f"prepare.image_size in {root / PARAMS_FILE} must be a positive integer, got {size!r}; "
+                         "restore the profile with `python -m megafr profile <name>`")
+    return size
+
+
+def check_input_header(path: str | os.PathLike, size: int, profile: str) -> None:
+    """Refuse an input from its header, before decoding: unreadable, empty, tiny or huge files, and on mini and
+    smoke (inputs are not aligned there) an image of another size than the world's."""
+    width, height = image_size(path)
+    if profile != "paper" and (width, height) != (size, size):
+        raise _other_world(path, width, height, size, profile)
 
 
 def reenact_files(source: str, target: str, out: str, refine_steps: int = 1, pti_steps: int = 0,
@@ -139,19 +161,25 @@ def reenact_files(source: str, target: str, out: str, refine_steps: int = 1, pti
     if refine_steps < 0 or pti_steps < 0:
         raise InputError(f"refine_steps and pti_steps must be >= 0, got {refine_steps} and {pti_steps}")
     out_path = check_output(out, (source, target))
-    images = [load_image(source), load_image(target)]  # uint8 [H, W, 3] each
     cfg = stage_config()
+    size = world_image_size()
+    for path in (source, target):
+        check_input_header(path, size, cfg.profile)
+    images = [load_image(source), load_image(target)]  # uint8 [H, W, 3] each
     aligner = None
     if cfg.profile == "paper":
         from megafr import preflight
         from megafr.datasets.align import FaceAligner
 
         preflight.check(stages=(preflight.REENACT_CLI,))
-    reenactor = load_reenactor(cfg)
-    size = reenactor.model.generator.size
-    if cfg.profile == "paper":
         aligner = FaceAligner(size, multiple="largest")
+    # faces are found and aligned (paper) before any network loads
     x_source, x_target = (prepare_image(path, image, size, cfg.profile, aligner, largest_face)
                           for path, image in zip((source, target), images))
+    reenactor = load_reenactor(cfg)
+    if reenactor.model.generator.size != size:
+        raise CheckpointError(f"{checkpoint_path(cfg)}: its generator makes {reenactor.model.generator.size} px "
+                              f"images but prepare.image_size is {size}; run `dvc repro {STAGE}` to retrain it "
+                              "with the current params.yaml")
     result = reenactor.reenact(x_source, x_target, refine_steps=refine_steps, pti_steps=pti_steps)
     return save_image(out_path, tensor_to_image(result.image[0]))
