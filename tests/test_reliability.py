@@ -16,10 +16,12 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +284,30 @@ def test_reenact_on_paper_lists_missing_files_before_loading_anything(tmp_path, 
     code, _, err = _cli(capsys, "--source", str(good), "--target", str(good), "--out", "o.png")
     assert code == 2 and "paper profile:" in err and "required files are missing" in err
     assert "stylegan2-ffhq-config-f.pt" in err and "generic_model.pkl" in err and "datasets/celebahq" not in err
+
+
+def test_reenact_on_paper_refuses_a_photo_without_a_face_before_loading_networks(tmp_path, monkeypatch, capsys):
+    from megafr import preflight
+
+    monkeypatch.chdir(_study(tmp_path, "paper"))
+    monkeypatch.setattr(preflight, "check", lambda **kwargs: [])  # as if every external file were there
+    monkeypatch.setattr(cli, "load_reenactor", lambda cfg: pytest.fail("networks loaded before faces were found"))
+    blank = _png(tmp_path / "blank.png", size=64)  # noise: no face
+    code, out, err = _cli(capsys, "--source", str(blank), "--target", str(blank), "--out", "o.png")
+    assert code == 2 and out == "" and "no face found in" in err and "blank.png" in err and err.count("\n") == 1
+
+
+def test_reenact_refuses_another_worlds_size_from_the_header_before_decoding(smoke, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "load_reenactor", lambda cfg: pytest.fail("networks loaded before the size check"))
+    big = smoke / "big.png"  # a 9000 x 9000 header over a few bytes: decoding it would fail (or cost ~1 GB)
+    header = struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                    + chunk(b"IEND", b""))
+    good = _png(smoke / "good.png")
+    code, _, err = _cli(capsys, "--source", str(big), "--target", str(good), "--out", "o.png")
+    assert code == 2 and "big.png is 9000x9000 px; the smoke world reenacts 32x32" in err, err
 
 
 @pytest.fixture(scope="module")
