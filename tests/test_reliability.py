@@ -425,11 +425,33 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
 
 
 def test_lpips_without_backbone_weights_is_off_not_a_crash(tmp_path, monkeypatch, capsys):
-    from megafr.reenact.train import load_lpips
+    from megafr.reenact import train as rt
 
+    monkeypatch.setattr(rt, "_LPIPS_SAID", set())  # as in a fresh process
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    assert load_lpips(0.8) is None and load_lpips(0.0) is None
+    assert rt.load_lpips(0.8) is None and rt.load_lpips(0.0) is None
     assert capsys.readouterr().out.startswith("LPIPS off")
+    assert rt.load_lpips(0.8) is None and capsys.readouterr().out == ""  # said once per process
+
+
+def test_inference_loads_no_lpips_and_says_nothing_about_it(tmp_path, monkeypatch, capsys, tiny_frozen):
+    """The reenact command (Reenactor.from_config) never uses LPIPS: no "LPIPS off" line on every run."""
+    from megafr.reenact import train as rt
+    from tests.test_reenact_train import _config
+
+    monkeypatch.setattr(rt, "_LPIPS_SAID", set())
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(rt.checkpoints, "load_stylegan2", lambda path: (tiny_frozen.generator, None))
+    monkeypatch.setattr(rt.checkpoints, "load_e4e", lambda path: tiny_frozen.inversion)
+    monkeypatch.setattr(rt.checkpoints, "load_latent_discriminator", lambda path: tiny_frozen.latent_d)
+    monkeypatch.setattr(rt.checkpoints, "load_arcface", lambda path: tiny_frozen.idnet)
+    monkeypatch.setattr(rt, "load_face_model", lambda *paths: tiny_frozen.face)
+    cfg = _config(tmp_path, lambda_lpips=0.8)
+    model = rt.build_model(cfg, tiny_frozen)
+    checkpoint = {"state_dict": model.encoder.state_dict(), "config": dataclasses.asdict(cfg), "step": cfg.steps}
+    reenactor = Reenactor.from_config(cfg, checkpoint)
+    assert reenactor.frozen.lpips is None and "LPIPS" not in capsys.readouterr().out
+    assert rt.load_frozen(cfg).lpips is None and capsys.readouterr().out.startswith("LPIPS off")  # training says it
 
 
 # ------------------------------------------------------------------------------ interruption (SIGKILL)

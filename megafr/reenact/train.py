@@ -134,8 +134,9 @@ def frozen_device(frozen: Frozen) -> torch.device:
     return next(frozen.generator.parameters()).device
 
 
-def load_frozen(cfg: ReenactConfig) -> Frozen:
-    """Load every frozen network named by ``cfg`` (official file layouts, mini or paper)."""
+def load_frozen(cfg: ReenactConfig, lpips: bool = True) -> Frozen:
+    """Load every frozen network named by ``cfg`` (official file layouts, mini or paper). ``lpips=False``:
+    leave LPIPS out (inference never uses it), so its status is neither checked nor printed."""
     generator, _ = checkpoints.load_stylegan2(study_path(cfg.generator_path))
     loader = checkpoints.load_e4e if cfg.encoder == "e4e" else checkpoints.load_psp
     inversion = loader(study_path(cfg.inversion_path))
@@ -144,7 +145,10 @@ def load_frozen(cfg: ReenactConfig) -> Frozen:
     idnet = checkpoints.load_arcface(study_path(cfg.idnet_path))
     device = torch_device()
     return Frozen(*(_freeze(m, device) for m in (generator, inversion, face, idnet, latent_d)),
-                  lpips=_freeze(load_lpips(cfg.lambda_lpips), device))
+                  lpips=_freeze(load_lpips(cfg.lambda_lpips if lpips else 0.0), device))
+
+
+_LPIPS_SAID: set[str] = set()  # LPIPS status lines already printed by this process
 
 
 def load_lpips(weight: float) -> Optional[torch.nn.Module]:
@@ -154,7 +158,9 @@ def load_lpips(weight: float) -> Optional[torch.nn.Module]:
     if weight <= 0:
         return None
     available, message = lpips_status()
-    print(message)
+    if message not in _LPIPS_SAID:  # once per process (evaluate loads the networks once per encoder)
+        print(message)
+        _LPIPS_SAID.add(message)
     if not available:
         return None
     import lpips
