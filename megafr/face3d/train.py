@@ -46,7 +46,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from megafr.config import require, study_files_digest, study_path
 from megafr.errors import CheckpointError, InputError, MissingFileError
@@ -59,6 +58,7 @@ from megafr.face3d.recon import (
 from megafr.face3d.render import Renderer, project
 from megafr.fileio import atomic_path, study_relative
 from megafr.imageio import images_to_tensor
+from megafr.progress import progress_bar
 from megafr.training import batch_rows as batch_indices  # the data order: a function of (seed, step)
 from megafr.training import check_finite, check_finite_weights
 
@@ -395,8 +395,8 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     model.net.train()
     began = time.perf_counter()
-    for step in tqdm(range(start, end), desc="train_face3d", initial=start, total=cfg.steps, disable=not progress,
-                     leave=False):
+    for step in progress_bar(range(start, end), desc="train_face3d", initial=start, total=cfg.steps,
+                             disable=not progress):
         rows = batch_indices(cfg.seed, step, len(data), cfg.batch_size)
         images = images_to_tensor(data.images[rows])  # [B, 3, s, s]
         target = torch.from_numpy(data.landmarks[rows])  # [B, 68, 2]

@@ -131,7 +131,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from kornia.geometry.transform import build_laplacian_pyramid
-from tqdm.auto import tqdm
 
 from megafr.config import require, require_at_least, study_files_digest, study_path
 from megafr.errors import InputError
@@ -142,6 +141,7 @@ from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, L
 from megafr.nets.stylegan2 import Generator
 from megafr.pretrain import common
 from megafr.pretrain.latent_structure import mix_codes, render_swap_set, swap_pairs
+from megafr.progress import progress_bar
 from megafr.training import adam, check_finite, check_finite_weights
 
 STYLEGAN_FILE = "stylegan2.pt"
@@ -418,8 +418,8 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
     peaks = {"g": cfg.lr_g, "e": cfg.lr_e, "d": cfg.lr_d, "m": cfg.lr_mapping}  # learning rates by optimizer
     window: dict[str, list[float]] = {}
     began = time.perf_counter()
-    for step in tqdm(range(start, end), desc="train_generator", initial=start, total=cfg.steps,
-                     disable=not progress, leave=False):
+    for step in progress_bar(range(start, end), desc="train_generator", initial=start, total=cfg.steps,
+                             disable=not progress):
         common.seed_step(cfg.seed, step)
         rows = common.batch_rows(cfg.seed, step, len(images), cfg.batch_size)
         x = common.images_to_tensor(images[rows])  # [B, 3, S, S]

@@ -67,7 +67,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from megafr.config import require, require_at_least, study_path
 from megafr.errors import InputError, MissingFileError
@@ -77,6 +76,7 @@ from megafr.nets.identity import face_crop
 from megafr.nets.irse import ArcFace, ArcFaceConfig
 from megafr.pretrain import common
 from megafr.pretrain.metrics import identity_embeddings, tar_at_far, verification_pairs
+from megafr.progress import progress_bar
 from megafr.training import check_finite, check_finite_weights
 
 PRODUCT_FILE = "arcface.pt"
@@ -225,8 +225,8 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
     window: dict[str, list[float]] = {}
     net.train()
     began = time.perf_counter()
-    for step in tqdm(range(start, end), desc="train_idnet", initial=start, total=cfg.steps, disable=not progress,
-                     leave=False):
+    for step in progress_bar(range(start, end), desc="train_idnet", initial=start, total=cfg.steps,
+                             disable=not progress):
         common.seed_step(cfg.seed, step)
         rows = common.batch_rows(cfg.seed, step, len(images), cfg.batch_size)
         x = common.images_to_tensor(images[rows])  # [B, 3, S, S]

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from megafr.config import require, require_at_least, study_path
 from megafr.errors import InputError
@@ -37,6 +36,7 @@ from megafr.nets.checkpoints import load_arcface, load_e4e, load_psp, load_style
 from megafr.nets.encoders import GradualStyleEncoder, InversionNet
 from megafr.nets.identity import identity_similarity
 from megafr.pretrain import common
+from megafr.progress import progress_bar
 from megafr.training import adam, check_finite, check_finite_weights
 
 PSP_FILE = "psp.pt"
@@ -134,8 +134,8 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
     net.encoder.train()
     window: dict[str, list[float]] = {}
     began = time.perf_counter()
-    for step in tqdm(range(start, end), desc="train_inversion", initial=start, total=cfg.steps,
-                     disable=not progress, leave=False):
+    for step in progress_bar(range(start, end), desc="train_inversion", initial=start, total=cfg.steps,
+                             disable=not progress):
         common.seed_step(cfg.seed, step)
         x = common.images_to_tensor(images[common.batch_rows(cfg.seed, step, len(images), cfg.batch_size)])
         lr = common.cosine_lr(cfg.lr, step, cfg.steps)

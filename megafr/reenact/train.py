@@ -34,7 +34,6 @@ from typing import NamedTuple, Optional
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from megafr.config import require, study_files_digest, study_path, torch_device
 from megafr.errors import CheckpointError, MissingFileError
@@ -45,6 +44,7 @@ from megafr.fileio import atomic_path
 from megafr.imageio import images_to_tensor
 from megafr.nets import checkpoints
 from megafr.reenact import losses
+from megafr.progress import progress_bar
 from megafr.reenact.model import RENDER_CHANNELS, MegaFR
 from megafr.training import adam, check_finite, check_finite_weights
 
@@ -306,7 +306,8 @@ def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool
             rows = pd.read_csv(curve_path).to_dict("records") if curve_path.is_file() else []
     model.encoder.train()
     device = frozen_device(frozen)
-    for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train E_FR", disable=not progress):
+    for step in progress_bar(range(start, cfg.steps), desc=f"train E_FR {cfg.encoder}:{cfg.condition}", initial=start,
+                             total=cfg.steps, disable=not progress, leave=True):
         src, tgt = batch_indices(cfg.seed, step, len(images), cfg.batch_size)
         total, log = step_losses(model, frozen, cfg, images_to_tensor(images[src]).to(device),
                                  images_to_tensor(images[tgt]).to(device))
