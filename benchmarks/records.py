@@ -2,8 +2,8 @@
 
 Two sources, each labelled in the output with the file it came from:
 
-- ``data/<stage>/run.json``: the training loop's wall time, step count and seconds per step, written
-  by the pretraining stages (``megafr.pretrain.common.write_run_record``);
+- ``data/logs/<stage>.json``: the training loop's wall time, step count and seconds per step, written
+  by the pretraining stages (``megafr.pretrain.common.write_run_record``) outside their tracked outputs;
 - ``data/executed/<NN>_<stage>.ipynb``: papermill's record of the whole notebook
   (``metadata.papermill``: ``duration`` in seconds, start and end time, whether it raised).
 
@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-RUN_RECORD = "run.json"
+RUN_RECORDS = "data/logs/*.json"  # megafr.training.run_log_path of each stage
 EXECUTED_DIR = Path("data/executed")
 NOTEBOOK_NAME = re.compile(r"^\d+_(?P<stage>.+)$")  # 02_train_face3d -> train_face3d
 
@@ -27,15 +27,17 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def run_records(root: Path) -> dict[str, dict]:
-    """``{stage: {numeric fields of data/<stage>/run.json, "source": path}}``."""
+    """``{stage: {numeric fields of data/logs/<stage>.json, "source": path}}``."""
     out = {}
-    for path in sorted(root.glob(f"data/*/{RUN_RECORD}")):
+    for path in sorted(root.glob(RUN_RECORDS)):
         try:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        out[path.parent.name] = {**numbers, "source": _relative(path, root)}
+        if "train_seconds" not in numbers:
+            continue  # not one training loop's record (the ablations' log holds one time per ablation)
+        out[path.stem] = {**numbers, "source": _relative(path, root)}
     return out
 
 

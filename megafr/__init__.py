@@ -3,7 +3,8 @@
 The package holds every model, loss, renderer, data set and metric of the study;
 the notebooks under ``notebooks/`` only call into it. Pieces every stage shares live in one place
 each: :mod:`megafr.losses` (every training loss), :mod:`megafr.metrics` (every metric) and
-:mod:`megafr.training` (data order, optimiser, checkpoints and resume). Method notes:
+:mod:`megafr.training` (data order, optimiser, checkpoints and resume, non-finite checks) and
+:mod:`megafr.progress` (the training loops' progress bar and status lines). Method notes:
 ``docs/method.md``; how the recipes were chosen: ``docs/experiments/``.
 
 Conventions used across modules:

@@ -79,6 +79,20 @@ def study_path(path: str | os.PathLike) -> Path:
     return path if path.is_absolute() else study_root() / path
 
 
+def study_relative(path: str | os.PathLike) -> str:
+    """``path`` as products record it: relative to the study root (POSIX form) when it lies inside the
+    study, else unchanged. Products then carry no checkout path, and two clones write the same bytes;
+    readers resolve relative paths with :func:`study_path`."""
+    given = Path(path)
+    if not given.is_absolute():
+        return given.as_posix()
+    root = study_root()
+    try:
+        return given.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(given)
+
+
 def study_files_digest(paths: typing.Iterable[str]) -> str:
     """``fileio.file_digest`` of study paths (relative ones under the study root); an empty path counts as unset."""
     return file_digest([study_path(p) if p else "" for p in paths])

@@ -7,6 +7,19 @@ target's folder and moves it over the target with :func:`os.replace`, which POSI
 and Windows both make atomic within one file system; on any exception (including
 ``KeyboardInterrupt``) the temporary file is removed and the target is untouched.
 
+Reproducible bytes: two runs that write the same data write the same bytes. Temporary
+names are random, so nothing a writer derives from its file name may depend on them:
+``torch.save`` records the file's stem as the folder name inside its zip archive, so
+:func:`atomic_path` hands out a file with the target's own name inside a fresh hidden
+temporary folder (a checkpoint saved through it is byte-identical to one saved
+directly). Paths written into products are stored relative to the study root
+(:func:`megafr.config.study_relative`), so two clones of the study write the same files.
+
+Temporary names fit any legal target name: they keep at most
+:data:`TEMP_NAME_KEEP` bytes of the target's name, so a 255-byte name (the usual
+``NAME_MAX``) still gets a legal temporary name. :func:`ensure_writable` proves, before
+any work, that a file can be created at a path.
+
 Hand-written rather than taken from a library: the standard library has no atomic
 writer, and the usual third-party one (``atomicwrites``) is unmaintained; the
 whole mechanism is ``open`` + ``fsync`` + ``os.replace``.
@@ -15,11 +28,13 @@ whole mechanism is ``open`` + ``fsync`` + ``os.replace``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import secrets
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -29,8 +44,11 @@ from megafr.errors import InputError
 # Permission bits asked for when the temporary file is created; the process umask
 # is applied by the OS, so the result matches what a plain ``open(path, "w")`` gives.
 NEW_FILE_MODE = 0o666
-# Length in bytes of the random part of a temporary file name.
+# Length in bytes of the random part of a temporary file name (hex: twice as many characters).
 TEMP_TOKEN_BYTES = 8
+# Bytes of the target's name kept in a temporary name: ".<kept>.<16 hex>.tmp" is then at most
+# 64 + 22 bytes, legal wherever the target's name is (NAME_MAX is 255 bytes on common file systems).
+TEMP_NAME_KEEP = 64
 # Suffix marking temporary files, so that a crash (power loss) leaves recognisable debris.
 TEMP_SUFFIX = ".tmp"
 # Indentation of :func:`write_json` output (the DVC example project's style).
@@ -38,8 +56,11 @@ JSON_INDENT = 2
 
 
 def _temp_name(target: Path) -> Path:
-    """A fresh hidden name next to ``target``: ``.<name>.<random>.tmp``."""
-    return target.with_name(f".{target.name}.{secrets.token_hex(TEMP_TOKEN_BYTES)}{TEMP_SUFFIX}")
+    """A fresh hidden name next to ``target``: ``.<name, cut to TEMP_NAME_KEEP bytes>.<random>.tmp``."""
+    name = target.name
+    if len(os.fsencode(name)) > TEMP_NAME_KEEP:
+        name = os.fsencode(name)[:TEMP_NAME_KEEP].decode("utf-8", "ignore")  # no half characters
+    return target.with_name(f".{name}.{secrets.token_hex(TEMP_TOKEN_BYTES)}{TEMP_SUFFIX}")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -60,26 +81,29 @@ def _fsync_dir(folder: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` when the block succeeds.
+    """Yield a temporary path with the target's name; move it onto ``path`` when the block succeeds.
 
     For writers that insist on a file name rather than a file object (video
-    encoders, ``torch.save`` with zip files, external tools). The temporary file
-    does not exist when the block starts; if the block raises, or leaves no file
-    there, nothing is moved and any temporary file is deleted.
+    encoders, ``torch.save`` with zip files, external tools). The yielded path is
+    ``<hidden temporary folder>/<name of path>`` in the target's folder, so a writer
+    that records its file name (``torch.save`` names its zip archive after it) writes
+    what it would write to ``path`` itself. The file does not exist when the block
+    starts; if the block raises, or leaves no file there, nothing is moved and the
+    temporary folder is deleted.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_name(target)
+    folder = _temp_name(target)
+    folder.mkdir()
+    temp = folder / target.name
     try:
         yield temp
-        if not temp.exists():
+        if not temp.is_file():
             raise InputError(f"atomic_path({target}): the block wrote nothing to the temporary path {temp}; "
                              f"write the output to the yielded path")
         os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     _fsync_dir(target.parent)
 
 
@@ -123,6 +147,58 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
             temp.unlink()
         raise
     _fsync_dir(target.parent)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest ancestor of ``path`` that exists (the folder where a write would first create something)."""
+    for folder in path.parents:
+        if folder.exists():
+            return folder
+    return Path(path.anchor or ".")
+
+
+def ensure_writable(path: str | os.PathLike) -> Path:
+    """Prove that a file can be written at ``path`` (as :func:`atomic_write` / :func:`atomic_path` do) before any work.
+
+    Creates and removes a probe (a hidden temporary folder holding a file of the target's
+    name) in the nearest existing folder on the way to ``path``, so permissions, read-only
+    file systems, a parent that is a file and a name too long for the file system are all
+    found the way the real write would meet them; nothing is left behind. Returns ``path``;
+    raises :class:`~megafr.errors.InputError` naming the problem and the fix.
+    """
+    target = Path(path)
+    try:
+        if target.is_dir():
+            raise InputError(f"cannot write {target}: it is a folder; give a file name such as {target / 'out.png'}")
+        folder = _existing_ancestor(target)
+        if not folder.is_dir():
+            raise InputError(f"cannot write {target}: {folder} is a file, not a folder; choose an output path "
+                             "inside a folder")
+        probe = folder / _temp_name(target).name
+        probe.mkdir()
+        try:
+            (probe / target.name).touch()
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+    except OSError as error:
+        raise _unwritable(target, error) from error
+    return target
+
+
+def _unwritable(target: Path, error: OSError) -> InputError:
+    """The one-line error for an OSError met while probing ``target``."""
+    if isinstance(error, PermissionError):
+        return InputError(f"cannot write {target}: no permission to create files in "
+                          f"{_existing_ancestor(target)}; choose a writable folder (or make this one writable)")
+    if error.errno == errno.ENAMETOOLONG:
+        return InputError(f"cannot write {target}: its file name is {len(os.fsencode(target.name))} bytes, longer "
+                          "than the file system allows; choose a shorter name")
+    if error.errno == errno.EROFS:
+        return InputError(f"cannot write {target}: it is on a read-only file system; choose another folder")
+    if error.errno == errno.ENOTDIR:
+        return InputError(f"cannot write {target}: a parent on its path is a file, not a folder; choose an output "
+                          "path inside a folder")
+    return InputError(f"cannot write {target}: {error.strerror or error}; choose another output path")
 
 
 def _json_default(value: Any) -> Any:

@@ -20,16 +20,25 @@ transparency
 ``I``               32-bit integer grey holding 16-bit data (how some TIFF and
                     older Pillow PNG readers deliver it): values must lie in
                     ``[0, 65535]`` and are scaled as ``I;16``; others refused
-``F``               32-bit float grey in Pillow's own convention (values are
-                    8-bit intensities): values must be finite and in
-                    ``[0, 255]``; NaN, infinity or other ranges are refused
+``F``               32-bit float grey: values in ``[0, 1]`` (the convention of
+                    float files written by scientific and HDR tools) are
+                    scaled by 255; other values must lie in ``[0, 255]``
+                    (Pillow's own convention, 8-bit intensities); NaN,
+                    infinity and other ranges are refused
 ``CMYK``, ``YCbCr``, Pillow's converter (CMYK without colour management)
 ``LAB``, ``HSV``,
 ``RGBX``
 ==================  ==========================================================
 
 The EXIF orientation tag is applied (a phone portrait comes out upright), and
-multi-frame files (GIF, TIFF) give their first frame. Everything else raises
+multi-frame files (GIF, TIFF) give their first frame.
+
+Sizes are checked from the file's header before any pixel is decoded (Pillow opens
+lazily): an image over :data:`MAX_SIDE` or :data:`MAX_PIXELS` is refused with the
+same message whatever its size (Pillow's own decompression-bomb check is replaced
+by this one while the header is read), and :func:`image_size` lets a caller check
+the size it needs before paying for decoding (a 9000 x 9000 PNG decodes to about
+a quarter of a gigabyte, and conversions multiply that). Everything else raises
 :class:`ImageFileError`, a :class:`megafr.errors.InputError`, whose message names
 the file and the fix, and whose ``kind`` is one of :data:`IMAGE_ERROR_KINDS`. No
 other exception type escapes, whatever the bytes: Pillow's decoders raise a
@@ -43,7 +52,9 @@ return whatever mode the file holds and raise decoder-specific errors.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +92,11 @@ KIND_UNREADABLE = "unreadable"  # not an image, corrupt, truncated, unreadable b
 KIND_UNSUPPORTED = "unsupported"  # decodes, but to a mode or value range that has no safe RGB form
 KIND_BAD_SIZE = "bad_size"  # empty, smaller than MIN_SIDE or larger than MAX_SIDE / MAX_PIXELS
 IMAGE_ERROR_KINDS = (KIND_MISSING, KIND_UNREADABLE, KIND_UNSUPPORTED, KIND_BAD_SIZE)
+
+# Float images whose values all lie in [0, FLOAT_UNIT_MAX] are in the [0, 1] convention and scaled by 255.
+FLOAT_UNIT_MAX = 1.0
+# Serialises the moments when Pillow's global decompression-bomb limit is lifted to read a header.
+_HEADER_LOCK = threading.Lock()
 
 # Modes with an alpha channel (or a palette transparency) that are composited.
 _ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa"})
@@ -154,9 +170,13 @@ def _to_rgb_array(path: Path, img: Image.Image) -> np.ndarray:
             raise _fail(path, "float image holding NaN or infinite values", "save it as an 8-bit PNG", KIND_UNSUPPORTED)
         low, high = float(values.min()), float(values.max())
         if low < 0 or high > UINT8_MAX:
-            raise _fail(path, f"float image with values in [{low:g}, {high:g}], outside [0, {UINT8_MAX}] "
-                        f"(Pillow's 8-bit float convention)", "save it as an 8-bit PNG", KIND_UNSUPPORTED)
+            raise _fail(path, f"float image with values in [{low:g}, {high:g}], outside both [0, 1] and "
+                        f"[0, {UINT8_MAX}] (the two float conventions)", "save it as an 8-bit PNG", KIND_UNSUPPORTED)
+        if high <= FLOAT_UNIT_MAX:  # the [0, 1] convention: as 8-bit intensities it would be black
+            values = values * UINT8_MAX
         return _grey_to_rgb(np.rint(values).astype(np.uint8))
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)  # no conversion copy
     if mode in _DIRECT_RGB_MODES:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
     try:
@@ -166,31 +186,39 @@ def _to_rgb_array(path: Path, img: Image.Image) -> np.ndarray:
                     KIND_UNSUPPORTED) from error
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 ``[H, W, 3]`` RGB (module docstring: conversions, limits, errors).
-
-    Raises :class:`ImageFileError` (an :class:`~megafr.errors.InputError`) and
-    nothing else for a missing, unreadable, unsupported, empty, tiny or huge file.
-    """
-    path = Path(path)
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise _fail(path, "no such file", "check the path (and the working folder)", KIND_MISSING)
     if not path.is_file():
         raise _fail(path, "it is not a regular file", "pass the path of an image file", KIND_MISSING)
+
+
+@contextlib.contextmanager
+def _open_checked(path: Path):
+    """``Image.open(path)`` (the header only: pixels are decoded by ``load``), its size checked against
+    MAX_SIDE / MAX_PIXELS. Pillow's decompression-bomb limit is lifted while the header is read, so that
+    every huge file gets this module's message (whose limit is the same pixel count) rather than Pillow's."""
+    with _HEADER_LOCK:
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            opened = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    with opened:
+        _check_size(path, *opened.size)
+        yield opened
+
+
+@contextlib.contextmanager
+def _image_errors(path: Path):
+    """Re-raise whatever Pillow raises inside the block as an ImageFileError naming ``path`` (module docstring)."""
     try:
-        with warnings.catch_warnings():
-            # Sizes are checked below against MAX_PIXELS; Pillow's own warning would be noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                _check_size(path, *opened.size)
-                opened.load()
-                upright = ImageOps.exif_transpose(opened)
-                _check_size(path, *upright.size)
-                rgb = _to_rgb_array(path, upright)
+        yield
     except ImageFileError:
         raise
-    except Image.DecompressionBombError as error:
-        raise _fail(path, f"Pillow refuses it as a decompression bomb ({error})",
+    except Image.DecompressionBombError as error:  # a limit Pillow checks beyond the header (never expected)
+        raise _fail(path, f"it is above the limit of {MAX_SIDE} px per side and {MAX_PIXELS} pixels",
                     "downscale it first (e.g. to 4096 px on the long side)", KIND_BAD_SIZE) from error
     except PermissionError as error:
         raise _fail(path, "permission denied", "make the file readable (chmod) or copy it", KIND_UNREADABLE) from error
@@ -200,6 +228,46 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise _fail(path, f"the file is not a readable image ({type(error).__name__}: {error})",
                     "check that it is a complete PNG/JPEG/TIFF/WebP file (re-download or re-export it)",
                     KIND_UNREADABLE) from error
+
+
+# EXIF orientations (tag 0x0112) that turn the image by 90 degrees, swapping width and height.
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_ORIENTATION_TAG = 0x0112
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image file as :func:`load_image` would return it, read from the header
+    without decoding pixels (EXIF orientation applied when the header holds it: JPEG, and PNG or TIFF
+    files that store it before the pixels). Raises :class:`ImageFileError` as :func:`load_image` does
+    for missing, unreadable, empty, tiny and huge files."""
+    path = Path(path)
+    _check_file(path)
+    with _image_errors(path), _open_checked(path) as opened:
+        width, height = opened.size
+        exif = opened.getexif() if "exif" in opened.info else {}
+        if exif.get(_ORIENTATION_TAG) in _TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
+    return width, height
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 ``[H, W, 3]`` RGB (module docstring: conversions, limits, errors).
+
+    Raises :class:`ImageFileError` (an :class:`~megafr.errors.InputError`) and
+    nothing else for a missing, unreadable, unsupported, empty, tiny or huge file.
+    The size is checked from the header before the pixels are decoded.
+    """
+    path = Path(path)
+    _check_file(path)
+    with _image_errors(path):
+        with warnings.catch_warnings():
+            # Sizes are checked against MAX_PIXELS; Pillow's own warning would be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open_checked(path) as opened:
+                opened.load()
+                ImageOps.exif_transpose(opened, in_place=True)  # in place: no copy of a large image
+                _check_size(path, *opened.size)
+                rgb = _to_rgb_array(path, opened)
     return np.require(rgb, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])  # Pillow's arrays are read-only views
 
 

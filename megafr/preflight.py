@@ -314,12 +314,26 @@ def _problem(req: Requirement) -> str | None:
         if not any(p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES for p in req.path.iterdir()):
             return f"the folder holds no photos ({', '.join(sorted(PHOTO_SUFFIXES))})"
         return None
+    if req.file == "lpips" and req.path.is_file():
+        return _import_problem("lpips")
     if not req.path.exists():
         return "not found"
     if not req.path.is_file():
         return "it is a folder, not a file"
     if req.path.stat().st_size == 0:
         return "the file is empty (an interrupted download?); download it again"
+    return None
+
+
+def _import_problem(package: str) -> str | None:
+    """Why an installed package cannot be imported (lpips imports torchvision, whose compiled operators fail to
+    load when its build does not match torch's), or None when it imports."""
+    try:
+        importlib.import_module(package)
+    except Exception as error:  # noqa: BLE001 - a broken dependency raises RuntimeError, OSError, ImportError, ...
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return (f"the package is installed but does not import ({type(error).__name__}: {first}); install a "
+                "torchvision build that matches torch (the same CUDA or CPU variant), then check again")
     return None
 
 

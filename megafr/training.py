@@ -25,6 +25,18 @@ train_face3d and train_reenact checkpoints are also their products and keep thei
 (``megafr.face3d.train``, ``megafr.reenact.train``) with the same ``"code"`` and ``"upstream"``
 entries, checked by the same :func:`resume_mismatch`.
 
+``check_finite`` is called by every training loop after the forward pass and before the
+optimiser step: a loss that is NaN or infinite (a diverged run, an absurd learning rate) stops the
+run with :class:`NonFiniteLossError` naming the loss term and the step, before the weights are
+updated. :func:`write_checkpoint` checks the weights the same way (``check_finite_weights``) before
+it writes, so a diverged update never replaces the last good checkpoint. It saves through
+:func:`megafr.fileio.atomic_path`, under the target's own name, so the same payload gives the same
+bytes on every run and machine.
+
+``run_log_path`` says where a stage keeps the facts of one run that differ between runs and
+machines (wall time, steps run, resume point): outside the stage's DVC-tracked outputs, which
+must be the same bytes for the same inputs.
+
 Hand-written: a loop of this size does not warrant a training framework (Lightning, Ignite), and
 none of them makes resume exact without the same bookkeeping.
 """
@@ -34,18 +46,85 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import math
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
 import torch
 
-from megafr.errors import CheckpointError
+from megafr.errors import CheckpointError, MegaFRError
 from megafr.fileio import atomic_path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent  # the megafr package, whose sources code_digest reads
 CHECKPOINT_KEYS = ("state_dict", "config", "step")
+LOGS_FOLDER = "logs"  # beside the stages' output folders: data/logs/<stage>.json (ignored by git and DVC)
+
+
+class NonFiniteLossError(MegaFRError):
+    """A training loss became NaN or infinite; the run stopped before updating weights or checkpoints."""
+
+    def __init__(self, message: str, stage: str, term: str, step: int):
+        super().__init__(message)
+        self.stage = stage  # the training that stopped
+        self.term = term  # the first non-finite loss term ("total" when only the sum is)
+        self.step = step  # the step whose loss was not finite, 1-based as the training curves count
+
+
+def check_finite(stage: str, step: int, total, terms: Mapping[str, object] | None = None,
+                 checkpoint: str | Path | None = None) -> None:
+    """Raise :class:`NonFiniteLossError` if the loss of ``step`` (the loop's 0-based index) is NaN or infinite.
+
+    ``total`` is the loss that is back-propagated (a tensor or a float); ``terms`` its named parts
+    (tensors or floats), searched when the total is not finite so that the message names the term
+    that went wrong. ``checkpoint``: the run's checkpoint path, named in the message when a file is
+    there (it is left untouched). One host synchronisation per call (``torch.isfinite`` of a scalar).
+    """
+    if _finite(total):
+        return
+    bad = next((name for name, value in (terms or {}).items() if not _finite(value)), "total")
+    value = terms[bad] if bad != "total" else total
+    number = float(value.detach().float().reshape(-1)[0]) if isinstance(value, torch.Tensor) else float(value)
+    raise NonFiniteLossError(
+        f"{stage}: the loss term '{bad}' is {number} at step {step + 1}, so training stopped before updating "
+        f"the weights{_kept(checkpoint)}. Lower the learning rate or the weight of '{bad}' in params.yaml "
+        f"(a diverging run), then run the stage again", stage, bad, step + 1)
+
+
+def check_finite_weights(stage: str, step: int, modules: Mapping[str, torch.nn.Module],
+                         checkpoint: str | Path | None = None) -> None:
+    """Raise :class:`NonFiniteLossError` if an update left NaN or infinite weights (called before a checkpoint
+    is written, so that a diverged update is never saved over the last good checkpoint). ``step``: the loop's
+    0-based index of the update just made."""
+    for name, module in modules.items():
+        for key, value in module.state_dict().items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise NonFiniteLossError(
+                    f"{stage}: the update of step {step + 1} made the weights of {name} ({key}) NaN or infinite, "
+                    f"so training stopped before writing them{_kept(checkpoint)}. Lower the learning rate in "
+                    "params.yaml (a diverging run), then run the stage again", stage, "weights", step + 1)
+
+
+def _kept(checkpoint: str | Path | None) -> str:
+    """The message's note on the checkpoint left in place (empty when there is none yet)."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return ""
+    return f"; the last good checkpoint {checkpoint} is kept as it was"
+
+
+def _finite(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value.detach()).all())
+    return math.isfinite(float(value))
+
+
+def run_log_path(products: str | Path, name: str = "") -> Path:
+    """Where the run facts of a stage's outputs go: ``<base>/logs/<stage>[_<name>].json`` for the output
+    folder ``<base>/<stage>`` (``data/train_idnet`` -> ``data/logs/train_idnet.json``; a sweep run's
+    ``<run_dir>/<stage>`` -> ``<run_dir>/logs/<stage>.json``). Outside every DVC-tracked output."""
+    products = Path(products)
+    return products.parent / LOGS_FOLDER / f"{products.name}{'_' + name if name else ''}.json"
 
 
 def batch_rows(seed: int, step: int, n_items: int, batch_size: int) -> np.ndarray:
@@ -162,8 +241,14 @@ def resumable(path: Path, read: Callable[[Path], dict], cfg, on_reject: Optional
     return None
 
 
-def write_checkpoint(path: Path, payload: dict) -> None:
-    """``torch.save`` a checkpoint atomically: a killed run leaves the previous checkpoint, never half a file."""
+def write_checkpoint(path: Path, payload: dict, stage: str, weights: Mapping[str, torch.nn.Module]) -> None:
+    """``torch.save`` a checkpoint atomically: a killed run leaves the previous checkpoint, never half a file.
+
+    First :func:`check_finite_weights` of ``weights`` (the modules whose state the payload holds; ``stage`` names
+    the training in the message), so a diverged update never replaces the last good checkpoint. The payload's
+    ``"step"`` is the number of updates made. Saved under the target's own name (:func:`megafr.fileio.atomic_path`),
+    so the same payload gives the same bytes on every run and machine."""
+    check_finite_weights(stage, int(payload["step"]) - 1, weights, path)
     with atomic_path(path) as temp:
         torch.save(payload, temp)
 
@@ -190,7 +275,7 @@ def save_training_state(path: Path, cfg, step: int, modules: dict[str, torch.nn.
                         optimizers: dict[str, torch.optim.Optimizer], curve: list[dict], upstream: str,
                         extra: Optional[dict] = None) -> None:
     """Write ``{"state_dict": {name: weights}, "config", "step", "optimizers", "rng", "curve", "code",
-    "upstream"}`` (+ ``extra``) atomically."""
+    "upstream"}`` (+ ``extra``) atomically, once the weights are finite (``cfg.STAGE`` names the stage)."""
     write_checkpoint(path, {
         "state_dict": {name: module.state_dict() for name, module in modules.items()},
         "config": asdict(cfg),
@@ -201,7 +286,7 @@ def save_training_state(path: Path, cfg, step: int, modules: dict[str, torch.nn.
         "code": code_digest(PRETRAIN_CODE),
         "upstream": upstream,  # digest of the run's input files, taken once at its start (resume_or_start)
         **(extra or {}),
-    })
+    }, cfg.STAGE, modules)
 
 
 def read_training_state(path: Path) -> dict:

@@ -156,8 +156,8 @@ def test_a_case_with_its_own_environment_runs_in_a_fresh_process(tmp_path):
 
 
 def test_pipeline_records_are_read_with_their_sources(tmp_path):
-    (tmp_path / "data/train_idnet").mkdir(parents=True)
-    (tmp_path / "data/train_idnet/run.json").write_text(json.dumps({"train_seconds": 12.5, "steps_run": 100}))
+    (tmp_path / "data/logs").mkdir(parents=True)
+    (tmp_path / "data/logs/train_idnet.json").write_text(json.dumps({"train_seconds": 12.5, "steps_run": 100}))
     (tmp_path / "data/executed").mkdir()
     notebook = {"metadata": {"papermill": {"duration": 30.0, "exception": None}}, "cells": []}
     (tmp_path / "data/executed/05_train_idnet.ipynb").write_text(json.dumps(notebook))
@@ -165,7 +165,7 @@ def test_pipeline_records_are_read_with_their_sources(tmp_path):
     (tmp_path / "data/executed/06_train_reenact.ipynb").write_text(json.dumps(running))
     out = records.pipeline_records(tmp_path)
     assert out["training_loops"]["train_idnet"] == {"train_seconds": 12.5, "steps_run": 100,
-                                                    "source": "data/train_idnet/run.json"}
+                                                    "source": "data/logs/train_idnet.json"}
     assert out["notebooks"]["train_idnet"]["duration_s"] == 30.0
     assert out["notebooks"]["train_reenact"]["finished"] is False
     assert out["finished_notebooks"] == 1 and out["finished_notebooks_total_s"] == 30.0

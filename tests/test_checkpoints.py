@@ -170,3 +170,54 @@ def test_config_and_weights_disagree(tmp_path):
     torch.save({"g_ema": state, "latent_avg": torch.zeros(64)}, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="to_rgbs.2.bias"):
         load_stylegan2(tmp_path / "partial.pt")
+
+
+def test_evaluate_names_an_e_fr_checkpoint_whose_weights_or_config_do_not_fit(tmp_path, monkeypatch, tiny_frozen):
+    """The evaluate stage wraps load_state_dict's RuntimeError (and a foreign config) into CheckpointError."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from megafr.evaluate import stage
+    from tests.test_reenact_train import _config
+
+    monkeypatch.setattr(stage, "load_frozen", lambda cfg: tiny_frozen)
+    cfg = SimpleNamespace(reenact_dir=str(tmp_path), variants="e4e:render", seed=0)
+    path = tmp_path / "megafr_e4e_render.pt"
+    config = dataclasses.asdict(_config(tmp_path))
+    torch.save({"state_dict": {"body.0.weight": torch.zeros(3)}, "config": config, "step": 3}, path)
+    with pytest.raises(CheckpointError) as err:
+        stage.load_trained(cfg)
+    message = str(err.value)
+    assert str(path) in message and "do not fit" in message and "dvc repro train_reenact" in message
+    assert "Missing key" in message and "\n" not in message
+    torch.save({"state_dict": {}, "config": {**config, "lambda_old": 1.0}, "step": 3}, path)
+    with pytest.raises(CheckpointError, match="recorded configuration does not fit.*lambda_old"):
+        stage.load_trained(cfg)
+
+
+def test_write_checkpoint_refuses_non_finite_weights_and_keeps_the_last_good_file(tmp_path):
+    """training.write_checkpoint is where every training checkpoint is saved: it checks the weights first."""
+    from megafr import training
+
+    net = torch.nn.Linear(3, 2)
+    path = tmp_path / "checkpoint.pt"
+    training.write_checkpoint(path, {"state_dict": net.state_dict(), "step": 4}, "train_idnet", {"net": net})
+    before = path.read_bytes()
+    with torch.no_grad():
+        net.bias[1] = float("inf")
+    with pytest.raises(training.NonFiniteLossError) as info:
+        training.write_checkpoint(path, {"state_dict": net.state_dict(), "step": 6}, "train_idnet", {"net": net})
+    assert (info.value.stage, info.value.term, info.value.step) == ("train_idnet", "weights", 6)
+    assert "weights of net (bias)" in str(info.value) and str(path) in str(info.value)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_write_checkpoint_gives_the_same_bytes_for_the_same_payload(tmp_path):
+    """Saved under the target's own name inside a temporary folder: the archive holds no random name."""
+    from megafr import training
+
+    net = torch.nn.Linear(3, 2)
+    for folder in ("a", "b"):
+        training.write_checkpoint(tmp_path / folder / "checkpoint.pt", {"state_dict": net.state_dict(), "step": 1},
+                                  "train_face3d", {"network": net})
+    assert (tmp_path / "a" / "checkpoint.pt").read_bytes() == (tmp_path / "b" / "checkpoint.pt").read_bytes()

@@ -28,6 +28,7 @@ from megafr.imageio import (
     MAX_SIDE,
     MIN_SIDE,
     ImageFileError,
+    image_size,
     image_to_tensor,
     images_to_tensor,
     load_image,
@@ -156,8 +157,15 @@ def test_float_images_finite_in_range_accepted_nan_and_out_of_range_refused(tmp_
         load_image(_save(tmp_path, Image.fromarray(values), "nan.tiff"))
     assert info.value.kind == KIND_UNSUPPORTED
     values[3, 3] = 300.0
-    with pytest.raises(InputError, match=r"outside \[0, 255\]"):
+    with pytest.raises(InputError, match=r"outside both \[0, 1\] and \[0, 255\]"):
         load_image(_save(tmp_path, Image.fromarray(values), "big.tiff"))
+
+
+def test_float_tiff_in_unit_range_is_scaled_not_black(tmp_path):
+    values = np.linspace(0.0, 1.0, SIDE * SIDE, dtype=np.float32).reshape(SIDE, SIDE)
+    out = load_image(_save(tmp_path, Image.fromarray(values), "unit.tiff"))
+    np.testing.assert_array_equal(out[:, :, 0], np.rint(values.astype(np.float64) * 255).astype(np.uint8))
+    assert out.max() == 255 and (out[:, :, 0] == out[:, :, 2]).all()
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".tiff"])
@@ -240,10 +248,30 @@ def test_tiny_and_huge_images(tmp_path):
     bomb.write_bytes(_png_header_only(MAX_SIDE, MAX_SIDE))
     with pytest.raises(ImageFileError, match="above the limit"):
         load_image(bomb)
-    pillow_bomb = tmp_path / "pillow_bomb.png"  # above Pillow's own 2x limit too
+    pillow_bomb = tmp_path / "pillow_bomb.png"  # above Pillow's own 2x limit too: same documented message
     pillow_bomb.write_bytes(_png_header_only(60000, 60000))
-    with pytest.raises(ImageFileError):
+    with pytest.raises(ImageFileError, match="it is 60000x60000 pixels, above the limit") as info:
         load_image(pillow_bomb)
+    assert info.value.kind == KIND_BAD_SIZE and "decompression bomb" not in str(info.value).lower()
+    with pytest.raises(ImageFileError, match="it is 60000x60000 pixels, above the limit"):
+        image_size(pillow_bomb)
+
+
+def test_image_size_reads_the_header_only(tmp_path):
+    big = tmp_path / "big.png"  # a 9000 x 9000 header over a few bytes of pixels: decoding it would fail
+    big.write_bytes(_png_header_only(9000, 9000))
+    assert image_size(big) == (9000, 9000)
+    with pytest.raises(ImageFileError, match="not a readable image"):
+        load_image(big)  # proof that image_size did not decode
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed turned by 90 degrees
+    turned = _save(tmp_path, Image.new("RGB", (40, 20)), "turned.jpg", exif=exif)
+    assert image_size(turned) == (20, 40) and load_image(turned).shape == (40, 20, 3)
+    with pytest.raises(ImageFileError, match="no such file"):
+        image_size(tmp_path / "absent.png")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(ImageFileError, match="not a readable image"):
+        image_size(tmp_path / "junk.png")
 
 
 def test_zero_size_header(tmp_path):
@@ -354,7 +382,7 @@ def test_atomic_write_binary_for_checkpoints_and_modes(tmp_path):
 def test_atomic_path(tmp_path):
     target = tmp_path / "x.npy"
     with atomic_path(target) as temp:
-        assert temp.parent == target.parent and not temp.exists()
+        assert temp.parent.parent == target.parent and temp.name == target.name and not temp.exists()
         np.save(open(temp, "wb"), np.arange(3))
     np.testing.assert_array_equal(np.load(target), np.arange(3))
     with pytest.raises(ValueError):

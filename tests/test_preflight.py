@@ -7,8 +7,10 @@ into it too, so nothing on this machine decides the outcome.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
+import types
 
 import pytest
 import yaml
@@ -37,10 +39,22 @@ def _paper() -> dict:
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
-    """An empty study root; the hub cache and the Inception folder live inside it."""
+    """An empty study root; the hub cache and the Inception folder live inside it; ``lpips`` imports (a stand-in
+    module: whether this machine's torchvision loads must not decide the outcome)."""
+    _lpips_import(monkeypatch, lambda: types.ModuleType("lpips"))
     monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(preflight, "INCEPTION_DIR", str(tmp_path / "fid"))
     return tmp_path
+
+
+def _lpips_import(monkeypatch, outcome) -> None:
+    """Make ``import lpips`` inside preflight return ``outcome()`` (or raise what it raises)."""
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: outcome() if name == "lpips" else real(name, *a))
+
+
+def _broken_torchvision():
+    raise RuntimeError("operator torchvision::nms does not exist")
 
 
 def _fill(root, skip: str | None = None) -> None:
@@ -129,6 +143,21 @@ def test_packages_that_are_not_installed_are_listed(scratch, monkeypatch):
     text = str(info.value)
     for fix in ("pip install dlib-bin", "pip install face-recognition-models", "pip install lpips"):
         assert fix in text
+
+
+def test_an_lpips_package_that_does_not_import_is_not_ok(scratch, monkeypatch, capsys):
+    _fill(scratch)
+    _lpips_import(monkeypatch, _broken_torchvision)  # installed, but `import lpips` fails as on this CPU machine
+    problems = preflight.find_problems(_paper(), scratch)
+    assert [p.requirement.file for p in problems] == ["lpips"]
+    line = problems[0].line()
+    assert "LPIPS linear layers" in line and "torchvision build" in line
+    assert "does not import (RuntimeError: operator torchvision::nms" in line
+    _scratch_study(scratch, "paper")
+    monkeypatch.chdir(scratch)
+    assert main(["check"]) == 2
+    out = capsys.readouterr()
+    assert "ok  LPIPS" not in out.out and "1 required file is missing" in out.err and "does not import" in out.err
 
 
 def test_empty_files_empty_folders_unset_keys_and_tilde_are_problems(scratch):

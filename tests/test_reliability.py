@@ -16,10 +16,12 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +126,46 @@ def test_reenact_refuses_bad_output_paths_before_any_work(smoke, capsys):
     assert good.read_bytes() == _png(smoke / "again.png").read_bytes()  # the input was not touched
     code, _, err = _cli(capsys, "--source", str(good), "--target", str(good), "--out", "o.png", "--refine-steps", "-1")
     assert code == 2 and "--refine-steps must be >= 0" in err
+
+
+def test_reenact_proves_the_output_writable_before_loading_networks(smoke, capsys, monkeypatch):
+    import pathlib
+
+    good = _png(smoke / "good.png")
+    monkeypatch.setattr(cli, "load_reenactor", lambda cfg: pytest.fail("networks loaded before the output check"))
+    (smoke / "afile").write_text("not a folder")
+    locked = smoke / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root ignores permission bits: refuse as the kernel refuses other users
+        real_mkdir = pathlib.Path.mkdir
+
+        def refused(self, *args, **kwargs):
+            if self.absolute().parent == locked:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(pathlib.Path, "mkdir", refused)
+    cases = (("afile/out.png", "afile is a file, not a folder"), ("afile/deeper/out.png", "afile is a file"),
+             ("locked/out.png", "no permission to create files in locked"),
+             ("locked/new/out.png", "no permission to create files in locked"),
+             ("n" * 300 + ".png", "its file name is 304 bytes, longer than the file system allows"))
+    for out, words in cases:
+        code, printed, err = _cli(capsys, "--source", str(good), "--target", str(good), "--out", out)
+        assert code == 2 and printed == "" and err.count("\n") == 1 and words in err, err
+        assert err.startswith(f"error: cannot write {out}") and "choose" in err
+    locked.chmod(0o755)
+    assert sorted(p.name for p in smoke.iterdir() if p.name.startswith(".")) == []  # no probe left behind
+    assert list(locked.iterdir()) == []
+
+
+def test_reenact_writes_a_legal_240_character_file_name(smoke, capsys, tiny_reenactor):
+    good = _png(smoke / "good.png")
+    name = "r" * 236 + ".png"  # 240 bytes: legal (NAME_MAX 255); the temporary names must fit beside it
+    code, out, err = _cli(capsys, "--source", str(good), "--target", str(good), "--out", f"out/{name}")
+    assert code == 0 and out.strip() == f"wrote out/{name}", err
+    assert (smoke / "out" / name).is_file()
+    _no_debris(smoke / "out")
 
 
 def test_reenact_outside_the_study_says_where_to_run(tmp_path, monkeypatch, capsys):
@@ -257,6 +299,30 @@ def test_reenact_on_paper_lists_missing_files_before_loading_anything(tmp_path, 
     assert "stylegan2-ffhq-config-f.pt" in err and "generic_model.pkl" in err and "datasets/celebahq" not in err
 
 
+def test_reenact_on_paper_refuses_a_photo_without_a_face_before_loading_networks(tmp_path, monkeypatch, capsys):
+    from megafr import preflight
+
+    monkeypatch.chdir(_study(tmp_path, "paper"))
+    monkeypatch.setattr(preflight, "check", lambda **kwargs: [])  # as if every external file were there
+    monkeypatch.setattr(cli, "load_reenactor", lambda cfg: pytest.fail("networks loaded before faces were found"))
+    blank = _png(tmp_path / "blank.png", size=64)  # noise: no face
+    code, out, err = _cli(capsys, "--source", str(blank), "--target", str(blank), "--out", "o.png")
+    assert code == 2 and out == "" and "no face found in" in err and "blank.png" in err and err.count("\n") == 1
+
+
+def test_reenact_refuses_another_worlds_size_from_the_header_before_decoding(smoke, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "load_reenactor", lambda cfg: pytest.fail("networks loaded before the size check"))
+    big = smoke / "big.png"  # a 9000 x 9000 header over a few bytes: decoding it would fail (or cost ~1 GB)
+    header = struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                    + chunk(b"IEND", b""))
+    good = _png(smoke / "good.png")
+    code, _, err = _cli(capsys, "--source", str(big), "--target", str(good), "--out", "o.png")
+    assert code == 2 and "big.png is 9000x9000 px; the smoke world reenacts 32x32" in err, err
+
+
 @pytest.fixture(scope="module")
 def photo_aligner():
     return FaceAligner(64, multiple="largest")
@@ -344,11 +410,33 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
 
 
 def test_lpips_without_backbone_weights_is_off_not_a_crash(tmp_path, monkeypatch, capsys):
-    from megafr.reenact.train import load_lpips
+    from megafr.reenact import train as rt
 
+    monkeypatch.setattr(rt, "_LPIPS_SAID", set())  # as in a fresh process
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    assert load_lpips(0.8) is None and load_lpips(0.0) is None
+    assert rt.load_lpips(0.8) is None and rt.load_lpips(0.0) is None
     assert capsys.readouterr().out.startswith("LPIPS off")
+    assert rt.load_lpips(0.8) is None and capsys.readouterr().out == ""  # said once per process
+
+
+def test_inference_loads_no_lpips_and_says_nothing_about_it(tmp_path, monkeypatch, capsys, tiny_frozen):
+    """The reenact command (Reenactor.from_config) never uses LPIPS: no "LPIPS off" line on every run."""
+    from megafr.reenact import train as rt
+    from tests.test_reenact_train import _config
+
+    monkeypatch.setattr(rt, "_LPIPS_SAID", set())
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(rt.checkpoints, "load_stylegan2", lambda path: (tiny_frozen.generator, None))
+    monkeypatch.setattr(rt.checkpoints, "load_e4e", lambda path: tiny_frozen.inversion)
+    monkeypatch.setattr(rt.checkpoints, "load_latent_discriminator", lambda path: tiny_frozen.latent_d)
+    monkeypatch.setattr(rt.checkpoints, "load_arcface", lambda path: tiny_frozen.idnet)
+    monkeypatch.setattr(rt, "load_face_model", lambda *paths: tiny_frozen.face)
+    cfg = _config(tmp_path, lambda_lpips=0.8)
+    model = rt.build_model(cfg, tiny_frozen)
+    checkpoint = {"state_dict": model.encoder.state_dict(), "config": dataclasses.asdict(cfg), "step": cfg.steps}
+    reenactor = Reenactor.from_config(cfg, checkpoint)
+    assert reenactor.frozen.lpips is None and "LPIPS" not in capsys.readouterr().out
+    assert rt.load_frozen(cfg).lpips is None and capsys.readouterr().out.startswith("LPIPS off")  # training says it
 
 
 # ------------------------------------------------------------------------------ interruption (SIGKILL)
@@ -515,3 +603,201 @@ def test_fuzz_align_folder_rejects_every_bad_file_and_never_crashes(small_aligne
         rejects = (out / "rejects.csv").read_text().strip().splitlines()
         assert len(rejects) == 1 + len(report.rejects)  # header + one row per reject
         _no_debris(out)
+
+
+# --------------------------------------------------------------------- reproducible products (two clones)
+REPRO_STEPS = 4  # a few steps of each training: enough for weights, optimizer state and curves to be written
+
+
+def _clone(world, folder: Path) -> Path:
+    """A scratch study (``dvc.yaml`` marks its root) holding the smoke world as ``data/prepare``; the
+    recognition and test splits of train_idnet are copies of the training split."""
+    root, _ = world
+    folder.mkdir()
+    (folder / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copytree(root, folder / "data" / "prepare")
+    for split in ("recognition", "test"):
+        shutil.copytree(root / "train", folder / "data" / "prepare" / split)
+    return folder
+
+
+def _run_stages_in(clone: Path, world) -> None:
+    """train_face3d and train_idnet, through their stage functions, with the relative paths dvc.yaml passes."""
+    from megafr.face3d.train import TrainConfig, load_landmark_set, train_face3d
+    from megafr.pretrain import idnet
+
+    root, files = world
+    here = os.getcwd()
+    os.chdir(clone)
+    try:
+        values = _face3d_values(world, Path("data/train_face3d"), steps=REPRO_STEPS, checkpoint_every=2,
+                                data_dir="data/prepare",
+                                model_path=f"data/prepare/{Path(files.model_path).relative_to(root).as_posix()}",
+                                landmark_path=f"data/prepare/{Path(files.landmark_path).relative_to(root).as_posix()}")
+        cfg = build_config(TrainConfig, values)
+        train_face3d(cfg, load_landmark_set(cfg, "train"), progress=False)
+        id_cfg = idnet.IdNetConfig(profile="smoke", seed=5, mode="train", data_dir="data/prepare", official_path="",
+                                   input_size=16, embedding_dim=8, width=4, units=1, drop_ratio=0.0, margin=0.3,
+                                   scale=8.0, steps=REPRO_STEPS, batch_size=6, lr=1e-3, weight_decay=1e-4,
+                                   blur_sigma_max=1.0, checkpoint_every=2, threads=1, out_dir="data/train_idnet")
+        idnet.run_idnet_stage(id_cfg, progress=False)
+    finally:
+        os.chdir(here)
+
+
+def _tracked_files(clone: Path) -> dict[str, bytes]:
+    return {p.relative_to(clone).as_posix(): p.read_bytes()
+            for stage in ("train_face3d", "train_idnet") for p in sorted((clone / "data" / stage).rglob("*"))
+            if p.is_file()}
+
+
+def test_two_clones_write_byte_identical_products(face3d_world, tmp_path):
+    clones = [_clone(face3d_world, tmp_path / name) for name in ("first", "second")]
+    for clone in clones:
+        _run_stages_in(clone, face3d_world)
+    first, second = (_tracked_files(clone) for clone in clones)
+    assert set(first) == {"data/train_face3d/checkpoint.pt", "data/train_idnet/arcface.pt",
+                          "data/train_idnet/products.json"}, sorted(first)
+    differ = sorted(name for name in first if first[name] != second.get(name))
+    assert not differ, f"not byte-identical between the two clones: {differ}"
+    for clone in clones:  # no checkout path inside, and the wall time went to the untracked log
+        for name, data in _tracked_files(clone).items():
+            assert str(clone).encode() not in data and str(tmp_path).encode() not in data, name
+        log = json.loads((clone / "data" / "logs" / "train_idnet.json").read_text())
+        assert log["steps_run"] == REPRO_STEPS and log["train_seconds"] >= 0
+    assert json.loads(first["data/train_idnet/products.json"]) == {"arcface": "data/train_idnet/arcface.pt"}
+
+
+def test_saved_checkpoint_equals_a_direct_torch_save(tmp_path):
+    """atomic_path hands torch.save a file of the target's name: same bytes as saving to the target directly."""
+    from megafr.fileio import atomic_path
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "step": 7}
+    torch.save(state, tmp_path / "direct.pt")
+    for _ in range(2):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        with atomic_path(tmp_path / "sub" / "direct.pt") as temp:
+            torch.save(state, temp)
+        assert (tmp_path / "sub" / "direct.pt").read_bytes() == (tmp_path / "direct.pt").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["direct.pt"]
+
+
+def test_face3d_checkpoint_records_study_relative_head_model_paths(face3d_world, tmp_path, monkeypatch):
+    from megafr.face3d.recon import load_face_model, read_checkpoint
+
+    clone = _clone(face3d_world, tmp_path / "study")
+    _run_stages_in(clone, face3d_world)
+    monkeypatch.chdir(clone)
+    flame = read_checkpoint("data/train_face3d/checkpoint.pt")["flame"]
+    assert flame["model_path"].startswith("data/prepare/") and not Path(flame["model_path"]).is_absolute()
+    monkeypatch.chdir(clone / "data")  # a notebook in JupyterLab runs below the root: paths still resolve
+    assert load_face_model(Path("train_face3d/checkpoint.pt")).config.image_size == SMOKE_SIZE
+
+
+def test_ablation_configs_name_their_folder_relative_to_the_study(smoke):
+    from megafr.evaluate.ablations import REFERENCE, Ablation, ablation_config
+
+    base = cli.stage_config()
+    cfg = ablation_config(base, Ablation(REFERENCE, "reference", (), 1), 3, smoke / "data/evaluate/ablations")
+    assert cfg.out_dir == "data/evaluate/ablations/reference"
+    assert checkpoint_path(cfg) == smoke / "data/evaluate/ablations/reference/megafr_e4e_render.pt"
+
+
+# ------------------------------------------------------------------------- non-finite losses stop training
+def _force(cfg, **values):
+    """``cfg`` with fields replaced without validation (what a value slipping past the params checks does)."""
+    for name, value in values.items():
+        object.__setattr__(cfg, name, value)
+    return cfg
+
+
+def test_face3d_nan_loss_stops_naming_term_and_step_and_keeps_the_checkpoint(face3d_world, tmp_path):
+    from megafr.face3d.train import TrainConfig, load_landmark_set, train_face3d
+    from megafr.training import NonFiniteLossError
+
+    good = build_config(TrainConfig, _face3d_values(face3d_world, tmp_path / "run", steps=2, checkpoint_every=2))
+    data = load_landmark_set(good, "train")
+    train_face3d(good, data, progress=False)
+    before = good.checkpoint_path.read_bytes()
+    bad = _force(build_config(TrainConfig, _face3d_values(face3d_world, tmp_path / "run", steps=6,
+                                                          checkpoint_every=2)), lr=float("inf"))
+    with pytest.raises(NonFiniteLossError) as info:
+        train_face3d(bad, data, progress=False)
+    # lr = inf turns the weights NaN in the first update; the second step's loss is then NaN
+    assert info.value.step == 2 and info.value.term in ("lmk", "kp", "sil", "shape", "expr", "pose")
+    message = str(info.value)
+    assert f"'{info.value.term}'" in message and "step 2" in message and str(good.checkpoint_path) in message
+    assert good.checkpoint_path.read_bytes() == before
+    assert sorted(p.name for p in good.checkpoint_path.parent.iterdir()) == ["checkpoint.pt"]
+
+
+def _pretrain_nan_case(stage: str, tmp_path):
+    """(good config, diverging config, train function) of a pretraining stage on tiny networks."""
+    from tests.test_pretrain import _gen_cfg, _id_cfg, _psp_cfg
+    from megafr.pretrain import autoencoder as ae
+    from megafr.pretrain import idnet, inversion
+    from megafr.pretrain.latent_structure import swap_pairs
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, SMOKE_SIZE, SMOKE_SIZE, 3), dtype=np.uint8)
+    if stage == "train_idnet":
+        identity = np.repeat(np.arange(6), 4)
+        good, bad = _id_cfg(tmp_path), _force(_id_cfg(tmp_path, checkpoint_every=2), lr=float("inf"))
+        return good, bad, lambda cfg, **kw: idnet.train_idnet(cfg, images, identity, progress=False, **kw)
+    a, b = swap_pairs(0, np.repeat(np.arange(6), 4), 8)
+    pool = {"a": a, "b": b, "truth": rng.integers(0, 256, (8, SMOKE_SIZE, SMOKE_SIZE, 3), dtype=np.uint8)}
+    if stage == "train_generator":
+        good, bad = _gen_cfg(tmp_path), _force(_gen_cfg(tmp_path, checkpoint_every=2), lr_e=float("inf"))
+        return good, bad, lambda cfg, **kw: ae.train_generator(cfg, images, pool, progress=False, **kw)
+    nets = ae.train_generator(_gen_cfg(tmp_path / "g", steps=1), images, pool, progress=False).nets
+
+    def train(cfg, **kw):
+        net = inversion.build_psp(ae.e4e_net(nets), nets.g_ema, nets.latent_avg, seed=2)
+        return inversion.train_psp(cfg, net, images, None, progress=False, **kw)
+
+    good = _psp_cfg(tmp_path, lambda_id=0.0)
+    return good, _force(_psp_cfg(tmp_path, lambda_id=0.0, checkpoint_every=2), lr=float("inf")), train
+
+
+@pytest.mark.parametrize("stage", ["train_idnet", "train_generator", "train_inversion"])
+def test_pretraining_nan_loss_stops_naming_term_and_step_and_keeps_the_checkpoint(stage, tmp_path):
+    from megafr.training import NonFiniteLossError
+
+    good, bad, train = _pretrain_nan_case(stage, tmp_path)
+    train(good, stop_after=2)  # an interrupted good run: its resume checkpoint is the last good state
+    before = good.checkpoint_path.read_bytes()
+    with pytest.raises(NonFiniteLossError) as info:
+        train(bad)
+    assert info.value.stage == stage and info.value.step == 2
+    assert f"'{info.value.term}'" in str(info.value) and "step 2" in str(info.value)
+    assert good.checkpoint_path.read_bytes() == before
+
+
+def test_reenact_nan_loss_stops_naming_term_and_step_and_keeps_the_checkpoint(tiny_frozen, tmp_path, monkeypatch):
+    from megafr import losses
+    from megafr.reenact import train as rt
+    from megafr.training import NonFiniteLossError
+    from tests.test_reenact_train import _config, _images
+
+    cfg = _config(tmp_path, steps=4, checkpoint_every=2)
+    real_step = rt.step_losses
+    calls = []
+
+    def interrupted_after_two_steps(*args):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt  # Ctrl-C during step 3, after the checkpoint of step 2
+        return real_step(*args)
+
+    monkeypatch.setattr(rt, "step_losses", interrupted_after_two_steps)
+    with pytest.raises(KeyboardInterrupt):
+        rt.train(cfg, tiny_frozen, _images(), progress=False)
+    monkeypatch.setattr(rt, "step_losses", real_step)
+    path = rt.checkpoint_path(cfg)
+    before = path.read_bytes()
+    monkeypatch.setattr(losses, "pair_loss", lambda *args: torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteLossError) as info:
+        rt.train(cfg, tiny_frozen, _images(), progress=False)  # resumes at step 2; step 3's L_pair is NaN
+    assert (info.value.term, info.value.step) == ("pair", 3)
+    assert "'pair' is nan at step 3" in str(info.value) and str(path) in str(info.value)
+    assert path.read_bytes() == before

@@ -27,11 +27,12 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from megafr.config import require, study_path
+from megafr.config import require, study_path, study_relative
 from megafr.evaluate.tables import EvalSet, Judge, score_method
 from megafr.fileio import write_json
 from megafr.reenact.inference import Reenactor
 from megafr.reenact.train import LOSS_NAMES, Frozen, ReenactConfig, train, upstream_digest
+from megafr.training import run_log_path
 
 KINDS = ("loss", "layers", "refine")  # ablation groups; "reference" is always trained
 REFERENCE = "reference"
@@ -40,7 +41,7 @@ REFINE_CHOICES = (0, 1, 2, 3)  # refinement steps evaluated on the reference mod
 FIGURE_METRICS = (("aed", "AED (lower is better)"), ("apd", "APD, degrees (lower is better)"),
                   ("csim", "CSIM (higher is better)"))
 DIGEST_FILE = "upstream.md5"  # digest of what the ablations were trained against
-RUN_FILE = "run.json"  # wall time per ablation (not a DVC metric: it varies between machines)
+RUN_LOG = "ablations"  # wall time per ablation, in data/logs/evaluate_ablations.json (outside the tracked outputs)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def ablation_config(base: ReenactConfig, ablation: Ablation, steps: int, folder:
     """train_reenact's configuration for MegaFR (e4e) with the ablation's change, ``steps`` steps, own folder."""
     changes = dict(ablation.changes) if ablation.kind != "refine" else {}
     return dataclasses.replace(base, encoder="e4e", condition="render", steps=steps,
-                               out_dir=str(folder / ablation.trained_name), **changes)
+                               out_dir=study_relative(folder / ablation.trained_name), **changes)
 
 
 def ablation_digest(base: ReenactConfig) -> str:
@@ -126,7 +127,7 @@ def run_ablations(base: ReenactConfig, frozen: Frozen, images: np.ndarray, pairs
         rows.append({"ablation": ablation.name, "kind": ablation.kind, "steps": steps, "edit_groups": cfg.edit_groups,
                      "refine_steps": ablation.refine_steps, **weights, "pairs": len(pairs),
                      **{k: v for k, v in result.scores.items() if v is not None}})
-    write_json(folder / RUN_FILE, {"train_seconds": seconds, "steps": steps})
+    write_json(run_log_path(folder.parent, RUN_LOG), {"train_seconds": seconds, "steps": steps})
     return pd.DataFrame(rows)
 
 
@@ -173,9 +174,9 @@ def markdown(table: pd.DataFrame, title: str, label: str, columns: Iterable[str]
 
 
 def train_seconds(folder: Path) -> Mapping[str, float]:
-    """Wall time of each trained ablation in the last run (from ``run.json``)."""
+    """Wall time of each trained ablation in the last run (from its run log, see ``run_log_path``)."""
     import json
 
-    path = folder / RUN_FILE
+    path = run_log_path(folder.parent, RUN_LOG)
     return json.loads(path.read_text())["train_seconds"] if path.is_file() else {}
 

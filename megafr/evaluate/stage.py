@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from megafr.config import require, require_at_least, study_path
+from megafr.errors import CheckpointError, InputError
 from megafr.evaluate import ablations as abl
 from megafr.evaluate.external import PaperMetrics
 from megafr.evaluate.linear import LinearBaseline, fit_baseline, parse_attributes, parse_ridges
@@ -95,14 +96,40 @@ def load_trained(cfg: EvaluateConfig) -> Trained:
     reenactors, base = {}, None
     for encoder, condition in parse_variants(cfg.variants):
         name = variant_name(encoder, condition)
-        data = read_checkpoint(study_path(cfg.reenact_dir) / f"megafr_{name}.pt")
-        trained_cfg = ReenactConfig(**data["config"])
+        path = study_path(cfg.reenact_dir) / f"megafr_{name}.pt"
+        data = read_checkpoint(path)
+        trained_cfg = _checkpoint_config(path, data)
         if encoder not in frozen_by_encoder:
             frozen_by_encoder[encoder] = load_frozen(trained_cfg)
-        reenactors[name] = Reenactor.from_config(trained_cfg, data, frozen_by_encoder[encoder])
+        try:
+            reenactors[name] = Reenactor.from_config(trained_cfg, data, frozen_by_encoder[encoder])
+        except RuntimeError as error:  # load_state_dict: weights of another architecture or size
+            raise _unfit(path, error) from error
         if (encoder, condition) == REFERENCE_VARIANT:
             base = dataclasses.replace(trained_cfg, seed=cfg.seed)
     return Trained(reenactors, base, frozen_by_encoder["e4e"])
+
+
+DETAIL_CHARS = 300  # torch's state-dict error is cut to this many characters (it lists every key)
+RETRAIN_FIX = "re-train it with `dvc repro train_reenact` (or restore the checkpoint that matches this code)"
+
+
+def _checkpoint_config(path: Path, data: dict) -> ReenactConfig:
+    """The training configuration a train_reenact checkpoint records (CheckpointError if it does not fit)."""
+    try:
+        return ReenactConfig(**data["config"])
+    except (TypeError, InputError) as error:
+        raise CheckpointError(f"{path}: its recorded configuration does not fit this code ({error}); "
+                              f"{RETRAIN_FIX}") from error
+
+
+def _unfit(path: Path, error: RuntimeError) -> CheckpointError:
+    """torch's load_state_dict error, shortened to its first mismatch, as a CheckpointError naming the file."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = " ".join(lines[:2])
+    detail = detail if len(detail) <= DETAIL_CHARS else detail[:DETAIL_CHARS] + " ..."
+    return CheckpointError(f"{path}: its weights do not fit the networks of its configuration ({detail}); "
+                           f"{RETRAIN_FIX}")
 
 
 def _first(path: str, count: int) -> np.ndarray:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
-from megafr.config import require
+from megafr.config import require, study_path
 from megafr.errors import CheckpointError, InputError, MissingFileError
 from megafr.face3d.flame import FLAME, GLOBAL_JOINT, JAW_JOINT, LEFT_EYE_JOINT, N_JOINTS, POSE_DIM, RIGHT_EYE_JOINT
 from megafr.face3d.render import OrthoCamera, Renderer, ndc_to_pixels, project
@@ -337,9 +337,9 @@ def load_face_model(checkpoint_path, model_path=None, landmark_path=None, map_lo
     (``checkpoint["flame"]``). The model is returned in eval mode.
     """
     data = read_checkpoint(checkpoint_path, map_location)
-    recorded = data.get("flame", {})
-    model_path = model_path or recorded.get("model_path")
-    landmark_path = landmark_path or recorded.get("landmark_path")
+    recorded = data.get("flame", {})  # relative paths are relative to the study root
+    model_path = model_path or (recorded.get("model_path") and study_path(recorded["model_path"]))
+    landmark_path = landmark_path or (recorded.get("landmark_path") and study_path(recorded["landmark_path"]))
     if not model_path or not landmark_path:
         raise CheckpointError(f"{checkpoint_path}: records no FLAME files; pass model_path and landmark_path")
     try:

@@ -47,10 +47,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from megafr import training
-from megafr.config import require, study_files_digest, study_path
+from megafr.config import require, study_files_digest, study_path, study_relative
 from megafr.errors import InputError, MissingFileError
 from megafr.face3d import landmarks as lmk
 from megafr.face3d.flame import FLAME, POSE_DIM
@@ -61,6 +60,7 @@ from megafr.face3d.recon import (
 from megafr.face3d.render import Renderer, project
 from megafr.imageio import images_to_tensor
 from megafr.losses import silhouette_loss, weighted_landmark_loss
+from megafr.progress import progress_bar
 from megafr.training import batch_rows as batch_indices  # the data order: a function of (seed, step)
 
 SOURCES = ("synthetic", "photos")
@@ -317,7 +317,9 @@ def checkpoint_payload(model: FaceModel, optimizer, step: int, cfg: TrainConfig,
         "rng": torch.get_rng_state(),
         "train_config": asdict(cfg),
         "curve": curve,
-        "flame": {"model_path": str(study_path(cfg.model_path)), "landmark_path": str(study_path(cfg.landmark_path))},
+        # relative to the study root when inside it (load_face_model resolves them): no checkout path in the product
+        "flame": {"model_path": study_relative(study_path(cfg.model_path)),
+                  "landmark_path": study_relative(study_path(cfg.landmark_path))},
     }
     return save_checkpoint_dict(model, step, extra)
 
@@ -361,8 +363,8 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     model.net.train()
     began = time.perf_counter()
-    for step in tqdm(range(start, end), desc="train_face3d", initial=start, total=cfg.steps, disable=not progress,
-                     leave=False):
+    for step in progress_bar(range(start, end), desc="train_face3d", initial=start, total=cfg.steps,
+                             disable=not progress):
         rows = batch_indices(cfg.seed, step, len(data), cfg.batch_size)
         images = images_to_tensor(data.images[rows])  # [B, 3, s, s]
         target = torch.from_numpy(data.landmarks[rows])  # [B, 68, 2]
@@ -372,6 +374,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         total, terms = loss_fn(model, images, target, masks)
+        training.check_finite("train_face3d", step, total, terms, path)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -382,7 +385,8 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
                           **{name: float(np.mean(values)) for name, values in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            training.write_checkpoint(path, checkpoint_payload(model, optimizer, step + 1, cfg, curve, window, upstream))
+            payload = checkpoint_payload(model, optimizer, step + 1, cfg, curve, window, upstream)
+            training.write_checkpoint(path, payload, "train_face3d", {"network": model.net})
     seconds = time.perf_counter() - began
     model.eval()
     return TrainResult(model, pd.DataFrame(curve).reindex(columns=["step", "lr", "total", *LOSS_TERMS]).fillna(0.0),

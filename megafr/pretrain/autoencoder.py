@@ -54,10 +54,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from megafr import training
-from megafr.config import require, require_at_least, study_files_digest, study_path
+from megafr.config import require, require_at_least, study_files_digest, study_path, study_relative
 from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
 from megafr.losses import LpipsLoss, delta_loss, id_loss, laplacian_l1, latent_d_loss, latent_loss, mapping_loss
@@ -66,6 +65,7 @@ from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, L
 from megafr.nets.stylegan2 import Generator
 from megafr.pretrain import common
 from megafr.pretrain.latent_structure import mix_codes, render_swap_set, swap_pairs
+from megafr.progress import progress_bar
 from megafr.training import adam
 
 STYLEGAN_FILE = "stylegan2.pt"
@@ -281,8 +281,8 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
     peaks = {"g": cfg.lr_g, "e": cfg.lr_e, "d": cfg.lr_d, "m": cfg.lr_mapping}  # learning rates by optimizer
     window: dict[str, list[float]] = {}
     began = time.perf_counter()
-    for step in tqdm(range(start, end), desc="train_generator", initial=start, total=cfg.steps,
-                     disable=not progress, leave=False):
+    for step in progress_bar(range(start, end), desc="train_generator", initial=start, total=cfg.steps,
+                             disable=not progress):
         common.seed_step(cfg.seed, step)
         rows = common.batch_rows(cfg.seed, step, len(images), cfg.batch_size)
         x = common.images_to_tensor(images[rows])  # [B, 3, S, S]
@@ -313,6 +313,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else out.new_zeros(())
         terms["id"] = id_loss(idnet, out[:n_a], x[:n_a]) if cfg.lambda_id else out.new_zeros(())
         total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
+        training.check_finite("train_generator", step, total, terms, cfg.checkpoint_path)
         opt_g.zero_grad(set_to_none=True)
         opt_e.zero_grad(set_to_none=True)
         total.backward()
@@ -327,6 +328,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
                 real_w = nets.generator.style(z)  # [N, D]
             d_loss, d_terms = latent_d_loss(nets.latent_d, real_w, codes.detach().reshape(-1, cfg.style_dim),
                                             cfg.r1_gamma)
+            training.check_finite("train_generator", step, d_loss, d_terms, cfg.checkpoint_path)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
@@ -334,6 +336,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         if cfg.trains_mapping:  # the mapping chases the encoder's codes, so that G(mapping(z)) decodes to heads
             w = nets.generator.style(torch.randn(codes.shape[0] * codes.shape[1], cfg.style_dim))
             m_loss = mapping_loss(nets.latent_d, w)
+            training.check_finite("train_generator", step, m_loss, {"mapping": m_loss}, cfg.checkpoint_path)
             optimizers["m"].zero_grad(set_to_none=True)
             m_loss.backward()
             optimizers["m"].step()
@@ -370,7 +373,7 @@ def save_products(cfg: GeneratorStageConfig, nets: Networks) -> dict[str, str]:
             "lambda_lpips": cfg.lambda_lpips, "lambda_id": cfg.lambda_id, "id_lambda": cfg.lambda_id,
             "w_discriminator_lambda": cfg.lambda_latent, "delta_norm_lambda": cfg.lambda_delta}
     save_encoder(folder / E4E_FILE, e4e_net(nets), opts=opts, discriminator=nets.latent_d)
-    products = {"stylegan2": str(folder / STYLEGAN_FILE), "e4e": str(folder / E4E_FILE)}
+    products = {"stylegan2": study_relative(folder / STYLEGAN_FILE), "e4e": study_relative(folder / E4E_FILE)}
     write_json(folder / PRODUCTS_FILE, products)
     return products
 
@@ -379,7 +382,8 @@ def check_official(cfg: GeneratorStageConfig) -> tuple[dict, dict]:
     """Paper profile: load the user's official files through the official loaders; ``(metrics, products)``."""
     generator, _ = load_stylegan2(study_path(cfg.official_stylegan2))
     e4e = load_e4e(study_path(cfg.official_e4e))
-    products = {"stylegan2": str(study_path(cfg.official_stylegan2)), "e4e": str(study_path(cfg.official_e4e))}
+    products = {"stylegan2": study_relative(study_path(cfg.official_stylegan2)),
+                "e4e": study_relative(study_path(cfg.official_e4e))}
     write_json(cfg.folder / PRODUCTS_FILE, products)
     metrics = {"trained": 0, "official_files_loaded": 2, "generator_size": generator.size,
                "n_latent": generator.n_latent,

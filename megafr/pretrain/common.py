@@ -26,6 +26,7 @@ import torch
 from megafr.config import require, study_files_digest, study_path
 from megafr.fileio import write_json
 from megafr.training import batch_rows  # noqa: F401  (re-exported: the stages' data order)
+from megafr.training import run_log_path
 
 WARMUP_FRACTION = 0.03  # share of the steps with a linear learning-rate warm-up (then cosine decay)
 FINAL_LR_FRACTION = 0.05  # the cosine decays to this fraction of the peak learning rate
@@ -103,7 +104,6 @@ def finish(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-RUN_RECORD_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -155,8 +155,9 @@ class StageFolders:
 
 
 def write_run_record(folder: Path, seconds: float, steps_run: int, resumed_from: int) -> None:
-    """Wall time and resume point of a run, kept beside the products (``run.json``), not in the DVC
-    metrics: metrics must be identical between an interrupted-and-resumed run and an uninterrupted one."""
-    write_json(Path(folder) / RUN_RECORD_FILE, {"train_seconds": round(seconds, 2), "steps_run": steps_run,
-                                                 "seconds_per_step": round(seconds / max(1, steps_run), 4),
-                                                 "resumed_from": resumed_from})
+    """Wall time and resume point of the run whose products are in ``folder``, kept outside the DVC-tracked
+    outputs (``megafr.training.run_log_path``: ``data/logs/<stage>.json``): products and metrics must be the
+    same bytes for every run over the same inputs, interrupted-and-resumed or not, on any machine."""
+    write_json(run_log_path(folder), {"train_seconds": round(seconds, 2), "steps_run": steps_run,
+                                      "seconds_per_step": round(seconds / max(1, steps_run), 4),
+                                      "resumed_from": resumed_from})

@@ -48,10 +48,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from megafr import training
-from megafr.config import require, require_at_least, study_path
+from megafr.config import require, require_at_least, study_path, study_relative
 from megafr.errors import InputError, MissingFileError
 from megafr.fileio import write_json
 from megafr.metrics import identity_embeddings, tar_at_far, verification_pairs
@@ -59,6 +58,7 @@ from megafr.nets.checkpoints import load_arcface, save_arcface
 from megafr.nets.identity import face_crop
 from megafr.nets.irse import ArcFace, ArcFaceConfig
 from megafr.pretrain import common
+from megafr.progress import progress_bar
 
 PRODUCT_FILE = "arcface.pt"
 PRODUCTS_FILE = "products.json"  # names the file later stages use (own product or the official one)
@@ -205,8 +205,8 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
     window: dict[str, list[float]] = {}
     net.train()
     began = time.perf_counter()
-    for step in tqdm(range(start, end), desc="train_idnet", initial=start, total=cfg.steps, disable=not progress,
-                     leave=False):
+    for step in progress_bar(range(start, end), desc="train_idnet", initial=start, total=cfg.steps,
+                             disable=not progress):
         common.seed_step(cfg.seed, step)
         rows = common.batch_rows(cfg.seed, step, len(images), cfg.batch_size)
         x = common.images_to_tensor(images[rows])  # [B, 3, S, S]
@@ -217,6 +217,7 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
         common.set_lr(optimizer, lr)
         logits = head(net(x), y)
         loss = F.cross_entropy(logits, y)
+        training.check_finite("train_idnet", step, loss, {"arcface": loss}, cfg.checkpoint_path)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -258,13 +259,13 @@ def run_idnet_stage(cfg: IdNetConfig, progress: bool = True) -> tuple[ArcFace, d
     """The whole stage: train + save + evaluate (train mode), or load + report (official mode)."""
     if cfg.mode == "official":
         net = load_arcface(study_path(cfg.official_path))
-        write_json(cfg.folder / PRODUCTS_FILE, {"arcface": str(study_path(cfg.official_path))})
+        write_json(cfg.folder / PRODUCTS_FILE, {"arcface": study_relative(study_path(cfg.official_path))})
         n_params = sum(p.numel() for p in net.parameters())
         return net, {"trained": 0, "official_file_loaded": 1, "parameters": n_params}, pd.DataFrame(
             columns=["step", "lr", "loss", "accuracy"])
     images, table = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
     result = train_idnet(cfg, images, table["identity"].to_numpy(), progress=progress)
-    write_json(cfg.folder / PRODUCTS_FILE, {"arcface": str(save_idnet(cfg, result.net))})
+    write_json(cfg.folder / PRODUCTS_FILE, {"arcface": study_relative(save_idnet(cfg, result.net))})
     common.finish(cfg.checkpoint_path)
     test_images, test_table = read_split(cfg.data_dir, "test")
     common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)

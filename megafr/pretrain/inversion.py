@@ -28,16 +28,16 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from megafr import training
-from megafr.config import require, require_at_least, study_path
+from megafr.config import require, require_at_least, study_path, study_relative
 from megafr.errors import InputError
 from megafr.fileio import write_json
 from megafr.losses import LpipsLoss, id_loss, w_norm_loss
 from megafr.nets.checkpoints import load_arcface, load_e4e, load_psp, load_stylegan2, save_encoder
 from megafr.nets.encoders import GradualStyleEncoder, InversionNet
 from megafr.pretrain import common
+from megafr.progress import progress_bar
 from megafr.training import adam
 
 PSP_FILE = "psp.pt"
@@ -132,8 +132,8 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
     net.encoder.train()
     window: dict[str, list[float]] = {}
     began = time.perf_counter()
-    for step in tqdm(range(start, end), desc="train_inversion", initial=start, total=cfg.steps,
-                     disable=not progress, leave=False):
+    for step in progress_bar(range(start, end), desc="train_inversion", initial=start, total=cfg.steps,
+                             disable=not progress):
         common.seed_step(cfg.seed, step)
         x = common.images_to_tensor(images[common.batch_rows(cfg.seed, step, len(images), cfg.batch_size)])
         lr = common.cosine_lr(cfg.lr, step, cfg.steps)
@@ -144,6 +144,7 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
         terms["id"] = id_loss(idnet, recon, x.detach()) if cfg.lambda_id else recon.new_zeros(())
         terms["lpips"] = lpips_term(recon, x) if cfg.lambda_lpips else recon.new_zeros(())
         total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
+        training.check_finite("train_inversion", step, total, terms, cfg.checkpoint_path)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -178,7 +179,7 @@ def run_inversion_stage(cfg: InversionStageConfig, progress: bool = True) -> Inv
 
     if cfg.mode == "official":
         net = load_psp(study_path(cfg.official_psp))
-        write_json(cfg.folder / PRODUCTS_FILE, {"psp": str(study_path(cfg.official_psp))})
+        write_json(cfg.folder / PRODUCTS_FILE, {"psp": study_relative(study_path(cfg.official_psp))})
         metrics = {"trained": 0, "official_files_loaded": 1, "n_latent": net.encoder.config.n_latent,
                    "encoder_parameters": sum(p.numel() for p in net.encoder.parameters())}
         return InversionStageOutput(metrics, pd.DataFrame(columns=["step", "lr", "total", *LOSS_TERMS]))
@@ -193,7 +194,7 @@ def run_inversion_stage(cfg: InversionStageConfig, progress: bool = True) -> Inv
     save_encoder(cfg.folder / PSP_FILE, result.net, opts={
         "dataset_type": "synthheads", "l2_lambda": cfg.lambda_l2, "id_lambda": cfg.lambda_id,
         "w_norm_lambda": cfg.lambda_wnorm, "lpips_lambda": cfg.lambda_lpips})
-    write_json(cfg.folder / PRODUCTS_FILE, {"psp": str(cfg.folder / PSP_FILE)})
+    write_json(cfg.folder / PRODUCTS_FILE, {"psp": study_relative(cfg.folder / PSP_FILE)})
     common.finish(cfg.checkpoint_path)
     test_images, _ = read_split(cfg.data_dir, "test")
     rows = np.linspace(0, len(test_images) - 1, min(cfg.n_eval, len(test_images))).round().astype(int)

@@ -7,8 +7,8 @@ are SynthHeads images, already framed, of the world's size.
 
 Everything a user can get wrong is checked before the networks run, cheapest first, and reported
 as one :class:`~megafr.errors.MegaFRError` naming the problem and the fix: the output path
-(extension, not a folder, not one of the inputs), both input images (readable, not empty, tiny or
-huge; greyscale, alpha, palette and 16-bit files are converted, see ``megafr.imageio``), the
+(extension, not a folder, not one of the inputs, writable), both input images (readable, not empty,
+tiny or huge; greyscale, alpha, palette and 16-bit files are converted, see ``megafr.imageio``), the
 external files of the paper profile (all missing ones at once, ``megafr.preflight``), and the
 trained E_FR checkpoint (present, readable, trained with the current settings and profile, finished). The
 output is written atomically, so a failure never leaves a partial file behind.
@@ -25,9 +25,10 @@ import os
 import warnings
 from pathlib import Path
 
-from megafr.config import PARAMS_FILE, study_root
+from megafr.config import PARAMS_FILE, load_params, study_root
 from megafr.errors import CheckpointError, InputError, NoFaceError
-from megafr.imageio import image_to_tensor, load_image, output_format, save_image, tensor_to_image
+from megafr.fileio import ensure_writable
+from megafr.imageio import image_size, image_to_tensor, load_image, output_format, save_image, tensor_to_image
 from megafr.reenact.inference import Reenactor
 from megafr.reenact.train import ReenactConfig, checkpoint_path, read_checkpoint
 from megafr.stages import train_reenact
@@ -49,8 +50,9 @@ def stage_config(root: str | os.PathLike | None = None) -> ReenactConfig:
 
 
 def check_output(out: str | os.PathLike, inputs: tuple[str | os.PathLike, ...]) -> Path:
-    """Refuse an output path that cannot be written as an image, or that is one of the inputs."""
-    out = Path(out)
+    """Refuse an output path that cannot be written as an image, that is one of the inputs, or where no file
+    can be created (permissions, a parent that is a file, a name too long): proven by a probe write."""
+    out = ensure_writable(out)
     output_format(out)
     for given in inputs:
         if Path(given).exists() and out.exists() and out.resolve() == Path(given).resolve():
@@ -99,10 +101,33 @@ def prepare_image(path: str | os.PathLike, image, size: int, profile: str, align
         face = aligner.select_face(faces if faces else detections, str(path))
         image = aligner.align_landmarks(image, face.landmarks, source=str(path)).image
     elif image.shape[:2] != (size, size):
-        raise InputError(f"{path} is {image.shape[1]}x{image.shape[0]} px; the {profile} world reenacts "
-                         f"{size}x{size} SynthHeads images (data/prepare/...). For real photos use the paper "
-                         "profile (`python -m megafr profile paper`), which aligns them first")
+        raise _other_world(path, image.shape[1], image.shape[0], size, profile)
     return image_to_tensor(image).unsqueeze(0)
+
+
+def _other_world(path, width: int, height: int, size: int, profile: str) -> InputError:
+    return InputError(f"{path} is {width}x{height} px; the {profile} world reenacts "
+                      f"{size}x{size} SynthHeads images (data/prepare/...). For real photos use the paper "
+                      "profile (`python -m megafr profile paper`), which aligns them first")
+
+
+def world_image_size(root: str | os.PathLike | None = None) -> int:
+    """The image side the study's networks work at: ``prepare.image_size`` of ``params.yaml`` (read alone: the
+    prepare stage's whole config would also check its data folders, which the command does not need)."""
+    root = Path(root) if root is not None else study_root()
+    size = load_params(root / PARAMS_FILE).get("prepare", {}).get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise InputError(f"prepare.image_size in {root / PARAMS_FILE} must be a positive integer, got {size!r}; "
+                         "restore the profile with `python -m megafr profile <name>`")
+    return size
+
+
+def check_input_header(path: str | os.PathLike, size: int, profile: str) -> None:
+    """Refuse an input from its header, before decoding: unreadable, empty, tiny or huge files, and on mini and
+    smoke (inputs are not aligned there) an image of another size than the world's."""
+    width, height = image_size(path)
+    if profile != "paper" and (width, height) != (size, size):
+        raise _other_world(path, width, height, size, profile)
 
 
 def reenact_files(source: str, target: str, out: str, refine_steps: int = 1, pti_steps: int = 0,
@@ -112,19 +137,25 @@ def reenact_files(source: str, target: str, out: str, refine_steps: int = 1, pti
     if refine_steps < 0 or pti_steps < 0:
         raise InputError(f"refine_steps and pti_steps must be >= 0, got {refine_steps} and {pti_steps}")
     out_path = check_output(out, (source, target))
-    images = [load_image(source), load_image(target)]  # uint8 [H, W, 3] each
     cfg = stage_config()
+    size = world_image_size()
+    for path in (source, target):
+        check_input_header(path, size, cfg.profile)
+    images = [load_image(source), load_image(target)]  # uint8 [H, W, 3] each
     aligner = None
     if cfg.profile == "paper":
         from megafr import preflight
         from megafr.datasets.align import FaceAligner
 
         preflight.check(stages=(preflight.REENACT_CLI,))
-    reenactor = load_reenactor(cfg)
-    size = reenactor.model.generator.size
-    if cfg.profile == "paper":
         aligner = FaceAligner(size, multiple="largest")
+    # faces are found and aligned (paper) before any network loads
     x_source, x_target = (prepare_image(path, image, size, cfg.profile, aligner, largest_face)
                           for path, image in zip((source, target), images))
+    reenactor = load_reenactor(cfg)
+    if reenactor.model.generator.size != size:
+        raise CheckpointError(f"{checkpoint_path(cfg)}: its generator makes {reenactor.model.generator.size} px "
+                              f"images but prepare.image_size is {size}; run `dvc repro {STAGE}` to retrain it "
+                              "with the current params.yaml")
     result = reenactor.reenact(x_source, x_target, refine_steps=refine_steps, pti_steps=pti_steps)
     return save_image(out_path, tensor_to_image(result.image[0]))

@@ -59,7 +59,7 @@ class Reenactor:
 
         ``checkpoint``: that E_FR checkpoint when the caller has read it already (it is read here
         otherwise); ``frozen``: networks already loaded for ``cfg`` (loaded here otherwise)."""
-        frozen = load_frozen(cfg) if frozen is None else frozen
+        frozen = load_frozen(cfg, lpips=False) if frozen is None else frozen  # LPIPS only trains
         model = build_model(cfg, frozen)
         checkpoint = read_checkpoint(checkpoint_path(cfg)) if checkpoint is None else checkpoint
         model.encoder.load_state_dict(checkpoint["state_dict"])

@@ -35,7 +35,6 @@ from typing import NamedTuple, Optional
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from megafr import losses, training
 from megafr.config import require, study_files_digest, study_path, torch_device
@@ -46,8 +45,9 @@ from megafr.face3d.recon import FaceModel, load_face_model
 from megafr.fileio import atomic_path
 from megafr.imageio import images_to_tensor
 from megafr.nets import checkpoints
+from megafr.progress import progress_bar
 from megafr.reenact.model import RENDER_CHANNELS, MegaFR
-from megafr.training import adam
+from megafr.training import adam, check_finite
 
 CONDITIONS = ("render", "params")
 ENCODERS = ("e4e", "psp")
@@ -137,8 +137,9 @@ def frozen_device(frozen: Frozen) -> torch.device:
     return next(frozen.generator.parameters()).device
 
 
-def load_frozen(cfg: ReenactConfig) -> Frozen:
-    """Load every frozen network named by ``cfg`` (official file layouts, mini or paper)."""
+def load_frozen(cfg: ReenactConfig, lpips: bool = True) -> Frozen:
+    """Load every frozen network named by ``cfg`` (official file layouts, mini or paper). ``lpips=False``:
+    leave LPIPS out (inference never uses it), so its status is neither checked nor printed."""
     generator, _ = checkpoints.load_stylegan2(study_path(cfg.generator_path))
     loader = checkpoints.load_e4e if cfg.encoder == "e4e" else checkpoints.load_psp
     inversion = loader(study_path(cfg.inversion_path))
@@ -147,7 +148,10 @@ def load_frozen(cfg: ReenactConfig) -> Frozen:
     idnet = checkpoints.load_arcface(study_path(cfg.idnet_path))
     device = torch_device()
     return Frozen(*(_freeze(m, device) for m in (generator, inversion, face, idnet, latent_d)),
-                  lpips=_freeze(load_lpips(cfg.lambda_lpips), device))
+                  lpips=_freeze(load_lpips(cfg.lambda_lpips if lpips else 0.0), device))
+
+
+_LPIPS_SAID: set[str] = set()  # LPIPS status lines already printed by this process
 
 
 def load_lpips(weight: float) -> Optional[torch.nn.Module]:
@@ -155,7 +159,9 @@ def load_lpips(weight: float) -> Optional[torch.nn.Module]:
     if weight <= 0:
         return None
     net, message = losses.load_lpips()
-    print(message)
+    if message not in _LPIPS_SAID:  # once per process (evaluate loads the networks once per encoder)
+        print(message)
+        _LPIPS_SAID.add(message)
     return net
 
 
@@ -250,12 +256,13 @@ def upstream_digest(cfg: ReenactConfig) -> str:
 
 def save_checkpoint(path: Path, model: MegaFR, optimizer: torch.optim.Optimizer, cfg: ReenactConfig, step: int,
                     upstream: str = "") -> None:
-    """Atomic ``{"state_dict", "config", "step", "optimizer", "upstream"}`` (state_dict = E_FR's weights)."""
+    """Atomic ``{"state_dict", "config", "step", "optimizer", "upstream"}`` (state_dict = E_FR's weights), once
+    E_FR's weights are finite."""
     payload = {"state_dict": model.encoder.state_dict(), "config": dataclasses.asdict(cfg), "step": step,
                "optimizer": optimizer.state_dict(), "groups": list(model.groups),
                "condition_channels": model.condition_channels, "upstream": upstream,
                "code": training.code_digest(TRAINING_CODE)}
-    training.write_checkpoint(path, payload)
+    training.write_checkpoint(path, payload, "train_reenact", {"E_FR": model.encoder})
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -300,10 +307,12 @@ def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool
         rows = pd.read_csv(curve_path).to_dict("records") if curve_path.is_file() else []
     model.encoder.train()
     device = frozen_device(frozen)
-    for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train E_FR", disable=not progress):
+    for step in progress_bar(range(start, cfg.steps), desc=f"train E_FR {cfg.encoder}:{cfg.condition}", initial=start,
+                             total=cfg.steps, disable=not progress, leave=True):
         src, tgt = batch_indices(cfg.seed, step, len(images), cfg.batch_size)
         total, log = step_losses(model, frozen, cfg, images_to_tensor(images[src]).to(device),
                                  images_to_tensor(images[tgt]).to(device))
+        check_finite("train_reenact", step, total, log, path)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
