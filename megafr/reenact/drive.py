@@ -119,8 +119,8 @@ def probe_clip(path: str | Path) -> ClipInfo:
     fps, size = float(meta.get("fps") or 0.0), tuple(meta.get("size") or (0, 0))
     if fps <= 0 or min(size) < 1:
         raise _clip_error(path, f"it holds no video stream with a frame rate (fps {fps}, size {size})")
-    return ClipInfo(path, fps, (int(size[0]), int(size[1])), int(round(float(meta.get("duration") or 0) * fps)),
-                    meta.get("audio_codec"))
+    audio = (meta.get("audio_codec") or "").strip().rstrip(",") or None  # imageio-ffmpeg may keep a comma
+    return ClipInfo(path, fps, (int(size[0]), int(size[1])), int(round(float(meta.get("duration") or 0) * fps)), audio)
 
 
 def clip_frames(info: ClipInfo) -> Iterator[np.ndarray]:
@@ -315,12 +315,13 @@ def _write_stream(path: Path, frames: Iterable[np.ndarray], fps: float) -> int:
     return count
 
 
-def mux_audio(video: Path, audio_source: Path, out: Path) -> None:
-    """``video``'s picture with ``audio_source``'s first audio track (AAC), cut to the shorter, into ``out``."""
+def mux_audio(video: Path, audio_source: Path, out: Path, seconds: float) -> None:
+    """``video``'s picture with ``audio_source``'s first audio track (AAC) into ``out``; the audio is cut at
+    ``seconds`` (the video's length) and a shorter one leaves the rest silent, so no frame is ever dropped."""
     import imageio_ffmpeg
 
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", str(video), "-i", str(audio_source),
-               "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", AUDIO_CODEC, "-shortest",
+               "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", AUDIO_CODEC, "-t", f"{seconds:.6f}",
                *MP4_BITEXACT, "-f", "mp4", str(out)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -340,7 +341,7 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float,
             with tempfile.TemporaryDirectory(prefix="megafr-drive-") as scratch:
                 silent = Path(scratch) / f"video{VIDEO_SUFFIX}"
                 count = _write_stream(silent, frames, fps)
-                mux_audio(silent, audio_from, temp)
+                mux_audio(silent, audio_from, temp, count / fps)
     return path, count
 
 
