@@ -363,3 +363,53 @@ def test_paper_world_clip_without_any_face_is_refused(paper_study, astronaut, mo
     with pytest.raises(NoFaceError):
         drive.smoothed_motion(drive.DrivingTrack(np.zeros((2, 3)), np.zeros((2, 15)), np.zeros(2, bool)),
                               SmoothingConfig(), 25.0)
+
+
+# ------------------------------------------------------------------------------------------------ mini world, benchmark
+@pytest.fixture(scope="module")
+def talking_world(tmp_path_factory):
+    """A tiny prepared SynthHeads world (prepare's own code) holding the talking-head sequence."""
+    from megafr.datasets.prepare import PrepareConfig, build_synthheads
+
+    root = tmp_path_factory.mktemp("world")
+    head = root / "prepare" / "head_model"
+    build_synthheads(PrepareConfig(
+        profile="smoke", seed=0, model_path=str(head / headmodel.MODEL_FILE),
+        landmark_path=str(head / headmodel.LANDMARK_FILE), source="synthetic", image_size=TINY_SIZE,
+        n_train_identities=2, n_test_identities=2, images_per_identity=2, n_idnet_identities=2,
+        idnet_images_per_identity=2, n_cross_pairs=2, n_self_pairs=1, n_frontal=2, n_eye_sources=1, talking_frames=20,
+        max_yaw_deg=60.0, max_pitch_deg=30.0, max_roll_deg=15.0, photos_dir="", out_dir=str(root / "prepare")))
+    return root / "prepare"
+
+
+def test_smoothing_study_against_the_known_truth(talking_world, tiny_frozen, tmp_path):
+    from megafr.reenact import drive_eval
+
+    truth = drive_eval.load_talking(talking_world)
+    assert truth.frames.shape == (20, TINY_SIZE, TINY_SIZE, 3) and truth.pose.shape == (20, posemod.POSE_DIM)
+    face = tiny_frozen.face
+    perfect = drive.DrivingTrack(truth.expression, truth.pose, np.ones(20, bool))
+    table = drive_eval.smoothing_study(face, truth, perfect).set_index("setting")
+    exact = table.loc["none"]
+    assert exact["head_pose_deg"] < 1e-3 and exact["jaw_deg"] < 1e-3 and exact["landmark_error_px"] < 1e-4
+    assert exact["landmark_jitter_px"] == pytest.approx(exact["truth_jitter_px"])
+    noisy = drive.DrivingTrack(truth.expression, truth.pose + np.random.default_rng(0).normal(0, 0.02, truth.pose.shape),
+                               np.ones(20, bool))
+    table = drive_eval.smoothing_study(face, truth, noisy).set_index("setting")
+    assert table.loc["savgol_7", "landmark_jitter_px"] < table.loc["none", "landmark_jitter_px"]
+    assert table.loc["savgol_7", "head_pose_deg"] < table.loc["none", "head_pose_deg"]
+    measured = drive_eval.measure_talking_clip(face, truth, tmp_path / "talking.mp4")
+    assert measured.pose.shape == (20, posemod.POSE_DIM) and measured.found.all()
+
+
+def test_driving_benchmark_case_and_its_table(tmp_path):
+    from benchmarks import driving, report
+    from benchmarks.worlds import Settings, write_head_model
+
+    settings = Settings(quick=True, repeats=1, threads=1, head_dir=str(write_head_model(tmp_path / "head")),
+                        work_dir=str(tmp_path / "work"))
+    result = driving.driving(settings)
+    assert result["frames"] == 6 and all(row["frames_per_s"] > 0 for row in result["rows"].values())
+    assert result["paste_back"]["frames_per_s"] > 0 and result["decode_and_measure"]["frames_per_s"] > 0
+    rows = report._driving_rows(result)
+    assert len(rows) == len(result["rows"]) + 2 and "frames/s" in rows[0][3]

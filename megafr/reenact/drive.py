@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from megafr.errors import InputError, MegaFRError, NoFaceError
 from megafr.face3d import pose as posemod
-from megafr.face3d.recon import FaceParams
+from megafr.face3d.recon import FaceModel, FaceParams
 from megafr.fileio import atomic_path
 from megafr.imageio import images_to_tensor, load_image, tensors_to_images
 from megafr.reenact.inference import Reenactor, SourceCode
@@ -217,19 +217,24 @@ class DrivingTrack:
         return tuple(int(i) for i in np.flatnonzero(~self.found))
 
 
-def _measure_batch(reenactor: Reenactor, crops: list[np.ndarray]) -> FaceParams:
-    return reenactor.measure(images_to_tensor(crops))
+@torch.no_grad()
+def measure_crops(face: FaceModel, crops: list[np.ndarray]) -> FaceParams:
+    """FLAME parameters of framed crops uint8 [S, S, 3] by the 3D network (returned on the CPU)."""
+    device = next(face.net.parameters()).device
+    params = face.net(images_to_tensor(crops).to(device).clamp(-1, 1))
+    return FaceParams(*(t.cpu() for t in params))
 
 
-def measure_clip(reenactor: Reenactor, frames: Iterable[np.ndarray], framer, name: str, total: int = 0,
+def measure_clip(face: FaceModel, frames: Iterable[np.ndarray], framer, name: str, total: int = 0,
                  progress: bool = True, batch: int = MEASURE_BATCH) -> DrivingTrack:
-    """Frame and measure every driving frame: FLAME expression and pose per frame, and which had a face."""
-    n_expr, n_pose = reenactor.frozen.face.config.n_expr, posemod.POSE_DIM
+    """Frame every driving frame and measure it with the 3D network ``face``: FLAME expression and pose per
+    frame, and which frames had a face."""
+    n_expr, n_pose = face.config.n_expr, posemod.POSE_DIM
     expressions, poses, found, pending = [], [], [], []
 
     def flush():
         if pending:
-            params = _measure_batch(reenactor, [crop for _, crop in pending])
+            params = measure_crops(face, [crop for _, crop in pending])
             for row, (index, _) in enumerate(pending):
                 expressions[index], poses[index] = params.expression[row].numpy(), params.pose[row].numpy()
             pending.clear()
@@ -393,7 +398,7 @@ def drive(reenactor: Reenactor, framer, photo: np.ndarray, clip: ClipInfo, out: 
     """Reenact ``photo`` by every frame of ``clip`` and write the video to ``out`` (module docstring)."""
     face = framer.source(photo, source_name, cfg.largest_face)
     code = reenactor.encode_source(images_to_tensor([face.crop]), cfg.pti_steps)
-    track = measure_clip(reenactor, clip_frames(clip), framer, clip.path.name, clip.frames, cfg.progress)
+    track = measure_clip(reenactor.frozen.face, clip_frames(clip), framer, clip.path.name, clip.frames, cfg.progress)
     expression, pose = smoothed_motion(track, cfg.smoothing, clip.fps)
     if cfg.relative:
         expression, pose = relative_motion(expression, pose, FaceParams(*(t.cpu() for t in code.params)))
@@ -418,7 +423,7 @@ def reenact_still(reenactor: Reenactor, framer, photo: np.ndarray, target: np.nd
     if crop is None:
         raise NoFaceError(f"no face found in {target_name}; use a photo with one visible frontal-ish face")
     code = reenactor.encode_source(images_to_tensor([face.crop]), cfg.pti_steps)
-    params = _measure_batch(reenactor, [crop])
+    params = measure_crops(reenactor.frozen.face, [crop])
     expression, pose = params.expression.numpy(), params.pose.numpy()
     out = next(reenacted_frames(reenactor, code, expression, pose, cfg))
     return paste_back(face.photo, out, face.quad) if cfg.paste_back else out
