@@ -80,7 +80,7 @@ def requested_landmarks(face: FaceModel, shape: np.ndarray, expression: np.ndarr
 
 def pose_errors(pose: np.ndarray, truth: np.ndarray) -> dict:
     """Mean absolute yaw, pitch, roll and jaw differences (degrees) of FLAME poses [T, 15]."""
-    angles, true_angles = (posemod.head_pose_degrees(torch.as_tensor(p, dtype=torch.float32)).numpy()
+    angles, true_angles = (posemod.head_pose_degrees(torch.from_numpy(np.array(p, dtype=np.float32))).numpy()
                            for p in (pose, truth))
     errors = np.abs(angles - true_angles).mean(axis=0)
     jaw = np.abs(pose[:, posemod.JAW.start] - truth[:, posemod.JAW.start]).mean() * 180.0 / math.pi
