@@ -446,15 +446,23 @@ def _networks(stage):
     from megafr.reenact import cli
 
     reenactor = cli.load_reenactor(stage)
-    return reenactor, _framer(stage, reenactor.model.generator.size)
+    return reenactor, _framer(stage.profile, reenactor.model.generator.size)
 
 
-def _framer(stage, size: int):
-    if stage.profile == "paper":
+def _framer(profile: str, size: int):
+    if profile == "paper":
         from megafr.datasets.align import FaceAligner
 
         return PhotoFramer(FaceAligner(size, multiple="largest"))
-    return SynthFramer(size, stage.profile)
+    return SynthFramer(size, profile)
+
+
+def drive_in_notebook(reenactor: Reenactor, profile: str, photo: np.ndarray, clip_path: str | Path,
+                      out: str | Path, **options) -> DriveReport:
+    """:func:`drive` with the framer of ``profile``'s world and :class:`DriveConfig` ``options`` (no progress bars)."""
+    cfg = DriveConfig(**{"progress": False, **options})
+    framer = _framer(profile, reenactor.model.generator.size)
+    return drive(reenactor, framer, photo, probe_clip(clip_path), check_video_output(out, (clip_path,)), cfg)
 
 
 def drive_files(source: str, driving: str, out: str, cfg: DriveConfig) -> DriveReport:

@@ -88,6 +88,11 @@ def pose_errors(pose: np.ndarray, truth: np.ndarray) -> dict:
             "head_pose_deg": float(errors.mean()), "jaw_deg": float(jaw)}
 
 
+def write_talking_clip(prepare_dir: str | Path, path: str | Path, fps: int = CLIP_FPS) -> Path:
+    """The talking-head driving sequence of a prepared synthetic world as an MP4 clip (for the explorer)."""
+    return video.write_mp4(path, load_talking(prepare_dir).frames, fps)
+
+
 def measure_talking_clip(face: FaceModel, truth: TalkingTruth, clip_path: str | Path,
                          fps: int = CLIP_FPS) -> drive.DrivingTrack:
     """Write the sequence as an MP4 clip, read it back and measure every frame as ``reenact --driving`` does."""
