@@ -68,9 +68,8 @@ class DriveConfig:
     progress: bool = True  # tqdm progress bars on stderr
 
     def __post_init__(self):
-        for name in ("batch_size",):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
         for name in ("refine_steps", "pti_steps"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -36,7 +37,10 @@ from megafr.figures.talking import landmark_jitter
 from megafr.fileio import write_json
 from megafr.reenact import drive
 from megafr.smoothing import SmoothingConfig, smooth
-from megafr import video
+from megafr import plots, video
+from megafr.imageio import tensors_to_images
+from megafr.reenact.paste import face_mask, paste_back
+from megafr.reenact.train import make_targets
 
 TALKING_DIR = Path("eval") / "talking"  # inside prepare's output folder
 CLIP_FPS = 25  # frame rate the sequence is written at (a common video rate)
@@ -116,6 +120,45 @@ def smoothing_study(face: FaceModel, truth: TalkingTruth, track: drive.DrivingTr
                      "landmark_error_px": float(np.linalg.norm(points - true_points, axis=-1).mean()),
                      "truth_jitter_px": landmark_jitter(true_points)})
     return pd.DataFrame(rows)
+
+
+STILL_FRAMES = 6  # driving frames shown in the still
+
+
+@torch.no_grad()
+def requested_renders(face: FaceModel, shape: np.ndarray, expression: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """r_t, the geometry E_FR is conditioned on, of FLAME(shape, expression_t, pose_t): uint8 [T, S, S, 3]."""
+    frames = len(expression)
+    shape, expression, pose = (torch.from_numpy(np.array(v, dtype=np.float32)) for v in (shape, expression, pose))
+    targets = make_targets(face, shape.expand(frames, -1), expression, pose, "render")
+    return tensors_to_images(targets.condition)
+
+
+def driving_still(face: FaceModel, truth: TalkingTruth, track: drive.DrivingTrack, cfg: SmoothingConfig,
+                  fps: float = CLIP_FPS, frames_shown: int = STILL_FRAMES):
+    """Driving frames, the geometry the command asks of E_FR from them (measured, smoothed) and from the truth."""
+    expression, pose = drive.smoothed_motion(track, cfg, fps)
+    shown = np.unique(np.linspace(0, len(truth.frames) - 1, frames_shown).round().astype(int))
+    measured = requested_renders(face, truth.shape, expression[shown], pose[shown])
+    exact = requested_renders(face, truth.shape, truth.expression[shown], truth.pose[shown])
+    fig = plt.figure(figsize=(len(shown) * plots.CELL_INCHES + 0.6, 3 * plots.CELL_INCHES + 0.5), layout="constrained")
+    plots.image_table(fig, [list(truth.frames[shown]), list(measured), list(exact)],
+                      col_labels=[f"frame {i}" for i in shown],
+                      row_labels=["driving clip", f"r_t measured\n({cfg.method})", "r_t of the truth"])
+    return fig
+
+
+def paste_still(photo: np.ndarray, crop: np.ndarray, quad: np.ndarray):
+    """Paste-back on a real photo: the aligned crop, its soft face mask, and the crop pasted back unchanged."""
+    mask = face_mask(crop.shape[0])
+    pasted = paste_back(photo, crop, quad, mask)
+    masked = (crop * mask[:, :, None]).astype(np.uint8)
+    fig = plt.figure(figsize=(4 * 1.6, 1.9), layout="constrained")
+    axes = plots.image_table(fig, [[photo, crop, masked, pasted]],
+                             col_labels=["photo", "aligned crop", "crop x face mask", "pasted back"])
+    outline = np.vstack([quad, quad[:1]])
+    axes[0, 3].plot(outline[:, 0], outline[:, 1], color="#c44e52", linewidth=0.8)
+    return fig
 
 
 def run(prepare_dir: str | Path, face3d_path: str | Path, out: Optional[str | Path] = None,
