@@ -400,6 +400,17 @@ def test_smoothing_study_against_the_known_truth(talking_world, tiny_frozen, tmp
     assert table.loc["savgol_7", "head_pose_deg"] < table.loc["none", "head_pose_deg"]
     measured = drive_eval.measure_talking_clip(face, truth, tmp_path / "talking.mp4")
     assert measured.pose.shape == (20, posemod.POSE_DIM) and measured.found.all()
+    assert len(drive_eval.driving_still(face, truth, measured, SmoothingConfig()).axes) == 3 * 6
+
+
+def test_paste_still_draws_four_panels(astronaut):
+    import matplotlib.pyplot as plt
+
+    from megafr.reenact import drive_eval
+
+    face = FaceAligner(64).align(astronaut)
+    assert len(drive_eval.paste_still(astronaut, face.image, face.quad).axes) == 4
+    plt.close("all")
 
 
 def test_driving_benchmark_case_and_its_table(tmp_path):
