@@ -197,11 +197,15 @@ class PhotoFramer:
         return SourceFace(photo, aligned.image, aligned.quad)
 
     def frame(self, image: np.ndarray, name: str) -> Optional[np.ndarray]:
-        """The largest face of a driving frame, aligned; None when the frame has none."""
+        """The largest face of a driving frame, aligned; None when the frame has none (or none that aligns:
+        landmarks too degenerate to frame count as no face, so one bad frame never stops a clip)."""
         faces = self._faces(image)
         if not faces:
             return None
-        return self.aligner.align_landmarks(image, faces[0].landmarks, source=name).image
+        try:
+            return self.aligner.align_landmarks(image, faces[0].landmarks, source=name).image
+        except InputError:
+            return None
 
 
 # ------------------------------------------------------------------------------------------------ motion
