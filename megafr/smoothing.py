@@ -31,8 +31,8 @@ class SmoothingConfig:
     method: str = "savgol"  # "savgol", "one-euro" or "none"
     window: int = 7  # Savitzky-Golay window in frames (odd; shortened to the clip on short clips)
     order: int = 2  # Savitzky-Golay polynomial order (< window)
-    min_cutoff: float = 1.0  # one-euro cut-off frequency at rest, Hz (lower: smoother, more lag)
-    beta: float = 0.05  # one-euro speed coefficient (higher: less lag on fast motion)
+    min_cutoff: float = 3.0  # one-euro cut-off frequency at rest, Hz (lower: smoother, more lag)
+    beta: float = 0.5  # one-euro speed coefficient (higher: less lag on fast motion)
     d_cutoff: float = 1.0  # one-euro cut-off of the speed estimate, Hz (the paper's default)
 
     def __post_init__(self):

@@ -49,7 +49,7 @@ SETTINGS = {
     "none": SmoothingConfig("none"),
     **{f"savgol_{w}": SmoothingConfig("savgol", window=w, order=2) for w in (5, 7, 9, 11, 15)},
     **{f"one_euro_{c:g}hz_beta_{b:g}": SmoothingConfig("one-euro", min_cutoff=c, beta=b)
-       for c, b in ((1.0, 0.05), (1.0, 0.5), (2.0, 0.5), (0.5, 1.0))},
+       for c, b in ((1.0, 0.05), (1.0, 0.5), (2.0, 0.5), (3.0, 0.5), (3.0, 2.0), (5.0, 0.5))},
 }
 
 
@@ -161,19 +161,38 @@ def paste_still(photo: np.ndarray, crop: np.ndarray, quad: np.ndarray):
     return fig
 
 
+def write_stills(face: FaceModel, truth: TalkingTruth, track: drive.DrivingTrack, folder: str | Path,
+                 cfg: SmoothingConfig = SmoothingConfig()) -> list[Path]:
+    """``drive_mini_still.png`` (:func:`driving_still`) and ``drive_paste_back.png`` (:func:`paste_still` on
+    scikit-image's astronaut photo, public domain, aligned at the mini size) in ``folder``."""
+    from skimage.data import astronaut
+
+    from megafr.datasets.align import FaceAligner
+
+    folder = Path(folder)
+    plots.save_figure(driving_still(face, truth, track, cfg), folder / "drive_mini_still.png")
+    photo = astronaut()
+    aligned = FaceAligner(truth.frames.shape[1]).align(photo)
+    plots.save_figure(paste_still(photo, aligned.image, aligned.quad), folder / "drive_paste_back.png")
+    return [folder / "drive_mini_still.png", folder / "drive_paste_back.png"]
+
+
 def run(prepare_dir: str | Path, face3d_path: str | Path, out: Optional[str | Path] = None,
-        clip_path: Optional[str | Path] = None) -> pd.DataFrame:
-    """The study on a prepared mini world and its trained 3D network; the table is also written as JSON."""
+        stills: Optional[str | Path] = None) -> pd.DataFrame:
+    """The study on a prepared mini world and its trained 3D network; the table is also written as JSON
+    (``out``), with the stills in the folder ``stills`` when given."""
     prepare_dir = Path(prepare_dir)
     head = prepare_dir / "head_model"
     face = load_face_model(face3d_path, head / "head_model.pkl", head / "landmark_embedding.npy")
     truth = load_talking(prepare_dir)
-    track = measure_talking_clip(face, truth, clip_path or Path(out or "drive_smoothing.json").with_suffix(".mp4"))
+    track = measure_talking_clip(face, truth, Path(out or "drive_smoothing.json").with_suffix(".mp4"))
     table = smoothing_study(face, truth, track)
     if out is not None:
         write_json(out, {"frames": len(truth.frames), "fps": CLIP_FPS, "image_size": int(truth.frames.shape[1]),
                          "settings": {name: asdict(cfg) for name, cfg in SETTINGS.items()},
                          "rows": table.to_dict(orient="records")})
+    if stills is not None:
+        write_stills(face, truth, track, stills)
     return table
 
 
@@ -182,8 +201,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--prepare-dir", default="data/prepare", help="output folder of the prepare stage (mini)")
     parser.add_argument("--face3d", default="data/train_face3d/checkpoint.pt", help="the trained 3D face network")
     parser.add_argument("--out", default="data/drive_smoothing.json", help="JSON table written here")
+    parser.add_argument("--stills", help="also write the README's two stills into this folder")
     args = parser.parse_args(argv)
-    print(run(args.prepare_dir, args.face3d, args.out).to_string(index=False, float_format="%.3f"))
+    print(run(args.prepare_dir, args.face3d, args.out, args.stills).to_string(index=False, float_format="%.3f"))
 
 
 if __name__ == "__main__":
