@@ -275,6 +275,11 @@ def test_pasted_unchanged_crop_lands_on_the_face(astronaut, size):
     assert np.linalg.norm(redetected - face.source_landmarks, axis=1).mean() < 1.0
     outside = ~changed
     assert np.array_equal(pasted[outside], astronaut[outside])  # the photo is untouched outside the mask
+    left, top, right, bottom = paste.face_box(face.quad, (astronaut.shape[1], astronaut.shape[0]))
+    whole = paste.warp_to_photo(face.image, face.quad, (0, 0, astronaut.shape[1], astronaut.shape[0]))
+    assert np.array_equal(whole[top:bottom, left:right], paste.warp_to_photo(face.image, face.quad,
+                                                                           (left, top, right, bottom)))
+    assert not whole[:top].any() and not whole[bottom:].any()  # nothing of the square outside its box
 
 
 def test_face_mask_is_soft_and_inside_the_crop():

@@ -65,13 +65,22 @@ def crop_to_photo_points(points: np.ndarray, quad: np.ndarray, size: int) -> np.
     return quad[0] + fractions @ basis.T
 
 
-def warp_to_photo(crop: np.ndarray, quad: np.ndarray, photo_size: tuple[int, int]) -> np.ndarray:
-    """A crop [S, S] (float32) or [S, S, 3] (uint8) resampled into the photo's frame ``(width, height)``;
-    zero outside the square."""
+def face_box(quad: np.ndarray, photo_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The photo pixels the crop square covers: (left, top, right, bottom), clipped to ``(width, height)``."""
+    quad = np.asarray(quad, dtype=np.float64)
+    left, top = np.maximum(np.floor(quad.min(axis=0)).astype(int) - 1, 0)
+    right, bottom = np.minimum(np.ceil(quad.max(axis=0)).astype(int) + 2, photo_size)
+    return int(left), int(top), int(max(right, left)), int(max(bottom, top))
+
+
+def warp_to_photo(crop: np.ndarray, quad: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A crop [S, S] (float32) or [S, S, 3] (uint8) resampled onto the photo pixels of ``box``
+    ((left, top, right, bottom), e.g. :func:`face_box`); zero outside the square."""
     size = crop.shape[0]
     affine = photo_to_crop(quad, size)
+    affine[:, 2] += affine[:, :2] @ np.array(box[:2], dtype=np.float64)  # the box's corner is (0, 0) of the output
     picture = Image.fromarray(crop if crop.ndim == 2 else np.ascontiguousarray(crop))
-    warped = picture.transform(photo_size, Image.Transform.AFFINE, tuple(affine.flatten()),
+    warped = picture.transform((box[2] - box[0], box[3] - box[1]), Image.Transform.AFFINE, tuple(affine.flatten()),
                                Image.Resampling.BILINEAR, fillcolor=0)
     return np.asarray(warped)
 
@@ -96,8 +105,13 @@ def paste_back(photo: np.ndarray, crop: np.ndarray, quad: Optional[np.ndarray],
     mask = face_mask(size) if mask is None else np.asarray(mask, dtype=np.float32)
     if mask.shape != (size, size):
         raise InputError(f"mask must be [{size}, {size}], got {list(mask.shape)}")
-    frame = (photo.shape[1], photo.shape[0])
-    face = warp_to_photo(crop, quad, frame).astype(np.float32)  # [H, W, 3]
-    weight = warp_to_photo(mask, quad, frame)[:, :, None]  # [H, W, 1]
-    blended = weight * face + (1.0 - weight) * photo.astype(np.float32)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    box = face_box(quad, (photo.shape[1], photo.shape[0]))
+    out = photo.copy()
+    if box[2] == box[0] or box[3] == box[1]:
+        return out  # the square lies outside the photo
+    face = warp_to_photo(crop, quad, box).astype(np.float32)  # [h, w, 3] over the box
+    weight = warp_to_photo(mask, quad, box)[:, :, None]  # [h, w, 1]
+    region = out[box[1]:box[3], box[0]:box[2]]
+    blended = weight * face + (1.0 - weight) * region.astype(np.float32)
+    region[...] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return out
