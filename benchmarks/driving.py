@@ -67,7 +67,8 @@ def driving(settings: Settings) -> dict:
             for name, b in zip(timings, batches)}
     measure = timed(lambda: drive.measure_clip(reenactor.frozen.face, drive.clip_frames(clip), framer, "clip",
                                                progress=False), settings.repeats)
-    return {"image_size": size, "frames": frames, "fps_of_clip": CLIP_FPS, "refine_steps": drive.DriveConfig().refine_steps,
-            "smoothing": drive.DriveConfig().smoothing.method, "rows": rows,
+    defaults = drive.DriveConfig()
+    return {"image_size": size, "frames": frames, "fps_of_clip": CLIP_FPS, "refine_steps": defaults.refine_steps,
+            "smoothing": defaults.smoothing.method, "rows": rows,
             "decode_and_measure": {**measure, "frames_per_s": rate(frames, measure["median_s"])},
             "paste_back": paste_case(settings)}

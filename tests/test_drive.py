@@ -24,7 +24,6 @@ import pytest
 import torch
 from PIL import Image
 
-from megafr import video
 from megafr.datasets.align import FaceAligner
 from megafr.errors import InputError, NoFaceError
 from megafr.face3d import headmodel
@@ -398,8 +397,8 @@ def test_smoothing_study_against_the_known_truth(talking_world, tiny_frozen, tmp
     exact = table.loc["none"]
     assert exact["head_pose_deg"] < 1e-3 and exact["jaw_deg"] < 1e-3 and exact["landmark_error_px"] < 1e-4
     assert exact["landmark_jitter_px"] == pytest.approx(exact["truth_jitter_px"])
-    noisy = drive.DrivingTrack(truth.expression, truth.pose + np.random.default_rng(0).normal(0, 0.02, truth.pose.shape),
-                               np.ones(20, bool))
+    jitter = np.random.default_rng(0).normal(0, 0.02, truth.pose.shape)  # radians
+    noisy = drive.DrivingTrack(truth.expression, truth.pose + jitter, np.ones(20, bool))
     table = drive_eval.smoothing_study(face, truth, noisy).set_index("setting")
     assert table.loc["savgol_7", "landmark_jitter_px"] < table.loc["none", "landmark_jitter_px"]
     assert table.loc["savgol_7", "head_pose_deg"] < table.loc["none", "head_pose_deg"]

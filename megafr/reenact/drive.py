@@ -20,9 +20,9 @@ photo --driving clip --out result.mp4`` runs it:
    and written as H.264 MP4 at the clip's frame rate, with the clip's audio track when it has one
    (ffmpeg from ``imageio-ffmpeg``; AAC).
 
-The clip is decoded twice (measure, then nothing but the output is kept in memory), so long clips
-need memory for one batch of frames only. Every input is checked before any network runs, and the
-output is written atomically: a failure leaves no partial file.
+The clip is decoded once, frame by frame: only the per-frame measurements and one batch of frames
+are held in memory, so long clips need no more memory than short ones. Every input is checked
+before any network runs, and the output is written atomically: a failure leaves no partial file.
 """
 
 from __future__ import annotations

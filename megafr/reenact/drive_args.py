@@ -20,7 +20,8 @@ def add_arguments(reenact: argparse.ArgumentParser) -> None:
                          help="--driving: apply the clip's change from its first frame to the source's own pose "
                               "and expression (default: take the clip's pose and expression as they are)")
     reenact.add_argument("--smooth", choices=METHODS, default=smoothing.method,
-                         help=f"--driving: temporal filter of the measured pose and expression (default {smoothing.method})")
+                         help="--driving: temporal filter of the measured pose and expression "
+                              f"(default {smoothing.method})")
     reenact.add_argument("--smooth-window", type=int, default=smoothing.window,
                          help=f"Savitzky-Golay window in frames, odd (default {smoothing.window})")
     reenact.add_argument("--smooth-order", type=int, default=smoothing.order,

@@ -36,7 +36,7 @@ from megafr.face3d.render import ndc_to_pixels, project
 from megafr.figures.talking import landmark_jitter
 from megafr.fileio import write_json
 from megafr.reenact import drive
-from megafr.smoothing import SmoothingConfig, smooth
+from megafr.smoothing import SmoothingConfig
 from megafr import plots, video
 from megafr.imageio import tensors_to_images
 from megafr.reenact.paste import face_mask, paste_back
