@@ -129,6 +129,22 @@ def _reenactment_rows(section: dict) -> list[list[str]]:
     return rows
 
 
+def _driving_rows(section: dict) -> list[list[str]]:
+    what = (f"Driving video, end to end (decode, 3D net, {section['smoothing']}, reenact with "
+            f"{section['refine_steps']} refinement, encode MP4)")
+    rows = [[what, f"{section['image_size']} px, {section['frames']} frames, batch {row['batch']}",
+             f"{seconds(row['median_s'])} / clip", per_s(row["frames_per_s"], "frames/s"), ""]
+            for row in sorted(section["rows"].values(), key=lambda r: r["batch"])]
+    measure = section["decode_and_measure"]
+    rows.append(["Driving video: decode + 3D net only", f"{section['image_size']} px, {section['frames']} frames",
+                 f"{seconds(measure['median_s'])} / clip", per_s(measure["frames_per_s"], "frames/s"), ""])
+    paste = section["paste_back"]
+    rows.append(["Paste-back (warp + soft mask blend)", f"{paste['crop']} px crop into {paste['photo'][0]}x"
+                 f"{paste['photo'][1]} photo", f"{seconds(paste['median_s'])} / frame",
+                 per_s(paste["frames_per_s"], "frames/s"), ""])
+    return rows
+
+
 def _training_rows(section: dict) -> list[list[str]]:
     rows = []
     for name, (label, _) in STAGE_LABELS.items():
@@ -168,6 +184,7 @@ def main_table(result: dict) -> str:
     builders = (("rendering", _rendering_rows), ("flame_layer", _flame_rows),
                 ("generator", lambda s: _network_rows(s, "StyleGAN2 synthesis")),
                 ("e4e", lambda s: _network_rows(s, "e4e encoder")), ("reenactment", _reenactment_rows),
+                ("driving", _driving_rows),
                 ("training", _training_rows), ("threads", _thread_rows), ("optimizer", _optimizer_rows))
     rows = []
     for name, build in builders:

@@ -25,7 +25,7 @@ import torch
 from benchmarks.timing import peak_rss_mb
 from benchmarks.worlds import Settings
 
-PRELOAD = ["torch", "benchmarks.cases", "benchmarks.training", "benchmarks.profiling", "benchmarks.gpu"]
+PRELOAD = ["torch", "benchmarks.cases", "benchmarks.driving", "benchmarks.training", "benchmarks.profiling", "benchmarks.gpu"]
 
 
 @functools.lru_cache(maxsize=None)

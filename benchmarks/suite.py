@@ -10,6 +10,8 @@ Runs every case in its own process (:mod:`benchmarks.runner`) and writes one JSO
 - ``training``: step time, images/s and peak memory of each training stage;
 - ``threads``: the batched reenactment and an E_FR step with 1 vs 2 torch threads side by side, with
   OpenMP's default wait policy and with ``OMP_WAIT_POLICY=PASSIVE``;
+- ``driving``: ``reenact --driving`` end to end (decode, measure, smooth, reenact, encode) in frames/s at the
+  mini size, and paste-back alone at the paper's crop size;
 - ``optimizer``: one Adam step over the mini e4e encoder, torch's default update vs the fused one;
 - ``profile``: top operators and megafr functions of a reenactment and of an E_FR step;
 - ``gpu``: the paper-size cases on a CUDA device, or why they were skipped;
@@ -32,7 +34,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from benchmarks import cases, gpu, profiling, records, report, runner, training
+from benchmarks import cases, driving, gpu, profiling, records, report, runner, training
 from benchmarks.timing import load_average, machine
 from benchmarks.worlds import Settings, sizes, write_head_model
 from megafr.config import study_root
@@ -63,6 +65,7 @@ SECTIONS: dict[str, dict[str, Row]] = {
     "generator": {"": Row(cases.generator_forward)},
     "e4e": {"": Row(cases.e4e_forward)},
     "reenactment": {"": Row(cases.reenactment)},
+    "driving": {"": Row(driving.driving)},
     "training": {name: Row(case) for name, (case, _) in training.STAGES.items()},
     "threads": {"reenactment": Row(cases.reenactment_threads),
                 "reenactment_omp_passive": Row(cases.reenactment_threads, PASSIVE),

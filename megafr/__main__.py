@@ -6,8 +6,10 @@
 - ``run STAGE``: validate the params file, then run the stage's notebook into ``data/executed/`` (each
   ``dvc.yaml`` stage's command);
 - ``sweep STAGE --name NAME -p KEY V1 V2 ... [-p KEY2 ...]``: run a stage's notebook over a grid;
-- ``reenact --source A --target B --out C [--refine-steps N] [--pti] [--largest-face]``: reenact one photo
-  by another;
+- ``reenact --source A --target B --out C [--refine-steps N] [--pti] [--largest-face] [--paste-back]``: reenact
+  one photo by another;
+- ``reenact --source A --driving CLIP --out C.mp4 [--relative] [--paste-back] [--smooth ...] [--half]``: drive
+  one photo by a video (``megafr.reenact.drive``);
 - ``check [--profile NAME] [--stage STAGE]``: list every external file the profile needs and is missing
   (``megafr.preflight``; only ``paper`` needs any).
 
@@ -25,6 +27,7 @@ import yaml
 
 from megafr.config import PARAMS_FILE, PROFILES, load_params, profile_file, study_root, use_profile
 from megafr.errors import MegaFRError
+from megafr.reenact import drive_args
 
 EXIT_USER_ERROR = 2
 EXIT_STAGE_FAILED = 1  # a stage notebook failed on something other than the study's own errors
@@ -50,14 +53,18 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("-p", "--param", nargs="+", action="append", metavar=("KEY", "VALUE"), default=[],
                        help="a field of the stage's config and the values to sweep (YAML-parsed); repeat for a grid")
 
-    reenact = commands.add_parser("reenact", help="reenact a source image by a target image with the trained MegaFR")
+    reenact = commands.add_parser("reenact", help="reenact a source image by a target image or a driving video "
+                                                   "with the trained MegaFR")
     reenact.add_argument("--source", required=True, help="source photo (identity kept)")
-    reenact.add_argument("--target", required=True, help="target photo (pose and expression taken)")
-    reenact.add_argument("--out", required=True, help="output PNG")
+    driver = reenact.add_mutually_exclusive_group(required=True)
+    driver.add_argument("--target", help="target photo (pose and expression taken)")
+    driver.add_argument("--driving", help="driving video, any format ffmpeg reads (pose and expression of every frame)")
+    reenact.add_argument("--out", required=True, help="output PNG (--target) or MP4 (--driving)")
     reenact.add_argument("--refine-steps", type=int, default=1, help="extra applications of F (paper eq. 9)")
     reenact.add_argument("--pti", action="store_true", help="pivotal tuning of the generator first (out-of-domain photos)")
     reenact.add_argument("--largest-face", action="store_true",
                          help="paper profile: in a photo with several faces, reenact the largest (default: refuse)")
+    drive_args.add_arguments(reenact)
 
     check = commands.add_parser("check", help="list the external files (weights, FLAME, photos) the profile needs "
                                                "and is missing")
@@ -118,16 +125,28 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.refine_steps < 0:
                 raise MegaFRError(f"--refine-steps must be >= 0, got {args.refine_steps}")
+            if args.relative and args.driving is None:
+                raise MegaFRError("--relative needs --driving (it applies the change from the clip's first frame)")
+            pti_steps = PTI_STEPS if args.pti else 0
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", FaceChoiceWarning)
-                path = reenact_files(args.source, args.target, args.out, args.refine_steps,
-                                     PTI_STEPS if args.pti else 0, args.largest_face)
+                if args.driving is not None:
+                    from megafr.reenact.drive import drive_files
+
+                    report = drive_files(args.source, args.driving, args.out, drive_args.drive_config(args, pti_steps))
+                elif args.paste_back:
+                    from megafr.reenact.drive import still_files
+
+                    path = still_files(args.source, args.target, args.out, drive_args.drive_config(args, pti_steps))
+                else:
+                    path = reenact_files(args.source, args.target, args.out, args.refine_steps, pti_steps,
+                                         args.largest_face)
             for warning in caught:
                 if issubclass(warning.category, FaceChoiceWarning):
                     print(f"warning: {warning.message}", file=sys.stderr)
                 else:
                     warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-            print(f"wrote {path}")
+            print("\n".join(report.lines()) if args.driving is not None else f"wrote {path}")
         elif args.command == "check":
             _check(args.profile, args.stage)
     except MegaFRError as error:

@@ -326,12 +326,14 @@ def test_explore_figure_and_notebook_run_headless(study, reenactor, tmp_path):
     papermill.execute_notebook(str(ROOT / "notebooks" / "explore.ipynb"), str(out), cwd=str(ROOT), progress_bar=False,
                                parameters=dict(profile="smoke", checkpoint=study["checkpoint"], source_index=1,
                                                images_path=str(study["root"] / "prepare" / "test" / "images.npy"),
-                                               threads=1, **study["files"]))
+                                               prepare_dir=str(study["root"] / "prepare"), threads=1,
+                                               **study["files"]))
     cells = json.loads(out.read_text())["cells"]
     outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the static edit was drawn
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)  # the sliders
+    assert any("<video" in "".join(o.get("data", {}).get("text/html", "")) for o in outputs)  # the driven clip
 
 
 # ------------------------------------------------------------------------------------------------ the stage notebook

@@ -6,6 +6,8 @@
   more times (paper eq. 9; default 1, "one extra step usually enough");
 - :meth:`Reenactor.reenact_params` takes explicit FLAME expression and pose instead of a target
   image (yaw/pitch control, frontalization, eye opening): the source's own parameters, edited;
+- :meth:`Reenactor.encode_source` and :meth:`Reenactor.reenact_code` split :meth:`reenact` in two, so
+  that a video inverts its source once and reenacts it by many driving frames;
 - :func:`pivotal_tuning` (PTI, Roich et al.) fine-tunes a copy of the generator around ``w_s`` so
   that ``G(w_s)`` matches an out-of-domain photo before editing.
 
@@ -37,6 +39,15 @@ class ReenactOutput(NamedTuple):
     inverted: torch.Tensor  # [B, 3, S, S] x_s, the inverted source
     condition: torch.Tensor  # [B, C, S, S] r_t (or the baseline's tiled parameters)
     target_params: FaceParams  # source identity with the target's expression and pose
+
+
+class SourceCode(NamedTuple):
+    """One source inverted once, ready to be reenacted by any number of targets (on the networks' device)."""
+
+    inverted: torch.Tensor  # [1, 3, S, S] x_s = G(w_s)
+    latent: torch.Tensor  # [1, L, D] w_s
+    params: FaceParams  # FLAME parameters of x_s measured by the 3D network, batch 1
+    model: MegaFR  # the MegaFR that reenacts it (with the PTI-tuned generator when asked)
 
 
 class Reenactor:
@@ -98,6 +109,36 @@ class Reenactor:
         x_s, w_s, model = self._source(sources.to(self.device), pti_steps)
         source, target = self._measure(x_s), self._measure(targets.to(self.device))
         return self._run(x_s, w_s, source, target.expression, target.pose, refine_steps, model)
+
+    @torch.no_grad()
+    def encode_source(self, source: torch.Tensor, pti_steps: int = 0) -> SourceCode:
+        """Invert one source [1, 3, S, S] in [-1, 1] and measure it (``pti_steps``: PTI first)."""
+        if source.ndim != 4 or len(source) != 1:
+            raise InputError(f"encode_source takes one image [1, 3, S, S], got {tuple(source.shape)}")
+        x_s, w_s, model = self._source(source.to(self.device), pti_steps)
+        return SourceCode(x_s, w_s, self._measure(x_s), model)
+
+    @torch.no_grad()
+    def reenact_code(self, code: SourceCode, expression: torch.Tensor, pose: torch.Tensor, refine_steps: int = 1,
+                     half: bool = False) -> ReenactOutput:
+        """The encoded source with FLAME ``expression`` [B, E] and ``pose`` [B, 15], one output per row.
+
+        ``half``: E_FR and the generator under float16 autocast (CUDA only; ignored on the CPU)."""
+        batch = len(expression)
+        if pose.shape != (batch, code.params.pose.shape[1]) or expression.shape[1:] != code.params.expression.shape[1:]:
+            raise InputError(f"expression must be [B, {code.params.expression.shape[1]}] and pose "
+                             f"[B, {code.params.pose.shape[1]}], got {tuple(expression.shape)} and {tuple(pose.shape)}")
+        x_s = code.inverted.expand(batch, -1, -1, -1)
+        w_s = code.latent.expand(batch, -1, -1)
+        source = FaceParams(*(t.expand(batch, *t.shape[1:]) for t in code.params))
+        expression, pose = expression.to(self.device, source.expression.dtype), pose.to(self.device, source.pose.dtype)
+        targets = make_targets(self.frozen.face, source.shape, expression, pose, self.condition)
+        autocast = half and self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=autocast):
+            out = code.model.refine(x_s, targets.condition, w_s, refine_steps)
+        params = source._replace(expression=expression, pose=pose)
+        return ReenactOutput(out.image.float().clamp(-1, 1).cpu(), out.latent.float().cpu(), x_s.cpu(),
+                             targets.condition.cpu(), _cpu(params))
 
     def reenact_params(self, sources: torch.Tensor, *, yaw_deg: Optional[torch.Tensor] = None,
                        pitch_deg: Optional[torch.Tensor] = None, roll_deg: Optional[torch.Tensor] = None,
