@@ -4,8 +4,8 @@ Torch offers no second real device on a CPU machine, and ``meta`` tensors have n
 that renders, indexes by value or prints numbers cannot run on them). :class:`Remote` keeps its
 data on the CPU but reports ``meta`` as its device, runs every operation on that data, and raises,
 as CUDA would, when an operation mixes it with an ordinary CPU tensor of one or more dimensions
-(0-dim CPU tensors mix, as they do with CUDA tensors; ``copy_`` may cross devices, as it may with
-CUDA). ``.cpu()`` / ``.to("cpu")`` return ordinary tensors; ``.numpy()`` of a remote tensor fails,
+(0-dim CPU tensors mix, as they do with CUDA tensors; ``copy_`` may cross devices and advanced
+indexing takes CPU index tensors, as with CUDA). ``.cpu()`` / ``.to("cpu")`` return ordinary tensors; ``.numpy()`` of a remote tensor fails,
 as it does for a CUDA tensor. Under :func:`remote_device`, factories and ``.to`` asked for
 ``meta`` make remote tensors, so ``torch.zeros(n, device=x.device)`` follows ``x`` as on a GPU.
 
@@ -22,6 +22,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 FAKE = torch.device("meta")  # the device remote tensors report
+
+
+_INDEXING = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default,
+             torch.ops.aten._index_put_impl_.default)  # ops that accept CPU index tensors for device tensors
 
 
 class DeviceMismatch(RuntimeError):
@@ -52,7 +56,11 @@ class Remote(torch.Tensor):
         leaves = pytree.tree_leaves((args, kwargs))
         if func in (torch.ops.aten._to_copy.default,) and not _is_fake(kwargs.get("device", FAKE)):
             return func(args[0].data_, *args[1:], **kwargs)  # leaving the device: an ordinary tensor
+        if any(isinstance(t, torch.Tensor) and not isinstance(t, Remote) and t.device == FAKE for t in leaves):
+            raise RuntimeError(f"{func}: a tensor without data was made on the fake device outside remote_device()")
         local = [t for t in leaves if isinstance(t, torch.Tensor) and not isinstance(t, Remote) and t.dim() > 0]
+        if func in _INDEXING and not any(t.is_floating_point() for t in local):
+            local = []  # CPU index tensors into a device tensor: torch moves them, on CUDA too
         if local and func not in (torch.ops.aten.copy_.default,):
             raise DeviceMismatch(f"{func}: Expected all tensors to be on the same device, but found tensors on "
                                  f"the second device and on cpu (shapes {[tuple(t.shape) for t in local]})")
@@ -76,6 +84,17 @@ class _Factories(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and isinstance(args[0], Remote):
+            # torch turns list indices into index tensors on the indexed tensor's device: make them on the CPU
+            index = args[1]
+            fixed = tuple(torch.tensor(i) if isinstance(i, list) else i for i in index) if isinstance(index, tuple) \
+                else (torch.tensor(index) if isinstance(index, list) else index)
+            args = (args[0], fixed, *args[2:])
+        if func is torch.Tensor.new_tensor and isinstance(args[0], Remote):
+            return Remote(args[0].data_.new_tensor(*args[1:], **kwargs))
+        if func is torch.Tensor.to and len(args) > 1 and isinstance(args[1], Remote):  # .to(other): other's device
+            moved = args[0].to(args[1].dtype)
+            return moved if isinstance(moved, Remote) else Remote(moved)
         if func in (torch.Tensor.to, torch.Tensor.cuda) and args and _fake_target(args[1:], kwargs):
             source = args[0]
             if isinstance(source, Remote):
@@ -97,11 +116,24 @@ class _Factories(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _Autocast(torch.autocast):
+    """``torch.autocast`` that treats the fake device as the CPU (torch has no autocast state for ``meta``)."""
+
+    def __init__(self, device_type, *args, **kwargs):
+        super().__init__("cpu" if device_type == FAKE.type else device_type, *args, **kwargs)
+
+
 @contextlib.contextmanager
 def remote_device():
-    """Within: factories and ``.to`` asked for the fake device make :class:`Remote` tensors."""
-    with _Factories():
-        yield FAKE
+    """Within: factories and ``.to`` asked for the fake device make :class:`Remote` tensors (and
+    ``torch.autocast`` accepts that device, as libraries such as kornia open it on their input's device)."""
+    real = torch.autocast
+    torch.autocast = _Autocast
+    try:
+        with _Factories():
+            yield FAKE
+    finally:
+        torch.autocast = real
 
 
 def to_remote(module: torch.nn.Module) -> torch.nn.Module:

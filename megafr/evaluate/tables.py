@@ -34,13 +34,14 @@ from tqdm.auto import tqdm
 
 from megafr import metrics
 from megafr.config import study_path
+from megafr.devices import autocast, to_cpu
 from megafr.errors import MissingFileError
 from megafr.evaluate.external import PAPER_METRICS, PaperMetrics, inception_features
 from megafr.evaluate.linear import LinearBaseline
 from megafr.imageio import images_to_tensor, tensors_to_images
 from megafr.pretrain.metrics import feature_statistics, frechet_distance, identity_embeddings
 from megafr.reenact.inference import Reenactor
-from megafr.reenact.train import Frozen, invert
+from megafr.reenact.train import Frozen, frozen_device, invert
 
 EVAL_BATCH = 32  # pairs per forward pass
 KEEP_OUTPUTS = 6  # outputs per row kept for the example figure
@@ -126,14 +127,19 @@ def table_methods(task: str, reenactors: Mapping[str, Reenactor], linear: Linear
 # --------------------------------------------------------------------------------------- scoring
 class Judge:
     """The study's measuring networks (3D face network, ID network), the paper's metrics, and the
-    reference photos' features that FID and FD-id compare against."""
+    reference photos' features that FID and FD-id compare against.
+
+    Every network runs on the frozen networks' device (the paper's metric networks are moved
+    there); batches given to :meth:`pair_scores` must be on it, and the scores stay there."""
 
     def __init__(self, frozen: Frozen, paper: PaperMetrics, reference: np.ndarray):
         self.face = frozen.face
         self.idnet = frozen.idnet
-        self.paper = paper
-        batches = (images_to_tensor(reference[i:i + EVAL_BATCH]) for i in range(0, len(reference), EVAL_BATCH))
-        self.reference_ids = np.concatenate([identity_embeddings(self.idnet, x).numpy() for x in batches])
+        self.device = frozen_device(frozen)
+        self.paper = paper.to(self.device)
+        batches = (images_to_tensor(reference[i:i + EVAL_BATCH]).to(self.device)
+                   for i in range(0, len(reference), EVAL_BATCH))
+        self.reference_ids = np.concatenate([to_cpu(identity_embeddings(self.idnet, x)).numpy() for x in batches])
         paper.set_reference(reference)
 
     @torch.no_grad()
@@ -165,19 +171,27 @@ class RowResult:
 
 @torch.no_grad()
 def score_method(method: Method, data: EvalSet, judge: Judge, progress: bool = False, desc: str = "") -> RowResult:
-    """Run ``method`` over the set in batches and average every metric that can be computed."""
+    """Run ``method`` over the set in batches and average every metric that can be computed.
+
+    Batches are read on the CPU and moved to the judge's device; only per-pair values, features
+    and the example outputs come back."""
     collected: dict[str, list[torch.Tensor]] = {}
     id_features, inception, examples = [], [], []
+    device = judge.device
+
+    def batch(images: Optional[np.ndarray], part: slice) -> Optional[torch.Tensor]:
+        return None if images is None else images_to_tensor(images[part]).to(device)
+
     for start in tqdm(range(0, len(data), EVAL_BATCH), desc=desc, disable=not progress, leave=False):
         part = slice(start, start + EVAL_BATCH)
-        source = images_to_tensor(data.source[part])
-        target = None if data.target is None else images_to_tensor(data.target[part])
-        truth = None if data.truth is None else images_to_tensor(data.truth[part])
-        out = method(source, target).clamp(-1, 1)
-        for key, value in judge.pair_scores(data.task, out, source, target, truth).items():
-            collected.setdefault(key, []).append(value)
-        id_features.append(identity_embeddings(judge.idnet, out).numpy())
-        as_uint8 = tensors_to_images(out)
+        source, target, truth = batch(data.source, part), batch(data.target, part), batch(data.truth, part)
+        with autocast(device):
+            out = method(source, target).to(device).float().clamp(-1, 1)
+            scores = judge.pair_scores(data.task, out, source, target, truth)
+        for key, value in scores.items():
+            collected.setdefault(key, []).append(to_cpu(value))
+        id_features.append(to_cpu(identity_embeddings(judge.idnet, out)).numpy())
+        as_uint8 = tensors_to_images(to_cpu(out))
         if judge.paper.inception is not None:
             inception.append(inception_features(judge.paper.inception, as_uint8))
         if sum(len(e) for e in examples) < KEEP_OUTPUTS:
