@@ -16,6 +16,7 @@ import pandas as pd
 
 from megafr import plots
 from megafr.config import require, study_path
+from megafr.datasets.loader import open_images
 from megafr.reenact.evaluate import evaluate_pairs
 from megafr.reenact.inference import Reenactor
 from megafr.reenact.train import CONDITIONS, ENCODERS, ReenactConfig, load_frozen, train
@@ -55,7 +56,7 @@ def load_eval_pairs(eval_dir: str | Path, limit: int) -> dict[str, np.ndarray]:
 def run_variants(cfg: ReenactConfig, variants: str, pairs: dict[str, np.ndarray], refine_steps: str,
                  progress: bool = True) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict[str, Reenactor]]:
     """Train (or resume) every variant and score it -> (curves, scores table, reenactors)."""
-    images = np.load(study_path(cfg.train_images))
+    images = open_images(study_path(cfg.train_images))  # memory-mapped array or manifest: read batch by batch
     curves, tables, reenactors = {}, [], {}
     for encoder, condition in parse_variants(variants):
         variant_cfg = dataclasses.replace(cfg, encoder=encoder, condition=condition)

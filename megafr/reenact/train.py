@@ -17,7 +17,13 @@ The parameter-fed baseline (``condition="params"``) replaces ``r_t`` by the raw 
 
 Checkpoints ``{"state_dict", "config", "step", "optimizer", "upstream"}`` are written atomically every
 ``checkpoint_every`` steps; the data order is a function of (seed, step), so a resumed run ends
-with the same weights as an uninterrupted one. ``upstream`` is an MD5 digest of the frozen
+with the same weights as an uninterrupted one. Images are read through a ``DataLoader``
+(:mod:`megafr.datasets.loader`: a memory-mapped array or a manifest of image files), on CUDA with
+worker processes and pinned memory and the step under bf16 autocast (:mod:`megafr.devices`).
+Under ``torchrun --nproc_per_node N`` (:mod:`megafr.distributed`) each process takes its share of
+the step's global batch of ``N * batch_size`` pairs, ``DistributedDataParallel`` averages the
+gradients, and rank 0 alone writes checkpoints and the curve: N ranks end with the weights of one
+process at batch ``N * batch_size``; in one process nothing changes. ``upstream`` is an MD5 digest of the frozen
 networks' files and the training images (:func:`upstream_digest`): a checkpoint is resumed only
 when both its configuration and that digest match, so E_FR is retrained, not reused, after an
 earlier stage (generator, inversion encoder, 3D network, identity network) changed.
@@ -36,13 +42,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from megafr import distributed
 from megafr.config import require, study_files_digest, study_path, torch_device
+from megafr.datasets.loader import StepBatches, as_dataset, batch_loader, to_model_input
+from megafr.devices import autocast
 from megafr.errors import CheckpointError, MissingFileError
 from megafr.face3d.framing import aligned_camera
 from megafr.face3d.pose import GLOBAL, JAW, LEFT_EYE, RIGHT_EYE
 from megafr.face3d.recon import FaceModel, load_face_model
 from megafr.fileio import atomic_path
-from megafr.imageio import images_to_tensor
 from megafr.nets import checkpoints
 from megafr.reenact import losses
 from megafr.reenact.model import RENDER_CHANNELS, MegaFR
@@ -273,8 +281,35 @@ def read_checkpoint(path: Path) -> dict:
     return data
 
 
-def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool = True) -> tuple[MegaFR, pd.DataFrame]:
-    """Train (or resume) E_FR for ``cfg.steps`` steps on uint8 training images [N, S, S, 3]; return the model and curve."""
+class StepLoss(torch.nn.Module):
+    """One step's weighted loss as a module (what ``DistributedDataParallel`` wraps): E_FR and the
+    generator are its parameters, the other frozen networks plain attributes."""
+
+    def __init__(self, model: MegaFR, frozen: Frozen, cfg: ReenactConfig):
+        super().__init__()
+        self.model = model
+        self.frozen = frozen  # a NamedTuple: not registered, so DDP neither broadcasts nor reduces it
+        self.cfg = cfg
+
+    def forward(self, x_real: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return step_losses(self.model, self.frozen, self.cfg, x_real, x_t)
+
+
+def _engine(step_loss: StepLoss, here: distributed.World, device: torch.device) -> torch.nn.Module:
+    """The loss module, wrapped in DistributedDataParallel when several processes train."""
+    if not here.distributed:
+        return step_loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else here.local_rank] if device.type == "cuda" else None
+    return DistributedDataParallel(step_loss, device_ids=ids, broadcast_buffers=False)
+
+
+def train(cfg: ReenactConfig, frozen: Frozen, images, progress: bool = True) -> tuple[MegaFR, pd.DataFrame]:
+    """Train (or resume) E_FR for ``cfg.steps`` steps on training images (uint8 [N, S, S, 3] array, or a
+    dataset of :mod:`megafr.datasets.loader`); return the model and curve."""
+    here = distributed.setup()
+    images = as_dataset(images)
     model = build_model(cfg, frozen)
     optimizer = adam(model.encoder.parameters(), cfg.lr)
     path = checkpoint_path(cfg)
@@ -288,30 +323,50 @@ def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool
             warnings.warn(f"{error}; starting train_reenact afresh")
             data = {"config": None}
         if data["config"] != dataclasses.asdict(cfg):
-            path.unlink()  # another configuration: start over rather than mix runs
+            _remove(path, here)  # another configuration: start over rather than mix runs
         elif data.get("upstream") != upstream:
             warnings.warn(f"{path}: trained against other frozen networks or training images (their files changed); "
                           "starting train_reenact afresh")
-            path.unlink()
+            _remove(path, here)
         else:
             model.encoder.load_state_dict(data["state_dict"])
             optimizer.load_state_dict(data["optimizer"])
             start = int(data["step"])
             rows = pd.read_csv(curve_path).to_dict("records") if curve_path.is_file() else []
+    distributed.barrier()  # every rank has decided before rank 0 writes the first checkpoint
     model.encoder.train()
     device = frozen_device(frozen)
-    for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train E_FR", disable=not progress):
-        src, tgt = batch_indices(cfg.seed, step, len(images), cfg.batch_size)
-        total, log = step_losses(model, frozen, cfg, images_to_tensor(images[src]).to(device),
-                                 images_to_tensor(images[tgt]).to(device))
+    engine = _engine(StepLoss(model, frozen, cfg), here, device)
+    local = cfg.batch_size  # pairs of this process per step; the step's global batch is local * here.size
+
+    def step_rows(step: int) -> np.ndarray:  # this rank's sources, then its targets
+        src, tgt = batch_indices(cfg.seed, step, len(images), local * here.size)
+        return np.concatenate([distributed.shard(src, here), distributed.shard(tgt, here)])
+
+    batches = batch_loader(images, StepBatches(step_rows, start, cfg.steps), device)
+    steps = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train E_FR",
+                 disable=not (progress and here.main))
+    for step, batch in zip(steps, batches):
+        x = to_model_input(batch, device)
+        with autocast(device, training=True):
+            total, log = engine(x[:local], x[local:])
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        rows.append({"step": step + 1, **log})
+        rows.append({"step": step + 1, **distributed.mean_over_ranks(log, device)})
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(path, model, optimizer, cfg, step + 1, upstream)
-            with atomic_path(curve_path) as tmp:
-                pd.DataFrame(rows).to_csv(tmp, index=False)
-    if cfg.steps == 0:
+            if here.main:
+                save_checkpoint(path, model, optimizer, cfg, step + 1, upstream)
+                with atomic_path(curve_path) as tmp:
+                    pd.DataFrame(rows).to_csv(tmp, index=False)
+            distributed.barrier()
+    if cfg.steps == 0 and here.main:
         save_checkpoint(path, model, optimizer, cfg, 0, upstream)
+    distributed.barrier()
     return model.eval(), pd.DataFrame(rows)
+
+
+def _remove(path: Path, here: distributed.World) -> None:
+    """Delete a checkpoint that cannot be resumed (rank 0 only; the others start afresh as well)."""
+    if here.main:
+        path.unlink(missing_ok=True)
