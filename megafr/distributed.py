@@ -100,3 +100,61 @@ def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str,
     dist.all_reduce(packed)
     packed /= dist.get_world_size()
     return dict(zip(names, packed.tolist()))
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch normalisation over the global batch of every rank (what ``torch.nn.SyncBatchNorm`` does on
+    GPUs, here on any device and backend, gloo included).
+
+    In training with a process group, the per-channel sum and sum of squares are summed over the
+    ranks with the differentiable ``all_reduce`` of ``torch.distributed.nn``, so the statistics, the
+    running averages and the gradients are those of one process seeing the whole batch. Outside a
+    process group, or in eval mode, it is the ordinary batch norm. Same parameters and buffers (and
+    so the same checkpoint keys) as the module it replaces.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions, got {input.dim()}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        count = x.numel() // x.shape[1] * dist.get_world_size()  # every rank has the same local batch
+        sums = all_reduce(torch.stack([x.sum(dims), x.square().sum(dims)]))  # [2, C], summed over ranks
+        mean = sums[0] / count
+        var = sums[1] / count - mean.square()  # biased, as batch norm normalises with
+        if self.track_running_stats:
+            self._update_running(mean.detach(), var.detach() * count / max(count - 1, 1))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+    @torch.no_grad()
+    def _update_running(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
+        self.num_batches_tracked += 1
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean.mul_(1 - factor).add_(factor * mean)
+        self.running_var.mul_(1 - factor).add_(factor * unbiased_var)
+
+
+def sync_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every batch norm layer replaced (in place) by a :class:`GlobalBatchNorm` holding the
+    same parameters and buffers."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
+            synced = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                     child.track_running_stats)
+            synced.weight, synced.bias = child.weight, child.bias
+            for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(synced, buffer, getattr(child, buffer))
+            synced.train(child.training)
+            setattr(module, name, synced)
+        else:
+            sync_batch_norm(child)
+    return module

@@ -301,8 +301,11 @@ def _engine(step_loss: StepLoss, here: distributed.World, device: torch.device) 
         return step_loss
     from torch.nn.parallel import DistributedDataParallel
 
+    distributed.sync_batch_norm(step_loss.model.encoder)  # batch statistics over the global batch, as in one process
+
     ids = [device.index if device.index is not None else here.local_rank] if device.type == "cuda" else None
-    return DistributedDataParallel(step_loss, device_ids=ids, broadcast_buffers=False)
+    # Unused parameters: the inversion encoder's heads for W+ layers outside the edited groups get no gradient.
+    return DistributedDataParallel(step_loss, device_ids=ids, find_unused_parameters=True)
 
 
 def train(cfg: ReenactConfig, frozen: Frozen, images, progress: bool = True) -> tuple[MegaFR, pd.DataFrame]:
