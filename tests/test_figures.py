@@ -115,6 +115,8 @@ def close_figures():
 def test_config_checks_values_and_resolves_components(study):
     assert parse_components("blink_left, blink_right") == (1, 2)
     assert parse_components("3,5") == (3, 5)
+    assert parse_components(3) == (3,)  # `-p eye_components 3` arrives as an int
+    assert parse_components(figures_config(study, eye_components=3).eye_components) == (3,)
     with pytest.raises(InputError, match="not a head model component"):
         parse_components("eyelid")
     with pytest.raises(InputError, match="talking_frames"):

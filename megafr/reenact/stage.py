@@ -36,9 +36,9 @@ def parse_variants(text: str) -> list[tuple[str, str]]:
     return variants
 
 
-def parse_steps(text: str) -> tuple[int, ...]:
-    """``"0,1,2"`` -> (0, 1, 2), each >= 0."""
-    steps = tuple(int(part) for part in text.split(",") if part.strip())
+def parse_steps(text: str | int) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2), each >= 0; a single value may arrive as an int (``-p refine_steps 0``)."""
+    steps = tuple(int(part) for part in str(text).split(",") if part.strip())
     require(all(s >= 0 for s in steps), f"refine steps must be >= 0, got {text!r}")
     return steps
 
@@ -53,7 +53,7 @@ def load_eval_pairs(eval_dir: str | Path, limit: int) -> dict[str, np.ndarray]:
     return {name: np.load(folder / f"{name}.npy")[:limit] for name in ("source", "target", "truth")}
 
 
-def run_variants(cfg: ReenactConfig, variants: str, pairs: dict[str, np.ndarray], refine_steps: str,
+def run_variants(cfg: ReenactConfig, variants: str, pairs: dict[str, np.ndarray], refine_steps: str | int,
                  progress: bool = True) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict[str, Reenactor]]:
     """Train (or resume) every variant and score it -> (curves, scores table, reenactors)."""
     images = open_images(study_path(cfg.train_images))  # memory-mapped array or manifest: read batch by batch
