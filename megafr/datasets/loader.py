@@ -126,6 +126,29 @@ def image_batch(dataset: Dataset, rows: Sequence[int]) -> np.ndarray:
     return np.stack([dataset[int(i)] for i in rows])
 
 
+class ImageRows:
+    """Chosen rows of an image dataset seen as a uint8 array [N, S, S, 3] that is read only where indexed
+    (``len``, ``shape``, ``view[i]``, ``view[a:b]``): evaluation sets of photos never sit in memory whole."""
+
+    def __init__(self, dataset: Dataset, rows: Sequence[int]):
+        self.dataset, self.rows = dataset, np.asarray(rows, dtype=np.int64)
+        first = dataset[int(self.rows[0])] if len(self.rows) else np.zeros((0, 0, 3), np.uint8)
+        self.shape = (len(self.rows), *first.shape)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key) -> np.ndarray:
+        chosen = self.rows[key]
+        if np.ndim(chosen) == 0:
+            return self.dataset[int(chosen)]
+        if len(chosen) == 0:
+            return np.zeros((0, *self.shape[1:]), np.uint8)
+        return image_batch(self.dataset, chosen)
+
+
 class StepBatches(Sampler):
     """Per step ``start .. end - 1``: ``rows(step)`` (a global batch of row indices), then this process's share."""
 

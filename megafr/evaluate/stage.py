@@ -106,7 +106,14 @@ def load_trained(cfg: EvaluateConfig) -> Trained:
 
 
 def _first(path: str, count: int) -> np.ndarray:
-    images = np.load(study_path(path), mmap_mode="r")
+    """The first ``count`` images (0: all) of a .npy array (memory-mapped) or a manifest (read where indexed)."""
+    from megafr.datasets.loader import ImageRows, open_images
+
+    path = study_path(path)
+    if path.suffix == ".csv":
+        photos = open_images(path)
+        return ImageRows(photos, np.arange(min(count, len(photos)) if count else len(photos)))
+    images = np.load(path, mmap_mode="r")
     return images[:count] if count else images
 
 
@@ -130,7 +137,9 @@ def fit_linear(cfg: EvaluateConfig, trained: Trained) -> LinearBaseline:
 
 def run_ablations(cfg: EvaluateConfig, trained: Trained, judge: Judge, pairs, progress: bool = True) -> pd.DataFrame:
     """Every ablation of ``cfg.ablations`` trained for ``cfg.ablation_steps`` and scored on ``pairs``."""
-    images = np.load(study_path(trained.base.train_images), mmap_mode="r")
+    from megafr.datasets.loader import open_images
+
+    images = open_images(study_path(trained.base.train_images))  # memory-mapped array or manifest
     return abl.run_ablations(trained.base, trained.frozen, images, pairs, judge,
                              abl.plan(abl.parse_kinds(cfg.ablations), cfg.refine_steps), cfg.ablation_steps,
                              cfg.folder / "ablations", abl.ablation_digest(trained.base), progress)

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from megafr import metrics
 from megafr.config import study_path
+from megafr.datasets import protocol
 from megafr.devices import autocast, to_cpu
 from megafr.errors import MissingFileError
 from megafr.evaluate.external import PAPER_METRICS, PaperMetrics, inception_features
@@ -77,7 +78,7 @@ class EvalSet:
     """An evaluation set of ``data/prepare/eval/<name>``: uint8 images [N, S, S, 3]."""
 
     task: str  # "cross" (Table 1) or "frontal" (Table 2)
-    source: np.ndarray  # source photos
+    source: np.ndarray  # source photos (an array, or ImageRows read where indexed)
     target: Optional[np.ndarray]  # target photos (cross only)
     truth: Optional[np.ndarray]  # rendered right answers (None on photos)
 
@@ -86,10 +87,15 @@ class EvalSet:
 
 
 def load_eval_set(folder: str | Path, task: str, limit: int) -> EvalSet:
-    """The first ``limit`` items of an evaluation folder (``source.npy``, ``target.npy``, ``truth.npy``)."""
+    """The first ``limit`` items of an evaluation folder: the synthetic worlds' ``source.npy``, ``target.npy``,
+    ``truth.npy``, or the photos protocol's ``pairs.csv`` / ``sources.csv`` (:mod:`megafr.datasets.protocol`)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     folder = study_path(folder)
+    if protocol.is_photo_protocol(folder):  # photos: file names drawn by prepare, no right answer
+        columns = ("source", "target") if task == "cross" else ("source",)
+        images = protocol.eval_images(folder, columns, limit)
+        return EvalSet(task, images["source"], images.get("target"), None)
     if not (folder / "source.npy").is_file():
         raise MissingFileError(f"no evaluation set in {folder} (source.npy missing); run the prepare stage")
 

@@ -47,9 +47,15 @@ def variant_name(encoder: str, condition: str) -> str:
     return f"{encoder}_{condition}"
 
 
-def load_eval_pairs(eval_dir: str | Path, limit: int) -> dict[str, np.ndarray]:
-    """Source, target and right-answer images of an evaluation set (``data/prepare/eval/cross``)."""
+def load_eval_pairs(eval_dir: str | Path, limit: int) -> dict[str, np.ndarray | None]:
+    """Source, target and right-answer images of an evaluation set (``data/prepare/eval/cross``). On photos
+    (the protocol's ``pairs.csv``) there is no right answer: ``truth`` is None and the images are read
+    where indexed."""
+    from megafr.datasets import protocol
+
     folder = study_path(eval_dir)
+    if protocol.is_photo_protocol(folder):
+        return {**protocol.eval_images(folder, ("source", "target"), limit), "truth": None}
     return {name: np.load(folder / f"{name}.npy")[:limit] for name in ("source", "target", "truth")}
 
 
@@ -94,9 +100,11 @@ def reenactment_grid(reenactor: Reenactor, pairs: dict[str, np.ndarray], title: 
     out = reenactor.reenact(s, t, refine_steps=1)
     condition = out.condition if out.condition.shape[1] == 3 else out.inverted * 0
     columns = [pairs["source"][:n], tensors_to_images(out.inverted), pairs["target"][:n],
-               tensors_to_images(condition), tensors_to_images(out.image), pairs["truth"][:n]]
+               tensors_to_images(condition), tensors_to_images(out.image)]
+    labels = ["source", "inverted x_s", "target", "rendering r_t", "MegaFR (refine 1)"]
+    if pairs["truth"] is not None:  # photos have no right answer
+        columns, labels = columns + [pairs["truth"][:n]], labels + ["right answer"]
     cells = np.stack(columns, axis=1).reshape(-1, *pairs["source"].shape[1:])
-    labels = ["source", "inverted x_s", "target", "rendering r_t", "MegaFR (refine 1)", "right answer"]
     return plots.image_grid(cells, len(columns), title, col_labels=labels)
 
 
