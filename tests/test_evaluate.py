@@ -264,3 +264,27 @@ def test_tables_run_with_every_network_on_another_device(setup, tiny_frozen):
             table, examples = tables.build_table(tables.table_methods(task, remote, fitted, 1, frozen), data, judge)
             assert examples["MegaFR (e4e)"].dtype == np.uint8
             pd.testing.assert_frame_equal(table, expected[task], atol=1e-6, rtol=1e-5)  # the CPU run's numbers
+
+
+def test_psp_frontalization_row_loads_the_release_layout_and_the_notes_name_missing_baselines(setup, tiny_frozen,
+                                                                                              tmp_path):
+    from megafr.nets.checkpoints import save_encoder
+    from megafr.nets.encoders import EncoderConfig, GradualStyleEncoder, InversionNet
+    from tests.conftest import TINY_BODY, TINY_STYLE
+
+    baseline, reenactors, judge, _ = setup
+    generator = tiny_frozen.generator
+    config = EncoderConfig(input_size=SIZE, n_latent=generator.n_latent, style_dim=TINY_STYLE, body=TINY_BODY)
+    path = tmp_path / "psp_ffhq_frontalization.pt"
+    save_encoder(path, InversionNet(GradualStyleEncoder(config), torch.zeros(TINY_STYLE), generator))
+    row = tables.psp_frontalization(path, tiny_frozen)
+    methods = tables.table_methods("frontal", reenactors, baseline, 0, tiny_frozen, psp_frontal=row)
+    assert list(methods)[-1] == tables.PSP_FRONTAL_ROW
+    assert tables.PSP_FRONTAL_ROW not in tables.table_methods("cross", reenactors, baseline, 0, tiny_frozen,
+                                                              psp_frontal=row)
+    table, _ = tables.build_table({tables.PSP_FRONTAL_ROW: row}, tables.EvalSet("frontal", _uint8(3, 7), None, None),
+                                  judge)
+    assert np.isfinite(table[["apd", "csim"]].to_numpy(float)).all()
+    note = tables.paper_markdown(tables.PAPER_TABLE_2, "Table 2", tables.NOT_REPRODUCED["frontal"])
+    assert "R&R is not reproduced" in note
+    assert "ID-disentanglement" in tables.NOT_REPRODUCED["cross"]

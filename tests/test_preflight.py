@@ -248,3 +248,17 @@ def test_each_notebook_refuses_the_paper_profile_in_its_first_cell(notebook, sta
     exec(compile(source, notebook, "exec"), {})  # smoke: nothing to check, the cell runs through
     assert sorted(p.name for p in scratch.iterdir()) == ["dvc.yaml", "params.yaml", "profiles"]  # nothing written
 
+
+
+def test_optional_files_are_checked_only_when_named(scratch):
+    _fill(scratch)
+    preflight.check_stage("prepare", _paper(), scratch)  # neither optional key set: nothing more is needed
+    paper = _paper()
+    params = {**paper, "prepare": {**paper["prepare"], "test_photos_dir": "datasets/celebahq_test"},
+              "evaluate": {**paper["evaluate"], "psp_frontalization_path": "weights/psp_ffhq_frontalization.pt"}}
+    with pytest.raises(PreflightError) as info:
+        preflight.check_stage("prepare", params, scratch)
+    problems = {p.requirement.keys: p.requirement for p in info.value.missing}
+    assert set(problems) == {("prepare.test_photos_dir",), ("evaluate.psp_frontalization_path",)}
+    assert problems[("evaluate.psp_frontalization_path",)].file == "psp_frontalization"
+    assert "optional" in preflight.WHAT["psp_frontalization"]

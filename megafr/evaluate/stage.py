@@ -29,8 +29,8 @@ from megafr.config import require, require_at_least, study_path
 from megafr.evaluate import ablations as abl
 from megafr.evaluate.external import PaperMetrics
 from megafr.evaluate.linear import LinearBaseline, fit_baseline, parse_attributes, parse_ridges
-from megafr.evaluate.tables import (COLUMNS, PAPER_TABLE_1, PAPER_TABLE_2, Judge, csv_table, markdown_table,
-                                    metrics_tree, paper_markdown, world_label)
+from megafr.evaluate.tables import (COLUMNS, NOT_REPRODUCED, PAPER_TABLE_1, PAPER_TABLE_2, Judge, csv_table,
+                                    markdown_table, metrics_tree, paper_markdown, world_label)
 from megafr.fileio import atomic_write
 from megafr.reenact.directions import save_directions
 from megafr.reenact.inference import Reenactor
@@ -64,6 +64,7 @@ class EvaluateConfig:
     ablation_pairs: int  # first cross pairs the ablations are scored on
     out_dir: str  # where tables, directions and ablation checkpoints go (data/evaluate)
     run_dir: str  # set by sweeps: everything goes under <run_dir>/ instead
+    psp_frontalization_path: str = ""  # released psp_ffhq_frontalization.pt: Table 2's pSp row ("": no row)
 
     def __post_init__(self):
         for name in ("cross_pairs", "frontal_pairs", "ablation_pairs"):
@@ -145,14 +146,22 @@ def run_ablations(cfg: EvaluateConfig, trained: Trained, judge: Judge, pairs, pr
                              cfg.folder / "ablations", abl.ablation_digest(trained.base), progress)
 
 
+def psp_frontal_row(cfg: EvaluateConfig, trained: Trained):
+    """Table 2's pSp frontalization row when ``cfg.psp_frontalization_path`` names the released file, else None."""
+    from megafr.evaluate.tables import psp_frontalization
+
+    return psp_frontalization(cfg.psp_frontalization_path, trained.frozen) if cfg.psp_frontalization_path else None
+
+
 TABLE_TITLES = {"table1_cross": "Table 1: cross reenactment", "table2_frontal": "Table 2: frontalization"}
+TABLE_TASKS = {"table1_cross": "cross", "table2_frontal": "frontal"}
 PAPER_TABLES = {"table1_cross": PAPER_TABLE_1, "table2_frontal": PAPER_TABLE_2}
 
 
 def table_markdown(cfg: EvaluateConfig, key: str, table: pd.DataFrame, judge: Judge) -> str:
     """Our table (labelled with its world) followed by the paper's, in separate sections."""
     ours = markdown_table(table, TABLE_TITLES[key], world_label(cfg.profile), judge.paper.reasons)
-    return ours + "\n" + paper_markdown(PAPER_TABLES[key], TABLE_TITLES[key])
+    return ours + "\n" + paper_markdown(PAPER_TABLES[key], TABLE_TITLES[key], NOT_REPRODUCED[TABLE_TASKS[key]])
 
 
 def write_tables(cfg: EvaluateConfig, tables: dict[str, pd.DataFrame], ablation_table: pd.DataFrame,

@@ -60,6 +60,14 @@ VARIANT_ROWS = {  # train_reenact variant -> row name
 }
 INVERSION_ROW = "inversion only (e4e)"
 LINEAR_ROW = "linear directions (e4e)"
+PSP_FRONTAL_ROW = "pSp frontalization (released)"  # Table 2, when psp_ffhq_frontalization.pt is given
+NOT_REPRODUCED = {  # the paper's baselines without a row of ours, and why (printed under our tables)
+    "cross": "ID-disentanglement (Nitzan et al. 2020) is not reproduced: no released weights load into this study's "
+             "networks, and retraining it is a project of its own; its row is the paper's only.",
+    "frontal": "R&R is not reproduced: no released weights load into this study's networks; its row is the "
+               "paper's only. The pSp row needs the released psp_ffhq_frontalization.pt "
+               "(evaluate.psp_frontalization_path).",
+}
 
 # The paper's published numbers (CelebA-HQ test set, 1024 px; METHOD.md section 5). Never ours.
 PAPER_TABLE_1 = pd.DataFrame(
@@ -114,9 +122,21 @@ def inversion_only(frozen: Frozen) -> Method:
     return lambda sources, targets: invert(frozen, sources)[0]
 
 
+def psp_frontalization(path: str | Path, frozen: Frozen) -> Method:
+    """The released pSp frontalization network as a Table 2 row: ``G(E_pSp(x) + latent_avg)`` with the file's own
+    decoder (the FFHQ StyleGAN2; the frozen generator if the file has none), on the frozen networks' device."""
+    from megafr.nets.checkpoints import load_psp
+
+    net = load_psp(study_path(path)).to(frozen_device(frozen)).requires_grad_(False).eval()
+    generator = getattr(net, "decoder", frozen.generator)
+    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    return lambda sources, targets: generator.synthesis(net.encode(sources), noise=noise).clamp(-1, 1)
+
+
 def table_methods(task: str, reenactors: Mapping[str, Reenactor], linear: LinearBaseline, refine_steps: int,
-                  inversion_frozen: Frozen) -> dict[str, Method]:
-    """Row name -> method for Table 1 (``cross``) or Table 2 (``frontal``), in the tables' order."""
+                  inversion_frozen: Frozen, psp_frontal: Optional[Method] = None) -> dict[str, Method]:
+    """Row name -> method for Table 1 (``cross``) or Table 2 (``frontal``), in the tables' order
+    (``psp_frontal``: :func:`psp_frontalization`'s row, Table 2 only)."""
     rows: dict[str, Method] = {}
     for variant, reenactor in reenactors.items():
         name = VARIANT_ROWS.get(variant, variant)
@@ -127,6 +147,8 @@ def table_methods(task: str, reenactors: Mapping[str, Reenactor], linear: Linear
                 s, yaw_deg=0.0, pitch_deg=0.0, roll_deg=0.0, refine_steps=refine_steps).image
     rows[INVERSION_ROW] = inversion_only(inversion_frozen)
     rows[LINEAR_ROW] = (lambda s, t: linear.reenact(s, t)) if task == "cross" else (lambda s, t: linear.frontalize(s))
+    if task == "frontal" and psp_frontal is not None:
+        rows[PSP_FRONTAL_ROW] = psp_frontal
     return rows
 
 
@@ -255,9 +277,10 @@ def markdown_table(table: pd.DataFrame, title: str, label: str, notes: Optional[
     return "\n".join(lines + [""])
 
 
-def paper_markdown(table: pd.DataFrame, title: str) -> str:
-    """The paper's published numbers as their own section (never mixed with ours)."""
-    return "\n".join([f"### {title} ({PAPER_LABEL})", "", _formatted(table).to_markdown(index=False), ""])
+def paper_markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
+    """The paper's published numbers as their own section (never mixed with ours), with ``note`` under it."""
+    lines = [f"### {title} ({PAPER_LABEL})", "", _formatted(table).to_markdown(index=False), ""]
+    return "\n".join(lines + ([f"- {note}", ""] if note else []))
 
 
 def metrics_tree(table: pd.DataFrame) -> dict:
