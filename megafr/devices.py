@@ -9,7 +9,8 @@ Mixed precision (:func:`autocast`): on CUDA, the forward passes run under ``torc
 bfloat16 where the GPU supports it (Ampere and later), else float16 for inference only (float16
 training would also need a gradient scaler, so training stays in float32 there). On the CPU
 autocast is off, so the CPU numbers of every stage are unchanged. ``$MEGAFR_AUTOCAST=0`` turns it
-off everywhere (e.g. to compare a GPU run with a CPU one).
+off everywhere (e.g. to compare a GPU run with a CPU one). Geometry (FLAME, the renderer, landmark
+losses) stays in float32 inside those regions (:func:`full_precision`).
 """
 
 from __future__ import annotations
@@ -53,3 +54,11 @@ def autocast(device: torch.device, training: bool = False):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def full_precision(device: torch.device):
+    """A block that runs in float32 inside an autocast region (geometry: FLAME, rendering, landmarks); a no-op off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from megafr import distributed
 from megafr.config import require, study_files_digest, study_path, torch_device
 from megafr.datasets.loader import StepBatches, as_dataset, batch_loader, to_model_input
-from megafr.devices import autocast
+from megafr.devices import autocast, full_precision
 from megafr.errors import CheckpointError, MissingFileError
 from megafr.face3d.framing import aligned_camera
 from megafr.face3d.pose import GLOBAL, JAW, LEFT_EYE, RIGHT_EYE
@@ -193,14 +193,17 @@ class Targets(NamedTuple):
 @torch.no_grad()
 def make_targets(face: FaceModel, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor,
                  condition: str) -> Targets:
-    """Target condition and landmarks for FLAME(shape, expression, pose), framed like an FFHQ crop."""
-    points = face.landmark_flame(shape, expression, pose)  # [B, 68, 3]
-    if condition == "render":
-        cond = face.render_geometry(shape, expression, pose, aligned_camera(points))
-    else:
-        flat = torch.cat([expression] + [pose[:, part] for part in CONDITION_POSE], dim=1)  # [B, C]
-        size = face.config.image_size
-        cond = flat[:, :, None, None].expand(-1, -1, size, size).contiguous()
+    """Target condition and landmarks for FLAME(shape, expression, pose), framed like an FFHQ crop (float32,
+    also inside an autocast region)."""
+    with full_precision(shape.device):
+        shape, expression, pose = shape.float(), expression.float(), pose.float()
+        points = face.landmark_flame(shape, expression, pose)  # [B, 68, 3]
+        if condition == "render":
+            cond = face.render_geometry(shape, expression, pose, aligned_camera(points))
+        else:
+            flat = torch.cat([expression] + [pose[:, part] for part in CONDITION_POSE], dim=1)  # [B, C]
+            size = face.config.image_size
+            cond = flat[:, :, None, None].expand(-1, -1, size, size).contiguous()
     return Targets(cond, points, expression, pose)
 
 
@@ -229,7 +232,9 @@ def step_losses(model: MegaFR, frozen: Frozen, cfg: ReenactConfig, x_real: torch
     if weights["id"]:
         terms["id"] = losses.id_loss(frozen.idnet, x_s, out.image)
     if weights["lmk"] or weights["pair"]:
-        p_f, _ = frozen.face.landmarks(frozen.face.net(out.image.clamp(-1, 1)))
+        measured = frozen.face.net(out.image.clamp(-1, 1))
+        with full_precision(out.image.device):
+            p_f, _ = frozen.face.landmarks(type(measured)(*(t.float() for t in measured)))
         terms["lmk"] = losses.landmark_loss(to_t.landmarks, p_f)
         terms["pair"] = losses.pair_loss(to_t.landmarks, p_f)
     if weights["cyc"]:
