@@ -78,3 +78,35 @@ def test_train_and_score_on_photos_from_official_layout_files(world):
         assert np.isfinite(table[list(tables.OWN_METRICS)].to_numpy(float)).all()
         assert examples["MegaFR (e4e)"].shape == (min(n, tables.KEEP_OUTPUTS), SIZE, SIZE, 3)
     assert tables.PSP_FRONTAL_ROW in list(table["method"])
+
+
+def test_figures_on_photos_show_every_panel_without_right_answers(world):
+    from megafr.figures import panels, talking
+    from megafr.figures.config import FiguresConfig
+    from megafr.figures.inputs import load_inputs
+    from megafr.reenact.directions import LatentDirection
+
+    prepared, files, cfg = world
+    frozen = rt.load_frozen(cfg)
+    reenactor = Reenactor(rt.build_model(cfg, frozen), frozen, "render")
+    figures = build_config(FiguresConfig, dict(
+        profile="paper", checkpoint="", generator_path="", e4e_path="", psp_path="", face3d_path="", idnet_path="",
+        model_path="", landmark_path="", directions_path="", eval_dir=str(prepared.data_dir / "eval"),
+        test_dir=str(prepared.data_dir / "test"), source="photos", refine_steps=0, grid_sources=2, grid_targets=1,
+        extreme_pairs=2, max_refine=1, control_sources=1, control_angles=2, yaw_max_deg=30.0, pitch_max_deg=20.0,
+        frontal_inputs=2, eye_sources=1, eye_components="1", eye_closed_value=1.0, eye_open_value=0.0,
+        talking_frames=0, fps=8, video_scale=1, threads=0))
+    inputs = load_inputs(figures)
+    assert inputs.grid.truth is None and inputs.extremes.truth is None and inputs.frontal.truth is None
+    assert inputs.grid.sources.shape == (2, SIZE, SIZE, 3) and len(inputs.extremes.source) == 2
+    panels.grid_figure(reenactor, inputs.grid, 0, "paper-ci")
+    panels.refinement_figure(reenactor, inputs.extremes, 1, "paper-ci")
+    shape = (reenactor.model.generator.n_latent, reenactor.model.generator.style_dim)
+    directions = {f"{axis}_deg": LatentDirection(f"{axis}_deg", torch.randn(*shape) * 0.01, 0.0, 1.0)
+                  for axis in ("yaw", "pitch")}
+    assert len(panels.pose_control_figure(reenactor, directions, inputs.yaw, 0, "paper-ci").table) == 2 * 2
+    assert len(panels.frontalization_figure(reenactor, inputs.frontal, 0, "paper-ci").table) == 2
+    eyes = panels.eye_opening_figure(reenactor, inputs.eyes, (1,), 1.0, 0.0, 0, "paper-ci").table
+    assert "truth_gap_mm" not in eyes and len(eyes) == 5
+    result = talking.reenact_sequence(reenactor, inputs.talking, 0)
+    assert set(result.tracks) == {"megafr"} and len(result.ours) == len(inputs.talking.driving) >= 1
