@@ -239,8 +239,8 @@ def load_photo_inputs(cfg: FiguresConfig) -> FigureInputs:
 
 def load_inputs(cfg: FiguresConfig) -> FigureInputs:
     """Pick every figure's examples from prepare's test split and evaluation sets (see the module docstring)."""
-    if cfg.source == "photos":
-        return load_photo_inputs(cfg)
+    if cfg.source == "photos" and (study_path(cfg.test_dir) / "manifest.csv").is_file():
+        return load_photo_inputs(cfg)  # prepare on photos: manifests and the protocol's files
     eval_dir, test_dir = study_path(cfg.eval_dir), study_path(cfg.test_dir)
     test_images = np.load(_need(test_dir / "images.npy", "test images"))
     test = pd.read_parquet(_need(test_dir / "meta.parquet", "test scene table"))
