@@ -10,7 +10,8 @@ as it does for a CUDA tensor. Under :func:`remote_device`, factories and ``.to``
 ``meta`` make remote tensors, so ``torch.zeros(n, device=x.device)`` follows ``x`` as on a GPU.
 
 :func:`to_remote` moves a module's parameters and buffers there in place. Autograd is not
-supported: this is for inference paths (evaluation, figures).
+supported: autograd makes tensors on the reported device that hold no data, so this is for forward and
+inference paths (evaluation, figures, a training loss without its backward).
 """
 
 from __future__ import annotations
@@ -85,11 +86,14 @@ class _Factories(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and isinstance(args[0], Remote):
-            # torch turns list indices into index tensors on the indexed tensor's device: make them on the CPU
+            # torch turns list indices and scalar values into tensors on the indexed tensor's device: make them
+            # on the CPU
             index = args[1]
             fixed = tuple(torch.tensor(i) if isinstance(i, list) else i for i in index) if isinstance(index, tuple) \
                 else (torch.tensor(index) if isinstance(index, list) else index)
             args = (args[0], fixed, *args[2:])
+            if func is torch.Tensor.__setitem__ and isinstance(args[2], (bool, int, float)):
+                args = (*args[:2], torch.tensor(args[2], dtype=args[0].dtype))  # a 0-dim CPU value, as CUDA accepts
         if func is torch.Tensor.new_tensor and isinstance(args[0], Remote):
             return Remote(args[0].data_.new_tensor(*args[1:], **kwargs))
         if func is torch.Tensor.to and len(args) > 1 and isinstance(args[1], Remote):  # .to(other): other's device
