@@ -192,3 +192,36 @@ def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 [B, S, S, 3] -> float32 [B, 3, S, S] in [-1, 1] on ``device`` (``x / 127.5 - 1``)."""
     moved = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
     return (moved.to(torch.float32) / HALF_RANGE - 1.0).contiguous()
+
+
+class ZippedRows(Dataset):
+    """Row ``i`` of several image sets at once (a tuple of uint8 images; a set given as None is left out)."""
+
+    def __init__(self, *sets):
+        self.sets = [images for images in sets if images is not None]
+        if not self.sets or len({len(images) for images in self.sets}) != 1:
+            raise InputError("zipped image sets must be given and have the same length")
+
+    def __len__(self) -> int:
+        return len(self.sets[0])
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        return tuple(np.asarray(images[index]) for images in self.sets)
+
+
+def _collate_zipped(rows: list[tuple[np.ndarray, ...]]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(np.stack(part)) for part in zip(*rows))  # uint8 [B, S, S, 3] per set
+
+
+def ordered_batches(sets: Sequence, batch: int, device: torch.device) -> Iterator[tuple[Optional[torch.Tensor], ...]]:
+    """Consecutive batches of rows of several image sets (None entries stay None), read through a DataLoader
+    (workers and pinned memory on CUDA, as for training), as float [B, 3, S, S] in [-1, 1] on ``device``."""
+    dataset = ZippedRows(*sets)
+    starts = range(0, len(dataset), batch)
+    sampler = [list(range(start, min(start + batch, len(dataset)))) for start in starts]
+    workers = loader_workers(device)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_collate_zipped,
+                        pin_memory=device.type == "cuda", prefetch_factor=PREFETCH if workers else None)
+    for parts in loader:
+        moved = iter(to_model_input(part, device) for part in parts)
+        yield tuple(None if images is None else next(moved) for images in sets)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from megafr import metrics
 from megafr.config import study_path
 from megafr.datasets import protocol
+from megafr.datasets.loader import ordered_batches
 from megafr.devices import autocast, to_cpu
 from megafr.errors import MissingFileError
 from megafr.evaluate.external import PAPER_METRICS, PaperMetrics, inception_features
@@ -201,18 +202,15 @@ class RowResult:
 def score_method(method: Method, data: EvalSet, judge: Judge, progress: bool = False, desc: str = "") -> RowResult:
     """Run ``method`` over the set in batches and average every metric that can be computed.
 
-    Batches are read on the CPU and moved to the judge's device; only per-pair values, features
-    and the example outputs come back."""
+    Batches are read through a DataLoader (:func:`megafr.datasets.loader.ordered_batches`; files of a
+    manifest are decoded by worker processes on CUDA) and moved to the judge's device; only per-pair
+    values, features and the example outputs come back."""
     collected: dict[str, list[torch.Tensor]] = {}
     id_features, inception, examples = [], [], []
     device = judge.device
-
-    def batch(images: Optional[np.ndarray], part: slice) -> Optional[torch.Tensor]:
-        return None if images is None else images_to_tensor(images[part]).to(device)
-
-    for start in tqdm(range(0, len(data), EVAL_BATCH), desc=desc, disable=not progress, leave=False):
-        part = slice(start, start + EVAL_BATCH)
-        source, target, truth = batch(data.source, part), batch(data.target, part), batch(data.truth, part)
+    batches = ordered_batches((data.source, data.target, data.truth), EVAL_BATCH, device)
+    for source, target, truth in tqdm(batches, total=-(-len(data) // EVAL_BATCH), desc=desc, disable=not progress,
+                                      leave=False):
         with autocast(device):
             out = method(source, target).to(device).float().clamp(-1, 1)
             scores = judge.pair_scores(data.task, out, source, target, truth)
