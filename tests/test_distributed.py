@@ -143,3 +143,14 @@ def test_two_ranks_give_the_gradient_of_the_doubled_batch(tmp_path, monkeypatch)
     scale = max(float(g.abs().max()) for g in one.values())
     for name, grad in one.items():  # a bias cancelled by the next batch norm has a gradient of rounding size only
         assert torch.allclose(two[name], grad, rtol=1e-3, atol=1e-5 * scale), name
+
+
+def test_the_torchrun_entry_builds_the_stage_config_from_params():
+    from megafr.config import load_params, profile_file
+    from megafr.reenact.multigpu import reenact_config
+
+    params = load_params(profile_file("smoke", conftest.__file__.rsplit("/tests/", 1)[0]))
+    cfg, variants = reenact_config(params)
+    block = params["train_reenact"]
+    assert (cfg.profile, cfg.seed, cfg.batch_size) == (params["profile"], params["seed"], block["batch_size"])
+    assert cfg.model_path == params["flame"]["model_path"] and variants == block["variants"]
