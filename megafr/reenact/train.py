@@ -307,9 +307,9 @@ def _engine(step_loss: StepLoss, here: distributed.World, device: torch.device) 
     from torch.nn.parallel import DistributedDataParallel
 
     distributed.sync_batch_norm(step_loss.model.encoder)  # batch statistics over the global batch, as in one process
-
     ids = [device.index if device.index is not None else here.local_rank] if device.type == "cuda" else None
-    # Unused parameters: the inversion encoder's heads for W+ layers outside the edited groups get no gradient.
+    # Unused parameters: e4e's fine pyramid level (latlayer2) takes no part when its progressive stage ends
+    # before the fine W+ layers (measured on the tiny e4e of the tests).
     return DistributedDataParallel(step_loss, device_ids=ids, find_unused_parameters=True)
 
 
