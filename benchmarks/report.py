@@ -256,10 +256,25 @@ def gpu_table(result: dict) -> str:
     return f"On the GPU ({gpu['device_name']}):\n\n" + table(rows, ["Benchmark", "Setting", "Time", "Throughput", ""])
 
 
+def data_pipeline_line(result: dict) -> str:
+    """One line per synthetic folder of the data pipeline: files, images/s of the stream, peak memory."""
+    section = result.get("data_pipeline")
+    if not isinstance(section, dict):
+        return ""
+    rows = [r for r in section.values() if _ok(r)]
+    if not rows:
+        return ""
+    cells = [f"{r['files']:,} files: {per_s(r['images_per_s'])}, peak {memory(r)} (one array of them: "
+             f"{r['array_equivalent_gb']:.1f} GB)" for r in sorted(rows, key=lambda r: r["files"])]
+    size = rows[0]["image_size"]
+    return (f"Data pipeline at {size} px (index a folder, stream batches of {rows[0]['batch']} through the "
+            f"training DataLoader, {rows[0]['loader_workers']} workers): " + "; ".join(cells) + ".")
+
+
 def markdown(result: dict) -> str:
     """The machine line, the main table, the phases, the pipeline table and the profile, as Markdown."""
     parts = [machine_line(result), main_table(result), phases_line(result), gpu_table(result),
-             pipeline_table(result), profile_lines(result)]
+             pipeline_table(result), data_pipeline_line(result), profile_lines(result)]
     gpu = result.get("gpu")
     if isinstance(gpu, dict) and not gpu.get("available", True):
         parts.append(f"GPU section skipped: {gpu['skipped']}.")

@@ -15,6 +15,8 @@ Runs every case in its own process (:mod:`benchmarks.runner`) and writes one JSO
 - ``optimizer``: one Adam step over the mini e4e encoder, torch's default update vs the fused one;
 - ``profile``: top operators and megafr functions of a reenactment and of an E_FR step;
 - ``gpu``: the paper-size cases on a CUDA device, or why they were skipped;
+- ``data_pipeline``: indexing and streaming a synthetic folder of 1024 px photos through the training
+  DataLoader, 1,000 vs 10,000 files: images/s and peak memory (flat in the folder size);
 - ``pipeline``: per-stage wall time of the last ``dvc repro``, read from its records;
 - ``errors``: every case that failed (the command then exits with status 1).
 
@@ -34,7 +36,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from benchmarks import cases, driving, gpu, profiling, records, report, runner, training
+from benchmarks import cases, data_pipeline, driving, gpu, profiling, records, report, runner, training
 from benchmarks.timing import load_average, machine
 from benchmarks.worlds import Settings, sizes, write_head_model
 from megafr.config import study_root
@@ -74,6 +76,7 @@ SECTIONS: dict[str, dict[str, Row]] = {
     "optimizer": {"": Row(training.adam_step)},
     "profile": {"reenactment": Row(profiling.profile_reenactment), "efr_train_step": Row(profiling.profile_efr_step)},
     "gpu": {"": Row(gpu.gpu)},
+    "data_pipeline": {"files_1k": Row(data_pipeline.small_folder), "files_10k": Row(data_pipeline.large_folder)},
 }
 PIPELINE = "pipeline"  # read from the pipeline's records in this process
 ALL_SECTIONS = (*SECTIONS, PIPELINE)

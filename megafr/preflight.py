@@ -22,7 +22,9 @@ What is required on ``paper`` (a key's file only where its condition holds), and
 - ``psp_ffhq_encode.pt`` (``train_inversion.official_psp``, ``train_reenact.psp_path``): train_inversion, train_reenact;
 - LPIPS's ImageNet AlexNet in the torch hub cache and the ``lpips`` package: evaluate (LPIPS of
   Table 2) and every stage whose ``lambda_lpips`` is positive;
-- clean-fid's Inception file (in ``evaluate.inception_dir``, else clean-fid's own folder): evaluate (FID).
+- clean-fid's Inception file (in ``evaluate.inception_dir``, else clean-fid's own folder): evaluate (FID);
+- optional, checked only when its key is set: the test photos (``prepare.test_photos_dir``, CelebA-HQ):
+  prepare; ``psp_ffhq_frontalization.pt`` (``evaluate.psp_frontalization_path``, Table 2's pSp row): evaluate.
 
 Paths under the study's ``data/`` folder are products of stages, not external files, and are
 skipped. A notebook calls :func:`check_stage` with its own stage name in its first code cell: the
@@ -82,6 +84,8 @@ SOURCES = {
                  "'Pretrained Checkpoints'), also linked in https://github.com/eladrich/pixel2style2pixel",
     "e4e": "e4e_ffhq_encode.pt from https://github.com/omertov/encoder4editing (README, 'Pretrained Models')",
     "psp": "psp_ffhq_encode.pt from https://github.com/eladrich/pixel2style2pixel (README, 'Pretrained Models')",
+    "psp_frontalization": "psp_ffhq_frontalization.pt from https://github.com/eladrich/pixel2style2pixel (README, "
+                          "'Pretrained Models', face frontalization)",
     "alexnet": f"download {ALEXNET_URL} into that folder (or run `python -c \"import torchvision; "
                f"torchvision.models.alexnet(weights='IMAGENET1K_V1')\"` once on a machine online)",
     "lpips": "`pip install lpips` (ships its linear layers, weights/v0.1/alex.pth)",
@@ -98,6 +102,7 @@ WHAT = {
     "stylegan2": "StyleGAN2 FFHQ 1024 generator (stylegan2-ffhq-config-f.pt)",
     "e4e": "e4e FFHQ encoder (e4e_ffhq_encode.pt)",
     "psp": "pSp FFHQ encoder (psp_ffhq_encode.pt)",
+    "psp_frontalization": "pSp FFHQ frontalization (psp_ffhq_frontalization.pt, optional)",
     "alexnet": "LPIPS backbone: ImageNet AlexNet weights",
     "lpips": "LPIPS linear layers (lpips package)",
     "inception": "Inception for clean-fid (FID)",
@@ -128,6 +133,11 @@ def _photos(params: Mapping[str, Any]) -> bool:
     return _get(params, "prepare.source") == "photos"
 
 
+def _set(key: str) -> Condition:
+    """An optional file: needed only when its key names one."""
+    return lambda params: bool(_get(params, key))
+
+
 def _encoder_is(name: str) -> Condition:
     return lambda params: _get(params, "train_reenact.encoder") == name
 
@@ -148,6 +158,8 @@ KEY_RULES = (
     _KeyRule("flame.model_path", "flame_model", _FLAME_USERS),
     _KeyRule("flame.landmark_path", "flame_landmarks", _FLAME_USERS),
     _KeyRule("prepare.photos_dir", "photos", ("prepare",), _photos, folder=True),
+    _KeyRule("prepare.test_photos_dir", "photos", ("prepare",), lambda p: _photos(p) and _set("prepare.test_photos_dir")(p),
+             folder=True),
     _KeyRule("train_idnet.official_path", "arcface", ("train_idnet",), _official("train_idnet")),
     _KeyRule("train_generator.official_stylegan2", "stylegan2", ("train_generator",), _official("train_generator")),
     _KeyRule("train_generator.official_e4e", "e4e", ("train_generator",), _official("train_generator")),
@@ -162,6 +174,8 @@ KEY_RULES = (
     _KeyRule("train_reenact.psp_path", "psp", (REENACT_CLI,), _encoder_is("psp")),
     _KeyRule("train_reenact.idnet_path", "arcface", ("train_reenact", "figures", REENACT_CLI)),
     _KeyRule("evaluate.arcface_path", "arcface", ("evaluate",)),
+    _KeyRule("evaluate.psp_frontalization_path", "psp_frontalization", ("evaluate",),
+             _set("evaluate.psp_frontalization_path")),
 )
 # Stage blocks whose lambda_lpips switches LPIPS on; the evaluate stage reports LPIPS (Table 2) regardless.
 LPIPS_STAGES = ("train_generator", "train_inversion", "train_reenact")

@@ -190,3 +190,13 @@ def test_bad_arguments_are_refused():
         suite.parse_args(["--sections", "nonsense"])
     with pytest.raises(SystemExit):
         suite.parse_args(["--repeats", "0"])
+
+
+def test_data_pipeline_streams_both_folders(quick_run):
+    from benchmarks import report
+
+    section = quick_run["data_pipeline"]
+    small, large = section["files_1k"], section["files_10k"]
+    assert large["files"] == 10 * small["files"] and small["images_streamed"] == large["images_streamed"] > 0
+    assert _positive(small["images_per_s"]) and _positive(large["peak_rss_mb"])
+    assert "Data pipeline at" in report.markdown(quick_run)

@@ -149,7 +149,8 @@ def test_paper_profile_is_valid_once_the_user_supplies_photos_and_eyelids(tmp_pa
 
     params = load_params(profile_file("paper", ROOT))
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    (tmp_path / params["prepare"]["photos_dir"]).mkdir(parents=True)
+    for folder in ("photos_dir", "test_photos_dir"):
+        (tmp_path / params["prepare"][folder]).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match="figures.eye_components must name"):
         stages.validate(params)

@@ -11,6 +11,7 @@ from megafr.errors import InputError
 from megafr.evaluate import ablations as abl
 from megafr.evaluate import external, linear, registry, tables
 from megafr.evaluate.rows.inversion_only import INVERSION_ROW
+from megafr.evaluate.rows import psp_frontalization as psp_row
 from megafr.evaluate.rows.linear_directions import LINEAR_ROW
 from megafr.evaluate.stage import EvaluateConfig
 from megafr.face3d import headmodel
@@ -146,7 +147,8 @@ def test_tables_have_every_row_and_say_what_is_not_available(setup, tiny_frozen)
 
 def test_rows_are_registered_in_table_order():
     assert registry.registered_rows() == ["MegaFR (e4e)", "MegaFR (pSp)", "FLAME-params baseline (e4e)",
-                                          "FLAME-params baseline (pSp)", INVERSION_ROW, LINEAR_ROW]
+                                          "FLAME-params baseline (pSp)", INVERSION_ROW, LINEAR_ROW,
+                                          psp_row.PSP_FRONTAL_ROW]
     with pytest.raises(ValueError, match="registered twice"):
         registry.register_method(INVERSION_ROW, rank=99)(lambda task, inputs: None)
     with pytest.raises(ValueError, match="task"):
@@ -251,7 +253,8 @@ def test_stage_config_is_validated():
                   cross_pairs=4, frontal_dir="f", frontal_pairs=4, reference_images="t", reference_count=0,
                   truth_table="", direction_attributes="yaw_deg,pitch_deg", direction_images=0,
                   direction_ridges="1,10", refine_steps=1, inception_dir="", arcface_path="",
-                  ablations="loss", ablation_steps=2, ablation_pairs=4, out_dir="data/evaluate", run_dir="")
+                  ablations="loss", ablation_steps=2, ablation_pairs=4, psp_frontalization_path="",
+                  out_dir="data/evaluate", run_dir="")
     assert EvaluateConfig(**values).folder.name == "evaluate"
     for bad in (dict(variants="psp:render"), dict(cross_pairs=1), dict(ablations="everything"),
                 dict(direction_attributes="mood"), dict(direction_ridges="0")):
@@ -259,3 +262,63 @@ def test_stage_config_is_validated():
             EvaluateConfig(**{**values, **bad})
     swept = EvaluateConfig(**{**values, "run_dir": "data/sweeps/x/y"}).folder
     assert swept.parts[-4:] == ("sweeps", "x", "y", "evaluate")
+
+
+# ------------------------------------------------------------------------------------ devices
+def _remote_copy(frozen):
+    """The tiny frozen networks copied onto the second device of ``tests.second_device``."""
+    import copy
+
+    from tests.second_device import to_remote
+
+    return rt.Frozen(*(None if m is None else to_remote(copy.deepcopy(m)) for m in frozen))
+
+
+def test_tables_run_with_every_network_on_another_device(setup, tiny_frozen):
+    """Networks on a second device, batches read on the CPU: the code must move every batch to the
+    networks' device and bring only results back (a CPU tensor meeting the device raises)."""
+    import copy
+
+
+    from tests.second_device import remote_device, to_remote
+
+    baseline, reenactors, _, cross = setup
+    frontal = tables.EvalSet("frontal", _uint8(3, 5), None, None)
+    expected = {task: tables.build_table(tables.table_methods(task, reenactors, baseline, 1, tiny_frozen), data,
+                                         tables.Judge(tiny_frozen, _no_paper_metrics(), _uint8(12, 1)))[0]
+                for task, data in (("cross", cross), ("frontal", frontal))}
+    with remote_device():
+        frozen = _remote_copy(tiny_frozen)
+        remote = {name: Reenactor(to_remote(copy.deepcopy(r.model)).with_generator(frozen.generator), frozen,
+                                  r.condition) for name, r in reenactors.items()}
+        directions, _ = linear.fit_baseline(frozen, _uint8(40, 0), ATTRIBUTES, (0.1, 10.0), _truth_table(40))
+        fitted = linear.LinearBaseline(directions, frozen)
+        judge = tables.Judge(frozen, _no_paper_metrics(), _uint8(12, 1))
+        for task, data in (("cross", cross), ("frontal", frontal)):
+            table, examples = tables.build_table(tables.table_methods(task, remote, fitted, 1, frozen), data, judge)
+            assert examples["MegaFR (e4e)"].dtype == np.uint8
+            pd.testing.assert_frame_equal(table, expected[task], atol=1e-6, rtol=1e-5)  # the CPU run's numbers
+
+
+def test_psp_frontalization_row_loads_the_release_layout_and_the_notes_name_missing_baselines(setup, tiny_frozen,
+                                                                                              tmp_path):
+    from megafr.nets.checkpoints import save_encoder
+    from megafr.nets.encoders import EncoderConfig, GradualStyleEncoder, InversionNet
+    from tests.conftest import TINY_BODY, TINY_STYLE
+
+    baseline, reenactors, judge, _ = setup
+    generator = tiny_frozen.generator
+    config = EncoderConfig(input_size=SIZE, n_latent=generator.n_latent, style_dim=TINY_STYLE, body=TINY_BODY)
+    path = tmp_path / "psp_ffhq_frontalization.pt"
+    save_encoder(path, InversionNet(GradualStyleEncoder(config), torch.zeros(TINY_STYLE), generator))
+    row = psp_row.psp_frontalization(path, tiny_frozen)
+    methods = tables.table_methods("frontal", reenactors, baseline, 0, tiny_frozen, psp_frontal=row)
+    assert list(methods)[-1] == psp_row.PSP_FRONTAL_ROW
+    assert psp_row.PSP_FRONTAL_ROW not in tables.table_methods("cross", reenactors, baseline, 0, tiny_frozen,
+                                                              psp_frontal=row)
+    table, _ = tables.build_table({psp_row.PSP_FRONTAL_ROW: row}, tables.EvalSet("frontal", _uint8(3, 7), None, None),
+                                  judge)
+    assert np.isfinite(table[["apd", "csim"]].to_numpy(float)).all()
+    note = tables.paper_markdown(tables.PAPER_TABLE_2, "Table 2", tables.NOT_REPRODUCED["frontal"])
+    assert "R&R is not reproduced" in note
+    assert "ID-disentanglement" in tables.NOT_REPRODUCED["cross"]

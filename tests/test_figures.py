@@ -54,7 +54,8 @@ def study(tmp_path_factory, tiny_frozen):
                          n_train_identities=2, n_test_identities=3, images_per_identity=3, n_idnet_identities=2,
                          idnet_images_per_identity=2, n_cross_pairs=6,
                          n_self_pairs=1, n_frontal=4, n_eye_sources=2, talking_frames=6, max_yaw_deg=60.0,
-                         max_pitch_deg=30.0, max_roll_deg=15.0, photos_dir="", out_dir=str(root / "prepare"))
+                         max_pitch_deg=30.0, max_roll_deg=15.0, photos_dir="", test_photos_dir="", photos_aligned=False,
+                         align_workers=0, out_dir=str(root / "prepare"))
     build_synthheads(prep)
     files = {"generator_path": root / "g.pt", "e4e_path": root / "e4e.pt", "psp_path": root / "e4e.pt",
              "face3d_path": root / "face3d.pt", "idnet_path": root / "arcface.pt",
@@ -115,6 +116,8 @@ def close_figures():
 def test_config_checks_values_and_resolves_components(study):
     assert parse_components("blink_left, blink_right") == (1, 2)
     assert parse_components("3,5") == (3, 5)
+    assert parse_components(3) == (3,)  # `-p eye_components 3` arrives as an int
+    assert parse_components(figures_config(study, eye_components=3).eye_components) == (3,)
     with pytest.raises(InputError, match="not a head model component"):
         parse_components("eyelid")
     with pytest.raises(InputError, match="talking_frames"):
@@ -363,3 +366,34 @@ def test_figures_notebook_writes_every_output(study, directions, tmp_path):
                                                    "right_answer_mae_deg"}
     curve = pd.read_csv(tmp_path / "run" / "plots" / "figures_yaw_control.csv")
     assert list(curve["requested_deg"]) == [-30.0, 0.0, 30.0]
+
+
+# ------------------------------------------------------------------------------------------------ devices
+def test_figures_run_with_every_network_on_another_device(reenactor, inputs, directions):
+    """The figures' code paths with the networks on a second device (``tests.second_device``): inputs
+    come as CPU arrays, every batch must follow the networks, and the numbers equal the CPU run's."""
+    import copy
+
+    from megafr.figures import measure
+    from megafr.reenact.inference import Reenactor
+    from tests.second_device import remote_device, to_remote
+
+    def run(r):
+        s, t = measure.as_tensor(inputs.extremes.source), measure.as_tensor(inputs.extremes.target)
+        chain = panels.refinement_chain(r, r.reenact(s, t, refine_steps=0), 2)
+        return {"chain": torch.stack([c.cpu() for c in chain]),
+                "refine": panels.refinement_figure(r, inputs.extremes, 1, "tiny") is not None,
+                "yaw": panels.pose_control_figure(r, directions, inputs.yaw, 0, "tiny").table,
+                "frontal": panels.frontalization_figure(r, inputs.frontal, 0, "tiny").table,
+                "eyes": panels.eye_opening_figure(r, inputs.eyes, (1, 2), 1.0, 0.0, 0, "tiny").table,
+                "talking": talking.reenact_sequence(r, inputs.talking, 0).tracks["megafr"]}
+
+    expected = run(reenactor)
+    with remote_device():
+        frozen = rt.Frozen(*(None if m is None else to_remote(copy.deepcopy(m)) for m in reenactor.frozen))
+        remote = Reenactor(to_remote(copy.deepcopy(reenactor.model)), frozen, reenactor.condition)
+        got = run(remote)
+    assert torch.allclose(got["chain"], expected["chain"], atol=1e-5)
+    for key in ("yaw", "frontal", "eyes"):
+        pd.testing.assert_frame_equal(got[key], expected[key], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got["talking"], expected["talking"], atol=1e-3)

@@ -29,8 +29,10 @@ PAPER_FILES = {
     "stylegan2": "weights/stylegan2-ffhq-config-f.pt",
     "e4e": "weights/e4e_ffhq_encode.pt",
     "psp": "weights/psp_ffhq_encode.pt",
+    "psp_frontalization": "weights/psp_ffhq_frontalization.pt",
 }
-PHOTOS_DIR = "datasets/celebahq"
+PHOTOS_DIR = "datasets/ffhq"
+TEST_PHOTOS_DIR = "datasets/celebahq"
 
 
 def _paper() -> dict:
@@ -63,9 +65,10 @@ def _fill(root, skip: str | None = None) -> None:
         if name != skip:
             (root / relative).parent.mkdir(parents=True, exist_ok=True)
             (root / relative).write_bytes(b"weights")
-    if skip != "photos":
-        (root / PHOTOS_DIR).mkdir(parents=True, exist_ok=True)
-        (root / PHOTOS_DIR / "00001.jpg").write_bytes(b"jpeg")
+    for folder in (PHOTOS_DIR, TEST_PHOTOS_DIR):
+        if skip != "photos" or folder != PHOTOS_DIR:
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            (root / folder / "00001.jpg").write_bytes(b"jpeg")
     if skip != "alexnet":
         (root / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
         (root / "hub" / "checkpoints" / preflight.ALEXNET_FILE).write_bytes(b"alexnet")
@@ -101,9 +104,10 @@ def test_paper_lists_every_missing_file_with_its_source(scratch):
     assert isinstance(error, MissingFileError) and isinstance(error, FileNotFoundError)
     text = str(error)
     lines = text.splitlines()
-    assert lines[0].startswith("paper profile: 9 required files are missing") and len(lines) == 10
-    assert len(error.missing) == 9
-    for relative in [*PAPER_FILES.values(), PHOTOS_DIR, preflight.ALEXNET_FILE, preflight.INCEPTION_FILE]:
+    assert lines[0].startswith("paper profile: 11 required files are missing") and len(lines) == 12
+    assert len(error.missing) == 11
+    for relative in [*PAPER_FILES.values(), PHOTOS_DIR, TEST_PHOTOS_DIR, preflight.ALEXNET_FILE,
+                     preflight.INCEPTION_FILE]:
         assert relative in text, relative
     for source in ("flame.is.tue.mpg.de", "yfeng95/DECA", "rosinality/stylegan2-pytorch", "omertov/encoder4editing",
                    "eladrich/pixel2style2pixel", "TreB1eN/InsightFace_Pytorch", "ffhq-dataset",
@@ -232,13 +236,13 @@ def test_command_line_check(scratch, monkeypatch, capsys):
     assert "profile smoke: needs no external files" in capsys.readouterr().out
     assert main(["check", "--profile", "paper"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: paper profile: 9 required files are missing") and "generic_model.pkl" in err
+    assert err.startswith("error: paper profile: 11 required files are missing") and "generic_model.pkl" in err
     assert main(["check", "--profile", "paper", "--stage", "train_inversion"]) == 2
     err = capsys.readouterr().err
     assert "psp_ffhq_encode.pt" in err and PHOTOS_DIR not in err and "generic_model.pkl" in err
     _fill(scratch)
     assert main(["check", "--profile", "paper"]) == 0
-    assert "profile paper: all 12 external files found" in capsys.readouterr().out
+    assert "profile paper: all 14 external files found" in capsys.readouterr().out
     assert main(["check", "--stage", "nowhere"]) == 2
     assert "unknown stage 'nowhere'" in capsys.readouterr().err
 
@@ -275,3 +279,20 @@ def test_each_notebook_refuses_the_paper_profile_in_its_first_cell(notebook, sta
     exec(compile(source, notebook, "exec"), {})  # smoke: nothing to check, the cell runs through
     assert sorted(p.name for p in scratch.iterdir()) == ["dvc.yaml", "params.yaml", "profiles"]  # nothing written
 
+
+
+def test_optional_files_are_checked_only_when_named(scratch):
+    _fill(scratch)
+    paper = _paper()
+    unset = {**paper, "prepare": {**paper["prepare"], "test_photos_dir": ""},
+             "evaluate": {**paper["evaluate"], "psp_frontalization_path": ""}}
+    (scratch / PAPER_FILES["psp_frontalization"]).unlink()
+    shutil.rmtree(scratch / TEST_PHOTOS_DIR)
+    preflight.check_stage("prepare", unset, scratch)  # neither optional key set: nothing more is needed
+    params = {**paper, "prepare": {**paper["prepare"], "test_photos_dir": "datasets/celebahq_test"}}
+    with pytest.raises(PreflightError) as info:
+        preflight.check_stage("prepare", params, scratch)
+    problems = {p.requirement.keys: p.requirement for p in info.value.missing}
+    assert set(problems) == {("prepare.test_photos_dir",), ("evaluate.psp_frontalization_path",)}
+    assert problems[("evaluate.psp_frontalization_path",)].file == "psp_frontalization"
+    assert "optional" in preflight.WHAT["psp_frontalization"]

@@ -244,3 +244,31 @@ def test_evaluate_and_figure(world_dir, model, tmp_path):
     assert set(evaluate(model, photos_like)) == {"images", "nme_percent", "nme_percent_median"}
     fig = reconstruction_figure(model, test, 3, "test")
     assert len(fig.axes) == 6
+
+
+def test_loss_evaluation_and_figure_run_on_the_chosen_device(world_dir, train_set, tmp_path):
+    """The network on a second device (``tests.second_device``; the GPU where there is one): the training loss,
+    the evaluation and the figure move every batch there and give the CPU's numbers. (Backward passes cannot
+    run on that stand-in device: autograd makes tensors on it that hold no data.)"""
+    import copy
+
+    from megafr.face3d.train import Face3dLoss
+    from tests.second_device import FAKE, remote_device, to_remote
+
+    cfg = _config(world_dir, tmp_path / "cpu", steps=2)
+    model = train_face3d(cfg, train_set, progress=False).model
+    rows = np.arange(4)
+    images = images_to_tensor(train_set.images[rows])
+    target = torch.from_numpy(train_set.landmarks[rows])
+    masks = torch.from_numpy(train_set.masks[rows[:cfg.sil_batch]])
+    with torch.no_grad():
+        expected_total, expected_terms = Face3dLoss(cfg)(model, images, target, masks)
+    expected = evaluate(model, train_set)
+    with remote_device(), torch.no_grad():
+        moved = to_remote(copy.deepcopy(model))
+        total, terms = to_remote(Face3dLoss(cfg))(moved, images.to(FAKE), target.to(FAKE), masks.to(FAKE))
+        metrics = evaluate(moved, train_set)
+        reconstruction_figure(moved, train_set, 2, "device")
+    assert float(total) == pytest.approx(float(expected_total), rel=1e-5)
+    assert terms == pytest.approx(expected_terms, rel=1e-5, abs=1e-7)
+    assert metrics == pytest.approx(expected, rel=1e-4, abs=1e-6)

@@ -119,3 +119,14 @@ def test_checkpoint_of_other_training_code_is_not_resumed(tiny_frozen, tmp_path,
     with pytest.warns(UserWarning, match="other training code"):
         _, curve = rt.train(cfg, tiny_frozen, _images(), progress=False)
     assert list(curve["step"]) == [1]  # trained again from step 0
+
+
+def test_refine_steps_parse_a_list_or_a_single_int():
+    from megafr.errors import InputError
+    from megafr.reenact.stage import parse_steps
+
+    assert parse_steps("0,1,2") == (0, 1, 2)
+    assert parse_steps(0) == (0,)  # `-p refine_steps 0` arrives as an int
+    assert parse_steps("2") == (2,)
+    with pytest.raises(InputError, match="refine steps"):
+        parse_steps("-1")

@@ -14,7 +14,18 @@ eval/self/                  same for self-reenactment
 eval/frontal/               source.npy, truth.npy, pairs.parquet
 eval/eyes/                  source.npy (closed eyes), truth.npy (opened, source-major), pairs.parquet
 eval/talking/               driving.npy, truth.npy, frames.parquet
-photos/                     aligned photos, landmarks.parquet, rejects.csv (photos source only)
+```
+
+The photos source (paper profile) writes no image arrays: FFHQ alone would be 220 GB of memory.
+
+```
+photos/                     photos_dir's photos aligned the FFHQ way: images/, landmarks.parquet, rejects.csv
+                            (not written when photos_aligned: the folder is indexed as it is)
+photos_test/                the same for test_photos_dir
+train/manifest.csv          the training images (megafr.datasets.manifest: paths, sizes, digest of the list)
+test/manifest.csv           the test images (test_photos_dir, e.g. CelebA-HQ; else every 10th photo)
+eval/cross/pairs.csv        source,target file names of the Table 1 pairs (megafr.datasets.protocol)
+eval/frontal/sources.csv    source file names of the Table 2 inputs
 ```
 
 ``recognition/`` is the mini world's stand-in for the face-recognition data the paper's ArcFace was
@@ -63,7 +74,11 @@ class PrepareConfig:
     max_yaw_deg: float  # yaw drawn from U(-max, max)
     max_pitch_deg: float  # pitch drawn from U(-max, max)
     max_roll_deg: float  # roll drawn from U(-max, max)
-    photos_dir: str  # photos source: folder of photos to align
+    photos_dir: str  # photos source: folder of training photos (FFHQ, or your own)
+    test_photos_dir: str  # photos source: folder of test photos (CelebA-HQ); "": every 10th training photo
+    photos_aligned: bool  # photos source: the folders hold aligned image_size px crops (FFHQ, CelebA-HQ
+    #                       as released): index them instead of aligning
+    align_workers: int  # photos source: processes aligning photos (0: one per CPU core)
     out_dir: str = "data/prepare"  # where the stage writes
     run_dir: str = ""  # set by a sweep: write everything under <run_dir>/ instead of the canonical places
 
@@ -87,9 +102,12 @@ class PrepareConfig:
                     f"got {self.model_path}")
         else:
             require(bool(self.photos_dir), "prepare.photos_dir must name a folder of photos for the photos source")
-            require(study_path(self.photos_dir).is_dir(),
-                    f"prepare.photos_dir {self.photos_dir!r} is not a folder; download FFHQ / CelebA-HQ "
-                    "(or put your photos there) and set prepare.photos_dir in params.yaml")
+            for name in ("photos_dir", "test_photos_dir"):
+                folder = getattr(self, name)
+                require(not folder or study_path(folder).is_dir(),
+                        f"prepare.{name} {folder!r} is not a folder; download FFHQ / CelebA-HQ "
+                        f"(or put your photos there) and set prepare.{name} in params.yaml")
+            require(self.align_workers >= 0, f"prepare.align_workers must be >= 0, got {self.align_workers}")
 
     @property
     def data_dir(self) -> Path:
@@ -218,15 +236,64 @@ def yaw_histogram(table: pd.DataFrame, bin_deg: float = YAW_BIN_DEG) -> pd.DataF
     return pd.DataFrame({"yaw_deg": (edges[:-1] + edges[1:]) / 2, "count": counts})
 
 
-def align_photos(cfg: PrepareConfig) -> dict:
-    """Align a folder of real photos the FFHQ way (paper profile); rejects are listed, never dropped silently."""
+PHOTO_TEST_EVERY = 10  # without a test folder, every 10th photo is a test photo (train_face3d's rule too)
+
+
+def _photo_set(cfg: PrepareConfig, folder: str, aligned_dir: Path, key: str) -> tuple[Path, list[str], dict]:
+    """(root, image paths under it, alignment counts) of one photo folder: indexed as it is when
+    ``photos_aligned``, else aligned into ``aligned_dir`` (in parallel, resuming an interrupted run)."""
+    import os
+
     from megafr.datasets.align import align_folder
+    from megafr.datasets.manifest import list_images
+
+    if cfg.photos_aligned:
+        root = study_path(folder)
+        return root, list_images(root), {}
+    workers = cfg.align_workers or os.cpu_count() or 1
+    report = align_folder(study_path(folder), aligned_dir, cfg.image_size, workers=workers, resume=True)
+    counts = {f"{key}_{name}": value for name, value in report.summary().items()}
+    return aligned_dir / "images", [f"{Path(name).stem}.png" for name in report.aligned], counts
+
+
+def _stream_seed(cfg: PrepareConfig, stream: str) -> int:
+    """The seed of one named random stream (independent of the others, as the synthetic source's)."""
+    return int(np.random.SeedSequence(cfg.seed).spawn(len(STREAMS))[STREAMS.index(stream)].generate_state(1)[0])
+
+
+def align_photos(cfg: PrepareConfig) -> dict:
+    """The photos source: index (or align, then index) the training and test photos, and draw the
+    evaluation protocol (cross pairs, frontalization sources) from the test photos. Rejects are
+    counted and listed in ``photos/rejects.csv``, never dropped silently."""
+    from megafr.datasets import protocol
+    from megafr.datasets.manifest import index_folder
 
     out = cfg.data_dir
-    if out.exists():
-        shutil.rmtree(out)
-    report = align_folder(study_path(cfg.photos_dir), out / "photos", cfg.image_size)
-    return report.summary()
+    for stale in ("train", "test", "eval"):  # photos/ stays: an interrupted alignment resumes from it
+        if (out / stale).exists():
+            shutil.rmtree(out / stale)
+    root, paths, rejects = _photo_set(cfg, cfg.photos_dir, out / "photos", "photos")
+    if cfg.test_photos_dir:
+        test_root, test_paths, test_rejects = _photo_set(cfg, cfg.test_photos_dir, out / "photos_test", "test_photos")
+        rejects.update(test_rejects)
+        train_paths = paths
+    else:
+        held_out = np.arange(len(paths)) % PHOTO_TEST_EVERY == 0
+        test_root, test_paths = root, [p for p, h in zip(paths, held_out) if h]
+        train_paths = [p for p, h in zip(paths, held_out) if not h]
+    require(len(train_paths) >= 1 and len(test_paths) >= 2,
+            f"prepare on photos needs at least 1 training and 2 test photos, got {len(train_paths)} and "
+            f"{len(test_paths)} (see photos/rejects.csv for the photos that could not be aligned)")
+    index_folder(root, out / "train" / "manifest.csv", cfg.image_size, train_paths)
+    index_folder(test_root, out / "test" / "manifest.csv", cfg.image_size, test_paths)
+    identities = protocol.read_identities(test_root, test_paths)
+    pairs = protocol.cross_pairs(test_paths, cfg.n_cross_pairs, _stream_seed(cfg, "cross"), identities)
+    protocol.write_csv(pairs, out / "eval" / "cross" / protocol.PAIRS_FILE)
+    sources = protocol.frontal_sources(test_paths, cfg.n_frontal, _stream_seed(cfg, "frontal"))
+    protocol.write_csv(sources, out / "eval" / "frontal" / protocol.SOURCES_FILE)
+    counts = {"train_images": len(train_paths), "test_images": len(test_paths), "eval_cross_pairs": len(pairs),
+              "eval_frontal": len(sources), "test_identities": 0 if identities is None else len(set(identities))}
+    return {"counts": counts, "rejects": rejects, "distribution": {}}
 
 
 def run_prepare(cfg: PrepareConfig) -> dict:
@@ -262,12 +329,13 @@ def samples_figure(cfg: PrepareConfig):
         titles = [f"id {i:.0f} yaw {y:+.0f}" for i, y in table.loc[rows, ["identity", "yaw_deg"]].to_numpy()]
         return plots.image_grid(images[rows], SAMPLE_COLUMNS, f"SynthHeads training samples ({cfg.profile} world)",
                                 cell_titles=titles)
-    from megafr.imageio import load_image
+    from megafr.datasets.loader import ImageFiles, image_batch
 
-    files = sorted((cfg.data_dir / "photos" / "images").glob("*.png"))[:N_SAMPLES]
-    images = np.stack([load_image(f) for f in files]) if files else np.zeros((0, 8, 8, 3), np.uint8)
-    return plots.image_grid(images, SAMPLE_COLUMNS, f"Aligned photos ({cfg.profile} profile)",
-                            cell_titles=[f.stem for f in files])
+    photos = ImageFiles(cfg.data_dir / "train" / "manifest.csv")
+    rows = np.arange(min(N_SAMPLES, len(photos)))
+    images = image_batch(photos, rows) if len(rows) else np.zeros((0, 8, 8, 3), np.uint8)
+    return plots.image_grid(images, SAMPLE_COLUMNS, f"Aligned training photos ({cfg.profile} profile)",
+                            cell_titles=[Path(photos.paths[i]).stem for i in rows])
 
 
 def poses_figure(cfg: PrepareConfig):

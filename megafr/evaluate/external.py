@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from megafr.config import study_path
+from megafr.devices import module_device
 from megafr.nets.identity import identity_similarity
 from megafr.metrics import feature_statistics, frechet_distance
 
@@ -91,10 +92,11 @@ def inception_features(model: FeatureFn, images: np.ndarray, batch: int = FEATUR
     from cleanfid.resize import build_resizer
 
     resize = build_resizer(FID_MODE)  # uint8 [S, S, 3] -> float32 [299, 299, 3] in [0, 255]
+    device = module_device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
     features = []
     for start in range(0, len(images), batch):
         resized = np.stack([resize(image) for image in images[start:start + batch]])
-        x = torch.from_numpy(resized.transpose(0, 3, 1, 2).copy()).float()  # [B, 3, 299, 299]
+        x = torch.from_numpy(resized.transpose(0, 3, 1, 2).copy()).float().to(device)  # [B, 3, 299, 299]
         features.append(model(x).reshape(len(x), -1).cpu().numpy())
     return np.concatenate(features).astype(np.float64)
 
@@ -129,6 +131,14 @@ class PaperMetrics:
         lpips_net, lpips_line = load_lpips()
         arcface, id_line = load_paper_arcface(arcface_path)
         return cls(inception, lpips_net, arcface, {"fid": fid_line, "lpips": lpips_line, "id_similarity": id_line})
+
+    def to(self, device: torch.device) -> "PaperMetrics":
+        """Move the metric networks to ``device`` (in place; the images they score must be there too)."""
+        for name in ("inception", "lpips_net", "arcface"):
+            network = getattr(self, name)
+            if isinstance(network, torch.nn.Module):
+                setattr(self, name, network.to(device))
+        return self
 
     def available(self, name: str) -> bool:
         return {"fid": self.inception, "lpips": self.lpips_net, "id_similarity": self.arcface}[name] is not None

@@ -27,13 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from megafr.devices import to_cpu
 from megafr.errors import InputError
 from megafr.face3d import headmodel
 from megafr.face3d.pose import head_pose_degrees
 from megafr.face3d.recon import FaceParams
 from megafr.imageio import images_to_tensor
 from megafr.reenact.directions import LatentDirection, fit_directions
-from megafr.reenact.train import Frozen
+from megafr.reenact.train import Frozen, frozen_device
 
 ENCODE_BATCH = 64  # images per inversion-encoder pass while collecting training codes
 POSE_ATTRIBUTES = ("yaw_deg", "pitch_deg", "roll_deg")  # head angles, degrees, in head_pose_degrees' order
@@ -71,13 +72,15 @@ def measured_attributes(params: FaceParams, names: Sequence[str]) -> dict[str, t
 @torch.no_grad()
 def training_codes(frozen: Frozen, images: np.ndarray, measure: bool) -> tuple[torch.Tensor, Optional[FaceParams]]:
     """W+ codes [N, L, D] of uint8 images [N, S, S, 3] by the frozen inversion encoder and, if
-    ``measure``, the 3D face network's parameters of the same photos (worlds without ground truth)."""
+    ``measure``, the 3D face network's parameters of the same photos (worlds without ground truth);
+    both on the CPU (the directions are fitted there)."""
     codes, measured = [], []
+    device = frozen_device(frozen)
     for start in range(0, len(images), ENCODE_BATCH):
-        x = images_to_tensor(images[start:start + ENCODE_BATCH])
-        codes.append(frozen.inversion.encode(x))
+        x = images_to_tensor(images[start:start + ENCODE_BATCH]).to(device)
+        codes.append(to_cpu(frozen.inversion.encode(x)))
         if measure:
-            measured.append(frozen.face.net(x))
+            measured.append(FaceParams(*(to_cpu(t) for t in frozen.face.net(x))))
     params = FaceParams(*(torch.cat(parts) for parts in zip(*measured))) if measure else None
     return torch.cat(codes), params
 
@@ -96,8 +99,10 @@ def edit_error(frozen: Frozen, directions: Mapping[str, LatentDirection], codes:
     """How far edited faces land from the wanted attributes, as the 3D face network measures them:
     mean over attributes of mean |measured - wanted| / scale (scale: the attribute's spread)."""
     generator = frozen.generator
+    device = frozen_device(frozen)
     noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
-    edited = generator.synthesis(edit_codes(directions, codes, wanted), noise=noise).clamp(-1, 1)
+    wanted = {n: v.to(device) for n, v in wanted.items()}
+    edited = generator.synthesis(edit_codes(directions, codes.to(device), wanted), noise=noise).clamp(-1, 1)
     got = measured_attributes(frozen.face.net(edited), list(wanted))
     return float(np.mean([float((got[n] - wanted[n]).abs().mean()) / scale[n] for n in wanted]))
 
@@ -168,8 +173,9 @@ class LinearBaseline:
 
     @torch.no_grad()
     def edit(self, sources: torch.Tensor, wanted: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
-        """Images [B, 3, S, S] of sources whose codes were moved to the wanted attribute values."""
-        w = edit_codes(self.directions, self.frozen.inversion.encode(sources), wanted)
+        """Images [B, 3, S, S] of sources whose codes were moved to the wanted attribute values (on the
+        networks' device)."""
+        w = edit_codes(self.directions, self.frozen.inversion.encode(sources.to(frozen_device(self.frozen))), wanted)
         generator = self.frozen.generator
         noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
         return generator.synthesis(w, noise=noise).clamp(-1, 1)
@@ -177,6 +183,7 @@ class LinearBaseline:
     @torch.no_grad()
     def reenact(self, sources: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Sources moved to the targets' yaw, pitch and smile as the 3D face network measures them."""
+        targets = targets.to(frozen_device(self.frozen))
         wanted = measured_attributes(self.frozen.face.net(targets), list(self.directions))
         return self.edit(sources, wanted)
 

@@ -35,6 +35,7 @@ class MethodInputs:
     linear: object  # the fitted linear-direction baseline (megafr.evaluate.linear.LinearBaseline)
     refine_steps: int  # MegaFR's refinement steps in the tables (paper: one extra step)
     frozen: object  # the e4e-side frozen networks (megafr.reenact.train.Frozen)
+    psp_frontal: Optional[Method] = None  # the released pSp frontalization network as a method (Table 2), if given
 
 
 RowBuilder = Callable[[str, MethodInputs], Optional[Method]]

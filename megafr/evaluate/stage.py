@@ -30,8 +30,8 @@ from megafr.errors import CheckpointError, InputError
 from megafr.evaluate import ablations as abl
 from megafr.evaluate.external import PaperMetrics
 from megafr.evaluate.linear import LinearBaseline, fit_baseline, parse_attributes, parse_ridges
-from megafr.evaluate.tables import (COLUMNS, PAPER_TABLE_1, PAPER_TABLE_2, Judge, csv_table, markdown_table,
-                                    metrics_tree, paper_markdown, world_label)
+from megafr.evaluate.tables import (COLUMNS, NOT_REPRODUCED, PAPER_TABLE_1, PAPER_TABLE_2, Judge, csv_table,
+                                    markdown_table, metrics_tree, paper_markdown, world_label)
 from megafr.fileio import atomic_write
 from megafr.reenact.directions import save_directions
 from megafr.reenact.inference import Reenactor
@@ -63,6 +63,7 @@ class EvaluateConfig:
     ablations: str  # ablation groups "loss,layers,refine" ("none": the reference only)
     ablation_steps: int  # training steps of every ablation and of its reference
     ablation_pairs: int  # first cross pairs the ablations are scored on
+    psp_frontalization_path: str  # released psp_ffhq_frontalization.pt: Table 2's pSp row ("": no row)
     out_dir: str  # where tables, directions and ablation checkpoints go (data/evaluate)
     run_dir: str  # set by sweeps: everything goes under <run_dir>/ instead
 
@@ -133,7 +134,14 @@ def _unfit(path: Path, error: RuntimeError) -> CheckpointError:
 
 
 def _first(path: str, count: int) -> np.ndarray:
-    images = np.load(study_path(path), mmap_mode="r")
+    """The first ``count`` images (0: all) of a .npy array (memory-mapped) or a manifest (read where indexed)."""
+    from megafr.datasets.loader import ImageRows, open_images
+
+    path = study_path(path)
+    if path.suffix == ".csv":
+        photos = open_images(path)
+        return ImageRows(photos, np.arange(min(count, len(photos)) if count else len(photos)))
+    images = np.load(path, mmap_mode="r")
     return images[:count] if count else images
 
 
@@ -157,20 +165,30 @@ def fit_linear(cfg: EvaluateConfig, trained: Trained) -> LinearBaseline:
 
 def run_ablations(cfg: EvaluateConfig, trained: Trained, judge: Judge, pairs, progress: bool = True) -> pd.DataFrame:
     """Every ablation of ``cfg.ablations`` trained for ``cfg.ablation_steps`` and scored on ``pairs``."""
-    images = np.load(study_path(trained.base.train_images), mmap_mode="r")
+    from megafr.datasets.loader import open_images
+
+    images = open_images(study_path(trained.base.train_images))  # memory-mapped array or manifest
     return abl.run_ablations(trained.base, trained.frozen, images, pairs, judge,
                              abl.plan(abl.parse_kinds(cfg.ablations), cfg.refine_steps), cfg.ablation_steps,
                              cfg.folder / "ablations", abl.ablation_digest(trained.base), progress)
 
 
+def psp_frontal_row(cfg: EvaluateConfig, trained: Trained):
+    """Table 2's pSp frontalization row when ``cfg.psp_frontalization_path`` names the released file, else None."""
+    from megafr.evaluate.rows.psp_frontalization import psp_frontalization
+
+    return psp_frontalization(cfg.psp_frontalization_path, trained.frozen) if cfg.psp_frontalization_path else None
+
+
 TABLE_TITLES = {"table1_cross": "Table 1: cross reenactment", "table2_frontal": "Table 2: frontalization"}
+TABLE_TASKS = {"table1_cross": "cross", "table2_frontal": "frontal"}
 PAPER_TABLES = {"table1_cross": PAPER_TABLE_1, "table2_frontal": PAPER_TABLE_2}
 
 
 def table_markdown(cfg: EvaluateConfig, key: str, table: pd.DataFrame, judge: Judge) -> str:
     """Our table (labelled with its world) followed by the paper's, in separate sections."""
     ours = markdown_table(table, TABLE_TITLES[key], world_label(cfg.profile), judge.paper.reasons)
-    return ours + "\n" + paper_markdown(PAPER_TABLES[key], TABLE_TITLES[key])
+    return ours + "\n" + paper_markdown(PAPER_TABLES[key], TABLE_TITLES[key], NOT_REPRODUCED[TABLE_TASKS[key]])
 
 
 def write_tables(cfg: EvaluateConfig, tables: dict[str, pd.DataFrame], ablation_table: pd.DataFrame,

@@ -29,6 +29,9 @@ from tqdm.auto import tqdm
 
 from megafr import metrics
 from megafr.config import study_path
+from megafr.datasets import protocol
+from megafr.datasets.loader import ordered_batches
+from megafr.devices import autocast, to_cpu
 from megafr.errors import MissingFileError
 from megafr.evaluate import rows  # noqa: F401  (registers the table rows)
 from megafr.evaluate.external import PAPER_METRICS, PaperMetrics, inception_features
@@ -37,7 +40,7 @@ from megafr.evaluate.registry import TASKS, Method, MethodInputs, build_methods
 from megafr.imageio import images_to_tensor, tensors_to_images
 from megafr.metrics import feature_statistics, frechet_distance, identity_embeddings
 from megafr.reenact.inference import Reenactor
-from megafr.reenact.train import Frozen
+from megafr.reenact.train import Frozen, frozen_device
 
 EVAL_BATCH = 32  # pairs per forward pass
 KEEP_OUTPUTS = 6  # outputs per row kept for the example figure
@@ -46,6 +49,14 @@ OWN_METRICS = ("aed", "apd", "csim", "fd_id")  # the study's measurements, on ev
 COLUMNS = PAPER_METRICS + TRUTH_METRICS + OWN_METRICS
 LOWER_IS_BETTER = {"fid": True, "lpips": True, "id_similarity": False, "l1": True, "psnr": False, "ssim": False,
                    "aed": True, "apd": True, "csim": False, "fd_id": True}
+
+NOT_REPRODUCED = {  # the paper's baselines without a row of ours, and why (printed under our tables)
+    "cross": "ID-disentanglement (Nitzan et al. 2020) is not reproduced: no released weights load into this study's "
+             "networks, and retraining it is a project of its own; its row is the paper's only.",
+    "frontal": "R&R is not reproduced: no released weights load into this study's networks; its row is the "
+               "paper's only. The pSp row needs the released psp_ffhq_frontalization.pt "
+               "(evaluate.psp_frontalization_path).",
+}
 
 # The paper's published numbers (CelebA-HQ test set, 1024 px; paper Tables 1 and 2). Never ours.
 PAPER_TABLE_1 = pd.DataFrame(
@@ -62,7 +73,7 @@ class EvalSet:
     """An evaluation set of ``data/prepare/eval/<name>``: uint8 images [N, S, S, 3]."""
 
     task: str  # "cross" (Table 1) or "frontal" (Table 2)
-    source: np.ndarray  # source photos
+    source: np.ndarray  # source photos (an array, or ImageRows read where indexed)
     target: Optional[np.ndarray]  # target photos (cross only)
     truth: Optional[np.ndarray]  # rendered right answers (None on photos)
 
@@ -71,10 +82,15 @@ class EvalSet:
 
 
 def load_eval_set(folder: str | Path, task: str, limit: int) -> EvalSet:
-    """The first ``limit`` items of an evaluation folder (``source.npy``, ``target.npy``, ``truth.npy``)."""
+    """The first ``limit`` items of an evaluation folder: the synthetic worlds' ``source.npy``, ``target.npy``,
+    ``truth.npy``, or the photos protocol's ``pairs.csv`` / ``sources.csv`` (:mod:`megafr.datasets.protocol`)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     folder = study_path(folder)
+    if protocol.is_photo_protocol(folder):  # photos: file names drawn by prepare, no right answer
+        columns = ("source", "target") if task == "cross" else ("source",)
+        images = protocol.eval_images(folder, columns, limit)
+        return EvalSet(task, images["source"], images.get("target"), None)
     if not (folder / "source.npy").is_file():
         raise MissingFileError(f"no evaluation set in {folder} (source.npy missing); run the prepare stage")
 
@@ -90,23 +106,30 @@ def load_eval_set(folder: str | Path, task: str, limit: int) -> EvalSet:
 
 # ------------------------------------------------------------------------------------------ rows
 def table_methods(task: str, reenactors: Mapping[str, Reenactor], linear: LinearBaseline, refine_steps: int,
-                  inversion_frozen: Frozen) -> dict[str, Method]:
+                  inversion_frozen: Frozen, psp_frontal: Optional[Method] = None) -> dict[str, Method]:
     """Row name -> method for Table 1 (``cross``) or Table 2 (``frontal``), in the tables' order: every
-    registered row that these trained variants, linear baseline and frozen networks can build."""
-    return build_methods(task, MethodInputs(reenactors, linear, refine_steps, inversion_frozen))
+    registered row that these trained variants, linear baseline and frozen networks can build
+    (``psp_frontal``: the released pSp frontalization network's row,
+    :func:`megafr.evaluate.rows.psp_frontalization.psp_frontalization`, Table 2 only)."""
+    return build_methods(task, MethodInputs(reenactors, linear, refine_steps, inversion_frozen, psp_frontal))
 
 
 # --------------------------------------------------------------------------------------- scoring
 class Judge:
     """The study's measuring networks (3D face network, ID network), the paper's metrics, and the
-    reference photos' features that FID and FD-id compare against."""
+    reference photos' features that FID and FD-id compare against.
+
+    Every network runs on the frozen networks' device (the paper's metric networks are moved
+    there); batches given to :meth:`pair_scores` must be on it, and the scores stay there."""
 
     def __init__(self, frozen: Frozen, paper: PaperMetrics, reference: np.ndarray):
         self.face = frozen.face
         self.idnet = frozen.idnet
-        self.paper = paper
-        batches = (images_to_tensor(reference[i:i + EVAL_BATCH]) for i in range(0, len(reference), EVAL_BATCH))
-        self.reference_ids = np.concatenate([identity_embeddings(self.idnet, x).numpy() for x in batches])
+        self.device = frozen_device(frozen)
+        self.paper = paper.to(self.device)
+        batches = (images_to_tensor(reference[i:i + EVAL_BATCH]).to(self.device)
+                   for i in range(0, len(reference), EVAL_BATCH))
+        self.reference_ids = np.concatenate([to_cpu(identity_embeddings(self.idnet, x)).numpy() for x in batches])
         paper.set_reference(reference)
 
     @torch.no_grad()
@@ -138,19 +161,24 @@ class RowResult:
 
 @torch.no_grad()
 def score_method(method: Method, data: EvalSet, judge: Judge, progress: bool = False, desc: str = "") -> RowResult:
-    """Run ``method`` over the set in batches and average every metric that can be computed."""
+    """Run ``method`` over the set in batches and average every metric that can be computed.
+
+    Batches are read through a DataLoader (:func:`megafr.datasets.loader.ordered_batches`; files of a
+    manifest are decoded by worker processes on CUDA) and moved to the judge's device; only per-pair
+    values, features and the example outputs come back."""
     collected: dict[str, list[torch.Tensor]] = {}
     id_features, inception, examples = [], [], []
-    for start in tqdm(range(0, len(data), EVAL_BATCH), desc=desc, disable=not progress, leave=False):
-        part = slice(start, start + EVAL_BATCH)
-        source = images_to_tensor(data.source[part])
-        target = None if data.target is None else images_to_tensor(data.target[part])
-        truth = None if data.truth is None else images_to_tensor(data.truth[part])
-        out = method(source, target).clamp(-1, 1)
-        for key, value in judge.pair_scores(data.task, out, source, target, truth).items():
-            collected.setdefault(key, []).append(value)
-        id_features.append(identity_embeddings(judge.idnet, out).numpy())
-        as_uint8 = tensors_to_images(out)
+    device = judge.device
+    batches = ordered_batches((data.source, data.target, data.truth), EVAL_BATCH, device)
+    for source, target, truth in tqdm(batches, total=-(-len(data) // EVAL_BATCH), desc=desc, disable=not progress,
+                                      leave=False):
+        with autocast(device):
+            out = method(source, target).to(device).float().clamp(-1, 1)
+            scores = judge.pair_scores(data.task, out, source, target, truth)
+        for key, value in scores.items():
+            collected.setdefault(key, []).append(to_cpu(value))
+        id_features.append(to_cpu(identity_embeddings(judge.idnet, out)).numpy())
+        as_uint8 = tensors_to_images(to_cpu(out))
         if judge.paper.inception is not None:
             inception.append(inception_features(judge.paper.inception, as_uint8))
         if sum(len(e) for e in examples) < KEEP_OUTPUTS:
@@ -208,9 +236,10 @@ def markdown_table(table: pd.DataFrame, title: str, label: str, notes: Optional[
     return "\n".join(lines + [""])
 
 
-def paper_markdown(table: pd.DataFrame, title: str) -> str:
-    """The paper's published numbers as their own section (never mixed with ours)."""
-    return "\n".join([f"### {title} ({PAPER_LABEL})", "", _formatted(table).to_markdown(index=False), ""])
+def paper_markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
+    """The paper's published numbers as their own section (never mixed with ours), with ``note`` under it."""
+    lines = [f"### {title} ({PAPER_LABEL})", "", _formatted(table).to_markdown(index=False), ""]
+    return "\n".join(lines + ([f"- {note}", ""] if note else []))
 
 
 def metrics_tree(table: pd.DataFrame) -> dict:

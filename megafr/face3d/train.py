@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from megafr import training
-from megafr.config import require, study_files_digest, study_path, study_relative
+from megafr.config import require, study_files_digest, study_path, study_relative, torch_device
+from megafr.devices import autocast, module_device, to_cpu
 from megafr.errors import InputError, MissingFileError
 from megafr.face3d import landmarks as lmk
 from megafr.face3d.flame import FLAME, POSE_DIM
@@ -258,7 +259,9 @@ class Face3dLoss(torch.nn.Module):
     def forward(self, model: FaceModel, small_images: torch.Tensor, target_ndc: torch.Tensor,
                 masks: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        params, keypoints = model.net.regress_with_keypoints(small_images)
+        with autocast(small_images.device, training=True):  # the CNN in bf16 on CUDA; FLAME and losses in float32
+            params, keypoints = model.net.regress_with_keypoints(small_images)
+        params, keypoints = FaceParams(*(t.float() for t in params)), keypoints.float()
         _, predicted = model.landmarks(params)  # [B, 68, 2] NDC
         terms = {"lmk": weighted_landmark_loss(predicted, target_ndc, self.weights),
                  "kp": weighted_landmark_loss(keypoints, target_ndc, self.weights)}
@@ -345,9 +348,10 @@ def train_face3d(cfg: TrainConfig, data: LandmarkSet, flame: Optional[FLAME] = N
 
 
 def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_after) -> TrainResult:
-    model = build_model(cfg, flame)
+    device = torch_device()  # the GPU when there is one; batches are read on the CPU and moved there
+    model = build_model(cfg, flame).to(device)
     optimizer = torch.optim.Adam(model.net.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
-    loss_fn = Face3dLoss(cfg)
+    loss_fn = Face3dLoss(cfg).to(device)
     path = cfg.checkpoint_path
     start, curve, window = 0, [], {}
     upstream = _upstream_digest(cfg, data)
@@ -366,11 +370,11 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
     for step in progress_bar(range(start, end), desc="train_face3d", initial=start, total=cfg.steps,
                              disable=not progress):
         rows = batch_indices(cfg.seed, step, len(data), cfg.batch_size)
-        images = images_to_tensor(data.images[rows])  # [B, 3, s, s]
-        target = torch.from_numpy(data.landmarks[rows])  # [B, 68, 2]
+        images = images_to_tensor(data.images[rows]).to(device)  # [B, 3, s, s]
+        target = torch.from_numpy(data.landmarks[rows]).to(device)  # [B, 68, 2]
         masks = None
         if data.masks is not None and cfg.lambda_sil > 0 and step % cfg.sil_every == 0:
-            masks = torch.from_numpy(data.masks[rows[:cfg.sil_batch]])
+            masks = torch.from_numpy(data.masks[rows[:cfg.sil_batch]]).to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         total, terms = loss_fn(model, images, target, masks)
@@ -398,13 +402,14 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
 def predict(model: FaceModel, data: LandmarkSet) -> dict[str, np.ndarray]:
     """Parameters, 2D landmarks (NDC) and 3D landmarks of every image of ``data`` (model in eval mode)."""
     model.eval()
+    device = module_device(model)
     parts: dict[str, list] = {}
     for start in range(0, len(data), EVAL_BATCH):
-        images = images_to_tensor(data.images[start:start + EVAL_BATCH])
+        images = images_to_tensor(data.images[start:start + EVAL_BATCH]).to(device)
         params = model.net.regress(images)
         lmk3d, lmk_ndc = model.landmarks(params)
         for name, value in {**params._asdict(), "landmarks_3d": lmk3d, "landmarks_ndc": lmk_ndc}.items():
-            parts.setdefault(name, []).append(value.numpy())
+            parts.setdefault(name, []).append(to_cpu(value).numpy())
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
@@ -457,16 +462,17 @@ def evaluate(model: FaceModel, data: LandmarkSet) -> dict:
 def _neutral_vertex_errors(model: FaceModel, predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Mean per-vertex distance (mm) of the neutral heads: predicted vs true, and the mean head vs true."""
     flame = model.flame
+    device = module_device(flame)
     n = len(predicted)
-    zeros_e = torch.zeros(n, flame.n_expr)
-    zeros_p = torch.zeros(n, POSE_DIM)
+    zeros_e = torch.zeros(n, flame.n_expr, device=device)
+    zeros_p = torch.zeros(n, POSE_DIM, device=device)
     full_truth = np.zeros((n, flame.n_shape), np.float32)
     full_truth[:, :truth.shape[1]] = truth
     errors, baseline = [], []
     for start in range(0, n, EVAL_BATCH):
         part = slice(start, start + EVAL_BATCH)
-        true_v = flame(torch.from_numpy(full_truth[part]), zeros_e[part], zeros_p[part]).vertices
-        pred_v = flame(torch.from_numpy(predicted[part]), zeros_e[part], zeros_p[part]).vertices
+        true_v = flame(torch.from_numpy(full_truth[part]).to(device), zeros_e[part], zeros_p[part]).vertices
+        pred_v = flame(torch.from_numpy(predicted[part]).to(device), zeros_e[part], zeros_p[part]).vertices
         errors.append((pred_v - true_v).norm(dim=-1).mean(dim=-1))
         baseline.append((flame.v_template - true_v).norm(dim=-1).mean(dim=-1))
     return (float(torch.cat(errors).mean() * METRES_TO_MM), float(torch.cat(baseline).mean() * METRES_TO_MM))
@@ -497,12 +503,14 @@ def reconstruction_figure(model: FaceModel, data: LandmarkSet, n: int, title: st
     rows = figure_rows(data.table, n)
     model.eval()
     with torch.no_grad():
-        images = images_to_tensor(data.images[rows])
+        device = module_device(model)
+        images = images_to_tensor(data.images[rows]).to(device)
         params = model.net.regress(images)
         _, lmk_ndc = model.landmarks(params)
-        renderer = Renderer(model.flame.faces, data.images.shape[1])
+        renderer = Renderer(model.flame.faces, data.images.shape[1]).to(device)
         vertices = model.flame(params.shape, params.expression, params.pose).vertices
-        geometry = renderer(vertices, params.camera, mode="geometry").image
+        geometry = to_cpu(renderer(vertices, params.camera, mode="geometry").image)
+        lmk_ndc = to_cpu(lmk_ndc)
     size = data.images.shape[1]
     predicted = ndc_to_pixels(lmk_ndc, size).numpy()
     truth = ndc_to_pixels(torch.from_numpy(data.landmarks[rows]), size).numpy()

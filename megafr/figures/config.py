@@ -43,7 +43,7 @@ class FiguresConfig:
     pitch_max_deg: float  # the pitch sweep spans -pitch_max_deg .. +pitch_max_deg
     frontal_inputs: int  # inputs of the frontalization figure, spread over the yaws of the set
     eye_sources: int  # closed-eye sources of the eye-opening figure
-    eye_components: str  # expression components of the eyelids: head model names or indices, comma-separated
+    eye_components: str | int  # expression components of the eyelids: head model names or indices, comma-separated (one index may be an int)
     eye_closed_value: float  # their value with the eyes closed (degree 0)
     eye_open_value: float  # their value with the eyes fully open (degree 1)
     talking_frames: int  # frames of the talking-head sequence used (0: all)
@@ -82,10 +82,11 @@ class FiguresConfig:
         return f"{self.profile} world"
 
 
-def parse_components(text: str, names: tuple[str, ...] = headmodel.EXPRESSION_COMPONENTS) -> tuple[int, ...]:
-    """``"blink_left,blink_right"`` (names of the synthetic head model) or ``"1,2"`` -> expression indices."""
+def parse_components(text: str | int, names: tuple[str, ...] = headmodel.EXPRESSION_COMPONENTS) -> tuple[int, ...]:
+    """``"blink_left,blink_right"`` (names of the synthetic head model), ``"1,2"`` or ``1`` (a single index, as
+    ``-p eye_components 1`` arrives) -> expression indices."""
     indices = []
-    for item in (part.strip() for part in text.split(",") if part.strip()):
+    for item in (part.strip() for part in str(text).split(",") if part.strip()):
         if item.isdigit():
             indices.append(int(item))
         else:

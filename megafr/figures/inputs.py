@@ -162,8 +162,8 @@ def table_landmarks(table: pd.DataFrame, kind: str = "lmk2d") -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- files
 def _need(path: Path, what: str) -> Path:
     if not path.exists():
-        raise MissingFileError(f"{what} not found: {path}; run the prepare stage (`dvc repro prepare`). On photos "
-                               "(paper profile) prepare writes no evaluation sets: the figures stage needs them")
+        raise MissingFileError(f"{what} not found: {path}; run the prepare stage (`dvc repro prepare`) with the "
+                               "same prepare.source as figures.source")
     return path
 
 
@@ -197,8 +197,50 @@ class TruthWorld:
         return images.reshape(len(rows), len(angles), *images.shape[1:])
 
 
+PHOTO_EYE_DEGREES = (0.0, 0.25, 0.5, 0.75, 1.0)  # eye-opening degrees asked of photos (the synthetic sets' own)
+
+
+def load_photo_inputs(cfg: FiguresConfig) -> FigureInputs:
+    """Every figure's examples on photos, in the protocol's order, with no right answer anywhere.
+
+    From the test manifest (``<test_dir>/manifest.csv``) and the protocol's files (``<eval_dir>/cross/pairs.csv``,
+    ``frontal/sources.csv``): the grid's sources and targets are the first test photos, the refinement figure
+    shows the first cross pairs, the yaw / pitch sweeps and the eye opening start from the first test photos
+    (photos hold no closed-eye set, so the eyes open from the photo's own state), the frontalization inputs
+    are the first protocol sources. The talking head is driven by the next test photos in manifest order:
+    photos hold no video, so its jitter measures the change between unrelated drivers, not temporal noise.
+    """
+    from megafr.datasets import protocol
+    from megafr.datasets.loader import ImageFiles, ImageRows
+
+    photos = ImageFiles(_need(study_path(cfg.test_dir) / "manifest.csv", "test manifest"))
+    eval_dir = study_path(cfg.eval_dir)
+
+    def first(n: int, start: int = 0) -> np.ndarray:
+        rows = np.arange(start, min(start + n, len(photos)))
+        if len(rows) == 0:
+            raise InputError(f"{cfg.test_dir} lists {len(photos)} test photos, too few for the figures; add photos")
+        return ImageRows(photos, rows)[:]
+
+    n_grid = cfg.grid_sources + cfg.grid_targets
+    grid = Grid(first(cfg.grid_sources), first(cfg.grid_targets, cfg.grid_sources), None)
+    cross = protocol.eval_images(eval_dir / "cross", ("source", "target"), cfg.extreme_pairs)
+    extremes = Pairs(cross["source"][:], cross["target"][:], None,
+                     tuple(f"pair {k + 1}" for k in range(len(cross["source"]))))
+    sweeps = {axis: Sweep(axis, first(cfg.control_sources), np.linspace(-limit, limit, cfg.control_angles), None)
+              for axis, limit in (("yaw", cfg.yaw_max_deg), ("pitch", cfg.pitch_max_deg))}
+    frontal = protocol.eval_images(eval_dir / "frontal", ("source",), cfg.frontal_inputs)["source"][:]
+    eyes = Eyes(first(cfg.eye_sources), np.asarray(PHOTO_EYE_DEGREES), None, None)
+    frames = cfg.talking_frames or max(len(photos) - n_grid - 1, 1)
+    talk = Talking(first(1, n_grid), first(frames, n_grid + 1) if len(photos) > n_grid + 1 else first(frames),
+                   None, None)
+    return FigureInputs(grid, extremes, sweeps["yaw"], sweeps["pitch"], Frontal(frontal, None, None), eyes, talk)
+
+
 def load_inputs(cfg: FiguresConfig) -> FigureInputs:
     """Pick every figure's examples from prepare's test split and evaluation sets (see the module docstring)."""
+    if cfg.source == "photos" and (study_path(cfg.test_dir) / "manifest.csv").is_file():
+        return load_photo_inputs(cfg)  # prepare on photos: manifests and the protocol's files
     eval_dir, test_dir = study_path(cfg.eval_dir), study_path(cfg.test_dir)
     test_images = np.load(_need(test_dir / "images.npy", "test images"))
     test = pd.read_parquet(_need(test_dir / "meta.parquet", "test scene table"))

@@ -12,7 +12,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from megafr.devices import to_cpu
 from megafr.face3d.pose import GLOBAL, JAW, head_pose_degrees
+from megafr.face3d.recon import FaceParams
 from megafr.figures.inputs import eyelid_gap_mm
 from megafr.imageio import images_to_tensor, tensors_to_images
 from megafr.reenact.inference import Reenactor
@@ -48,23 +50,24 @@ def pose_degrees(reenactor: Reenactor, images) -> np.ndarray:
 def eyelid_gaps(reenactor: Reenactor, images) -> np.ndarray:
     """Measured signed eyelid gap [B] in mm (:func:`eyelid_gap_mm` of the measured FLAME parameters)."""
     params = reenactor.measure(as_tensor(images))
-    points, _ = reenactor.frozen.face.landmarks(params)
-    return eyelid_gap_mm(points, params.pose[:, GLOBAL])
+    points, _ = reenactor.frozen.face.landmarks(FaceParams(*(t.to(reenactor.device) for t in params)))
+    return eyelid_gap_mm(to_cpu(points), params.pose[:, GLOBAL])
 
 
 @torch.no_grad()
 def landmarks_px(reenactor: Reenactor, images) -> np.ndarray:
     """Measured 2D landmarks [B, 68, 2] in pixels (x right, y down)."""
     images = as_tensor(images)
-    face = reenactor.frozen.face
-    return batched(lambda part: face.reconstruct(images[part].clamp(-1, 1), with_vertices=False).landmarks_2d,
-                   len(images)).numpy()
+    face, device = reenactor.frozen.face, reenactor.device
+    return batched(lambda part: to_cpu(face.reconstruct(images[part].to(device).clamp(-1, 1),
+                                                        with_vertices=False).landmarks_2d), len(images)).numpy()
 
 
 @torch.no_grad()
 def latent_edit(reenactor: Reenactor, sources, direction, values) -> torch.Tensor:
-    """The linear-latent-direction baseline: invert, move ``w_s`` along ``direction`` to ``values`` [B], synthesize."""
-    sources = as_tensor(sources)
+    """The linear-latent-direction baseline: invert, move ``w_s`` along ``direction`` to ``values`` [B], synthesize
+    (on the networks' device; the images come back on the CPU)."""
+    sources = as_tensor(sources).to(reenactor.device)
     _, w_s = invert(reenactor.frozen, sources)
-    w = direction.edit(w_s, torch.as_tensor(values, dtype=w_s.dtype))
-    return reenactor.model.synthesize(w).clamp(-1, 1)
+    w = direction.edit(w_s, torch.as_tensor(values, dtype=w_s.dtype, device=w_s.device))
+    return to_cpu(reenactor.model.synthesize(w).clamp(-1, 1))

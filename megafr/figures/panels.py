@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from megafr import plots
+from megafr.devices import autocast, to_cpu
 from megafr.errors import CheckpointError
 from megafr.figures.inputs import POSE_AXES, Eyes, Frontal, Grid, Pairs, Sweep
 from megafr.figures.measure import as_images, as_tensor, eyelid_gaps, latent_edit, pose_degrees
@@ -87,13 +88,16 @@ def refinement_chain(reenactor: Reenactor, first: ReenactOutput, max_refine: int
 
     Each step is F applied to the previous output (unclamped image and its code), exactly what
     ``MegaFR.refine`` does, so step k equals ``reenact(..., refine_steps=k)`` without recomputing 0..k-1.
+    The chain runs on the networks' device; the outputs come back on the CPU.
     """
     model = reenactor.model
-    image, latent = model.synthesize(first.latent), first.latent
-    outputs = [image.clamp(-1, 1)]
-    for _ in range(max_refine):
-        image, latent = model(image, first.condition, latent)
-        outputs.append(image.clamp(-1, 1))
+    latent, condition = first.latent.to(reenactor.device), first.condition.to(reenactor.device)
+    with autocast(reenactor.device):
+        image = model.synthesize(latent)
+        outputs = [to_cpu(image.clamp(-1, 1))]
+        for _ in range(max_refine):
+            image, latent = model(image, condition, latent)
+            outputs.append(to_cpu(image.clamp(-1, 1)))
     return outputs
 
 

@@ -22,6 +22,7 @@ from typing import Mapping, NamedTuple, Optional
 
 import torch
 
+from megafr.devices import autocast, to_cpu
 from megafr.errors import InputError
 from megafr.face3d import pose as posemod
 from megafr.face3d.recon import FaceParams
@@ -54,7 +55,8 @@ class Reenactor:
     """A trained MegaFR ready to reenact images (all networks in eval mode, no gradients).
 
     The networks stay on the device they were loaded to (:func:`megafr.config.torch_device`);
-    inputs may come from anywhere and every result is returned on the CPU.
+    inputs may come from anywhere and every result is returned on the CPU in float32. On CUDA the
+    networks run under autocast (:func:`megafr.devices.autocast`).
     """
 
     def __init__(self, model: MegaFR, frozen: Frozen, condition: str = "render"):
@@ -87,13 +89,16 @@ class Reenactor:
     @torch.no_grad()
     def _run(self, x_s, w_s, source: FaceParams, expression, pose, refine_steps: int, model: MegaFR) -> ReenactOutput:
         targets = make_targets(self.frozen.face, source.shape, expression, pose, self.condition)
-        out = model.refine(x_s, targets.condition, w_s, refine_steps)
+        with autocast(self.device):
+            out = model.refine(x_s, targets.condition, w_s, refine_steps)
         params = source._replace(expression=expression, pose=pose)
-        return ReenactOutput(out.image.clamp(-1, 1).cpu(), out.latent.cpu(), x_s.cpu(), targets.condition.cpu(),
-                             _cpu(params))
+        return ReenactOutput(to_cpu(out.image.clamp(-1, 1)), to_cpu(out.latent), to_cpu(x_s),
+                             to_cpu(targets.condition), _cpu(params))
 
     def _source(self, sources: torch.Tensor, pti_steps: int):
-        x_s, w_s = invert(self.frozen, sources)
+        with autocast(self.device):
+            x_s, w_s = invert(self.frozen, sources)
+        x_s, w_s = x_s.float(), w_s.float()
         model = self.model
         if pti_steps > 0:
             tuned = pivotal_tuning(self.model.generator, w_s, sources, steps=pti_steps)
@@ -157,14 +162,14 @@ class Reenactor:
         for index, value in (expression or {}).items():
             if not 0 <= index < expr.shape[1]:
                 raise InputError(f"expression component {index} does not exist (0..{expr.shape[1] - 1})")
-            expr[:, index] = torch.as_tensor(value, dtype=expr.dtype)
+            expr[:, index] = torch.as_tensor(value, dtype=expr.dtype).to(expr.device)
         pose = edit_pose(source.pose, *(None if v is None else torch.as_tensor(v).to(self.device)
                                         for v in (yaw_deg, pitch_deg, roll_deg, jaw_deg)))
         return self._run(x_s, w_s, source, expr, pose, refine_steps, model)
 
 
 def _cpu(params: FaceParams) -> FaceParams:
-    return FaceParams(*(t.cpu() for t in params))
+    return FaceParams(*(to_cpu(t) for t in params))
 
 
 def edit_pose(pose: torch.Tensor, yaw_deg=None, pitch_deg=None, roll_deg=None, jaw_deg=None) -> torch.Tensor:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from megafr import plots
 from megafr.config import require, study_path
+from megafr.datasets.loader import open_images
 from megafr.reenact.evaluate import evaluate_pairs
 from megafr.reenact.inference import Reenactor
 from megafr.reenact.train import CONDITIONS, ENCODERS, ReenactConfig, load_frozen, train
@@ -35,9 +36,9 @@ def parse_variants(text: str) -> list[tuple[str, str]]:
     return variants
 
 
-def parse_steps(text: str) -> tuple[int, ...]:
-    """``"0,1,2"`` -> (0, 1, 2), each >= 0."""
-    steps = tuple(int(part) for part in text.split(",") if part.strip())
+def parse_steps(text: str | int) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2), each >= 0; a single value may arrive as an int (``-p refine_steps 0``)."""
+    steps = tuple(int(part) for part in str(text).split(",") if part.strip())
     require(all(s >= 0 for s in steps), f"refine steps must be >= 0, got {text!r}")
     return steps
 
@@ -46,16 +47,22 @@ def variant_name(encoder: str, condition: str) -> str:
     return f"{encoder}_{condition}"
 
 
-def load_eval_pairs(eval_dir: str | Path, limit: int) -> dict[str, np.ndarray]:
-    """Source, target and right-answer images of an evaluation set (``data/prepare/eval/cross``)."""
+def load_eval_pairs(eval_dir: str | Path, limit: int) -> dict[str, np.ndarray | None]:
+    """Source, target and right-answer images of an evaluation set (``data/prepare/eval/cross``). On photos
+    (the protocol's ``pairs.csv``) there is no right answer: ``truth`` is None and the images are read
+    where indexed."""
+    from megafr.datasets import protocol
+
     folder = study_path(eval_dir)
+    if protocol.is_photo_protocol(folder):
+        return {**protocol.eval_images(folder, ("source", "target"), limit), "truth": None}
     return {name: np.load(folder / f"{name}.npy")[:limit] for name in ("source", "target", "truth")}
 
 
-def run_variants(cfg: ReenactConfig, variants: str, pairs: dict[str, np.ndarray], refine_steps: str,
+def run_variants(cfg: ReenactConfig, variants: str, pairs: dict[str, np.ndarray], refine_steps: str | int,
                  progress: bool = True) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict[str, Reenactor]]:
     """Train (or resume) every variant and score it -> (curves, scores table, reenactors)."""
-    images = np.load(study_path(cfg.train_images))
+    images = open_images(study_path(cfg.train_images))  # memory-mapped array or manifest: read batch by batch
     curves, tables, reenactors = {}, [], {}
     for encoder, condition in parse_variants(variants):
         variant_cfg = dataclasses.replace(cfg, encoder=encoder, condition=condition)
@@ -93,9 +100,11 @@ def reenactment_grid(reenactor: Reenactor, pairs: dict[str, np.ndarray], title: 
     out = reenactor.reenact(s, t, refine_steps=1)
     condition = out.condition if out.condition.shape[1] == 3 else out.inverted * 0
     columns = [pairs["source"][:n], tensors_to_images(out.inverted), pairs["target"][:n],
-               tensors_to_images(condition), tensors_to_images(out.image), pairs["truth"][:n]]
+               tensors_to_images(condition), tensors_to_images(out.image)]
+    labels = ["source", "inverted x_s", "target", "rendering r_t", "MegaFR (refine 1)"]
+    if pairs["truth"] is not None:  # photos have no right answer
+        columns, labels = columns + [pairs["truth"][:n]], labels + ["right answer"]
     cells = np.stack(columns, axis=1).reshape(-1, *pairs["source"].shape[1:])
-    labels = ["source", "inverted x_s", "target", "rendering r_t", "MegaFR (refine 1)", "right answer"]
     return plots.image_grid(cells, len(columns), title, col_labels=labels)
 
 

@@ -17,7 +17,13 @@ The parameter-fed baseline (``condition="params"``) replaces ``r_t`` by the raw 
 
 Checkpoints ``{"state_dict", "config", "step", "optimizer", "upstream", "code"}`` are written atomically every
 ``checkpoint_every`` steps; the data order is a function of (seed, step), so a resumed run ends
-with the same weights as an uninterrupted one. ``upstream`` is an MD5 digest of the frozen
+with the same weights as an uninterrupted one. Images are read through a ``DataLoader``
+(:mod:`megafr.datasets.loader`: a memory-mapped array or a manifest of image files), on CUDA with
+worker processes and pinned memory and the step under bf16 autocast (:mod:`megafr.devices`).
+Under ``torchrun --nproc_per_node N`` (:mod:`megafr.distributed`) each process takes its share of
+the step's global batch of ``N * batch_size`` pairs, ``DistributedDataParallel`` averages the
+gradients, and rank 0 alone writes checkpoints and the curve: N ranks end with the weights of one
+process at batch ``N * batch_size``; in one process nothing changes. ``upstream`` is an MD5 digest of the frozen
 networks' files and the training images (:func:`upstream_digest`): a checkpoint is resumed only
 when its configuration, that digest and the training code's digest (:func:`megafr.training.code_digest`,
 blind to comments and docstrings) match, so E_FR is retrained, not reused, after an earlier stage
@@ -36,14 +42,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from megafr import losses, training
+from megafr import distributed, losses, training
 from megafr.config import require, study_files_digest, study_path, torch_device
+from megafr.datasets.loader import StepBatches, as_dataset, batch_loader, to_model_input
+from megafr.devices import autocast, full_precision
 from megafr.errors import CheckpointError, MissingFileError
 from megafr.face3d.framing import aligned_camera
 from megafr.face3d.pose import GLOBAL, JAW, LEFT_EYE, RIGHT_EYE
 from megafr.face3d.recon import FaceModel, load_face_model
 from megafr.fileio import atomic_path
-from megafr.imageio import images_to_tensor
 from megafr.nets import checkpoints
 from megafr.progress import progress_bar
 from megafr.reenact.model import RENDER_CHANNELS, MegaFR
@@ -188,14 +195,17 @@ class Targets(NamedTuple):
 @torch.no_grad()
 def make_targets(face: FaceModel, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor,
                  condition: str) -> Targets:
-    """Target condition and landmarks for FLAME(shape, expression, pose), framed like an FFHQ crop."""
-    points = face.landmark_flame(shape, expression, pose)  # [B, 68, 3]
-    if condition == "render":
-        cond = face.render_geometry(shape, expression, pose, aligned_camera(points))
-    else:
-        flat = torch.cat([expression] + [pose[:, part] for part in CONDITION_POSE], dim=1)  # [B, C]
-        size = face.config.image_size
-        cond = flat[:, :, None, None].expand(-1, -1, size, size).contiguous()
+    """Target condition and landmarks for FLAME(shape, expression, pose), framed like an FFHQ crop (float32,
+    also inside an autocast region)."""
+    with full_precision(shape.device):
+        shape, expression, pose = shape.float(), expression.float(), pose.float()
+        points = face.landmark_flame(shape, expression, pose)  # [B, 68, 3]
+        if condition == "render":
+            cond = face.render_geometry(shape, expression, pose, aligned_camera(points))
+        else:
+            flat = torch.cat([expression] + [pose[:, part] for part in CONDITION_POSE], dim=1)  # [B, C]
+            size = face.config.image_size
+            cond = flat[:, :, None, None].expand(-1, -1, size, size).contiguous()
     return Targets(cond, points, expression, pose)
 
 
@@ -224,7 +234,9 @@ def step_losses(model: MegaFR, frozen: Frozen, cfg: ReenactConfig, x_real: torch
     if weights["id"]:
         terms["id"] = losses.id_loss(frozen.idnet, x_s, out.image)
     if weights["lmk"] or weights["pair"]:
-        p_f, _ = frozen.face.landmarks(frozen.face.net(out.image.clamp(-1, 1)))
+        measured = frozen.face.net(out.image.clamp(-1, 1))
+        with full_precision(out.image.device):
+            p_f, _ = frozen.face.landmarks(type(measured)(*(t.float() for t in measured)))
         terms["lmk"] = losses.landmark_loss(to_t.landmarks, p_f)
         terms["pair"] = losses.pair_loss(to_t.landmarks, p_f)
     if weights["cyc"]:
@@ -277,50 +289,96 @@ def read_checkpoint(path: Path) -> dict:
     return data
 
 
-def resumable_checkpoint(path: Path, cfg: ReenactConfig, upstream: str) -> Optional[dict]:
+def resumable_checkpoint(path: Path, cfg: ReenactConfig, upstream: str,
+                         here: Optional[distributed.World] = None) -> Optional[dict]:
     """The checkpoint at ``path`` when it resumes ``cfg`` (every config field equal, the same frozen networks and
-    training images: ``upstream``, the same training code); otherwise it is deleted, with a warning saying why,
-    and None is returned."""
+    training images: ``upstream``, the same training code); otherwise it is deleted (by rank 0 when several
+    processes train), with a warning saying why, and None is returned."""
 
     def start_afresh(reason: str) -> None:
         warnings.warn(f"{path}: {reason}; starting train_reenact afresh")
-        path.unlink()  # start over rather than mix runs
+        if here is None or here.main:
+            path.unlink(missing_ok=True)  # start over rather than mix runs
 
     return training.resumable(path, read_checkpoint, cfg, on_reject=start_afresh, upstream=upstream,
                               code=training.code_digest(TRAINING_CODE),
                               upstream_what="frozen networks or training images")
 
 
-def train(cfg: ReenactConfig, frozen: Frozen, images: np.ndarray, progress: bool = True) -> tuple[MegaFR, pd.DataFrame]:
-    """Train (or resume) E_FR for ``cfg.steps`` steps on uint8 training images [N, S, S, 3]; return the model and curve."""
+class StepLoss(torch.nn.Module):
+    """One step's weighted loss as a module (what ``DistributedDataParallel`` wraps): E_FR and the
+    generator are its parameters, the other frozen networks plain attributes."""
+
+    def __init__(self, model: MegaFR, frozen: Frozen, cfg: ReenactConfig):
+        super().__init__()
+        self.model = model
+        self.frozen = frozen  # a NamedTuple: not registered, so DDP neither broadcasts nor reduces it
+        self.cfg = cfg
+
+    def forward(self, x_real: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return step_losses(self.model, self.frozen, self.cfg, x_real, x_t)
+
+
+def _engine(step_loss: StepLoss, here: distributed.World, device: torch.device) -> torch.nn.Module:
+    """The loss module, wrapped in DistributedDataParallel when several processes train."""
+    if not here.distributed:
+        return step_loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    distributed.sync_batch_norm(step_loss.model.encoder)  # batch statistics over the global batch, as in one process
+    ids = [device.index if device.index is not None else here.local_rank] if device.type == "cuda" else None
+    # Unused parameters: e4e's fine pyramid level (latlayer2) takes no part when its progressive stage ends
+    # before the fine W+ layers (measured on the tiny e4e of the tests).
+    return DistributedDataParallel(step_loss, device_ids=ids, find_unused_parameters=True)
+
+
+def train(cfg: ReenactConfig, frozen: Frozen, images, progress: bool = True) -> tuple[MegaFR, pd.DataFrame]:
+    """Train (or resume) E_FR for ``cfg.steps`` steps on training images (uint8 [N, S, S, 3] array, or a
+    dataset of :mod:`megafr.datasets.loader`); return the model and curve."""
+    here = distributed.setup()
+    images = as_dataset(images)
     model = build_model(cfg, frozen)
     optimizer = adam(model.encoder.parameters(), cfg.lr)
     path = checkpoint_path(cfg)
     curve_path = path.with_suffix(".curve.csv")
     start, rows = 0, []
     upstream = upstream_digest(cfg)
-    data = resumable_checkpoint(path, cfg, upstream)
+    data = resumable_checkpoint(path, cfg, upstream, here)
     if data is not None:
         model.encoder.load_state_dict(data["state_dict"])
         optimizer.load_state_dict(data["optimizer"])
         start = int(data["step"])
         rows = pd.read_csv(curve_path).to_dict("records") if curve_path.is_file() else []
+    distributed.barrier()  # every rank has decided before rank 0 writes the first checkpoint
     model.encoder.train()
     device = frozen_device(frozen)
-    for step in progress_bar(range(start, cfg.steps), desc=f"train E_FR {cfg.encoder}:{cfg.condition}", initial=start,
-                             total=cfg.steps, disable=not progress, leave=True):
-        src, tgt = batch_indices(cfg.seed, step, len(images), cfg.batch_size)
-        total, log = step_losses(model, frozen, cfg, images_to_tensor(images[src]).to(device),
-                                 images_to_tensor(images[tgt]).to(device))
+    engine = _engine(StepLoss(model, frozen, cfg), here, device)
+    local = cfg.batch_size  # pairs of this process per step; the step's global batch is local * here.size
+
+    def step_rows(step: int) -> np.ndarray:  # this rank's sources, then its targets
+        src, tgt = batch_indices(cfg.seed, step, len(images), local * here.size)
+        return np.concatenate([distributed.shard(src, here), distributed.shard(tgt, here)])
+
+    batches = batch_loader(images, StepBatches(step_rows, start, cfg.steps), device)
+    steps = progress_bar(range(start, cfg.steps), desc=f"train E_FR {cfg.encoder}:{cfg.condition}", initial=start,
+                         total=cfg.steps, disable=not (progress and here.main), leave=True)
+    for step, batch in zip(steps, batches):
+        x = to_model_input(batch, device)
+        with autocast(device, training=True):
+            total, log = engine(x[:local], x[local:])
         check_finite("train_reenact", step, total, log, path)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        rows.append({"step": step + 1, **log})
+        rows.append({"step": step + 1, **distributed.mean_over_ranks(log, device)})
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(path, model, optimizer, cfg, step + 1, upstream)
-            with atomic_path(curve_path) as tmp:
-                pd.DataFrame(rows).to_csv(tmp, index=False)
-    if cfg.steps == 0:
+            if here.main:
+                save_checkpoint(path, model, optimizer, cfg, step + 1, upstream)
+                with atomic_path(curve_path) as tmp:
+                    pd.DataFrame(rows).to_csv(tmp, index=False)
+            distributed.barrier()
+    if cfg.steps == 0 and here.main:
         save_checkpoint(path, model, optimizer, cfg, 0, upstream)
+    distributed.barrier()
     return model.eval(), pd.DataFrame(rows)
+
