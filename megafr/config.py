@@ -31,7 +31,7 @@ import yaml
 from megafr.errors import InputError
 from megafr.fileio import atomic_write, file_digest
 
-PROFILES = ("smoke", "mini", "paper")
+PROFILES = ("smoke", "mini", "paper", "paper-ci")
 DEVICE_VARIABLE = "MEGAFR_DEVICE"  # environment variable overriding the device choice ("cpu", "cuda", "cuda:1")
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"

@@ -114,7 +114,7 @@ def test_paper_lists_every_missing_file_with_its_source(scratch):
                    preflight.ALEXNET_URL, preflight.INCEPTION_URL):
         assert source in text, source
     arcface = next(line for line in lines if "model_ir_se50.pth" in line)
-    for key in ("train_idnet.official_path", "train_generator.idnet_path", "train_reenact.idnet_path"):
+    for key in ("train_idnet.official_path", "train_generator.idnet_path", "evaluate.arcface_path"):
         assert key in arcface  # one entry per file, naming every key that points at it
 
 

@@ -28,6 +28,17 @@ eval/cross/pairs.csv        source,target file names of the Table 1 pairs (megaf
 eval/frontal/sources.csv    source file names of the Table 2 inputs
 ```
 
+With ``write_stand_ins`` (the ``paper-ci`` profile: the paper code path on CPU in minutes) the stage
+first writes the paper world's external inputs as small stand-ins, then runs the photos source on them:
+
+```
+stand_ins/ffhq/, stand_ins/celebahq/   photos_dir and test_photos_dir: scikit-image's astronaut photo in
+                                        variants (megafr.datasets.samples), training and test
+official/                   random networks at image_size px in the official file layouts (stylegan2,
+                            e4e, pSp, pSp frontalization, ArcFace) and a FLAME-format head model
+                            (official/flame/), read by the later stages through the official loaders
+```
+
 ``recognition/`` is the mini world's stand-in for the face-recognition data the paper's ArcFace was
 trained on (MS1M, about 85,000 people, a different data set from FFHQ): many more identities than
 the train split, with fewer images each (``n_idnet_identities`` x ``idnet_images_per_identity``),
@@ -44,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from megafr.config import require, study_path
+from megafr.config import require, study_path, study_relative
 from megafr.fileio import atomic_write
 
 SOURCES = ("synthetic", "photos")
@@ -79,6 +90,8 @@ class PrepareConfig:
     photos_aligned: bool  # photos source: the folders hold aligned image_size px crops (FFHQ, CelebA-HQ
     #                       as released): index them instead of aligning
     align_workers: int  # photos source: processes aligning photos (0: one per CPU core)
+    write_stand_ins: bool  # photos source: first write sample photos into photos_dir and test_photos_dir and
+    #                        small official-layout files into <out_dir>/official (paper-ci; no downloads)
     out_dir: str = "data/prepare"  # where the stage writes
     run_dir: str = ""  # set by a sweep: write everything under <run_dir>/ instead of the canonical places
 
@@ -88,6 +101,7 @@ class PrepareConfig:
         if self.source == "synthetic":
             for name in ("n_train_identities", "n_test_identities"):
                 require(getattr(self, name) >= 2, f"prepare.{name} must be at least 2 for SynthHeads")
+            require(not self.write_stand_ins, "prepare.write_stand_ins is for the photos source; set it to false")
             require(self.images_per_identity >= 2, "prepare.images_per_identity must be at least 2 (self pairs)")
             require(self.n_idnet_identities >= 2 and self.idnet_images_per_identity >= 2,
                     "prepare.n_idnet_identities and prepare.idnet_images_per_identity must be at least 2 "
@@ -102,8 +116,16 @@ class PrepareConfig:
                     f"got {self.model_path}")
         else:
             require(bool(self.photos_dir), "prepare.photos_dir must name a folder of photos for the photos source")
+            require(not (self.write_stand_ins and self.photos_aligned),
+                    "prepare.write_stand_ins writes unaligned photos: set prepare.photos_aligned: false")
             for name in ("photos_dir", "test_photos_dir"):
                 folder = getattr(self, name)
+                if self.write_stand_ins:  # the stage writes the folder: it must be one of its products
+                    require(bool(folder) and Path(folder).parts[:len(Path(self.out_dir).parts)]
+                            == Path(self.out_dir).parts,
+                            f"prepare.{name} must lie in {self.out_dir}/ with prepare.write_stand_ins "
+                            f"(the stage writes the photos there), got {folder!r}")
+                    continue
                 require(not folder or study_path(folder).is_dir(),
                         f"prepare.{name} {folder!r} is not a folder; download FFHQ / CelebA-HQ "
                         f"(or put your photos there) and set prepare.{name} in params.yaml")
@@ -296,9 +318,41 @@ def align_photos(cfg: PrepareConfig) -> dict:
     return {"counts": counts, "rejects": rejects, "distribution": {}}
 
 
+STAND_IN_PHOTOS = 4  # sample photos written into each of photos_dir and test_photos_dir (8 variants exist)
+STAND_IN_STYLE_DIM = 32  # latent width of the stand-in networks (the released files: 512)
+OFFICIAL_DIR = "official"  # under the data folder: the stand-in official-layout files
+
+
+def write_stand_ins(cfg: PrepareConfig) -> dict:
+    """The paper world's external inputs as small stand-ins made here (no downloads): the sample photos
+    (:mod:`megafr.datasets.samples`) into ``photos_dir`` (training) and ``test_photos_dir`` (other variants),
+    and random networks at ``image_size`` px in the official layouts with a FLAME-format head model into
+    ``<data folder>/official``. ``flame.*`` must name that head model; returns counts for the metrics."""
+    from megafr.datasets.samples import write_official_layout, write_sample_photos
+
+    for folder in (cfg.photos_dir, cfg.test_photos_dir):
+        if study_path(folder).exists():
+            shutil.rmtree(study_path(folder))
+    train = write_sample_photos(study_path(cfg.photos_dir), STAND_IN_PHOTOS)
+    test = write_sample_photos(study_path(cfg.test_photos_dir), STAND_IN_PHOTOS, start=STAND_IN_PHOTOS)
+    files = write_official_layout(cfg.data_dir / OFFICIAL_DIR, size=cfg.image_size, style_dim=STAND_IN_STYLE_DIM,
+                                  seed=cfg.seed)
+    for field, name in (("model_path", "flame_model"), ("landmark_path", "flame_landmarks")):
+        written = study_relative(Path(files[name]))
+        require(study_path(getattr(cfg, field)) == study_path(written),
+                f"flame.{field} must be {written} with prepare.write_stand_ins (the head model the stage writes), "
+                f"got {getattr(cfg, field)}")
+    return {"stand_in_photos": len(train) + len(test), "stand_in_files": len(files)}
+
+
 def run_prepare(cfg: PrepareConfig) -> dict:
     """Run the stage for ``cfg.source``; returns the metrics dict written to ``data/metrics/prepare.json``."""
-    return build_synthheads(cfg) if cfg.source == "synthetic" else align_photos(cfg)
+    if cfg.source == "synthetic":
+        return build_synthheads(cfg)
+    stand_ins = write_stand_ins(cfg) if cfg.write_stand_ins else {}
+    summary = align_photos(cfg)
+    summary["counts"].update(stand_ins)
+    return summary
 
 
 def load_split(cfg: PrepareConfig, split: str) -> tuple[np.ndarray, pd.DataFrame]:

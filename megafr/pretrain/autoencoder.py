@@ -39,7 +39,8 @@ Products in the official layouts (``megafr.nets.checkpoints``): ``stylegan2.pt``
 [n_latent, D], ``opts``, ``discriminator_state_dict``). Resume: :mod:`megafr.training`.
 
 The paper profile (``mode: official``) trains nothing: it loads the user's official files through
-the official loaders and writes ``products.json`` naming them.
+the official loaders and copies them to its products (``stylegan2.pt``, ``e4e.pt``), which later
+stages read.
 """
 
 from __future__ import annotations
@@ -379,11 +380,12 @@ def save_products(cfg: GeneratorStageConfig, nets: Networks) -> dict[str, str]:
 
 
 def check_official(cfg: GeneratorStageConfig) -> tuple[dict, dict]:
-    """Paper profile: load the user's official files through the official loaders; ``(metrics, products)``."""
+    """Paper profile: load the user's official files through the official loaders and expose them as the
+    stage's products (``stylegan2.pt``, ``e4e.pt``: what later stages read); ``(metrics, products)``."""
     generator, _ = load_stylegan2(study_path(cfg.official_stylegan2))
     e4e = load_e4e(study_path(cfg.official_e4e))
-    products = {"stylegan2": study_relative(study_path(cfg.official_stylegan2)),
-                "e4e": study_relative(study_path(cfg.official_e4e))}
+    products = {"stylegan2": common.expose_official(cfg.official_stylegan2, cfg.folder / STYLEGAN_FILE),
+                "e4e": common.expose_official(cfg.official_e4e, cfg.folder / E4E_FILE)}
     write_json(cfg.folder / PRODUCTS_FILE, products)
     metrics = {"trained": 0, "official_files_loaded": 2, "generator_size": generator.size,
                "n_latent": generator.n_latent,

@@ -16,15 +16,17 @@ with the weights of an uninterrupted run (``tests/test_pretrain.py`` checks it b
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import math
+import shutil
 from pathlib import Path
 from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
 
-from megafr.config import require, study_files_digest, study_path
-from megafr.fileio import write_json
+from megafr.config import require, study_files_digest, study_path, study_relative
+from megafr.fileio import atomic_path, write_json
 from megafr.training import batch_rows  # noqa: F401  (re-exported: the stages' data order)
 from megafr.training import run_log_path
 
@@ -119,6 +121,17 @@ def official_mode(cfg, official_fields: tuple[str, ...], released: str) -> bool:
     names = " and ".join(f"{cfg.STAGE}.{name}" for name in official_fields)
     require(all(getattr(cfg, name) for name in official_fields), f"{names} must name {released} in the paper profile")
     return True
+
+
+def expose_official(released: str, product: Path) -> str:
+    """Official mode: copy the released file to the path of the product the stage makes in train mode (an
+    atomic copy, replaced only when its bytes differ), so that later stages and ``dvc.yaml`` read the same
+    paths on every profile; returns the product's study-relative path."""
+    source = study_path(released)
+    if not (product.is_file() and filecmp.cmp(source, product, shallow=False)):
+        with atomic_path(product) as tmp:
+            shutil.copyfile(source, tmp)
+    return study_relative(product)
 
 
 def split_files(data_dir: str, split: str) -> list[str]:

@@ -32,7 +32,8 @@ Verification is measured on the sharp images of the *test identities* (never see
 all genuine and impostor pairs of the test split, TAR at FAR 1e-3.
 
 The paper profile does not train: ``run_idnet_stage`` validates that the user's official file loads
-through ``megafr.nets.checkpoints.load_arcface`` and reports that nothing was trained.
+through ``megafr.nets.checkpoints.load_arcface``, copies it to the product ``arcface.pt`` (what later
+stages read) and reports that nothing was trained.
 """
 
 from __future__ import annotations
@@ -259,7 +260,8 @@ def run_idnet_stage(cfg: IdNetConfig, progress: bool = True) -> tuple[ArcFace, d
     """The whole stage: train + save + evaluate (train mode), or load + report (official mode)."""
     if cfg.mode == "official":
         net = load_arcface(study_path(cfg.official_path))
-        write_json(cfg.folder / PRODUCTS_FILE, {"arcface": study_relative(study_path(cfg.official_path))})
+        product = common.expose_official(cfg.official_path, cfg.folder / PRODUCT_FILE)  # what later stages read
+        write_json(cfg.folder / PRODUCTS_FILE, {"arcface": product})
         n_params = sum(p.numel() for p in net.parameters())
         return net, {"trained": 0, "official_file_loaded": 1, "parameters": n_params}, pd.DataFrame(
             columns=["step", "lr", "loss", "accuracy"])

@@ -14,7 +14,8 @@ scratch (in pSp each block outputs a full code, in e4e a delta, so their weights
 
 Product: ``psp.pt`` in the pSp release layout (``state_dict`` with ``encoder.``/``decoder.``,
 ``latent_avg`` [n_latent, D], ``opts``), loaded by ``megafr.nets.checkpoints.load_psp``. The paper
-profile (``mode: official``) loads the user's ``psp_ffhq_encode.pt`` and trains nothing.
+profile (``mode: official``) loads the user's ``psp_ffhq_encode.pt``, copies it to ``psp.pt`` (what
+later stages read) and trains nothing.
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def run_inversion_stage(cfg: InversionStageConfig, progress: bool = True) -> Inv
 
     if cfg.mode == "official":
         net = load_psp(study_path(cfg.official_psp))
-        write_json(cfg.folder / PRODUCTS_FILE, {"psp": study_relative(study_path(cfg.official_psp))})
+        product = common.expose_official(cfg.official_psp, cfg.folder / PSP_FILE)  # what later stages read
+        write_json(cfg.folder / PRODUCTS_FILE, {"psp": product})
         metrics = {"trained": 0, "official_files_loaded": 1, "n_latent": net.encoder.config.n_latent,
                    "encoder_parameters": sum(p.numel() for p in net.encoder.parameters())}
         return InversionStageOutput(metrics, pd.DataFrame(columns=["step", "lr", "total", *LOSS_TERMS]))
