@@ -2,7 +2,9 @@
 
 This is what a new user does after cloning; it also checks that a second `dvc repro` has
 nothing to do, that the metrics files are what the stages promise, and that two runs from a
-clean state write identical metrics (determinism).
+clean state write identical metrics (determinism). The same on the paper-ci profile: the paper
+code path (photos, official-layout files, manifests, the evaluation protocol) from stand-ins that
+the prepare stage writes itself, up to Tables 1 and 2.
 """
 
 import json
@@ -29,8 +31,9 @@ def _run(args, cwd, **kwargs):
     return result.stdout
 
 
-def _copy_study(dest: Path) -> Path:
-    """Copy the tracked and not-ignored files of the study (no data, no venv) into a fresh git repository."""
+def _copy_study(dest: Path, profile: str = "smoke") -> Path:
+    """Copy the tracked and not-ignored files of the study (no data, no venv) into a fresh git repository
+    and activate ``profile``."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for name in files:
@@ -39,7 +42,7 @@ def _copy_study(dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     _run(["git", "init", "-q"], dest)
-    _run([sys.executable, "-m", "megafr", "profile", "smoke"], dest)
+    _run([sys.executable, "-m", "megafr", "profile", profile], dest)
     return dest
 
 
@@ -103,3 +106,51 @@ def test_rerun_from_clean_state_gives_identical_metrics(smoke_study, tmp_path):
         first = (smoke_study / "data" / "metrics" / f"{stage}.json").read_bytes()
         second = (again / "data" / "metrics" / f"{stage}.json").read_bytes()
         assert first == second, f"stage {stage}: metrics differ between two clean runs"
+
+
+# ------------------------------------------------------------------------------------------------ paper-ci
+PAPER_COLUMNS = ("fid", "lpips", "id_similarity", "aed", "apd")  # the paper's columns and the motion errors
+OFFICIAL_PRODUCTS = {  # stage product -> the official-layout file that official mode copies there
+    "train_idnet/arcface.pt": "model_ir_se50.pth",
+    "train_generator/stylegan2.pt": "stylegan2-ffhq-config-f.pt",
+    "train_generator/e4e.pt": "e4e_ffhq_encode.pt",
+    "train_inversion/psp.pt": "psp_ffhq_encode.pt",
+}
+
+
+@pytest.fixture(scope="module")
+def paper_ci_study(tmp_path_factory):
+    study = _copy_study(tmp_path_factory.mktemp("paper_ci"), "paper-ci")
+    _run(["dvc", "repro"], study, timeout=900)
+    return study
+
+
+def test_paper_ci_runs_every_stage_from_a_fresh_copy(paper_ci_study):
+    assert _stages(paper_ci_study) == list(stages.ORDER)
+    for stage in stages.ORDER:
+        assert json.loads((paper_ci_study / "data" / "metrics" / f"{stage}.json").read_text()), stage
+        assert (paper_ci_study / stages.executed_notebook(stage)).is_file()
+    counts = json.loads((paper_ci_study / "data" / "metrics" / "prepare.json").read_text())["counts"]
+    assert counts["train_images"] == 4 and counts["test_images"] == 4 and counts["eval_cross_pairs"] == 4
+    prepared = paper_ci_study / "data" / "prepare"
+    assert (prepared / "train" / "manifest.csv").is_file() and (prepared / "eval" / "cross" / "pairs.csv").is_file()
+    assert not (prepared / "train" / "images.npy").exists()  # photos are read through manifests, not arrays
+    for product, official in OFFICIAL_PRODUCTS.items():  # official mode exposes the files later stages read
+        assert (paper_ci_study / "data" / product).read_bytes() == (prepared / "official" / official).read_bytes()
+    assert "up to date" in _run(["dvc", "status"], paper_ci_study)
+
+
+def test_paper_ci_writes_tables_1_and_2_on_photos(paper_ci_study):
+    import pandas as pd
+
+    folder = paper_ci_study / "data" / "evaluate"
+    for key, rows in (("table1_cross", "MegaFR (e4e)"), ("table2_frontal", "pSp frontalization (released)")):
+        table = pd.read_csv(folder / f"{key}.csv", na_values=["n/a"]).set_index("method")
+        assert {"MegaFR (e4e)", "MegaFR (pSp)", rows} <= set(table.index), key
+        assert set(PAPER_COLUMNS) <= set(table.columns), key
+        for column in ("id_similarity", "aed", "apd"):  # computed on photos without a right answer
+            assert table[column].notna().all(), (key, column)
+        assert table[["l1", "psnr", "ssim"]].isna().all().all(), key  # no right answer on photos
+        text = (folder / f"{key}.md").read_text()
+        for column in ("fid", "lpips"):  # n/a only with the reason printed (their weights are not on this machine)
+            assert table[column].notna().all() or f"{column}: n/a" in text, (key, column)

@@ -206,9 +206,12 @@ def build_table(methods: Mapping[str, Method], data: EvalSet, judge: Judge,
 
 # ---------------------------------------------------------------------------------------- output
 def world_label(profile: str) -> str:
-    """How a table of ours is labelled: mini/smoke numbers are that world's, never the paper's."""
+    """How a table of ours is labelled: mini/smoke numbers are that world's, never the paper's; paper-ci's are noise."""
     if profile == "paper":
         return "ours, paper profile (real photos, official weights)"
+    if profile == "paper-ci":
+        return ("ours, paper-ci profile (the paper code path on stand-ins: sample photos, random networks in the "
+                "official layouts) — its numbers mean nothing")
     return f"ours, {profile} world (synthetic SynthHeads) — {profile}-world numbers, not comparable with the paper"
 
 
