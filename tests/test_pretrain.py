@@ -503,12 +503,16 @@ def test_official_mode_only_validates_the_given_files(tmp_path, images, pool):
     cfg = _id_cfg(tmp_path, mode="official", official_path=str(tmp_path / "model_ir_se50.pth"))
     _, report, curve = idnet.run_idnet_stage(cfg, progress=False)
     assert report["trained"] == 0 and report["official_file_loaded"] == 1 and curve.empty
-    assert json.loads((cfg.folder / idnet.PRODUCTS_FILE).read_text())["arcface"].endswith("model_ir_se50.pth")
+    exposed = json.loads((cfg.folder / idnet.PRODUCTS_FILE).read_text())["arcface"]  # the copy later stages read
+    assert exposed.endswith(idnet.PRODUCT_FILE)
+    assert (cfg.folder / idnet.PRODUCT_FILE).read_bytes() == (tmp_path / "model_ir_se50.pth").read_bytes()
     gcfg = _gen_cfg(tmp_path / "g", steps=1)
     products = ae.save_products(gcfg, ae.build_networks(gcfg))
     official = _gen_cfg(tmp_path / "paper", mode="official", official_stylegan2=products["stylegan2"],
                         official_e4e=products["e4e"])
     out = ae.run_generator_stage(official, progress=False)
     assert out.metrics["trained"] == 0 and out.metrics["n_latent"] == gcfg.n_latent and out.nets is None
+    for name, file in (("stylegan2", ae.STYLEGAN_FILE), ("e4e", ae.E4E_FILE)):  # exposed as the stage's products
+        assert (official.folder / file).read_bytes() == Path(products[name]).read_bytes()
     with pytest.raises(Exception):
         ae.check_official(replace(official, official_e4e=str(tmp_path / "missing.pt")))
