@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # threads ran 0.01-0.26x the speed of one thread (benchmarks/, `threads` section).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: study test validate profile-smoke profile-mini profile-paper benchmarks lab
+.PHONY: study test validate profile-smoke profile-mini profile-paper profile-paper-ci benchmarks lab
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
