@@ -114,6 +114,19 @@ def test_missing_weights_give_reasons_not_errors(tmp_path):
     assert paper.fid_of_features(np.zeros((3, 4))) is None
 
 
+def test_an_arcface_of_another_shape_scores_id_similarity_and_the_table_says_so(tmp_path):
+    from megafr.nets.checkpoints import save_arcface
+    from megafr.nets.irse import ArcFace, ArcFaceConfig, IRSEConfig
+
+    body = IRSEConfig(widths=(8, 12, 16, 24), units=(1, 1, 1, 1), stem_channels=8)
+    save_arcface(tmp_path / "small.pth", ArcFace(ArcFaceConfig(input_size=32, embedding_dim=16, body=body)))
+    net, line = external.load_paper_arcface(str(tmp_path / "small.pth"))
+    assert net is not None and "not comparable with the paper's" in line
+    table = pd.DataFrame({"method": ["m"], "pairs": [2], **{c: [0.5] for c in tables.COLUMNS}})
+    text = tables.markdown_table(table, "Table 1", tables.world_label("paper-ci"), {"id_similarity": line})
+    assert f"- id_similarity: {line}" in text and "its numbers mean nothing" in text
+
+
 def test_fid_plumbing_with_a_stand_in_feature_network():
     pooled = lambda x: torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)  # noqa: E731  [B, 12]
     a, b = _uint8(20, 0), _uint8(20, 1) // 2

@@ -152,5 +152,6 @@ def test_paper_ci_writes_tables_1_and_2_on_photos(paper_ci_study):
             assert table[column].notna().all(), (key, column)
         assert table[["l1", "psnr", "ssim"]].isna().all().all(), key  # no right answer on photos
         text = (folder / f"{key}.md").read_text()
+        assert "id_similarity: ID similarity on:" in text and "not comparable" in text  # the stand-in ArcFace
         for column in ("fid", "lpips"):  # n/a only with the reason printed (their weights are not on this machine)
             assert table[column].notna().all() or f"{column}: n/a" in text, (key, column)

@@ -230,12 +230,16 @@ def _formatted(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown_table(table: pd.DataFrame, title: str, label: str, notes: Optional[Mapping[str, str]] = None) -> str:
-    """A Markdown section: title with its world label, the table, and one note per n/a column."""
+    """A Markdown section: title with its world label, the table, one note per n/a column, and the note of a
+    measured column whose network is not the paper's (``not comparable`` in its log line)."""
     lines = [f"### {title} ({label})", "", _formatted(table).to_markdown(index=False), ""]
     missing = [c for c in COLUMNS if c in table.columns and table[c].isna().all()]
     for column in missing:
         reason = (notes or {}).get(column, "not measurable on this world (no right answer)")
         lines.append(f"- {column}: n/a — {reason}")
+    for column, note in (notes or {}).items():
+        if column not in missing and column in table.columns and "not comparable" in note:
+            lines.append(f"- {column}: {note}")
     return "\n".join(lines + [""])
 
 
