@@ -111,3 +111,30 @@ def test_figures_on_photos_show_every_panel_without_right_answers(world):
     assert "truth_gap_mm" not in eyes and len(eyes) == 5
     result = talking.reenact_sequence(reenactor, inputs.talking, 0)
     assert set(result.tracks) == {"megafr"} and len(result.ours) == len(inputs.talking.driving) >= 1
+
+
+def test_stand_ins_are_written_by_prepare_where_the_profile_points(tmp_path, monkeypatch):
+    """paper-ci: prepare writes the photos and official-layout files itself, at the paths its profile names."""
+    from megafr.config import load_params, profile_file, study_root
+    from megafr.errors import InputError
+    from megafr.nets.checkpoints import load_e4e, load_stylegan2
+
+    params = load_params(profile_file("paper-ci", study_root(__file__)))
+    values = dict(params["prepare"], profile="paper-ci", seed=0, model_path=params["flame"]["model_path"],
+                  landmark_path=params["flame"]["landmark_path"], image_size=32)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # a scratch study root: data/ is written here
+    cfg = build_config(prep.PrepareConfig, values)
+    counts = prep.write_stand_ins(cfg)
+    assert counts == {"stand_in_photos": 2 * prep.STAND_IN_PHOTOS, "stand_in_files": 7}
+    assert len(list((tmp_path / cfg.photos_dir).glob("*.png"))) == prep.STAND_IN_PHOTOS
+    assert (tmp_path / cfg.model_path).is_file() and (tmp_path / cfg.landmark_path).is_file()
+    for key in ("official_stylegan2", "official_e4e"):
+        assert (tmp_path / params["train_generator"][key]).is_file()
+    generator, _ = load_stylegan2(tmp_path / params["train_generator"]["official_stylegan2"])
+    assert generator.size == 32 and load_e4e(tmp_path / params["train_generator"]["official_e4e"]) is not None
+    for bad, match in ((dict(photos_dir="elsewhere/ffhq"), "must lie in data/prepare/"),
+                       (dict(model_path="weights/flame/generic_model.pkl"), "flame.model_path must be"),
+                       (dict(photos_aligned=True), "photos_aligned: false")):
+        with pytest.raises(InputError, match=match):
+            build_config(prep.PrepareConfig, {**values, **bad})

@@ -55,13 +55,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from megafr.config import require, study_path, study_relative
+from megafr.config import require, study_path
 from megafr.fileio import atomic_write
 
 SOURCES = ("synthetic", "photos")
+STAND_IN_PHOTOS = 4  # sample photos written into each of photos_dir and test_photos_dir (8 variants exist)
+STAND_IN_STYLE_DIM = 32  # latent width of the stand-in networks (the released files: 512)
+OFFICIAL_DIR = "official"  # under the data folder: the stand-in official-layout files
 # Independent random streams, so that adding an evaluation set never changes the training images.
 STREAMS = ("train", "test", "cross", "self", "frontal", "eyes", "talking", "recognition")
 YAW_BIN_DEG = 10.0
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether the relative path ``path`` lies in ``folder`` (both as the profile writes them)."""
+    return Path(path).parts[:len(Path(folder).parts)] == Path(folder).parts
 
 
 @dataclass(frozen=True)
@@ -121,8 +129,7 @@ class PrepareConfig:
             for name in ("photos_dir", "test_photos_dir"):
                 folder = getattr(self, name)
                 if self.write_stand_ins:  # the stage writes the folder: it must be one of its products
-                    require(bool(folder) and Path(folder).parts[:len(Path(self.out_dir).parts)]
-                            == Path(self.out_dir).parts,
+                    require(bool(folder) and _inside(folder, self.out_dir),
                             f"prepare.{name} must lie in {self.out_dir}/ with prepare.write_stand_ins "
                             f"(the stage writes the photos there), got {folder!r}")
                     continue
@@ -130,6 +137,18 @@ class PrepareConfig:
                         f"prepare.{name} {folder!r} is not a folder; download FFHQ / CelebA-HQ "
                         f"(or put your photos there) and set prepare.{name} in params.yaml")
             require(self.align_workers >= 0, f"prepare.align_workers must be >= 0, got {self.align_workers}")
+            if self.write_stand_ins:
+                for field, wanted in self.stand_in_head_model().items():
+                    require(Path(getattr(self, field)) == wanted,
+                            f"flame.{field} must be {wanted.as_posix()} with prepare.write_stand_ins (the head model "
+                            f"the stage writes), got {getattr(self, field)!r}")
+
+    def stand_in_head_model(self) -> dict[str, Path]:
+        """Where ``write_stand_ins`` puts the FLAME-format head model: {field: path under out_dir}."""
+        from megafr.face3d import headmodel
+
+        folder = Path(self.out_dir) / OFFICIAL_DIR / "flame"
+        return {"model_path": folder / headmodel.MODEL_FILE, "landmark_path": folder / headmodel.LANDMARK_FILE}
 
     @property
     def data_dir(self) -> Path:
@@ -318,16 +337,11 @@ def align_photos(cfg: PrepareConfig) -> dict:
     return {"counts": counts, "rejects": rejects, "distribution": {}}
 
 
-STAND_IN_PHOTOS = 4  # sample photos written into each of photos_dir and test_photos_dir (8 variants exist)
-STAND_IN_STYLE_DIM = 32  # latent width of the stand-in networks (the released files: 512)
-OFFICIAL_DIR = "official"  # under the data folder: the stand-in official-layout files
-
-
 def write_stand_ins(cfg: PrepareConfig) -> dict:
     """The paper world's external inputs as small stand-ins made here (no downloads): the sample photos
     (:mod:`megafr.datasets.samples`) into ``photos_dir`` (training) and ``test_photos_dir`` (other variants),
     and random networks at ``image_size`` px in the official layouts with a FLAME-format head model into
-    ``<data folder>/official``. ``flame.*`` must name that head model; returns counts for the metrics."""
+    ``<data folder>/official`` (``flame.*`` name that head model); returns counts for the metrics."""
     from megafr.datasets.samples import write_official_layout, write_sample_photos
 
     for folder in (cfg.photos_dir, cfg.test_photos_dir):
@@ -336,12 +350,7 @@ def write_stand_ins(cfg: PrepareConfig) -> dict:
     train = write_sample_photos(study_path(cfg.photos_dir), STAND_IN_PHOTOS)
     test = write_sample_photos(study_path(cfg.test_photos_dir), STAND_IN_PHOTOS, start=STAND_IN_PHOTOS)
     files = write_official_layout(cfg.data_dir / OFFICIAL_DIR, size=cfg.image_size, style_dim=STAND_IN_STYLE_DIM,
-                                  seed=cfg.seed)
-    for field, name in (("model_path", "flame_model"), ("landmark_path", "flame_landmarks")):
-        written = study_relative(Path(files[name]))
-        require(study_path(getattr(cfg, field)) == study_path(written),
-                f"flame.{field} must be {written} with prepare.write_stand_ins (the head model the stage writes), "
-                f"got {getattr(cfg, field)}")
+                                  seed=cfg.seed)  # the head model lands where flame.* names it (checked by the config)
     return {"stand_in_photos": len(train) + len(test), "stand_in_files": len(files)}
 
 
