@@ -15,6 +15,15 @@ TINY_SIZE, TINY_STYLE = 32, 32
 TINY_BODY = IRSEConfig(widths=(8, 12, 16, 24), units=(1, 1, 1, 1), stem_channels=8)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks gain nothing from threads, and on a busy 2-core machine spinning threads cost a lot."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_frozen(tmp_path_factory):
     """Random 32 px generator, e4e, 3D face network (over the synthetic head model), ID net and latent D."""

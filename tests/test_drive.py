@@ -44,12 +44,7 @@ from tests.test_reliability import _cli, _no_debris, _png, _study, smoke, tiny_r
 FPS = 12  # frame rate of the test clips (not a common default, so that keeping it is a real check)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ clips

@@ -16,7 +16,7 @@ from megafr.evaluate.rows.linear_directions import LINEAR_ROW
 from megafr.evaluate.stage import EvaluateConfig
 from megafr.face3d import headmodel
 from megafr.reenact import train as rt
-from megafr.reenact.directions import fit_direction
+from megafr.reenact.directions import LatentDirection, fit_direction
 from megafr.reenact.inference import Reenactor
 from megafr.reenact.model import MegaFR
 from megafr.stage import numeric_leaves
@@ -75,6 +75,19 @@ def test_joint_edit_reaches_every_wanted_value_and_keeps_the_others():
                           atol=1e-5)
     with pytest.raises(InputError, match="no fitted direction"):
         linear.edit_codes(alone, codes, {"pitch_deg": 0.0})
+
+
+def test_joint_edit_with_a_constant_attribute_moves_the_others():
+    """A direction whose float32 coefficients vanish (an attribute that barely varies over a few photos
+    of one face, as on the paper-ci profile) makes the joint system singular; the edit then takes the
+    least-norm step instead of failing."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(50, 3, 4, generator=g)
+    directions = {"yaw_deg": fit_direction("yaw_deg", w, (w[:, 0, 0] * 5).numpy(), ridge=1e-6),
+                  "expr_smile": LatentDirection("expr_smile", torch.zeros(3, 4), 0.5, 0.0)}
+    edited = linear.edit_codes(directions, w[:3], {"yaw_deg": torch.tensor([1.0, 2.0, 3.0])})
+    assert torch.isfinite(edited).all()
+    assert torch.allclose(directions["yaw_deg"].predict(edited), torch.tensor([1.0, 2.0, 3.0]), atol=1e-4)
 
 
 def test_attributes_are_validated_and_measured(tiny_frozen):

@@ -158,7 +158,10 @@ def edit_codes(directions: Mapping[str, LatentDirection], w: torch.Tensor,
     for k, name in enumerate(names):
         if name in wanted:
             goal[:, k] = torch.as_tensor(wanted[name], dtype=w.dtype, device=w.device).expand(len(w))
-    step = torch.linalg.solve(coef @ coef.T, (goal - current).T)  # [k, B]
+    gram, change = coef @ coef.T, (goal - current).T  # [k, k], [k, B]
+    step, info = torch.linalg.solve_ex(gram, change)  # [k, B]
+    if int(info) != 0:  # dependent directions (e.g. one fitted to a constant attribute): least-norm step instead
+        step = torch.linalg.pinv(gram) @ change
     return w + (step.T @ coef).reshape(w.shape)
 
 
