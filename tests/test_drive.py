@@ -413,6 +413,19 @@ def test_paste_still_draws_four_panels(astronaut):
     plt.close("all")
 
 
+def test_result_still_shows_the_source_and_the_driven_frames(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from megafr.reenact import drive_eval
+
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    driving, result = (rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8) for _ in range(2))
+    fig = drive_eval.result_still(source, driving, result, frames_shown=3)
+    assert len(fig.axes) == 2 * 4  # source column + 3 frames, two rows
+    plt.close("all")
+
+
 def test_driving_benchmark_case_and_its_table(tmp_path):
     from benchmarks import driving, report
     from benchmarks.worlds import Settings, write_head_model

@@ -177,6 +177,27 @@ def write_stills(face: FaceModel, truth: TalkingTruth, track: drive.DrivingTrack
     return [folder / "drive_mini_still.png", folder / "drive_paste_back.png"]
 
 
+def result_still(source: np.ndarray, driving: np.ndarray, result: np.ndarray, frames_shown: int = STILL_FRAMES):
+    """A driven clip at a glance: the source, then driving frames [T, H, W, 3] above the result's [T, H, W, 3]."""
+    shown = np.unique(np.linspace(0, min(len(driving), len(result)) - 1, frames_shown).round().astype(int))
+    blank = np.full_like(source, 255)
+    fig = plt.figure(figsize=((len(shown) + 1) * plots.CELL_INCHES + 0.6, 2 * plots.CELL_INCHES + 0.5),
+                     layout="constrained")
+    plots.image_table(fig, [[source, *driving[shown]], [blank, *result[shown]]],
+                      col_labels=["source", *(f"frame {i}" for i in shown)],
+                      row_labels=["driving clip", "result"])
+    return fig
+
+
+def write_result_still(source: str | Path, driving: str | Path, result: str | Path, out: str | Path) -> Path:
+    """:func:`result_still` of a ``reenact --driving`` run (its source image, clip and output video) as a PNG."""
+    from megafr.imageio import load_image
+
+    frames = [np.stack(list(drive.clip_frames(drive.probe_clip(path)))) for path in (driving, result)]
+    plots.save_figure(result_still(load_image(source), *frames), out)
+    return Path(out)
+
+
 def run(prepare_dir: str | Path, face3d_path: str | Path, out: Optional[str | Path] = None,
         stills: Optional[str | Path] = None) -> pd.DataFrame:
     """The study on a prepared mini world and its trained 3D network; the table is also written as JSON
@@ -202,7 +223,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--face3d", default="data/train_face3d/checkpoint.pt", help="the trained 3D face network")
     parser.add_argument("--out", default="data/drive_smoothing.json", help="JSON table written here")
     parser.add_argument("--stills", help="also write the README's two stills into this folder")
+    parser.add_argument("--result-still", nargs=4, metavar=("SOURCE", "DRIVING", "RESULT", "PNG"),
+                        help="only draw a driven clip: its source image, driving clip and result video, into PNG")
     args = parser.parse_args(argv)
+    if args.result_still:
+        print(f"wrote {write_result_still(*args.result_still)}")
+        return
     print(run(args.prepare_dir, args.face3d, args.out, args.stills).to_string(index=False, float_format="%.3f"))
 
 
