@@ -41,15 +41,17 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
-from megafr import training
+from megafr import distributed, training
 from megafr.config import require, study_files_digest, study_path, study_relative, torch_device
+from megafr.datasets.loader import ImageArray, ImageRows, InMemory, StepBatches, batch_loader, to_model_input
 from megafr.devices import autocast, module_device, to_cpu
 from megafr.errors import InputError, MissingFileError
 from megafr.face3d import landmarks as lmk
@@ -73,6 +75,7 @@ METRES_TO_MM = 1000.0
 PERCENT = 100.0
 EVAL_BATCH = 100  # images per evaluation batch
 PHOTO_TEST_EVERY = 10  # photos source: every 10th aligned photo is held out for evaluation
+DIGEST_CHUNK = 256  # images hashed at a time by LandmarkSet.digest
 PHOTO_PIXEL_CENTRE = 0.5  # align.py writes landmarks with pixel centres at integers; SynthHeads at j + 0.5
 LOSS_TERMS = ("lmk", "kp", "sil", "shape", "expr", "pose")
 # Config fields that may change between an interrupted run and its resumption.
@@ -144,28 +147,86 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------- data
+class ResizedImages(Dataset):
+    """Images of another image dataset (uint8 [S, S, 3] per row) area-resized to ``size`` when read, one at a time."""
+
+    def __init__(self, images: Dataset, size: int):
+        self.images = images  # the stored images (a memory-mapped array or image files)
+        self.size = size  # side the CNN sees
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return _resize_uint8(np.asarray(self.images[index])[None], self.size)[0]
+
+
+class PhotoFiles(Dataset):
+    """The aligned photos named by the landmark table, ``<folder>/images/<stem>.png``, decoded on demand."""
+
+    def __init__(self, folder: Path, names: Sequence[str]):
+        self.paths = [folder / "images" / f"{Path(name).stem}.png" for name in names]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        from megafr.imageio import load_image
+
+        return load_image(self.paths[index])
+
+    def list_digest(self) -> str:
+        """MD5 of the files' names and sizes (no pixel is read), as image manifests identify a folder."""
+        from megafr.datasets.manifest import list_digest
+
+        missing = [path for path in self.paths if not path.is_file()]
+        if missing:
+            raise MissingFileError(f"{missing[0]} (and {len(missing) - 1} more) not found: the landmark table lists "
+                                   "photos its images/ folder lacks; re-run the prepare stage")
+        return list_digest([path.name for path in self.paths], [path.stat().st_size for path in self.paths])
+
+
 @dataclass(frozen=True)
 class LandmarkSet:
-    """Images with their 68 landmarks (and head masks when known), at the CNN's input size."""
+    """Images with their 68 landmarks (and head masks when known); images at the CNN's input size.
 
-    images: np.ndarray  # uint8 [N, s, s, 3]
+    ``images`` is a uint8 array [N, s, s, 3] or an :class:`~megafr.datasets.loader.ImageRows` view that
+    reads (and resizes) only the rows asked for: a training set of photos never sits in memory whole.
+    """
+
+    images: Union[np.ndarray, ImageRows]  # uint8 [N, s, s, 3] (indexable by rows; read lazily when a view)
     landmarks: np.ndarray  # float32 [N, 68, 2], NDC (x right, y up, [-1, 1] across the image)
     masks: Optional[np.ndarray]  # uint8 [N, s, s] (1 = head) or None
     table: pd.DataFrame  # one row per image: SynthHeads ground truth, or the photo landmark table
+    images_digest: str = ""  # identifies the images without reading them (photos: names and sizes); "": hash pixels
 
     def __len__(self) -> int:
         return len(self.images)
 
     def digest(self) -> str:
-        """MD5 of what the network learns from (images, landmarks, masks): a checkpoint resumes only over the same."""
+        """MD5 of what the network learns from (images, landmarks, masks): a checkpoint resumes only over the same.
+
+        The pixels are hashed in chunks of DIGEST_CHUNK images (the same digest as hashing the whole array at
+        once), unless ``images_digest`` identifies them already (photos: the list of file names and sizes).
+        """
         digest = hashlib.md5()
-        for array in (self.images, self.landmarks, self.masks):
+        if self.images_digest:
+            digest.update(f"<files>{self.images_digest}".encode())
+        else:
+            digest.update(f"{tuple(self.images.shape)}{np.dtype(self.images.dtype).str}".encode())
+            for start in range(0, len(self.images), DIGEST_CHUNK):
+                digest.update(np.ascontiguousarray(self.images[start:start + DIGEST_CHUNK]).tobytes())
+        for array in (self.landmarks, self.masks):
             if array is None:
                 digest.update(b"<none>")
                 continue
             digest.update(f"{array.shape}{array.dtype.str}".encode())
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
+
+    def image_dataset(self) -> Dataset:
+        """The images as a dataset of uint8 [s, s, 3] rows (what the training DataLoader reads)."""
+        return InMemory(self.images) if isinstance(self.images, np.ndarray) else self.images
 
 
 def pixels_to_ndc(points: np.ndarray, image_size: int) -> np.ndarray:
@@ -189,14 +250,16 @@ def _resize_uint8(images: np.ndarray, size: int, chunk: int = 256) -> np.ndarray
 
 def load_landmark_set(cfg: TrainConfig, split: str) -> LandmarkSet:
     """The ``train`` or ``test`` split of SynthHeads; for the photos source, every PHOTO_TEST_EVERY-th
-    aligned photo is ``test`` and the others ``train``."""
+    aligned photo is ``test`` and the others ``train``. Images stay on disk (a memory-mapped ``images.npy``,
+    or the aligned photo files) and are read and resized to ``input_size`` per batch; landmarks and masks
+    (small) are loaded."""
     root = study_path(cfg.data_dir)
     if cfg.source == "synthetic":
         folder = root / split
         for name in ("images.npy", "meta.parquet"):
             if not (folder / name).is_file():
                 raise MissingFileError(f"{folder / name} not found; run the prepare stage first (`dvc repro prepare`)")
-        images = np.load(folder / "images.npy")
+        stored = ImageArray(folder / "images.npy")
         table = pd.read_parquet(folder / "meta.parquet")
         points = np.stack([table[[f"lmk2d_{axis}_{i}" for i in range(lmk.N_LANDMARKS)]].to_numpy(np.float64)
                            for axis in "xy"], axis=-1)  # [N, 68, 2] pixels
@@ -204,9 +267,12 @@ def load_landmark_set(cfg: TrainConfig, split: str) -> LandmarkSet:
         if masks is None and cfg.lambda_sil > 0:
             raise MissingFileError(f"{folder / 'masks.npy'} not found but lambda_sil={cfg.lambda_sil}; rebuild the data "
                                    "set with the current prepare stage, or set train_face3d.lambda_sil: 0")
+        if stored.shape[1] != cfg.image_size:
+            raise InputError(f"{folder}: images are {stored.shape[1:]} but train_face3d.image_size={cfg.image_size}; "
+                             "set image_size to the prepare stage's size")
+        files_digest = ""  # SynthHeads splits are small: their pixels are hashed, as before
     else:
         from megafr.datasets.align import read_landmark_table
-        from megafr.imageio import load_image
 
         folder = root / "photos"
         if not (folder / "landmarks.parquet").is_file():
@@ -215,15 +281,13 @@ def load_landmark_set(cfg: TrainConfig, split: str) -> LandmarkSet:
         held_out = np.arange(len(table)) % PHOTO_TEST_EVERY == 0
         keep = held_out if split == "test" else ~held_out
         table, points = table[keep].reset_index(drop=True), points[keep] + PHOTO_PIXEL_CENTRE
-        images = np.stack([_resize_uint8(load_image(folder / "images" / f"{Path(name).stem}.png")[None], cfg.input_size)[0]
-                           for name in table["file"]])
+        stored = PhotoFiles(folder, list(table["file"]))
+        files_digest = stored.list_digest()
         masks = None
-    if cfg.source == "synthetic" and (images.ndim != 4 or images.shape[1] != cfg.image_size):
-        raise InputError(f"{folder}: images are {images.shape[1:]} but train_face3d.image_size={cfg.image_size}; "
-                         "set image_size to the prepare stage's size")
     landmarks = pixels_to_ndc(points, cfg.image_size)  # aligned photos are written at prepare.image_size too
-    return LandmarkSet(_resize_uint8(images, cfg.input_size), landmarks,
-                       None if masks is None else _resize_uint8(masks, cfg.input_size), table)
+    images = ImageRows(ResizedImages(stored, cfg.input_size), np.arange(len(stored)))
+    return LandmarkSet(images, landmarks, None if masks is None else _resize_uint8(masks, cfg.input_size), table,
+                       files_digest)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -331,30 +395,77 @@ def train_face3d(cfg: TrainConfig, data: LandmarkSet, flame: Optional[FLAME] = N
                  stop_after: Optional[int] = None) -> TrainResult:
     """Train (or resume training) the network; checkpoints go to ``cfg.checkpoint_path``.
 
+    Under ``torchrun`` (:mod:`megafr.distributed`) each of the N processes takes its share of the step's
+    global batch of ``N * batch_size`` images; see :func:`silhouette_share` for the silhouette term.
     ``stop_after``: return after that many steps of this call, as an interruption would (tests use it).
     """
-    if len(data) < cfg.batch_size:
-        raise InputError(f"train_face3d: {len(data)} training images but batch_size={cfg.batch_size}; "
-                         "lower batch_size or build a larger data set")
+    here = distributed.setup()
+    if len(data) < cfg.batch_size * here.size:
+        raise InputError(f"train_face3d: {len(data)} training images but a global batch of {cfg.batch_size * here.size} "
+                         f"(batch_size={cfg.batch_size} on {here.size} processes); lower batch_size or build a larger "
+                         "data set")
     if cfg.lambda_sil > 0 and data.masks is None:
         raise InputError("train_face3d: lambda_sil > 0 but the data has no head masks; set lambda_sil: 0")
+    silhouette_share(cfg, here)  # refuses a silhouette batch the processes cannot share evenly
     previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, data, flame, progress, stop_after)
+        return _train(cfg, data, flame, progress, stop_after, here)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_after) -> TrainResult:
-    device = torch_device()  # the GPU when there is one; batches are read on the CPU and moved there
+def silhouette_share(cfg: TrainConfig, here: distributed.World) -> int:
+    """Images of this process's share of the batch that get the silhouette term on a silhouette step.
+
+    The rule: the step's silhouette images are ``k = min(sil_batch, global batch)`` images of the global
+    batch, ``k / N`` from the front of each process's share. In one process these are the batch's first
+    ``sil_batch`` images; on N processes each renders ``k / N`` silhouettes, so the term costs the same per
+    step whatever N is (and N processes match one process at the N-times batch when ``sil_batch`` covers
+    the whole batch). ``k`` must split evenly over the processes.
+    """
+    total = min(cfg.sil_batch, cfg.batch_size * here.size)
+    if total % here.size:
+        raise InputError(f"train_face3d.sil_batch={cfg.sil_batch} silhouette images do not split over {here.size} "
+                         f"processes; set sil_batch to a multiple of {here.size}")
+    return total // here.size
+
+
+class Face3dStep(torch.nn.Module):
+    """One step's loss as a module (what ``DistributedDataParallel`` wraps): the model and its loss."""
+
+    def __init__(self, model: FaceModel, loss_fn: Face3dLoss):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, images: torch.Tensor, target: torch.Tensor,
+                masks: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_fn(self.model, images, target, masks)
+
+
+def _engine(step: Face3dStep, here: distributed.World, device: torch.device) -> torch.nn.Module:
+    """The step module, wrapped in DistributedDataParallel (batch norm over the global batch) on several processes."""
+    if not here.distributed:
+        return step
+    from torch.nn.parallel import DistributedDataParallel
+
+    distributed.sync_batch_norm(step.model.net)  # batch statistics of the global batch, as in one process
+    ids = [device.index if device.index is not None else here.local_rank] if device.type == "cuda" else None
+    return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True)
+
+
+def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_after,
+           here: distributed.World) -> TrainResult:
+    device = torch_device()  # the GPU when there is one (this process's GPU under torchrun)
     model = build_model(cfg, flame).to(device)
     optimizer = torch.optim.Adam(model.net.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
     loss_fn = Face3dLoss(cfg).to(device)
     path = cfg.checkpoint_path
     start, curve, window = 0, [], {}
     upstream = _upstream_digest(cfg, data)
+    if here.distributed:  # the data order depends on the global batch: resume only on as many processes
+        upstream += f";processes={here.size}"
     saved = training.resumable(path, read_checkpoint, cfg, upstream=upstream, free_fields=RESUME_FREE_FIELDS,
                                config_entry="train_config", code=training.code_digest(TRAINING_CODE), steps=cfg.steps)
     if saved is not None:
@@ -363,34 +474,45 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
         torch.set_rng_state(saved["rng"])
         start, curve = int(saved["step"]), list(saved["curve"])
         window = {name: list(values) for name, values in saved.get("window", {}).items()}
+    distributed.barrier()  # every rank has decided before rank 0 writes the next checkpoint
+    engine = _engine(Face3dStep(model, loss_fn), here, device)
     log_every = max(cfg.sil_every, cfg.sil_every * (cfg.steps // (CURVE_POINTS * cfg.sil_every)))
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    sil_share = silhouette_share(cfg, here)
+
+    def step_rows(step: int) -> np.ndarray:  # this process's share of the step's global batch
+        return distributed.shard(batch_indices(cfg.seed, step, len(data), cfg.batch_size * here.size), here)
+
+    batches = batch_loader(data.image_dataset(), StepBatches(step_rows, start, end), device)
     model.net.train()
     began = time.perf_counter()
-    for step in progress_bar(range(start, end), desc="train_face3d", initial=start, total=cfg.steps,
-                             disable=not progress):
-        rows = batch_indices(cfg.seed, step, len(data), cfg.batch_size)
-        images = images_to_tensor(data.images[rows]).to(device)  # [B, 3, s, s]
+    steps = progress_bar(range(start, end), desc="train_face3d", initial=start, total=cfg.steps,
+                         disable=not (progress and here.main))
+    for step, batch in zip(steps, batches):
+        rows = step_rows(step)
+        images = to_model_input(batch, device)  # [B, 3, s, s]
         target = torch.from_numpy(data.landmarks[rows]).to(device)  # [B, 68, 2]
         masks = None
         if data.masks is not None and cfg.lambda_sil > 0 and step % cfg.sil_every == 0:
-            masks = torch.from_numpy(data.masks[rows[:cfg.sil_batch]]).to(device)
+            masks = torch.from_numpy(data.masks[rows[:sil_share]]).to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        total, terms = loss_fn(model, images, target, masks)
+        total, terms = engine(images, target, masks)
         training.check_finite("train_face3d", step, total, terms, path)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        for name, value in {"total": float(total.detach()), **terms}.items():
+        for name, value in distributed.mean_over_ranks({"total": float(total.detach()), **terms}, device).items():
             window.setdefault(name, []).append(value)
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             curve.append({"step": step + 1, "lr": learning_rate(cfg, step),
                           **{name: float(np.mean(values)) for name, values in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            payload = checkpoint_payload(model, optimizer, step + 1, cfg, curve, window, upstream)
-            training.write_checkpoint(path, payload, "train_face3d", {"network": model.net})
+            if here.main:
+                payload = checkpoint_payload(model, optimizer, step + 1, cfg, curve, window, upstream)
+                training.write_checkpoint(path, payload, "train_face3d", {"network": model.net})
+            distributed.barrier()
     seconds = time.perf_counter() - began
     model.eval()
     return TrainResult(model, pd.DataFrame(curve).reindex(columns=["step", "lr", "total", *LOSS_TERMS]).fillna(0.0),
