@@ -464,8 +464,6 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
     path = cfg.checkpoint_path
     start, curve, window = 0, [], {}
     upstream = _upstream_digest(cfg, data)
-    if here.distributed:  # the data order depends on the global batch: resume only on as many processes
-        upstream += f";processes={here.size}"
     saved = training.resumable(path, read_checkpoint, cfg, upstream=upstream, free_fields=RESUME_FREE_FIELDS,
                                config_entry="train_config", code=training.code_digest(TRAINING_CODE), steps=cfg.steps)
     if saved is not None:
@@ -511,6 +509,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
             if here.main:
                 payload = checkpoint_payload(model, optimizer, step + 1, cfg, curve, window, upstream)
+                payload["processes"] = here.size  # the global batch was processes * batch_size images
                 training.write_checkpoint(path, payload, "train_face3d", {"network": model.net})
             distributed.barrier()
     seconds = time.perf_counter() - began
