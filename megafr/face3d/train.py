@@ -23,6 +23,12 @@ on aligned photos in the paper profile), so the same code runs on real photos:
 
 Ground-truth parameters of SynthHeads are read only by :func:`evaluate`.
 
+Data: images stay on disk (SynthHeads' memory-mapped ``images.npy``, or the aligned photo files) and
+are read through a ``torch.utils.data`` DataLoader (:mod:`megafr.datasets.loader`), each area-resized
+to ``input_size`` when read; landmarks and masks are small arrays in memory. Under ``torchrun``
+(:mod:`megafr.face3d.multigpu`, :mod:`megafr.distributed`) each process trains on its share of the
+global batch, and :func:`silhouette_share` says which images get the silhouette term.
+
 Determinism and resume: the batch at step ``k`` is a pure function of ``(seed, k)`` (one
 permutation per epoch seeded by ``(seed, epoch)``), the learning rate a pure function of ``k``, and
 the checkpoint (written atomically every ``checkpoint_every`` steps and at the end) holds the
@@ -80,7 +86,8 @@ PHOTO_PIXEL_CENTRE = 0.5  # align.py writes landmarks with pixel centres at inte
 LOSS_TERMS = ("lmk", "kp", "sil", "shape", "expr", "pose")
 # Config fields that may change between an interrupted run and its resumption.
 RESUME_FREE_FIELDS = ("checkpoint_every", "threads", "out_dir", "run_dir", "profile")
-TRAINING_CODE = ("face3d", "losses", "training.py", "imageio.py")  # sources the weights depend on (resume key)
+# sources the weights depend on (resume key)
+TRAINING_CODE = ("face3d", "losses", "training.py", "imageio.py", "distributed.py", "datasets/loader.py")
 
 
 @dataclass(frozen=True)
