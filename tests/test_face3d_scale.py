@@ -160,8 +160,6 @@ def test_two_ranks_match_one_process_at_the_doubled_batch(world_dir, tmp_path, m
 
 
 def test_the_torchrun_entry_trains_the_stage_config(world_dir, tmp_path, monkeypatch):
-    import yaml
-
     from megafr.face3d import multigpu
 
     monkeypatch.setenv("MEGAFR_DEVICE", "cpu")
@@ -172,4 +170,3 @@ def test_the_torchrun_entry_trains_the_stage_config(world_dir, tmp_path, monkeyp
     monkeypatch.setattr(multigpu, "load_config", lambda params: seen.setdefault("cfg", cfg))
     assert multigpu.main(["--params", str(tmp_path / "params.yaml")]) == 0
     assert ft.read_checkpoint(cfg.checkpoint_path)["step"] == 1 and seen["cfg"] is cfg
-    del yaml
