@@ -12,6 +12,7 @@ generator's synthesis network ``G`` decodes it, and both learn together from
       + lambda_delta * mean_i |w_i - w_0|_2                       e4e's delta regularisation
       + lambda_id * (1 - <R(G(E(x))), R(x)>)                      identity (R: the frozen train_idnet network)
       [+ lambda_lpips * LPIPS(G(E(x)), x) only when LPIPS's backbone weights are on the machine]
+      [+ lambda_adv * softplus(-D_image(G(E(x))))   StyleGAN2's image discriminator, off in every profile]
 
 with the terms of :mod:`megafr.losses`. Why these terms and weights, and the recipes measured and
 not kept: ``docs/experiments/train_generator.md``.
@@ -31,6 +32,13 @@ not kept: ``docs/experiments/train_generator.md``.
   network also learns, against D_latent (``mapping_loss``: it chases the encoder's codes), so that
   samples ``G(mapping(z))`` decode to heads; with ``lr_mapping = 0`` it stays frozen. ``latent_avg``
   is the mean of the *initial* mapping, the encoders' anchor (their codes are offsets from it).
+- **Optional, off in every profile** (measured side by side: ``docs/experiments/train_generator.md``).
+  ``encoder_passes > 1``: ReStyle's iterative encoding (Alaluf et al. 2021), a 6-channel encoder that
+  sees the image and the current reconstruction and refines the code in that many passes, each with
+  its own losses (averaged). Its ``e4e.pt`` records ``encoder_passes`` in ``opts``; the later stages
+  encode in one 3-channel pass, so they refuse such an encoder with the loader's shape error.
+  ``lambda_adv > 0``: StyleGAN2's residual image discriminator (non-saturating loss, R1 weight
+  ``r1_image`` on real images) on the reconstructions, next to the autoencoder terms.
 - ``g_ema`` is an exponential moving average of the synthesis weights (decay ``ema_decay``); the
   e4e product decodes with ``g_ema`` and the metrics are computed with it.
 
