@@ -36,7 +36,7 @@ not kept: ``docs/experiments/train_generator.md``.
   ``encoder_passes > 1``: ReStyle's iterative encoding (Alaluf et al. 2021), a 6-channel encoder that
   sees the image and the current reconstruction and refines the code in that many passes, each with
   its own losses (averaged). Its ``e4e.pt`` records ``encoder_passes`` in ``opts``; the later stages
-  encode in one 3-channel pass, so they refuse such an encoder with the loader's shape error.
+  encode 3-channel images in one pass, which such an encoder refuses (its input-shape error).
   ``lambda_adv > 0``: StyleGAN2's residual image discriminator (non-saturating loss, R1 weight
   ``r1_image`` on real images) on the reconstructions, next to the autoencoder terms.
 - ``g_ema`` is an exponential moving average of the synthesis weights (decay ``ema_decay``); the
