@@ -45,9 +45,10 @@ def pool(images):
 def _gen_cfg(out_dir, **overrides) -> ae.GeneratorStageConfig:
     values = dict(profile="smoke", seed=3, mode="train", data_dir="unused", model_path="", landmark_path="",
                   official_stylegan2="", official_e4e="", image_size=SIZE, style_dim=16, n_mlp=2, max_channels=16,
-                  enc_width=4, enc_units=1, steps=4, batch_size=2,
+                  enc_width=4, enc_units=1, encoder_passes=1, steps=4, batch_size=2,
                   swap_batch=2, swap_pool=8, lr_g=2e-3, lr_e=1e-3, lr_d=1e-3, lr_mapping=0.0, lambda_l2=1.0, lambda_swap=1.0,
-                  lambda_lap=0.5, lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, lambda_id=0.0, r1_gamma=1.0, ema_decay=0.9,
+                  lambda_lap=0.5, lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, lambda_id=0.0, lambda_adv=0.0, r1_gamma=1.0,
+                  r1_image=10.0, ema_decay=0.9,
                   idnet_path="", face3d_path="", n_eval=4, n_fd_samples=4, n_swap_eval=2,
                   checkpoint_every=1, threads=0, out_dir=str(out_dir / "products"))
     values.update(overrides)
@@ -354,6 +355,53 @@ def test_generator_resume_equals_uninterrupted(tmp_path, images, pool):
     # a changed training parameter starts afresh instead of resuming a foreign run
     fresh = ae.train_generator(replace(cfg, lr_g=1e-3), images, pool, progress=False, stop_after=1)
     assert fresh.resumed_from == 0
+
+
+def test_generator_refining_encoder_trains_resumes_and_encodes(tmp_path, images, pool):
+    """ReStyle's iterative encoding (encoder_passes > 1): a 6-channel encoder, finite losses, every trained
+    network moves, resume equals an uninterrupted run, and encode() runs the passes with g_ema."""
+    cfg = _gen_cfg(tmp_path / "r", encoder_passes=2, steps=3)
+    assert cfg.encoder_config().input_nc == 6 and _gen_cfg(tmp_path / "s").encoder_config().input_nc == 3
+    before = ae.build_networks(cfg)
+    whole = ae.train_generator(cfg, images, pool, progress=False)
+    assert np.isfinite(whole.curve.drop(columns=["step"]).to_numpy()).all()
+    for name in ("generator", "encoder", "latent_d"):
+        assert not _state_equal(getattr(before, name), getattr(whole.nets, name)), name
+    part = _gen_cfg(tmp_path / "r2", encoder_passes=2, steps=3)
+    ae.train_generator(part, images, pool, progress=False, stop_after=1)
+    rest = ae.train_generator(part, images, pool, progress=False)
+    assert rest.resumed_from == 1
+    for name in ("generator", "g_ema", "encoder", "latent_d"):
+        assert _state_equal(getattr(whole.nets, name), getattr(rest.nets, name)), name
+    x = common.images_to_tensor(images[:3])
+    with torch.no_grad():
+        codes = whole.nets.encode(x)
+        passes = list(ae.refine(whole.nets, x, whole.nets.g_ema, ae.fixed_noise(whole.nets.g_ema)))
+    assert codes.shape == (3, cfg.n_latent, cfg.style_dim) and len(passes) == 2
+    assert torch.equal(codes, passes[-1]) and not torch.equal(passes[0], passes[1])
+    with pytest.raises(InputError, match="encoder_passes"):
+        _gen_cfg(tmp_path / "bad", encoder_passes=0)
+
+
+def test_generator_image_discriminator_trains_and_resumes(tmp_path, images, pool):
+    """lambda_adv > 0 adds StyleGAN2's image discriminator (R1 on real images): finite losses, it learns,
+    its terms are logged, and resume equals an uninterrupted run; with lambda_adv = 0 there is none."""
+    assert ae.build_networks(_gen_cfg(tmp_path / "off")).image_d is None
+    cfg = _gen_cfg(tmp_path / "d", lambda_adv=0.1, steps=3)
+    before = ae.build_networks(cfg)
+    whole = ae.train_generator(cfg, images, pool, progress=False)
+    assert not _state_equal(before.image_d, whole.nets.image_d)
+    assert {"adv", "d_image", "r1_image"} <= set(whole.curve.columns)
+    assert (whole.curve[["adv", "d_image", "r1_image"]] > 0).all().all()
+    assert np.isfinite(whole.curve.drop(columns=["step"]).to_numpy()).all()
+    part = _gen_cfg(tmp_path / "d2", lambda_adv=0.1, steps=3)
+    ae.train_generator(part, images, pool, progress=False, stop_after=2)
+    rest = ae.train_generator(part, images, pool, progress=False)
+    assert rest.resumed_from == 2
+    for name in ("generator", "encoder", "image_d"):
+        assert _state_equal(getattr(whole.nets, name), getattr(rest.nets, name)), name
+    off = ae.train_generator(_gen_cfg(tmp_path / "o", steps=1), images, pool, progress=False)
+    assert "adv" not in off.curve.columns and "d_image" not in off.curve.columns
 
 
 def test_generator_products_load_through_official_loaders(tmp_path, images, pool):

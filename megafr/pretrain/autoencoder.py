@@ -12,6 +12,7 @@ generator's synthesis network ``G`` decodes it, and both learn together from
       + lambda_delta * mean_i |w_i - w_0|_2                       e4e's delta regularisation
       + lambda_id * (1 - <R(G(E(x))), R(x)>)                      identity (R: the frozen train_idnet network)
       [+ lambda_lpips * LPIPS(G(E(x)), x) only when LPIPS's backbone weights are on the machine]
+      [+ lambda_adv * softplus(-D_image(G(E(x))))   StyleGAN2's image discriminator, off in every profile]
 
 with the terms of :mod:`megafr.losses`. Why these terms and weights, and the recipes measured and
 not kept: ``docs/experiments/train_generator.md``.
@@ -31,6 +32,13 @@ not kept: ``docs/experiments/train_generator.md``.
   network also learns, against D_latent (``mapping_loss``: it chases the encoder's codes), so that
   samples ``G(mapping(z))`` decode to heads; with ``lr_mapping = 0`` it stays frozen. ``latent_avg``
   is the mean of the *initial* mapping, the encoders' anchor (their codes are offsets from it).
+- **Optional, off in every profile** (measured side by side: ``docs/experiments/train_generator.md``).
+  ``encoder_passes > 1``: ReStyle's iterative encoding (Alaluf et al. 2021), a 6-channel encoder that
+  sees the image and the current reconstruction and refines the code in that many passes, each with
+  its own losses (averaged). Its ``e4e.pt`` records ``encoder_passes`` in ``opts``; the later stages
+  encode 3-channel images in one pass, which such an encoder refuses (its input-shape error).
+  ``lambda_adv > 0``: StyleGAN2's residual image discriminator (non-saturating loss, R1 weight
+  ``r1_image`` on real images) on the reconstructions, next to the autoencoder terms.
 - ``g_ema`` is an exponential moving average of the synthesis weights (decay ``ema_decay``); the
   e4e product decodes with ``g_ema`` and the metrics are computed with it.
 
@@ -63,7 +71,7 @@ from megafr.fileio import atomic_path, write_json
 from megafr.losses import LpipsLoss, delta_loss, id_loss, laplacian_l1, latent_d_loss, latent_loss, mapping_loss
 from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
 from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, LatentCodesDiscriminator
-from megafr.nets.stylegan2 import Generator
+from megafr.nets.stylegan2 import Discriminator, Generator
 from megafr.pretrain import common
 from megafr.pretrain.latent_structure import mix_codes, render_swap_set, swap_pairs
 from megafr.progress import progress_bar
@@ -77,8 +85,9 @@ MEAN_LATENT_SAMPLES = 4096  # z samples averaged into latent_avg
 ADAM_BETAS_G = (0.0, 0.99)  # StyleGAN2's Adam betas (generator, discriminator)
 ADAM_BETAS_E = (0.9, 0.999)  # encoder
 CURVE_POINTS = 150  # about this many rows in the training curve
-LOSS_TERMS = ("l2", "lap", "swap", "latent", "delta", "lpips", "id", "d_latent", "r1", "mapping")
-LAMBDA_TERMS = LOSS_TERMS[:-3]  # the weighted terms of the G + E loss (lambda_<term>); D's and the mapping's are not
+LAMBDA_TERMS = ("l2", "lap", "swap", "latent", "delta", "lpips", "id", "adv")  # the G + E loss's terms (lambda_<term>)
+IMAGE_D_TERMS = ("d_image", "r1_image")  # the image discriminator's (logged when lambda_adv > 0)
+LOSS_TERMS = (*LAMBDA_TERMS, "d_latent", "r1", *IMAGE_D_TERMS, "mapping")
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,7 @@ class GeneratorStageConfig(common.StageFolders):
     max_channels: int  # generator channel cap (channel_multiplier 1)
     enc_width: int  # encoder IR-SE base width (stages: width * (1, 2, 4, 8); stem: width)
     enc_units: int  # encoder IR-SE units per stage
+    encoder_passes: int  # encoder passes: 1 = e4e's single pass; N > 1 = ReStyle's iterative refinement (N passes)
     steps: int  # optimisation steps
     batch_size: int  # reconstruction images per step (besides the swap pairs)
     swap_batch: int  # swap pairs per step
@@ -117,7 +127,9 @@ class GeneratorStageConfig(common.StageFolders):
     lambda_delta: float  # e4e delta regularisation weight
     lambda_lpips: float  # LPIPS weight (used only when LPIPS's backbone weights are present)
     lambda_id: float  # identity weight, 1 - ID similarity of G(E(x)) and x (0: the identity network is not used)
+    lambda_adv: float  # StyleGAN2 image discriminator's non-saturating loss on the reconstructions (0: no image D)
     r1_gamma: float  # R1 penalty weight on real codes of the latent discriminator
+    r1_image: float  # R1 penalty weight on real images of the image discriminator (with lambda_adv > 0)
     ema_decay: float  # g_ema decay per step
     idnet_path: str  # identity network for ID similarity and FD-id (train_idnet product or official)
     face3d_path: str  # train_face3d checkpoint measuring pose in the layer-swap test ("" : pose not measured)
@@ -136,8 +148,8 @@ class GeneratorStageConfig(common.StageFolders):
         require(self.image_size >= 16 and self.image_size & (self.image_size - 1) == 0,
                 f"train_generator.image_size must be a power of two >= 16, got {self.image_size}")
         require_at_least("train_generator", self, (
-            ("enc_width", 1), ("enc_units", 1), ("steps", 1), ("batch_size", 1), ("swap_batch", 0),
-            ("checkpoint_every", 1), ("lr_mapping", 0), *((f"lambda_{term}", 0) for term in LAMBDA_TERMS)))
+            ("enc_width", 1), ("enc_units", 1), ("encoder_passes", 1), ("steps", 1), ("batch_size", 1), ("swap_batch", 0),
+            ("checkpoint_every", 1), ("lr_mapping", 0), ("r1_image", 0), *((f"lambda_{term}", 0) for term in LAMBDA_TERMS)))
         require(self.lr_mapping == 0 or self.lambda_latent > 0,
                 f"train_generator.lr_mapping={self.lr_mapping} trains the mapping against the latent discriminator, "
                 "which lambda_latent=0 turns off; set lambda_latent > 0 or lr_mapping: 0")
@@ -167,7 +179,9 @@ class GeneratorStageConfig(common.StageFolders):
         return 2 * int(np.log2(self.image_size)) - 2
 
     def encoder_config(self) -> EncoderConfig:
-        return EncoderConfig(input_size=self.image_size, n_latent=self.n_latent, style_dim=self.style_dim,
+        """e4e's encoder; a refining one (``encoder_passes > 1``) also sees the current reconstruction (6 channels)."""
+        return EncoderConfig(input_nc=3 * (2 if self.encoder_passes > 1 else 1), input_size=self.image_size,
+                             n_latent=self.n_latent, style_dim=self.style_dim,
                              body=common.irse_body(self.enc_width, self.enc_units))
 
 
@@ -178,10 +192,46 @@ class Networks:
     encoder: Encoder4Editing  # e4e encoder (returns offsets)
     latent_d: LatentCodesDiscriminator  # e4e's latent discriminator
     latent_avg: torch.Tensor  # mean of the initial mapping(z) [D]: the encoders' anchor, saved as latent_avg
+    encoder_passes: int = 1  # encoder passes (1: e4e; > 1: ReStyle's refinement, see refine)
+    image_d: Optional[Discriminator] = None  # StyleGAN2's image discriminator (only with lambda_adv > 0)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, S, S] -> W+ codes [B, n_latent, D] (latent_avg added)."""
-        return self.encoder(x) + self.latent_avg
+        """Images [B, 3, S, S] -> W+ codes [B, n_latent, D] (latent_avg added); a refining encoder
+        decodes its intermediate codes with ``g_ema``."""
+        if self.encoder_passes == 1:
+            return self.encoder(x) + self.latent_avg
+        noise = fixed_noise(self.g_ema)
+        codes = None
+        for codes in refine(self, x, self.g_ema, noise):
+            pass
+        return codes
+
+    def start_image(self, generator: Generator, batch: int) -> torch.Tensor:
+        """ReStyle's first "reconstruction": the image of ``latent_avg`` [batch, 3, S, S] (no gradient)."""
+        w = self.latent_avg.expand(1, generator.n_latent, -1)
+        with torch.no_grad():
+            return generator.synthesis(w, fixed_noise(generator)).expand(batch, -1, -1, -1)
+
+
+def fixed_noise(generator: Generator) -> list[torch.Tensor]:
+    """The generator's stored noise maps (the mini world decodes with fixed noise)."""
+    return [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+
+
+def refine(nets: Networks, x: torch.Tensor, generator: Generator, noise: list[torch.Tensor]):
+    """ReStyle's iterative encoding (Alaluf et al. 2021, Sec. 3): yield the W+ codes [B, n_latent, D]
+    of each of ``nets.encoder_passes`` passes. Pass t encodes ``[x, y_{t-1}]`` (6 channels) into an offset
+    added to the previous code ``w_{t-1}``; ``w_0 = latent_avg`` and ``y_0`` its image. As in ReStyle, the
+    previous code and image are detached, so each pass learns from its own losses; after a pass its
+    codes are decoded by ``generator`` (the trained one in training, ``g_ema`` at inference)."""
+    y = nets.start_image(generator, len(x))
+    codes = nets.latent_avg.expand(len(x), generator.n_latent, -1)
+    for t in range(nets.encoder_passes):
+        codes = refine_pass(nets, x, codes, y)
+        yield codes
+        if t + 1 < nets.encoder_passes:
+            with torch.no_grad():
+                y = generator.synthesis(codes, noise)
 
 
 def build_networks(cfg: GeneratorStageConfig) -> Networks:
@@ -193,17 +243,25 @@ def build_networks(cfg: GeneratorStageConfig) -> Networks:
     generator.style.requires_grad_(cfg.trains_mapping)
     latent_avg = generator.mean_latent(MEAN_LATENT_SAMPLES)[0]  # [D]
     g_ema = copy.deepcopy(generator).eval().requires_grad_(False)
-    return Networks(generator, g_ema, encoder, latent_d, latent_avg)
+    image_d = Discriminator(cfg.image_size, channel_multiplier=1, max_channels=cfg.max_channels) if cfg.lambda_adv else None
+    return Networks(generator, g_ema, encoder, latent_d, latent_avg, cfg.encoder_passes, image_d)
 
 
 def curve_columns(cfg: GeneratorStageConfig) -> list[str]:
     """Columns of the training curve (the mapping's term only when it trains)."""
-    return ["step", "lr_g", "total", *(t for t in LOSS_TERMS if t != "mapping" or cfg.trains_mapping)]
+    off = {*(() if cfg.trains_mapping else ("mapping",)), *(() if cfg.lambda_adv else ("adv", *IMAGE_D_TERMS))}
+    return ["step", "lr_g", "total", *(t for t in LOSS_TERMS if t not in off)]
 
 
 def synthesis_parameters(generator: Generator) -> list[torch.nn.Parameter]:
     """Every generator parameter except the mapping network's (frozen, or trained by its own optimizer)."""
     return [p for name, p in generator.named_parameters() if not name.startswith("style.")]
+
+
+def refine_pass(nets: Networks, x: torch.Tensor, codes: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One ReStyle pass: images x and current reconstructions y [B, 3, S, S], current codes [B, n_latent, D]
+    -> refined codes (the inputs detached)."""
+    return codes.detach() + nets.encoder(torch.cat([x, y.detach()], dim=1))
 
 
 # ------------------------------------------------------------------------------ swap pool
@@ -236,6 +294,62 @@ class GeneratorResult:
     seconds: float  # wall time of those steps
     resumed_from: int  # checkpoint step resumed from (0: fresh start)
     lpips_message: str  # "LPIPS on/off: ..." (logged by the notebook)
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # reconstruction images, then the swap pairs' A and B images [B + 2P, 3, S, S]
+    n_rec: int  # B
+    n_swap: int  # P
+    truth: Optional[torch.Tensor]  # renderings of the mixed pairs [P, 3, S, S] (None when P = 0)
+
+    @property
+    def n_a(self) -> int:
+        """Images whose reconstructions are compared with the input: the B images and the A images."""
+        return self.n_rec + self.n_swap
+
+
+def autoencoder_loss(cfg: GeneratorStageConfig, nets: Networks, generator: Generator, noise: list, batch: Batch,
+                     codes: torch.Tensor, lpips_term: LpipsLoss, idnet,
+                     decode_all: bool = False) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """The G + E loss of one batch's codes [B + 2P, n_latent, D] -> (weighted total, terms, decoded images).
+
+    Decoded: the first B + P codes (all B + 2P with ``decode_all``: ReStyle's next input), then the P
+    mixed codes (coarse + medium entries of B, fine of A).
+    """
+    x, n_a = batch.x, batch.n_a
+    decode = codes if decode_all else codes[:n_a]
+    if batch.n_swap:
+        decode = torch.cat([decode, mix_codes(codes[n_a:], codes[batch.n_rec:n_a])])  # + mixed [P]
+    out = generator.synthesis(decode, noise)  # [len(decode), 3, S, S]
+    mixed = out[len(decode) - batch.n_swap:]  # [P, 3, S, S]
+    zero = out.new_zeros(())
+    terms = {"l2": F.mse_loss(out[:n_a], x[:n_a])}
+    terms["swap"] = F.mse_loss(mixed, batch.truth) if batch.n_swap else zero
+    terms["lap"] = (laplacian_l1(out[:n_a], x[:n_a]) + (laplacian_l1(mixed, batch.truth) if batch.n_swap else 0)
+                    if cfg.lambda_lap else zero)
+    terms["latent"] = latent_loss(nets.latent_d, codes) if cfg.lambda_latent else zero
+    terms["delta"] = delta_loss(codes)
+    terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else zero
+    terms["id"] = id_loss(idnet, out[:n_a], x[:n_a]) if cfg.lambda_id else zero
+    terms["adv"] = F.softplus(-nets.image_d(out[:batch.n_rec])).mean() if cfg.lambda_adv else zero
+    total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
+    return total, terms, out
+
+
+def image_d_loss(discriminator: Discriminator, real: torch.Tensor, fake: torch.Tensor,
+                 r1_gamma: float) -> tuple[torch.Tensor, dict]:
+    """StyleGAN2's discriminator loss (Karras et al. 2020): non-saturating logistic loss on real images vs
+    reconstructions [B, 3, S, S], + R1 (Mescheder et al. 2018) on the real ones, summed over pixels."""
+    real = real.detach().requires_grad_(r1_gamma > 0)
+    real_pred, fake_pred = discriminator(real), discriminator(fake.detach())
+    loss = F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
+    r1 = real.new_zeros(())
+    if r1_gamma > 0:
+        (grad,) = torch.autograd.grad(real_pred.sum(), real, create_graph=True)
+        r1 = grad.square().sum((1, 2, 3)).mean()
+        loss = loss + r1_gamma / 2 * r1
+    return loss, {"d_image": float(loss.detach()), "r1_image": float(r1.detach())}
 
 
 def _ema(target: Generator, source: Generator, decay: float) -> None:
@@ -271,15 +385,18 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
     optimizers = {"g": opt_g, "e": opt_e, "d": opt_d}
     if cfg.trains_mapping:
         optimizers["m"] = adam(nets.generator.style.parameters(), cfg.lr_mapping, ADAM_BETAS_G)
+    if nets.image_d is not None:
+        modules["image_d"] = nets.image_d
+        optimizers["image_d"] = adam(nets.image_d.parameters(), cfg.lr_d, ADAM_BETAS_G)
     lpips_term = LpipsLoss(cfg.lambda_lpips)
     if idnet is not None:
         idnet.eval().requires_grad_(False)
     start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
-    noise = [getattr(nets.generator.noises, f"noise_{i}") for i in range(nets.generator.num_layers)]
+    noise = fixed_noise(nets.generator)
     nets.generator.train()
     nets.encoder.train()
-    peaks = {"g": cfg.lr_g, "e": cfg.lr_e, "d": cfg.lr_d, "m": cfg.lr_mapping}  # learning rates by optimizer
+    peaks = {"g": cfg.lr_g, "e": cfg.lr_e, "d": cfg.lr_d, "m": cfg.lr_mapping, "image_d": cfg.lr_d}  # learning rates by optimizer
     window: dict[str, list[float]] = {}
     began = time.perf_counter()
     for step in progress_bar(range(start, end), desc="train_generator", initial=start, total=cfg.steps,
@@ -298,22 +415,19 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         for name, opt in optimizers.items():
             common.set_lr(opt, lrs[name])
 
-        # generator + encoder step
-        codes = nets.encode(x)  # [B + 2P, n_latent, D]
-        n_a = n_rec + cfg.swap_batch
-        decode = codes[:n_a]
-        if cfg.swap_batch:
-            decode = torch.cat([decode, mix_codes(codes[n_a:], codes[n_rec:n_a])])  # + mixed [P]
-        out = nets.generator.synthesis(decode, noise)  # [B + 2P, 3, S, S]
-        terms = {"l2": F.mse_loss(out[:n_a], x[:n_a])}
-        terms["swap"] = F.mse_loss(out[n_a:], truth) if cfg.swap_batch else out.new_zeros(())
-        terms["lap"] = (laplacian_l1(out[:n_a], x[:n_a]) + (laplacian_l1(out[n_a:], truth) if cfg.swap_batch else 0)
-                        if cfg.lambda_lap else out.new_zeros(()))
-        terms["latent"] = latent_loss(nets.latent_d, codes) if cfg.lambda_latent else out.new_zeros(())
-        terms["delta"] = delta_loss(codes)
-        terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else out.new_zeros(())
-        terms["id"] = id_loss(idnet, out[:n_a], x[:n_a]) if cfg.lambda_id else out.new_zeros(())
-        total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
+        # generator + encoder step (one pass; ReStyle: encoder_passes passes, their losses averaged)
+        batch = Batch(x, n_rec, cfg.swap_batch, truth if cfg.swap_batch else None)
+        if cfg.encoder_passes == 1:
+            codes = nets.encode(x)  # [B + 2P, n_latent, D]
+            total, terms, out = autoencoder_loss(cfg, nets, nets.generator, noise, batch, codes, lpips_term, idnet)
+        else:
+            codes, y, total = nets.latent_avg.expand(len(x), cfg.n_latent, -1), nets.start_image(nets.generator, len(x)), 0
+            for _ in range(cfg.encoder_passes):
+                codes = refine_pass(nets, x, codes, y)
+                pass_total, terms, out = autoencoder_loss(cfg, nets, nets.generator, noise, batch, codes,
+                                                          lpips_term, idnet, decode_all=True)
+                total = total + pass_total / cfg.encoder_passes
+                y = out[:len(x)]
         training.check_finite("train_generator", step, total, terms, cfg.checkpoint_path)
         opt_g.zero_grad(set_to_none=True)
         opt_e.zero_grad(set_to_none=True)
@@ -321,8 +435,15 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         opt_g.step()
         opt_e.step()
 
-        # latent discriminator step
+        # image discriminator step (the B reconstructions against their inputs), latent discriminator step
         logged = {k: float(v.detach()) for k, v in terms.items()}
+        if nets.image_d is not None:
+            d_loss, d_terms = image_d_loss(nets.image_d, x[:n_rec], out[:n_rec], cfg.r1_image)
+            training.check_finite("train_generator", step, d_loss, d_terms, cfg.checkpoint_path)
+            optimizers["image_d"].zero_grad(set_to_none=True)
+            d_loss.backward()
+            optimizers["image_d"].step()
+            logged.update(d_terms)
         if cfg.lambda_latent:
             z = torch.randn(codes.shape[0] * codes.shape[1], cfg.style_dim)
             with torch.no_grad():
@@ -372,7 +493,8 @@ def save_products(cfg: GeneratorStageConfig, nets: Networks) -> dict[str, str]:
     opts = {"dataset_type": "synthheads", "lambda_l2": cfg.lambda_l2, "lambda_swap": cfg.lambda_swap,
             "lambda_lap": cfg.lambda_lap, "lambda_latent": cfg.lambda_latent, "lambda_delta": cfg.lambda_delta,
             "lambda_lpips": cfg.lambda_lpips, "lambda_id": cfg.lambda_id, "id_lambda": cfg.lambda_id,
-            "w_discriminator_lambda": cfg.lambda_latent, "delta_norm_lambda": cfg.lambda_delta}
+            "w_discriminator_lambda": cfg.lambda_latent, "delta_norm_lambda": cfg.lambda_delta,
+            "encoder_passes": cfg.encoder_passes}
     save_encoder(folder / E4E_FILE, e4e_net(nets), opts=opts, discriminator=nets.latent_d)
     products = {"stylegan2": study_relative(folder / STYLEGAN_FILE), "e4e": study_relative(folder / E4E_FILE)}
     write_json(folder / PRODUCTS_FILE, products)
