@@ -183,9 +183,12 @@ def _collate(images: list[np.ndarray]) -> torch.Tensor:
 def batch_loader(dataset: Dataset, batches: Sampler, device: torch.device) -> DataLoader:
     """A DataLoader yielding uint8 batches [B, S, S, 3] in ``batches``' order (pinned memory on CUDA)."""
     workers = loader_workers(device)
+    # Its own generator: a DataLoader draws its workers' base seed at every iteration start, which would
+    # otherwise take a number from torch's global stream and make a resumed run's stream differ from an
+    # uninterrupted one's (the batches come from ``batches``, so this seed changes no data).
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
                       pin_memory=device.type == "cuda", prefetch_factor=PREFETCH if workers else None,
-                      persistent_workers=False)
+                      persistent_workers=False, generator=torch.Generator().manual_seed(0))
 
 
 def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
