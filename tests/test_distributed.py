@@ -149,8 +149,9 @@ def test_the_torchrun_entry_builds_the_stage_config_from_params():
     from megafr.config import load_params, profile_file
     from megafr.reenact.multigpu import reenact_config
 
-    params = load_params(profile_file("smoke", conftest.__file__.rsplit("/tests/", 1)[0]))
-    cfg, variants = reenact_config(params)
+    path = profile_file("smoke", conftest.__file__.rsplit("/tests/", 1)[0])
+    params = load_params(path)
+    cfg, variants = reenact_config(path)
     block = params["train_reenact"]
     assert (cfg.profile, cfg.seed, cfg.batch_size) == (params["profile"], params["seed"], block["batch_size"])
     assert cfg.model_path == params["flame"]["model_path"] and variants == block["variants"]
