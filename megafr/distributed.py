@@ -158,3 +158,17 @@ def sync_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
         else:
             sync_batch_norm(child)
     return module
+
+
+def data_parallel(step: torch.nn.Module, normed: torch.nn.Module, here: World, device: torch.device) -> torch.nn.Module:
+    """``step`` (a module computing a training step's loss) as is in one process; on several, with the batch norm
+    layers of ``normed`` (part of ``step``) using the global batch's statistics, wrapped in DistributedDataParallel.
+    Unused parameters are allowed: e4e's fine pyramid level takes no part when its progressive stage ends before the
+    fine W+ layers."""
+    if not here.distributed:
+        return step
+    from torch.nn.parallel import DistributedDataParallel
+
+    sync_batch_norm(normed)  # batch statistics of the global batch, as in one process
+    ids = [device.index if device.index is not None else here.local_rank] if device.type == "cuda" else None
+    return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True)

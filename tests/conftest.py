@@ -1,5 +1,7 @@
 """Shared fixtures: tiny random stand-ins of the frozen networks MegaFR trains against."""
 
+import socket
+
 import pytest
 import torch
 
@@ -13,6 +15,13 @@ from megafr.reenact import train as rt
 
 TINY_SIZE, TINY_STYLE = 32, 32
 TINY_BODY = IRSEConfig(widths=(8, 12, 16, 24), units=(1, 1, 1, 1), stem_channels=8)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for a process group of test processes)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Training E_FR on two processes (gloo, CPU) ends with the weights of one process at the doubled batch."""
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -52,7 +51,7 @@ def _gradients(cfg: rt.ReenactConfig, images: np.ndarray, here: distributed.Worl
     frozen = _frozen()
     model = rt.build_model(cfg, frozen)
     model.encoder.train()
-    engine = rt._engine(rt.StepLoss(model, frozen, cfg), here, torch.device("cpu"))
+    engine = distributed.data_parallel(rt.StepLoss(model, frozen, cfg), model.encoder, here, torch.device("cpu"))
     src, tgt = rt.batch_indices(cfg.seed, 0, len(images), cfg.batch_size * here.size)
     from megafr.imageio import images_to_tensor
     total, _ = engine(images_to_tensor(images[distributed.shard(src, here)]),
@@ -72,12 +71,6 @@ def _grad_rank(rank: int, world: int, port: int, images: str, out: str) -> None:
             torch.save(grads, out)
     finally:
         distributed.shutdown()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_shard_and_world_outside_torchrun(monkeypatch):
@@ -106,7 +99,7 @@ def test_two_ranks_match_one_process_at_the_doubled_batch(tmp_path, monkeypatch)
         rt.train(single, _frozen(), np.load(images), progress=False)
     finally:
         torch.set_num_threads(previous)
-    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path / "two"), str(images)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, conftest.free_port(), str(tmp_path / "two"), str(images)), nprocs=2, join=True)
 
     one = rt.read_checkpoint(rt.checkpoint_path(single))
     two = rt.read_checkpoint(rt.checkpoint_path(_config(str(tmp_path / "two"), BATCH)))
@@ -137,7 +130,7 @@ def test_two_ranks_give_the_gradient_of_the_doubled_batch(tmp_path, monkeypatch)
     np.save(images, np.random.default_rng(1).integers(0, 256, (N_IMAGES, conftest.TINY_SIZE, conftest.TINY_SIZE, 3),
                                                       dtype=np.uint8))
     one = _gradients(_config("", 2 * BATCH), np.load(images), distributed.World(0, 1, 0))
-    mp.spawn(_grad_rank, args=(2, _free_port(), str(images), str(tmp_path / "grads.pt")), nprocs=2, join=True)
+    mp.spawn(_grad_rank, args=(2, conftest.free_port(), str(images), str(tmp_path / "grads.pt")), nprocs=2, join=True)
     two = torch.load(tmp_path / "grads.pt")
     assert set(one) == set(two) and len(one) > 10
     scale = max(float(g.abs().max()) for g in one.values())

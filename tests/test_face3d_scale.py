@@ -2,7 +2,6 @@
 two training processes (gloo, CPU) ending with the weights of one process at the doubled batch."""
 
 import os
-import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from megafr.errors import InputError
 from megafr.face3d import headmodel
 from megafr.face3d import train as ft
 from megafr.imageio import save_image
+from tests import conftest
 
 SIZE, INPUT = 32, 16
 STEPS, BATCH = 3, 2  # per process; the doubled batch is 4
@@ -123,12 +123,6 @@ def _rank(rank: int, world: int, port: int, root: str, out: str) -> None:
         distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_two_ranks_match_one_process_at_the_doubled_batch(world_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MEGAFR_DEVICE", "cpu")
     single = _config(world_dir, tmp_path / "one", batch_size=2 * BATCH)
@@ -138,7 +132,7 @@ def test_two_ranks_match_one_process_at_the_doubled_batch(world_dir, tmp_path, m
         one_run = ft.train_face3d(single, ft.load_landmark_set(single, "train"), progress=False)
     finally:
         torch.set_num_threads(previous)
-    mp.spawn(_rank, args=(2, _free_port(), str(world_dir), str(tmp_path / "two")), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, conftest.free_port(), str(world_dir), str(tmp_path / "two")), nprocs=2, join=True)
 
     one = ft.read_checkpoint(single.checkpoint_path)
     two = ft.read_checkpoint(_config(world_dir, tmp_path / "two").checkpoint_path)  # written by rank 0 alone

@@ -451,17 +451,6 @@ class Face3dStep(torch.nn.Module):
         return self.loss_fn(self.model, images, target, masks)
 
 
-def _engine(step: Face3dStep, here: distributed.World, device: torch.device) -> torch.nn.Module:
-    """The step module, wrapped in DistributedDataParallel (batch norm over the global batch) on several processes."""
-    if not here.distributed:
-        return step
-    from torch.nn.parallel import DistributedDataParallel
-
-    distributed.sync_batch_norm(step.model.net)  # batch statistics of the global batch, as in one process
-    ids = [device.index if device.index is not None else here.local_rank] if device.type == "cuda" else None
-    return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True)
-
-
 def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_after,
            here: distributed.World) -> TrainResult:
     device = torch_device()  # the GPU when there is one (this process's GPU under torchrun)
@@ -480,7 +469,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
         start, curve = int(saved["step"]), list(saved["curve"])
         window = {name: list(values) for name, values in saved.get("window", {}).items()}
     distributed.barrier()  # every rank has decided before rank 0 writes the next checkpoint
-    engine = _engine(Face3dStep(model, loss_fn), here, device)
+    engine = distributed.data_parallel(Face3dStep(model, loss_fn), model.net, here, device)
     log_every = max(cfg.sil_every, cfg.sil_every * (cfg.steps // (CURVE_POINTS * cfg.sil_every)))
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     sil_share = silhouette_share(cfg, here)

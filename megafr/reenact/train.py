@@ -319,19 +319,6 @@ class StepLoss(torch.nn.Module):
         return step_losses(self.model, self.frozen, self.cfg, x_real, x_t)
 
 
-def _engine(step_loss: StepLoss, here: distributed.World, device: torch.device) -> torch.nn.Module:
-    """The loss module, wrapped in DistributedDataParallel when several processes train."""
-    if not here.distributed:
-        return step_loss
-    from torch.nn.parallel import DistributedDataParallel
-
-    distributed.sync_batch_norm(step_loss.model.encoder)  # batch statistics over the global batch, as in one process
-    ids = [device.index if device.index is not None else here.local_rank] if device.type == "cuda" else None
-    # Unused parameters: e4e's fine pyramid level (latlayer2) takes no part when its progressive stage ends
-    # before the fine W+ layers (measured on the tiny e4e of the tests).
-    return DistributedDataParallel(step_loss, device_ids=ids, find_unused_parameters=True)
-
-
 def train(cfg: ReenactConfig, frozen: Frozen, images, progress: bool = True) -> tuple[MegaFR, pd.DataFrame]:
     """Train (or resume) E_FR for ``cfg.steps`` steps on training images (uint8 [N, S, S, 3] array, or a
     dataset of :mod:`megafr.datasets.loader`); return the model and curve."""
@@ -352,7 +339,7 @@ def train(cfg: ReenactConfig, frozen: Frozen, images, progress: bool = True) -> 
     distributed.barrier()  # every rank has decided before rank 0 writes the first checkpoint
     model.encoder.train()
     device = frozen_device(frozen)
-    engine = _engine(StepLoss(model, frozen, cfg), here, device)
+    engine = distributed.data_parallel(StepLoss(model, frozen, cfg), model.encoder, here, device)
     local = cfg.batch_size  # pairs of this process per step; the step's global batch is local * here.size
 
     def step_rows(step: int) -> np.ndarray:  # this rank's sources, then its targets
