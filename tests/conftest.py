@@ -24,6 +24,25 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def write_head_world(root, size: int):
+    """The synthetic head model and a 3-identity training split of SynthHeads at ``size`` px under ``root``
+    (``head_model/``, ``train/images.npy``, ``masks.npy``, ``meta.parquet``: what the smoke prepare writes);
+    returns the head model's files."""
+    import numpy as np
+
+    from megafr.datasets import synthheads as sh
+    from megafr.datasets.prepare import save_array, save_table
+
+    files = headmodel.write_head_model(root / "head_model")
+    world = sh.HeadWorld(files.model_path, files.landmark_path, size)
+    params = sh.sample_split(world, np.random.default_rng(1), np.arange(3), 4, (40.0, 20.0, 10.0))
+    rendered = world.render(params)
+    save_array(root / "train" / "images.npy", rendered["images"])
+    save_array(root / "train" / "masks.npy", rendered["masks"])
+    save_table(root / "train" / "meta.parquet", sh.scene_table(params, rendered, "train"))
+    return files
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny networks gain nothing from threads, and on a busy 2-core machine spinning threads cost a lot."""

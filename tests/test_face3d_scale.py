@@ -13,7 +13,6 @@ import torch.multiprocessing as mp
 
 from megafr import distributed
 from megafr.config import build_config
-from megafr.datasets import synthheads as sh
 from megafr.datasets.align import LANDMARK_COLUMNS
 from megafr.datasets.loader import ImageRows
 from megafr.errors import InputError
@@ -26,22 +25,10 @@ SIZE, INPUT = 32, 16
 STEPS, BATCH = 3, 2  # per process; the doubled batch is 4
 
 
-def _write_world(root: Path) -> None:
-    from megafr.datasets.prepare import save_array, save_table
-
-    files = headmodel.write_head_model(root / "head_model")
-    world = sh.HeadWorld(files.model_path, files.landmark_path, SIZE)
-    params = sh.sample_split(world, np.random.default_rng(1), np.arange(3), 4, (40.0, 20.0, 10.0))
-    rendered = world.render(params)
-    save_array(root / "train" / "images.npy", rendered["images"])
-    save_array(root / "train" / "masks.npy", rendered["masks"])
-    save_table(root / "train" / "meta.parquet", sh.scene_table(params, rendered, "train"))
-
-
 @pytest.fixture(scope="module")
 def world_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("face3d_scale")
-    _write_world(root)
+    conftest.write_head_world(root, SIZE)
     return root
 
 

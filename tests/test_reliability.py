@@ -458,19 +458,10 @@ print(json.dumps({"resumed_from": result.resumed_from, "steps_run": result.steps
 @pytest.fixture(scope="module")
 def face3d_world(tmp_path_factory):
     """The synthetic head model and a 3-identity training split at 32 px (what the smoke prepare writes)."""
-    from megafr.datasets import synthheads as sh
-    from megafr.datasets.prepare import save_array, save_table
-    from megafr.face3d import headmodel
+    from tests.conftest import write_head_world
 
     root = tmp_path_factory.mktemp("world")
-    files = headmodel.write_head_model(root / "head_model")
-    world = sh.HeadWorld(files.model_path, files.landmark_path, SMOKE_SIZE)
-    params = sh.sample_split(world, np.random.default_rng(1), np.arange(3), 4, (40.0, 20.0, 10.0))
-    rendered = world.render(params)
-    save_array(root / "train" / "images.npy", rendered["images"])
-    save_array(root / "train" / "masks.npy", rendered["masks"])
-    save_table(root / "train" / "meta.parquet", sh.scene_table(params, rendered, "train"))
-    return root, files
+    return root, write_head_world(root, SMOKE_SIZE)
 
 
 def _face3d_values(world, out_dir: Path, **overrides) -> dict:

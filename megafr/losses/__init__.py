@@ -13,11 +13,12 @@ Method notes behind these choices: ``docs/method.md``.
 
 from megafr.losses.identity import id_loss
 from megafr.losses.landmarks import landmark_loss, pair_gaps, pair_loss, silhouette_loss, weighted_landmark_loss
-from megafr.losses.latent import delta_loss, latent_d_loss, latent_loss, mapping_loss, w_norm_loss
+from megafr.losses.latent import delta_loss, discriminator_loss, latent_d_loss, latent_loss, mapping_loss, w_norm_loss
 from megafr.losses.perceptual import LpipsLoss, load_lpips, lpips_status
 from megafr.losses.pixel import laplacian_l1, reconstruction_loss
 from megafr.losses.total import weighted_total
 
 __all__ = ["id_loss", "landmark_loss", "pair_gaps", "pair_loss", "silhouette_loss", "weighted_landmark_loss",
-           "delta_loss", "latent_d_loss", "latent_loss", "mapping_loss", "w_norm_loss", "LpipsLoss", "load_lpips",
+           "delta_loss", "discriminator_loss", "latent_d_loss", "latent_loss", "mapping_loss", "w_norm_loss",
+           "LpipsLoss", "load_lpips",
            "lpips_status", "laplacian_l1", "reconstruction_loss", "weighted_total"]

@@ -3,6 +3,8 @@
 - ``latent_loss`` (eq. 8): the paper writes ``-D_latent(w_f)``; the study uses its non-saturating
   form ``softplus(-D_latent(w))``, the form e4e trains its encoder with: same gradient direction,
   bounded below. MegaFR's E_FR and the mini e4e encoder train against it.
+- ``discriminator_loss``: a discriminator's non-saturating logistic loss with R1 on real samples
+  (D_latent's here, the mini generator's image discriminator too).
 - ``latent_d_loss``: D_latent's own non-saturating logistic loss, ``mapping(z)`` real and encoder
   codes fake, with the R1 penalty on real codes (e4e's recipe).
 - ``mapping_loss``: ``softplus(D(mapping(z)))``, which moves the mapping network's outputs to where
@@ -29,17 +31,26 @@ def latent_loss(discriminator: torch.nn.Module, codes: torch.Tensor) -> torch.Te
     return F.softplus(-scores).mean()
 
 
+def discriminator_loss(discriminator: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                       r1_gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, R1) of a discriminator: the non-saturating logistic loss on ``real`` vs ``fake`` [N, ...], plus
+    ``r1_gamma / 2`` times R1 (Mescheder et al. 2018), the squared gradient norm on the real samples summed over
+    all but the batch dimension and averaged over the batch (0 when ``r1_gamma`` is 0)."""
+    real = real.detach().requires_grad_(r1_gamma > 0)
+    real_pred, fake_pred = discriminator(real), discriminator(fake.detach())
+    loss = F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
+    r1 = real.new_zeros(())
+    if r1_gamma > 0:
+        (grad,) = torch.autograd.grad(real_pred.sum(), real, create_graph=True)
+        r1 = grad.square().sum(tuple(range(1, grad.ndim))).mean()
+        loss = loss + r1_gamma / 2 * r1
+    return loss, r1
+
+
 def latent_d_loss(discriminator: torch.nn.Module, real_w: torch.Tensor, fake_w: torch.Tensor,
                   r1_gamma: float) -> tuple[torch.Tensor, dict]:
     """Non-saturating logistic loss of D_latent on mapping(z) [N, D] vs encoder codes [M, D], + R1 on real."""
-    real_w = real_w.detach().requires_grad_(r1_gamma > 0)
-    real_pred, fake_pred = discriminator(real_w), discriminator(fake_w.detach())
-    loss = F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
-    r1 = real_w.new_zeros(())
-    if r1_gamma > 0:
-        (grad,) = torch.autograd.grad(real_pred.sum(), real_w, create_graph=True)
-        r1 = grad.square().sum(1).mean()
-        loss = loss + r1_gamma / 2 * r1
+    loss, r1 = discriminator_loss(discriminator, real_w, fake_w, r1_gamma)
     return loss, {"d_latent": float(loss.detach()), "r1": float(r1.detach())}
 
 

@@ -68,7 +68,8 @@ from megafr import training
 from megafr.config import require, require_at_least, study_files_digest, study_path, study_relative
 from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
-from megafr.losses import LpipsLoss, delta_loss, id_loss, laplacian_l1, latent_d_loss, latent_loss, mapping_loss
+from megafr.losses import (LpipsLoss, delta_loss, discriminator_loss, id_loss, laplacian_l1, latent_d_loss, latent_loss,
+                           mapping_loss)
 from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
 from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, LatentCodesDiscriminator
 from megafr.nets.stylegan2 import Discriminator, Generator
@@ -341,14 +342,7 @@ def image_d_loss(discriminator: Discriminator, real: torch.Tensor, fake: torch.T
                  r1_gamma: float) -> tuple[torch.Tensor, dict]:
     """StyleGAN2's discriminator loss (Karras et al. 2020): non-saturating logistic loss on real images vs
     reconstructions [B, 3, S, S], + R1 (Mescheder et al. 2018) on the real ones, summed over pixels."""
-    real = real.detach().requires_grad_(r1_gamma > 0)
-    real_pred, fake_pred = discriminator(real), discriminator(fake.detach())
-    loss = F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
-    r1 = real.new_zeros(())
-    if r1_gamma > 0:
-        (grad,) = torch.autograd.grad(real_pred.sum(), real, create_graph=True)
-        r1 = grad.square().sum((1, 2, 3)).mean()
-        loss = loss + r1_gamma / 2 * r1
+    loss, r1 = discriminator_loss(discriminator, real, fake, r1_gamma)
     return loss, {"d_image": float(loss.detach()), "r1_image": float(r1.detach())}
 
 
