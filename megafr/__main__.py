@@ -66,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
                          help="paper profile: in a photo with several faces, reenact the largest (default: refuse)")
     drive_args.add_arguments(reenact)
 
+    release = commands.add_parser("release", help="retrain the pretrained stages (train_idnet, train_generator, "
+                                                   "train_inversion) with the profile's recipe and write their "
+                                                   "float16 release to release/<profile>/ (hours on a CPU)")
+    release.add_argument("--params", default="params.yaml", help="the profile file whose recipe to train (default: the active one)")
+    release.add_argument("--run-dir", default="", help="folder of the training runs (default: data/release/<profile>; "
+                                                        "an interrupted run resumes there)")
+    release.add_argument("--out", default="", help="folder of the released files (default: release/<profile>)")
+    release.add_argument("--export-only", action="store_true",
+                         help="skip training: export the products already under --run-dir (\"data\": the study's own)")
+
     check = commands.add_parser("check", help="list the external files (weights, FLAME, photos) the profile needs "
                                                "and is missing")
     check.add_argument("--profile", choices=PROFILES, help="check this profile's file instead of params.yaml")
@@ -147,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
             print("\n".join(report.lines()) if args.driving is not None else f"wrote {path}")
+        elif args.command == "release":
+            from megafr import release
+
+            run_dir = args.run_dir if args.export_only else release.train(args.params, args.run_dir)
+            record = release.export(args.params, run_dir, args.out)
+            print(release.describe(record))
         elif args.command == "check":
             _check(args.profile, args.stage)
     except MegaFRError as error:

@@ -40,8 +40,9 @@ def grid(axes: Mapping[str, Iterable[Any]]) -> list[dict[str, Any]]:
 
 
 def run_name(overrides: Mapping[str, Any]) -> str:
-    """Folder name of a run, from its parameters (``lambda_id=0.5,steps=100``)."""
-    return ",".join(f"{k}={v}" for k, v in overrides.items()) or "base"
+    """Folder name of a run, from its parameters (``lambda_id=0.5,steps=100``; a path's slashes become
+    ``_``, so a run is one folder)."""
+    return ",".join(f"{k}={v}".replace("/", "_") for k, v in overrides.items()) or "base"
 
 
 def check_grid(stage: str, axes: Mapping[str, Iterable[Any]], root: Path) -> list[dict[str, Any]]:

@@ -99,6 +99,43 @@ def test_metrics_and_plots_show(smoke_study):
     _run(["dvc", "plots", "show", "--json"], smoke_study)
 
 
+def _released_run(study: Path, stage: str, sweep: str, overrides: dict) -> dict:
+    """Run ``stage`` as a one-point sweep with ``overrides``; its flattened metrics."""
+    args = [sys.executable, "-m", "megafr", "sweep", stage, "--name", sweep]
+    for field, value in overrides.items():
+        args += ["-p", field, str(value)]
+    _run(args, study, timeout=900)
+    (run,) = (study / "data" / "sweeps" / sweep).glob("*/metrics")
+    return json.loads((run / f"{stage}.json").read_text())
+
+
+def test_release_command_trains_exports_and_the_files_score_as_trained(smoke_study):
+    """`python -m megafr release` on smoke: the three stages train under data/release/smoke, their float16
+    files land in release/smoke, and evaluated in release mode they score as the training run did."""
+    from megafr import release
+
+    printed = _run([sys.executable, "-m", "megafr", "release"], smoke_study, timeout=900)
+    record = json.loads((smoke_study / "release" / "smoke" / "release.json").read_text())
+    assert {"arcface.pt", "stylegan2.pt", "e4e.pt", "psp.pt"} <= set(record["files"]) and "total" in printed
+    assert record["stages"]["train_generator"]["recipe"]["mode"] == "train"
+    assert record["stages"]["train_generator"]["run"]["train_seconds"] > 0
+    import torch
+
+    state = torch.load(smoke_study / "release" / "smoke" / "stylegan2.pt", weights_only=False)["g_ema"]
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    overrides = release.release_overrides("release/smoke")
+    trained = json.loads((smoke_study / "data/release/smoke/metrics/train_inversion.json").read_text())
+    released = _released_run(smoke_study, "train_inversion", "released_psp", {
+        **overrides["train_inversion"], "idnet_path": "release/smoke/arcface.pt",
+        "stylegan2_path": "release/smoke/stylegan2.pt", "e4e_path": "release/smoke/e4e.pt"})
+    assert released["trained"] == 0 and released["released"] == 1 and released["steps"] == trained["steps"]
+    for encoder in ("inversion_psp", "inversion_e4e"):
+        assert abs(released[encoder]["psnr"] - trained[encoder]["psnr"]) < 0.05, encoder  # float16 storage only
+        assert abs(released[encoder]["ssim"] - trained[encoder]["ssim"]) < 0.01, encoder
+    status = _run(["dvc", "status"], smoke_study)
+    assert "up to date" in status, status  # a release run leaves the pipeline's outputs alone
+
+
 def test_rerun_from_clean_state_gives_identical_metrics(smoke_study, tmp_path):
     again = _copy_study(tmp_path)
     _run(["dvc", "repro"], again, timeout=900)

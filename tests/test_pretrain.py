@@ -559,7 +559,7 @@ def test_official_mode_only_validates_the_given_files(tmp_path, images, pool):
     official = _gen_cfg(tmp_path / "paper", mode="official", official_stylegan2=products["stylegan2"],
                         official_e4e=products["e4e"])
     out = ae.run_generator_stage(official, progress=False)
-    assert out.metrics["trained"] == 0 and out.metrics["n_latent"] == gcfg.n_latent and out.nets is None
+    assert out.metrics["trained"] == 0 and out.metrics["n_latent"] == gcfg.n_latent and out.g_ema is None
     for name, file in (("stylegan2", ae.STYLEGAN_FILE), ("e4e", ae.E4E_FILE)):  # exposed as the stage's products
         assert (official.folder / file).read_bytes() == Path(products[name]).read_bytes()
     with pytest.raises(Exception):

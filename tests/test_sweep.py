@@ -77,6 +77,7 @@ def test_grid_and_run_names():
     points = sweep.grid({"a": [1, 2], "b": ["x", "y", "z"]})
     assert len(points) == 6 and points[0] == {"a": 1, "b": "x"} and points[-1] == {"a": 2, "b": "z"}
     assert sweep.run_name({"lambda_id": 0.5, "steps": 10}) == "lambda_id=0.5,steps=10"
+    assert sweep.run_name({"e4e_path": "release/mini/e4e.pt"}) == "e4e_path=release_mini_e4e.pt"  # one folder
 
 
 def test_collect_gathers_metrics(tmp_path, monkeypatch):

@@ -515,7 +515,7 @@ def check_official(cfg: GeneratorStageConfig) -> tuple[dict, dict]:
 class GeneratorStageOutput:
     metrics: dict  # numeric leaves (data/metrics/train_generator.json)
     curve: pd.DataFrame  # training curve (data/plots/train_generator_curve.csv)
-    nets: Optional[Networks]  # trained networks (None in official mode)
+    g_ema: Optional[Generator]  # the generator evaluated (None in official mode)
     test_x: Optional[torch.Tensor] = None  # test images used for the inversion metrics [N, 3, S, S]
     test_recon: Optional[torch.Tensor] = None  # their e4e inversions
     swap: Optional[dict] = None  # xa, xb (uint8), mixed (tensor), truth (uint8) of the swap test pairs
@@ -523,48 +523,65 @@ class GeneratorStageOutput:
 
 
 def run_generator_stage(cfg: GeneratorStageConfig, progress: bool = True) -> GeneratorStageOutput:
-    """Train (resuming if possible), save the products and evaluate on the test identities."""
+    """Train (resuming if possible) or load the released files, save the products and evaluate on the
+    test identities."""
     from megafr.nets.checkpoints import load_arcface
-    from megafr.pretrain import evaluate as ev
     from megafr.pretrain.idnet import read_split
-    from megafr.pretrain.latent_structure import face3d_pose_measure
 
     if cfg.mode == "official":
         metrics, _ = check_official(cfg)
         return GeneratorStageOutput(metrics, pd.DataFrame(columns=curve_columns(cfg)), None)
+    idnet = load_arcface(study_path(cfg.idnet_path))
+    if cfg.mode == "release":
+        common.require_released(cfg.official_stylegan2, cfg.official_e4e)
+        loaded, _ = check_official(cfg)
+        e4e = load_e4e(cfg.folder / E4E_FILE)
+        head = {"trained": 0, "released": 1, **common.released_steps(cfg.official_e4e, cfg.STAGE),
+                **{k: loaded[k] for k in ("generator_parameters", "encoder_parameters")}}
+        curve = common.released_curve(cfg.official_e4e, cfg.STAGE, curve_columns(cfg))
+        return evaluate_generator(cfg, e4e.encode, e4e.decoder, idnet, head, curve, [f"released files: {cfg.official_stylegan2}, {cfg.official_e4e}"])
     images, table = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
     pool = load_or_render_pool(cfg, table) if cfg.swap_batch else None
-    idnet = load_arcface(study_path(cfg.idnet_path))
     result = train_generator(cfg, images, pool, progress=progress, idnet=idnet)
     save_products(cfg, result.nets)
     common.finish(cfg.checkpoint_path)
     nets = result.nets
+    common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)
+    head = {"trained": 1, "steps": cfg.steps, "lpips_used": int(result.lpips_message.startswith("LPIPS on")),
+            "generator_parameters": sum(p.numel() for p in nets.generator.parameters()),
+            "encoder_parameters": sum(p.numel() for p in nets.encoder.parameters())}
+    return evaluate_generator(cfg, nets.encode, nets.g_ema, idnet, head, result.curve, [result.lpips_message])
+
+
+def evaluate_generator(cfg: GeneratorStageConfig, encode, g_ema: Generator, idnet, metrics: dict,
+                       curve: pd.DataFrame, log: list[str]) -> GeneratorStageOutput:
+    """Score a generator and its encoder (``encode``: images -> W+ codes) on the test identities: e4e
+    inversion PSNR / SSIM / ID similarity, FD-id of samples and inversions, and the layer swap;
+    ``metrics`` holds the stage's other numbers, ``log`` its lines so far."""
+    from megafr.datasets.synthheads import HeadWorld
+    from megafr.pretrain import evaluate as ev
+    from megafr.pretrain.idnet import read_split
+    from megafr.pretrain.latent_structure import face3d_pose_measure
+
     test_images, test_table = read_split(cfg.data_dir, "test")
     rows = np.linspace(0, len(test_images) - 1, min(cfg.n_eval, len(test_images))).round().astype(int)
     x = common.images_to_tensor(test_images[rows])
-    _, recon = ev.invert(nets.encode, nets.g_ema, x)
-    common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)
-    metrics = {"trained": 1, "steps": cfg.steps, "lpips_used": int(result.lpips_message.startswith("LPIPS on")),
-               "generator_parameters": sum(p.numel() for p in nets.generator.parameters()),
-               "encoder_parameters": sum(p.numel() for p in nets.encoder.parameters()),
-               "inversion_e4e": ev.inversion_metrics(x, recon, idnet)}
+    _, recon = ev.invert(encode, g_ema, x)
+    metrics = {**metrics, "inversion_e4e": ev.inversion_metrics(x, recon, idnet)}
     all_test = common.images_to_tensor(test_images)
-    metrics["fd_id_samples_vs_test"] = ev.sample_fd_id(nets.g_ema, idnet, all_test, min(cfg.n_fd_samples, len(all_test)))
+    metrics["fd_id_samples_vs_test"] = ev.sample_fd_id(g_ema, idnet, all_test, min(cfg.n_fd_samples, len(all_test)))
     metrics["fd_id_inversions_vs_test"] = ev.fd_id(idnet, recon, all_test[:len(recon)]) if len(recon) > 2 else 0.0
     a, b = ev.swap_eval_pairs(cfg.seed, test_table["identity"].to_numpy(), cfg.n_swap_eval)
-    from megafr.datasets.synthheads import HeadWorld
-
     world = HeadWorld(study_path(cfg.model_path), study_path(cfg.landmark_path), cfg.image_size)
     truth = render_swap_set(world, test_table, a, b)
-    log = [result.lpips_message]
     measure, size = None, None
     if cfg.face3d_path:
         measure, size = face3d_pose_measure(study_path(cfg.face3d_path), study_path(cfg.model_path),
                                             study_path(cfg.landmark_path))
-        log.append(f"layer swap: pose measured by the 3D network {cfg.face3d_path}")
+        log = [*log, f"layer swap: pose measured by the 3D network {cfg.face3d_path}"]
     else:
-        log.append("layer swap: pose NOT measured (train_generator.face3d_path is empty)")
-    report, mixed = ev.layer_swap_eval(nets.encode, nets.g_ema, test_images, test_table, a, b, truth, measure, size)
+        log = [*log, "layer swap: pose NOT measured (train_generator.face3d_path is empty)"]
+    report, mixed = ev.layer_swap_eval(encode, g_ema, test_images, test_table, a, b, truth, measure, size)
     metrics["layer_swap"] = report
     swap = {"xa": test_images[a], "xb": test_images[b], "mixed": mixed, "truth": truth}
-    return GeneratorStageOutput(metrics, result.curve, nets, x, recon, swap, "\n".join(log))
+    return GeneratorStageOutput(metrics, curve, g_ema, x, recon, swap, "\n".join(log))

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from megafr.config import require, study_files_digest, study_path, study_relative
+from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
 from megafr.training import batch_rows  # noqa: F401  (re-exported: the stages' data order)
 from megafr.training import run_log_path
@@ -109,18 +110,56 @@ def finish(path: Path) -> None:
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-MODES = ("train", "official")  # train: the mini and smoke worlds; official: validate the paper's released files
+MODES = ("train", "official", "release")
+# train: the smoke world (and `python -m megafr release`) trains the network;
+# official: the paper profile loads the user's released files and checks them;
+# release: a synthetic world loads the files its release ships (``release/<profile>/``, written by
+# ``python -m megafr release``) and evaluates them as a trained run would.
 
 
 def official_mode(cfg, official_fields: tuple[str, ...], released: str) -> bool:
-    """Check ``cfg.mode`` of a pretraining stage config; True in official mode (the paper profile), once
-    the ``official_fields`` name the released files (``released``: their names, for the message)."""
+    """Check ``cfg.mode`` of a pretraining stage config; True in official or release mode (the stage
+    loads files instead of training), once the ``official_fields`` name those files (``released``:
+    their names in the paper world, for the message)."""
     require(cfg.mode in MODES, f"{cfg.STAGE}.mode must be one of {MODES}, got {cfg.mode!r}")
-    if cfg.mode != "official":
+    if cfg.mode == "train":
         return False
     names = " and ".join(f"{cfg.STAGE}.{name}" for name in official_fields)
-    require(all(getattr(cfg, name) for name in official_fields), f"{names} must name {released} in the paper profile")
+    what = released if cfg.mode == "official" else "the release files (`python -m megafr release` writes them)"
+    require(all(getattr(cfg, name) for name in official_fields), f"{names} must name {what} in {cfg.mode} mode")
     return True
+
+
+def released_curve(released: str, stage: str, columns: list[str]) -> "pd.DataFrame":
+    """Release mode: the training curve the release recorded next to its files (``<stage>_curve.csv``
+    in the folder of ``released``), or an empty frame with ``columns`` when there is none."""
+    import pandas as pd
+
+    path = study_path(released).parent / f"{stage}_curve.csv"
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
+
+
+RELEASE_RECORD = "release.json"  # written by ``python -m megafr release`` next to the released files
+
+
+def require_released(*paths: str) -> None:
+    """Release mode: every released file is there, or an error naming it and the command that makes it."""
+    missing = [p for p in paths if not study_path(p).is_file()]
+    if missing:
+        raise InputError(f"released file(s) missing: {', '.join(missing)}; they are committed with the study "
+                         "(`git checkout -- release/`), or `python -m megafr release` retrains them (hours on a CPU)")
+
+
+def released_steps(released: str, stage: str) -> dict:
+    """Release mode: ``{"steps": N}``, the training steps of ``stage`` recorded in the release's
+    ``release.json`` next to ``released`` (``{}`` when the record is missing)."""
+    import json
+
+    path = study_path(released).parent / RELEASE_RECORD
+    if not path.is_file():
+        return {}
+    recipe = json.loads(path.read_text()).get("stages", {}).get(stage, {}).get("recipe", {})
+    return {"steps": recipe["steps"]} if "steps" in recipe else {}
 
 
 def expose_official(released: str, product: Path) -> str:

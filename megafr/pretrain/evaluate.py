@@ -147,12 +147,12 @@ def curve_figure(curve: pd.DataFrame, columns: list[str], title: str):
 def generator_figures(out, world: str) -> dict:
     """``{name: figure}`` of the train_generator stage: curve, inversions, samples, swaps."""
     names = ("curve", "inversions", "samples", "swaps")
-    if out.nets is None:
+    if out.g_ema is None:
         return {n: plots.message_figure("official files loaded; nothing trained", f"train_generator ({world} world)") for n in names}
     return {
         "curve": curve_figure(out.curve, loss_columns(out.curve), f"train_generator losses ({world} world)"),
         "inversions": inversion_grid(out.test_x, out.test_recon, f"e4e inversions of test identities ({world} world)"),
-        "samples": sample_grid(samples(out.nets.g_ema, GRID_COLUMNS * 2), f"G(mapping(z)) samples ({world} world)"),
+        "samples": sample_grid(samples(out.g_ema, GRID_COLUMNS * 2), f"G(mapping(z)) samples ({world} world)"),
         "swaps": swap_grid(out.swap["xa"], out.swap["xb"], out.swap["mixed"], out.swap["truth"],
                            f"layer swap: coarse+medium of B, fine of A ({world} world)"),
     }

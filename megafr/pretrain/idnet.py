@@ -62,6 +62,7 @@ from megafr.pretrain import common
 from megafr.progress import progress_bar
 
 PRODUCT_FILE = "arcface.pt"
+CURVE_COLUMNS = ["step", "lr", "loss", "accuracy"]  # the training curve
 PRODUCTS_FILE = "products.json"  # names the file later stages use (own product or the official one)
 FARS = (1e-3, 1e-2)  # false accept rates at which TAR is reported
 CURVE_POINTS = 100  # about this many rows in the training curve
@@ -231,7 +232,7 @@ def _train(cfg: IdNetConfig, images: np.ndarray, labels: np.ndarray, progress: b
             training.save_training_state(cfg.checkpoint_path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     net.eval()
-    return IdNetResult(net, pd.DataFrame(curve, columns=["step", "lr", "loss", "accuracy"]), end - start, seconds,
+    return IdNetResult(net, pd.DataFrame(curve, columns=CURVE_COLUMNS), end - start, seconds,
                        start)
 
 
@@ -257,23 +258,32 @@ def evaluate_idnet(net: ArcFace, images: np.ndarray, identity: np.ndarray) -> di
 
 
 def run_idnet_stage(cfg: IdNetConfig, progress: bool = True) -> tuple[ArcFace, dict, pd.DataFrame]:
-    """The whole stage: train + save + evaluate (train mode), or load + report (official mode)."""
+    """The whole stage: train + save + evaluate (train mode), load + evaluate (release mode), or load +
+    report (official mode)."""
     if cfg.mode == "official":
         net = load_arcface(study_path(cfg.official_path))
         product = common.expose_official(cfg.official_path, cfg.folder / PRODUCT_FILE)  # what later stages read
         write_json(cfg.folder / PRODUCTS_FILE, {"arcface": product})
         n_params = sum(p.numel() for p in net.parameters())
         return net, {"trained": 0, "official_file_loaded": 1, "parameters": n_params}, pd.DataFrame(
-            columns=["step", "lr", "loss", "accuracy"])
-    images, table = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
-    result = train_idnet(cfg, images, table["identity"].to_numpy(), progress=progress)
-    write_json(cfg.folder / PRODUCTS_FILE, {"arcface": study_relative(save_idnet(cfg, result.net))})
-    common.finish(cfg.checkpoint_path)
+            columns=CURVE_COLUMNS)
     test_images, test_table = read_split(cfg.data_dir, "test")
-    common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)
-    metrics = {"trained": 1, "steps": cfg.steps,
-               "parameters": sum(p.numel() for p in result.net.parameters()),
-               "test": evaluate_idnet(result.net, test_images, test_table["identity"].to_numpy())}
-    if len(result.curve):
-        metrics["final_train_accuracy"] = float(result.curve["accuracy"].iloc[-1])
-    return result.net, metrics, result.curve
+    if cfg.mode == "release":  # the synthetic world's released network, scored as a trained one
+        common.require_released(cfg.official_path)
+        product = common.expose_official(cfg.official_path, cfg.folder / PRODUCT_FILE)
+        write_json(cfg.folder / PRODUCTS_FILE, {"arcface": product})
+        net, curve = load_arcface(study_path(product)), common.released_curve(cfg.official_path, cfg.STAGE, CURVE_COLUMNS)
+        metrics = {"trained": 0, "released": 1, **common.released_steps(cfg.official_path, cfg.STAGE)}
+    else:
+        images, table = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
+        result = train_idnet(cfg, images, table["identity"].to_numpy(), progress=progress)
+        write_json(cfg.folder / PRODUCTS_FILE, {"arcface": study_relative(save_idnet(cfg, result.net))})
+        common.finish(cfg.checkpoint_path)
+        common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)
+        net, curve = result.net, result.curve
+        metrics = {"trained": 1, "steps": cfg.steps}
+    metrics.update(parameters=sum(p.numel() for p in net.parameters()),
+                   test=evaluate_idnet(net, test_images, test_table["identity"].to_numpy()))
+    if len(curve):
+        metrics["final_train_accuracy"] = float(curve["accuracy"].iloc[-1])
+    return net, metrics, curve

@@ -47,6 +47,7 @@ BACKBONE_PREFIXES = ("input_layer.", "body.", "latlayer1.", "latlayer2.")  # wei
 ADAM_BETAS = (0.9, 0.999)
 CURVE_POINTS = 100
 LOSS_TERMS = ("l2", "id", "wnorm", "lpips")
+CURVE_COLUMNS = ["step", "lr", "total", *LOSS_TERMS]  # the training curve
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
             training.save_training_state(cfg.checkpoint_path, cfg, step + 1, modules, optimizers, curve, upstream)
     seconds = time.perf_counter() - began
     net.eval()
-    frame = pd.DataFrame(curve).reindex(columns=["step", "lr", "total", *LOSS_TERMS]).fillna(0.0)
+    frame = pd.DataFrame(curve).reindex(columns=CURVE_COLUMNS).fillna(0.0)
     return InversionResult(net, frame, end - start, seconds, start, lpips_term.message)
 
 
@@ -184,27 +185,34 @@ def run_inversion_stage(cfg: InversionStageConfig, progress: bool = True) -> Inv
         write_json(cfg.folder / PRODUCTS_FILE, {"psp": product})
         metrics = {"trained": 0, "official_files_loaded": 1, "n_latent": net.encoder.config.n_latent,
                    "encoder_parameters": sum(p.numel() for p in net.encoder.parameters())}
-        return InversionStageOutput(metrics, pd.DataFrame(columns=["step", "lr", "total", *LOSS_TERMS]))
+        return InversionStageOutput(metrics, pd.DataFrame(columns=CURVE_COLUMNS))
     decoder, _ = load_stylegan2(study_path(cfg.stylegan2_path))  # its latent_avg is e4e's (the mapping mean)
     e4e = load_e4e(study_path(cfg.e4e_path))
     idnet = load_arcface(study_path(cfg.idnet_path))
-    images, _ = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
-    if images.shape[1] != decoder.size:
-        raise InputError(f"train_inversion: images are {images.shape[1]} px, the generator makes {decoder.size} px")
-    net = build_psp(e4e, decoder, e4e.latent_avg, cfg.seed)
-    result = train_psp(cfg, net, images, idnet, progress=progress)
-    save_encoder(cfg.folder / PSP_FILE, result.net, opts={
-        "dataset_type": "synthheads", "l2_lambda": cfg.lambda_l2, "id_lambda": cfg.lambda_id,
-        "w_norm_lambda": cfg.lambda_wnorm, "lpips_lambda": cfg.lambda_lpips})
-    write_json(cfg.folder / PRODUCTS_FILE, {"psp": study_relative(cfg.folder / PSP_FILE)})
-    common.finish(cfg.checkpoint_path)
+    if cfg.mode == "release":  # the synthetic world's released pSp, scored as a trained one
+        common.require_released(cfg.official_psp)
+        product = common.expose_official(cfg.official_psp, cfg.folder / PSP_FILE)
+        write_json(cfg.folder / PRODUCTS_FILE, {"psp": product})
+        net, curve, message = load_psp(study_path(product)), common.released_curve(cfg.official_psp, cfg.STAGE, CURVE_COLUMNS), ""
+        metrics = {"trained": 0, "released": 1, **common.released_steps(cfg.official_psp, cfg.STAGE)}
+    else:
+        images, _ = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
+        if images.shape[1] != decoder.size:
+            raise InputError(f"train_inversion: images are {images.shape[1]} px, the generator makes {decoder.size} px")
+        result = train_psp(cfg, build_psp(e4e, decoder, e4e.latent_avg, cfg.seed), images, idnet, progress=progress)
+        save_encoder(cfg.folder / PSP_FILE, result.net, opts={
+            "dataset_type": "synthheads", "l2_lambda": cfg.lambda_l2, "id_lambda": cfg.lambda_id,
+            "w_norm_lambda": cfg.lambda_wnorm, "lpips_lambda": cfg.lambda_lpips})
+        write_json(cfg.folder / PRODUCTS_FILE, {"psp": study_relative(cfg.folder / PSP_FILE)})
+        common.finish(cfg.checkpoint_path)
+        common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)
+        net, curve, message = result.net, result.curve, result.lpips_message
+        metrics = {"trained": 1, "steps": cfg.steps, "lpips_used": int(message.startswith("LPIPS on"))}
     test_images, _ = read_split(cfg.data_dir, "test")
     rows = np.linspace(0, len(test_images) - 1, min(cfg.n_eval, len(test_images))).round().astype(int)
     x = common.images_to_tensor(test_images[rows])
-    _, recon = ev.invert(result.net.encode, decoder, x)
+    _, recon = ev.invert(net.encode, decoder, x)
     _, e4e_recon = ev.invert(e4e.encode, e4e.decoder, x)
-    common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)
-    metrics = {"trained": 1, "steps": cfg.steps, "lpips_used": int(result.lpips_message.startswith("LPIPS on")),
-               "inversion_psp": ev.inversion_metrics(x, recon, idnet),
-               "inversion_e4e": ev.inversion_metrics(x, e4e_recon, idnet)}
-    return InversionStageOutput(metrics, result.curve, result.net, x, recon, e4e_recon, result.lpips_message)
+    metrics.update(inversion_psp=ev.inversion_metrics(x, recon, idnet),
+                   inversion_e4e=ev.inversion_metrics(x, e4e_recon, idnet))
+    return InversionStageOutput(metrics, curve, net, x, recon, e4e_recon, message)

@@ -1,0 +1,188 @@
+"""Release networks of a synthetic world: train the pretrained stages once, for hours, and ship small files.
+
+The paper world starts from released files (ArcFace IR-SE50, StyleGAN2, e4e, pSp) that nobody
+retrains. The mini world makes its own stand-ins, and training them well takes hours on a CPU, so it
+releases them the same way: ``python -m megafr release`` trains ``train_idnet``, ``train_generator``
+and ``train_inversion`` with the recipe of the active profile (their ``mode`` forced to ``train``),
+each stage reading the previous one's fresh products, in ``data/release/<profile>/`` (an interrupted
+run resumes from its checkpoints there). It then writes, to ``release/<profile>/``:
+
+- the products in their official layouts (``arcface.pt``, ``stylegan2.pt``, ``e4e.pt``, ``psp.pt``)
+  with every floating-point tensor stored as float16 (the loaders cast back to float32);
+- each stage's training curve (``<stage>_curve.csv``), which the stages show in release mode;
+- ``release.json``: the recipe (each stage's config), wall time, machine, the training runs'
+  metrics, and every file's size and SHA-256.
+
+A profile uses the files with ``mode: release`` and the ``official_*`` fields naming them: the stages
+then load them through the official loaders, copy them to their usual products and evaluate them as
+a trained run would (``megafr.pretrain.common``). The smoke profile keeps ``mode: train``, so CI keeps
+training; ``tests/test_release.py`` runs this command on it.
+
+Why by hand: DVC's frozen stages would skip the stages entirely (no evaluation, no figures on a fresh
+clone) and would tie the release to one profile's ``dvc.lock``; a release is a set of files, like the
+paper's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+import torch
+
+from megafr import stages
+from megafr.config import PARAMS_FILE, load_params, study_path, study_relative, study_root
+from megafr.errors import InputError
+from megafr.fileio import atomic_path, write_json
+from megafr.runner import execute
+from megafr.training import run_log_path
+
+STAGES = ("train_idnet", "train_generator", "train_inversion")
+RELEASED = {  # stage -> {released file: the config field that names it in release (and official) mode}
+    "train_idnet": {"arcface.pt": "official_path"},
+    "train_generator": {"stylegan2.pt": "official_stylegan2", "e4e.pt": "official_e4e"},
+    "train_inversion": {"psp.pt": "official_psp"},
+}
+RECORD = "release.json"
+RUNS_DIR = "data/release"
+RELEASE_DIR = "release"
+PREPARE_PRODUCT = "data/prepare/train/images.npy"  # present once the prepare stage has run
+
+
+def run_folder(profile: str) -> str:
+    """Where the release's training runs happen (study-relative): ``data/release/<profile>``."""
+    return f"{RUNS_DIR}/{profile}"
+
+
+def release_folder(profile: str) -> str:
+    """Where the released files go (study-relative): ``release/<profile>``."""
+    return f"{RELEASE_DIR}/{profile}"
+
+
+def stage_overrides(stage: str, run_dir: str) -> dict[str, Any]:
+    """The fields a release run changes: train mode, and the upstream products read from the run itself
+    (the generator's identity term uses the identity network trained before it, not the study's)."""
+    product = {"train_idnet": f"{run_dir}/train_idnet/arcface.pt",
+               "train_generator": f"{run_dir}/train_generator"}
+    return {
+        "train_idnet": {"mode": "train"},
+        # the layer swap's pose measurement needs the 3D network, which is not part of the release;
+        # the study measures it when it evaluates the released files
+        "train_generator": {"mode": "train", "idnet_path": product["train_idnet"], "face3d_path": ""},
+        "train_inversion": {"mode": "train", "idnet_path": product["train_idnet"],
+                            "stylegan2_path": f"{product['train_generator']}/stylegan2.pt",
+                            "e4e_path": f"{product['train_generator']}/e4e.pt"},
+    }[stage]
+
+
+def train(params_file: str = PARAMS_FILE, run_dir: str = "", *, progress: bool = True) -> str:
+    """Run the three stages' notebooks in train mode under ``run_dir`` (default ``data/release/<profile>``);
+    the prepare stage runs first if its products are missing. Returns ``run_dir``."""
+    from megafr.runner import run_stage
+
+    root = study_root()
+    params = load_params(root / params_file)
+    stages.validate(params)
+    run_dir = run_dir or run_folder(params["profile"])
+    if not (root / PREPARE_PRODUCT).is_file():
+        run_stage("prepare", params_file, progress=progress)
+    for stage in STAGES:
+        overrides = stage_overrides(stage, run_dir)
+        stages.load_config(stage, root / params_file, overrides, run_dir)  # refuse a bad value before any work
+        executed = root / run_dir / "executed" / Path(stages.notebook(stage)).name
+        execute(root / stages.notebook(stage), executed,
+                {"params_file": params_file, "overrides": overrides, "run_dir": run_dir}, root=root, progress=progress)
+    return run_dir
+
+
+def half(obj: Any) -> Any:
+    """``obj`` with every floating-point tensor (in dicts, lists and tuples) stored as float16."""
+    if torch.is_tensor(obj):
+        return obj.half() if obj.is_floating_point() else obj
+    if isinstance(obj, Mapping):
+        return type(obj)((k, half(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(half(v) for v in obj)
+    return obj
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_commit(root: Path) -> str:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """The machine a release was trained on, for its record."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""}
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "") -> Path:
+    """Write the float16 release of the products under ``run_dir`` (default ``data/release/<profile>``;
+    ``"data"``: the study's own products) to ``out`` (default ``release/<profile>``) with the curves and
+    ``release.json``; returns the record's path."""
+    root = study_root()
+    params = load_params(root / params_file)
+    run_dir = run_dir or run_folder(params["profile"])
+    out_dir = study_path(out or release_folder(params["profile"]))
+    base = study_path(run_dir)
+    record: dict[str, Any] = {"profile": params["profile"], "source_commit": _source_commit(root),
+                              "exported": datetime.date.today().isoformat(), "machine": machine(),
+                              "run_dir": run_dir, "stages": {}, "files": {}}
+    for stage in STAGES:
+        folder = base / stage
+        config = stages.load_config(stage, root / params_file, stage_overrides(stage, run_dir),
+                                    "" if run_dir == "data" else run_dir)
+        for name in RELEASED[stage]:
+            source = folder / name
+            if not source.is_file():
+                raise InputError(f"{source} is missing: train the release first (`python -m megafr release`)")
+            with atomic_path(out_dir / name) as temp:
+                torch.save(half(torch.load(source, map_location="cpu", weights_only=False)), temp)
+        curve = base / "plots" / f"{stage}_curve.csv"
+        if curve.is_file():
+            pd.read_csv(curve).to_csv(out_dir / f"{stage}_curve.csv", index=False, float_format="%.6g")
+        recipe = {f: v for f, v in vars(config).items() if f not in ("out_dir", "run_dir", "data_dir")}
+        record["stages"][stage] = {"recipe": recipe, "run": _read_json(run_log_path(folder)),
+                                   "metrics": _read_json(base / "metrics" / f"{stage}.json")}
+    written = [name for stage in STAGES for name in [*RELEASED[stage], f"{stage}_curve.csv"]]
+    for path in (out_dir / name for name in written):
+        if path.is_file():
+            record["files"][path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    record["total_bytes"] = sum(f["bytes"] for f in record["files"].values())
+    return write_json(out_dir / RECORD, record)
+
+
+def release_overrides(profile_folder: str) -> dict[str, dict[str, str]]:
+    """``{stage: {field: path}}``: the release-mode values that make a profile use ``profile_folder``'s files."""
+    return {stage: {"mode": "release", **{field: f"{profile_folder}/{name}" for name, field in files.items()}}
+            for stage, files in RELEASED.items()}
+
+
+def describe(record_path: Path) -> str:
+    """One line per released file and the total, for the command's output."""
+    record = _read_json(record_path)
+    lines = [f"{study_relative(record_path.parent / name)}: {info['bytes'] / 1e6:.2f} MB"
+             for name, info in record["files"].items()]
+    return "\n".join([*lines, f"total {record['total_bytes'] / 1e6:.2f} MB ({record_path})"])

@@ -1,0 +1,52 @@
+"""Release files: float16 copies in the official layouts load back through the official loaders.
+
+The whole command (train the three pretrained stages, export, evaluate the files in release mode)
+runs on the smoke profile in ``tests/test_pipeline.py``.
+"""
+
+import torch
+
+from megafr import release
+from megafr.nets.checkpoints import load_arcface, load_e4e, load_stylegan2, save_arcface, save_encoder, save_stylegan2
+from megafr.nets.encoders import InversionNet
+
+
+def _halve(path):
+    torch.save(release.half(torch.load(path, weights_only=False)), path)
+
+
+def test_half_converts_only_floating_tensors_at_any_depth():
+    obj = {"a": torch.ones(2), "b": [torch.arange(3), (torch.zeros(1, dtype=torch.float64),)], "c": "text"}
+    out = release.half(obj)
+    assert out["a"].dtype == torch.float16 and out["b"][0].dtype == torch.int64
+    assert out["b"][1][0].dtype == torch.float16 and out["c"] == "text"
+
+
+def test_float16_files_load_into_float32_networks_with_close_outputs(tmp_path, tiny_frozen):
+    generator, inversion, idnet = tiny_frozen.generator, tiny_frozen.inversion, tiny_frozen.idnet
+    paths = {name: tmp_path / f"{name}.pt" for name in ("stylegan2", "e4e", "arcface")}
+    save_stylegan2(paths["stylegan2"], generator, inversion.latent_avg[0])
+    save_encoder(paths["e4e"], InversionNet(inversion.encoder, inversion.latent_avg, decoder=generator))
+    save_arcface(paths["arcface"], idnet)
+    for path in paths.values():
+        _halve(path)
+    g16, _ = load_stylegan2(paths["stylegan2"])
+    e16 = load_e4e(paths["e4e"])
+    i16 = load_arcface(paths["arcface"])
+    assert all(p.dtype == torch.float32 for p in [*g16.parameters(), *e16.parameters(), *i16.parameters()])
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, generator.size, generator.size) * 2 - 1
+    with torch.no_grad():
+        codes, codes16 = inversion.encode(x), e16.encode(x)
+        assert (codes16 - codes).abs().max() < 1e-2 * codes.abs().max()
+        image, _ = generator([codes], input_is_latent=True, randomize_noise=False)
+        image16, _ = g16([codes], input_is_latent=True, randomize_noise=False)
+        assert (image16 - image).abs().max() < 2e-2
+        assert torch.nn.functional.cosine_similarity(i16(x), idnet(x)).min() > 0.999
+
+
+def test_release_overrides_name_every_released_file():
+    overrides = release.release_overrides("release/mini")
+    assert overrides["train_generator"] == {"mode": "release", "official_stylegan2": "release/mini/stylegan2.pt",
+                                            "official_e4e": "release/mini/e4e.pt"}
+    assert {o["mode"] for o in overrides.values()} == {"release"} and set(overrides) == set(release.STAGES)
