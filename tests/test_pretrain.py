@@ -20,6 +20,7 @@ from megafr.nets.checkpoints import load_arcface, load_e4e, load_latent_discrimi
 from megafr.nets.encoders import layer_groups
 from megafr.pretrain import autoencoder as ae
 from megafr.pretrain import common, idnet, inversion
+from megafr.pretrain import evaluate as ev
 from megafr.pretrain.latent_structure import (
     YAW_TOLERANCE_DEG, border_colour, geometry_layers, layer_swap_report, mix_codes, swap_pairs,
 )
@@ -564,3 +565,13 @@ def test_official_mode_only_validates_the_given_files(tmp_path, images, pool):
         assert (official.folder / file).read_bytes() == Path(products[name]).read_bytes()
     with pytest.raises(Exception):
         ae.check_official(replace(official, official_e4e=str(tmp_path / "missing.pt")))
+
+
+def test_wplus_bound_fits_the_images_better_than_the_encoder_it_starts_from(tiny_frozen):
+    generator, inversion = tiny_frozen.generator, tiny_frozen.inversion
+    torch.manual_seed(0)
+    target_codes = inversion.latent_avg + 0.5 * torch.randn(3, generator.n_latent, generator.style_dim)
+    _, x = ev.invert(lambda w: w, generator, target_codes)  # images the generator can make exactly
+    bound = ev.wplus_bound(generator, inversion.encode, x, None, steps=60, lr=0.05)
+    assert bound["optimised"]["psnr"] > bound["encoder"]["psnr"] + 3.0, bound
+    assert bound["steps"] == 60 and bound["optimised"]["images"] == 3

@@ -86,6 +86,7 @@ MEAN_LATENT_SAMPLES = 4096  # z samples averaged into latent_avg
 ADAM_BETAS_G = (0.0, 0.99)  # StyleGAN2's Adam betas (generator, discriminator)
 ADAM_BETAS_E = (0.9, 0.999)  # encoder
 CURVE_POINTS = 150  # about this many rows in the training curve
+WPLUS_LR = 0.01  # Adam's learning rate of the W+ optimisation bound (evaluation only)
 LAMBDA_TERMS = ("l2", "lap", "swap", "latent", "delta", "lpips", "id", "adv")  # the G + E loss's terms (lambda_<term>)
 IMAGE_D_TERMS = ("d_image", "r1_image")  # the image discriminator's (logged when lambda_adv > 0)
 LOSS_TERMS = (*LAMBDA_TERMS, "d_latent", "r1", *IMAGE_D_TERMS, "mapping")
@@ -137,6 +138,8 @@ class GeneratorStageConfig(common.StageFolders):
     n_eval: int  # test images for the inversion metrics
     n_fd_samples: int  # generated samples (and test images) for FD-id
     n_swap_eval: int  # test pairs for the layer-swap measurement
+    n_wplus_eval: int  # test images whose W+ codes are optimised against the generator (the encoder's ceiling; 0: off)
+    wplus_steps: int  # Adam steps of that optimisation
     checkpoint_every: int  # write the resumable checkpoint every this many steps
     threads: int  # torch intra-op threads (0: torch's default)
     out_dir: str = "data/train_generator"  # products and checkpoint
@@ -150,7 +153,7 @@ class GeneratorStageConfig(common.StageFolders):
                 f"train_generator.image_size must be a power of two >= 16, got {self.image_size}")
         require_at_least("train_generator", self, (
             ("enc_width", 1), ("enc_units", 1), ("encoder_passes", 1), ("steps", 1), ("batch_size", 1), ("swap_batch", 0),
-            ("checkpoint_every", 1), ("lr_mapping", 0), ("r1_image", 0), *((f"lambda_{term}", 0) for term in LAMBDA_TERMS)))
+            ("checkpoint_every", 1), ("lr_mapping", 0), ("n_wplus_eval", 0), ("wplus_steps", 1), ("r1_image", 0), *((f"lambda_{term}", 0) for term in LAMBDA_TERMS)))
         require(self.lr_mapping == 0 or self.lambda_latent > 0,
                 f"train_generator.lr_mapping={self.lr_mapping} trains the mapping against the latent discriminator, "
                 "which lambda_latent=0 turns off; set lambda_latent > 0 or lr_mapping: 0")
@@ -583,5 +586,8 @@ def evaluate_generator(cfg: GeneratorStageConfig, encode, g_ema: Generator, idne
         log = [*log, "layer swap: pose NOT measured (train_generator.face3d_path is empty)"]
     report, mixed = ev.layer_swap_eval(encode, g_ema, test_images, test_table, a, b, truth, measure, size)
     metrics["layer_swap"] = report
+    if cfg.n_wplus_eval:  # the generator's own ceiling: W+ optimised per image, beside the encoder
+        metrics["wplus_optimised"] = ev.wplus_bound(g_ema, encode, x[:cfg.n_wplus_eval], idnet, cfg.wplus_steps,
+                                                    WPLUS_LR)
     swap = {"xa": test_images[a], "xb": test_images[b], "mixed": mixed, "truth": truth}
     return GeneratorStageOutput(metrics, curve, g_ema, x, recon, swap, "\n".join(log))
