@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # threads ran 0.01-0.26x the speed of one thread (benchmarks/, `threads` section).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: study test validate profile-smoke profile-mini profile-paper profile-paper-ci benchmarks lab
+.PHONY: study test validate release profile-smoke profile-mini profile-paper profile-paper-ci benchmarks lab
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,8 @@ benchmarks: $(VENV)/.installed
 
 lab: $(VENV)/.installed
 	$(BIN)/jupyter lab
+
+# Retrain the mini world's released networks (train_idnet, train_generator, train_inversion) from scratch
+# with the active profile's recipe and rewrite release/<profile>/ (hours on a CPU; docs/mini_release.md).
+release: $(VENV)/.installed
+	$(BIN)/python -m megafr release

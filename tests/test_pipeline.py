@@ -132,6 +132,14 @@ def test_release_command_trains_exports_and_the_files_score_as_trained(smoke_stu
     for encoder in ("inversion_psp", "inversion_e4e"):
         assert abs(released[encoder]["psnr"] - trained[encoder]["psnr"]) < 0.05, encoder  # float16 storage only
         assert abs(released[encoder]["ssim"] - trained[encoder]["ssim"]) < 0.01, encoder
+    trained = json.loads((smoke_study / "data/release/smoke/metrics/train_generator.json").read_text())
+    released = _released_run(smoke_study, "train_generator", "released_gan", {
+        **overrides["train_generator"], "idnet_path": "release/smoke/arcface.pt"})
+    assert released["released"] == 1 and "wplus_optimised" in released
+    assert abs(released["inversion_e4e"]["psnr"] - trained["inversion_e4e"]["psnr"]) < 0.05
+    trained = json.loads((smoke_study / "data/release/smoke/metrics/train_idnet.json").read_text())
+    released = _released_run(smoke_study, "train_idnet", "released_id", overrides["train_idnet"])
+    assert abs(released["test"]["genuine_cos_mean"] - trained["test"]["genuine_cos_mean"]) < 0.01
     status = _run(["dvc", "status"], smoke_study)
     assert "up to date" in status, status  # a release run leaves the pipeline's outputs alone
 

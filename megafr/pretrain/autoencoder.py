@@ -48,7 +48,8 @@ Products in the official layouts (``megafr.nets.checkpoints``): ``stylegan2.pt``
 
 The paper profile (``mode: official``) trains nothing: it loads the user's official files through
 the official loaders and copies them to its products (``stylegan2.pt``, ``e4e.pt``), which later
-stages read.
+stages read. The mini profile (``mode: release``) does the same with the files its release ships
+(``megafr.release``) and then evaluates them as a trained run would (:func:`evaluate_generator`).
 """
 
 from __future__ import annotations
@@ -101,12 +102,12 @@ class GeneratorStageConfig(common.StageFolders):
 
     profile: str  # profile that produced the run
     seed: int  # seeds weights, data order, swap pairs
-    mode: str  # "train" (mini, smoke) or "official" (paper: validate the user's files)
+    mode: str  # "train" (smoke, release runs), "release" (mini: load and evaluate its released files) or "official" (paper: validate the user's files)
     data_dir: str  # output folder of the prepare stage
     model_path: str  # FLAME-format head model (renders the swap targets)
     landmark_path: str  # its landmark embedding
-    official_stylegan2: str  # official mode: stylegan2-ffhq-config-f.pt
-    official_e4e: str  # official mode: e4e_ffhq_encode.pt
+    official_stylegan2: str  # official mode: stylegan2-ffhq-config-f.pt; release mode: the released stylegan2.pt
+    official_e4e: str  # official mode: e4e_ffhq_encode.pt; release mode: the released e4e.pt
     image_size: int  # generator output size = data set image size
     style_dim: int  # dimension of z and w
     n_mlp: int  # mapping-network depth

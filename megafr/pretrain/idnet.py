@@ -33,7 +33,8 @@ all genuine and impostor pairs of the test split, TAR at FAR 1e-3.
 
 The paper profile does not train: ``run_idnet_stage`` validates that the user's official file loads
 through ``megafr.nets.checkpoints.load_arcface``, copies it to the product ``arcface.pt`` (what later
-stages read) and reports that nothing was trained.
+stages read) and reports that nothing was trained. The mini profile (``mode: release``) does the same
+with the file its release ships (``megafr.release``) and evaluates it as a trained run would.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ class IdNetConfig(common.StageFolders):
 
     profile: str  # profile that produced the run (labels figures and metrics)
     seed: int  # seeds the weights and the data order
-    mode: str  # "train" (mini, smoke) or "official" (paper: check the user's model_ir_se50.pth)
+    mode: str  # "train" (smoke, release runs), "release" (mini: load and evaluate its released file) or "official" (paper: check the user's model_ir_se50.pth)
     data_dir: str  # output folder of the prepare stage
-    official_path: str  # official mode: path of model_ir_se50.pth
+    official_path: str  # official mode: path of model_ir_se50.pth; release mode: the released file
     input_size: int  # network input side (the face crop is pooled to it); multiple of 16
     embedding_dim: int  # identity embedding size
     width: int  # IR-SE base width (stages: width * (1, 2, 4, 8); stem: width)

@@ -15,7 +15,8 @@ scratch (in pSp each block outputs a full code, in e4e a delta, so their weights
 Product: ``psp.pt`` in the pSp release layout (``state_dict`` with ``encoder.``/``decoder.``,
 ``latent_avg`` [n_latent, D], ``opts``), loaded by ``megafr.nets.checkpoints.load_psp``. The paper
 profile (``mode: official``) loads the user's ``psp_ffhq_encode.pt``, copies it to ``psp.pt`` (what
-later stages read) and trains nothing.
+later stages read) and trains nothing. The mini profile (``mode: release``) loads the pSp its release
+ships (``megafr.release``) the same way and evaluates it as a trained run would.
 """
 
 from __future__ import annotations
@@ -60,12 +61,12 @@ class InversionStageConfig(common.StageFolders):
 
     profile: str  # profile that produced the run
     seed: int  # seeds weights and data order
-    mode: str  # "train" (mini, smoke) or "official" (paper: validate psp_ffhq_encode.pt)
+    mode: str  # "train" (smoke, release runs), "release" (mini: load and evaluate its released file) or "official" (paper: validate psp_ffhq_encode.pt)
     data_dir: str  # output folder of the prepare stage
     stylegan2_path: str  # the frozen generator (train_generator product)
     e4e_path: str  # e4e product whose backbone initialises pSp
     idnet_path: str  # identity network (ID loss and ID-similarity metric)
-    official_psp: str  # official mode: psp_ffhq_encode.pt
+    official_psp: str  # official mode: psp_ffhq_encode.pt; release mode: the released psp.pt
     steps: int  # optimisation steps
     batch_size: int  # images per step
     lr: float  # peak learning rate (Adam)
