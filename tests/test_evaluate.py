@@ -155,9 +155,9 @@ def test_tables_have_every_row_and_say_what_is_not_available(setup, tiny_frozen)
     methods = tables.table_methods("cross", reenactors, baseline, 1, tiny_frozen)
     assert list(methods) == ["MegaFR (e4e)", "FLAME-params baseline (e4e)", INVERSION_ROW, LINEAR_ROW]
     table, examples = tables.build_table(methods, cross, judge)
-    assert list(table.columns) == ["method", "pairs", *tables.COLUMNS] and (table["pairs"] == 3).all()
+    assert list(table["method"]) == [*methods, tables.RIGHT_ANSWER_ROW] and (table["pairs"] == 3).all()
     own = list(tables.TRUTH_METRICS + tables.OWN_METRICS)
-    assert np.isfinite(table[own].to_numpy(float)).all()
+    assert np.isfinite(table[own][table["method"] != tables.RIGHT_ANSWER_ROW].to_numpy(float)).all()
     assert table[list(external.PAPER_METRICS)].isna().all().all()
     assert examples["MegaFR (e4e)"].shape == (3, SIZE, SIZE, 3)
     # MegaFR moves the face; inversion only returns x_s
@@ -168,7 +168,56 @@ def test_tables_have_every_row_and_say_what_is_not_available(setup, tiny_frozen)
     paper = tables.paper_markdown(tables.PAPER_TABLE_1, "Table 1")
     assert "not ours" in paper and "24.7" in paper and "24.7" not in text
     tree = numeric_leaves(tables.metrics_tree(table))
-    assert set(tree["megafr_e4e"]) == set(own)
+    assert set(tree["megafr_e4e"]) == set(own) | {tables.CSIM_FRACTION}
+
+
+def test_the_right_answer_is_a_row_where_the_set_has_one(setup, tiny_frozen):
+    """The rendered right answers scored by the same networks, last in the table, and every row's CSIM as a fraction
+    of theirs; on a set without right answers (photos) neither the row nor the fraction appears."""
+    from megafr import metrics
+    from megafr.evaluate.stage import stage_metrics
+    from megafr.imageio import images_to_tensor
+
+    baseline, reenactors, judge, cross = setup
+    methods = {INVERSION_ROW: tables.table_methods("cross", reenactors, baseline, 1, tiny_frozen)[INVERSION_ROW]}
+    table, examples = tables.build_table(methods, cross, judge)
+    assert list(table["method"]) == [INVERSION_ROW, tables.RIGHT_ANSWER_ROW] and list(examples) == [INVERSION_ROW]
+    right = table.set_index("method").loc[tables.RIGHT_ANSWER_ROW]
+    truth, source, target = (images_to_tensor(images) for images in (cross.truth, cross.source, cross.target))
+    assert right["csim"] == pytest.approx(float(metrics.csim(tiny_frozen.idnet, truth, source).mean()), abs=1e-5)
+    face = tiny_frozen.face.net
+    assert right["apd"] == pytest.approx(float(metrics.apd(face(truth).pose, face(target).pose).mean()), abs=1e-4)
+    assert right[list(tables.TRUTH_METRICS)].isna().all() and np.isfinite(right[["aed", "fd_id"]]).all()
+    columns = list(table.columns)
+    assert columns.index(tables.CSIM_FRACTION) == columns.index("csim") + 1
+    np.testing.assert_allclose(table[tables.CSIM_FRACTION], table["csim"] / right["csim"])
+    assert right[tables.CSIM_FRACTION] == 1.0
+    text = tables.markdown_table(table, "Table 1", tables.world_label("smoke"), judge.paper.reasons)
+    assert f"- {tables.RIGHT_ANSWER_ROW}: the rendered right answers" in text and "- csim_vs_right: " in text
+    assert (tables.csv_table(table).loc[1, list(tables.TRUTH_METRICS)] == "n/a").all()
+    tree = stage_metrics({"table1_cross": table}, pd.DataFrame(columns=["ablation"]), baseline, judge)["table1_cross"]
+    assert tree["right_answer_rendered_truth"]["csim_vs_right"] == 1.0
+    assert tree["inversion_only_e4e"]["csim_vs_right"] == pytest.approx(table.loc[0, "csim"] / right["csim"], abs=1e-4)
+
+    photos = dataclasses.replace(cross, truth=None)
+    bare, _ = tables.build_table(methods, photos, judge)
+    assert list(bare["method"]) == [INVERSION_ROW] and tables.CSIM_FRACTION not in bare.columns
+    pd.testing.assert_series_equal(bare.loc[0, list(tables.OWN_METRICS)], table.loc[0, list(tables.OWN_METRICS)])
+    text = tables.markdown_table(bare, "Table 1", tables.world_label("paper"), judge.paper.reasons)
+    assert tables.RIGHT_ANSWER_ROW not in text and "csim_vs_right" not in text
+    assert set(tables.metrics_tree(bare)["inversion_only_e4e"]) == set(tables.OWN_METRICS)
+    with pytest.raises(ValueError, match="no right answers"):
+        tables.score_right_answer(photos, judge)
+
+
+def test_table_2_has_the_right_answer_row_too(setup):
+    """Table 2 gets the row too: a method that copies the source has CSIM 1, i.e. 1 / the right answer's CSIM."""
+    judge = setup[2]
+    frontal = tables.EvalSet("frontal", _uint8(3, 5), None, _uint8(3, 6))
+    table, _ = tables.build_table({"copy": lambda sources, targets: sources}, frontal, judge)
+    assert list(table["method"]) == ["copy", tables.RIGHT_ANSWER_ROW]
+    right = table.loc[1, "csim"]
+    assert table.loc[0, tables.CSIM_FRACTION] == pytest.approx(1.0 / right, rel=1e-5)
 
 
 def test_rows_are_registered_in_table_order():

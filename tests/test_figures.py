@@ -234,9 +234,14 @@ def test_latent_edit_moves_the_code_to_the_requested_value(reenactor, inputs, di
 
 
 def test_frontalization_and_eye_opening(reenactor, inputs):
+    from megafr.figures.measure import pose_degrees
+
     front = panels.frontalization_figure(reenactor, inputs.frontal, 0, "tiny")
     assert len(front.table) == 3 and len(front.figure.axes) == 4 * 3
     assert list(front.table["input_yaw_deg"]) == list(inputs.frontal.input_yaw)
+    truth_yaw = pose_degrees(reenactor, inputs.frontal.truth)[:, 0]  # the right answers, measured like MegaFR's
+    np.testing.assert_allclose(front.table["truth_yaw_measured_deg"], truth_yaw, atol=1e-5)
+    assert stage.frontal_metrics(front.table)["truth_measured_abs_yaw_deg"] == pytest.approx(np.abs(truth_yaw).mean())
     assert panels.eyelid_values(np.array([0.0, 0.5, 1.0]), 1.0, 0.0) == pytest.approx([1.0, 0.5, 0.0])
     eyes = panels.eye_opening_figure(reenactor, inputs.eyes, (1, 2), 1.0, 0.0, 0, "tiny")
     assert len(eyes.table) == 2 * 5

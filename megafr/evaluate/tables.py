@@ -3,6 +3,8 @@
 Rows are registered methods (:mod:`megafr.evaluate.registry`; one module per row family in
 :mod:`megafr.evaluate.rows`), each a function ``(sources, targets) -> outputs`` on [-1, 1] images:
 MegaFR (e4e) and MegaFR (pSp), the FLAME-params baseline, inversion only and the linear directions.
+On sets with rendered right answers a last row scores the right answers themselves with the same
+networks (:func:`score_right_answer`), and ``csim_vs_right`` gives every row's CSIM as a fraction of it.
 
 Columns (definitions pinned in ``docs/metrics.md``): the paper's FID, LPIPS and ID similarity
 (:mod:`megafr.evaluate.external`, ``None`` = n/a), and the study's own: L1 / PSNR / SSIM against
@@ -20,7 +22,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -47,8 +49,16 @@ KEEP_OUTPUTS = 6  # outputs per row kept for the example figure
 TRUTH_METRICS = ("l1", "psnr", "ssim")  # need the right answer (mini and smoke worlds)
 OWN_METRICS = ("aed", "apd", "csim", "fd_id")  # the study's measurements, on every world
 COLUMNS = PAPER_METRICS + TRUTH_METRICS + OWN_METRICS
+CSIM_FRACTION = "csim_vs_right"  # a row's CSIM / the right answer's CSIM (only in tables with a right-answer row)
 LOWER_IS_BETTER = {"fid": True, "lpips": True, "id_similarity": False, "l1": True, "psnr": False, "ssim": False,
-                   "aed": True, "apd": True, "csim": False, "fd_id": True}
+                   "aed": True, "apd": True, "csim": False, CSIM_FRACTION: False, "fd_id": True}
+RIGHT_ANSWER_ROW = "right answer (rendered truth)"  # the set's rendered right answers, scored as a row
+RIGHT_ANSWER_NOTES = (  # printed under a table that has the right-answer row
+    f"{RIGHT_ANSWER_ROW}: the rendered right answers scored as outputs by the same networks, i.e. what a perfect "
+    "method scores in this world (its CSIM the one to reach, its AED/APD the measuring network's floor); its "
+    "L1/PSNR/SSIM would compare the right answers with themselves (0, unbounded, 1) and are n/a",
+    f"{CSIM_FRACTION}: each row's CSIM as a fraction of the right answer's CSIM",
+)
 
 NOT_REPRODUCED = {  # the paper's baselines without a row of ours, and why (printed under our tables)
     "cross": "ID-disentanglement (Nitzan et al. 2020) is not reproduced: no released weights load into this study's "
@@ -159,9 +169,28 @@ class RowResult:
     examples: np.ndarray  # uint8 [KEEP_OUTPUTS, S, S, 3] first outputs, for the figure
 
 
-@torch.no_grad()
+BatchOutputs = Callable[[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]],
+                        torch.Tensor]  # (sources, targets, truth) of one batch -> the outputs to score
+
+
 def score_method(method: Method, data: EvalSet, judge: Judge, progress: bool = False, desc: str = "") -> RowResult:
-    """Run ``method`` over the set in batches and average every metric that can be computed.
+    """Run ``method`` over the set in batches and return the mean of every metric that can be computed."""
+    return _score(lambda source, target, truth: method(source, target), data, judge, progress, desc)
+
+
+def score_right_answer(data: EvalSet, judge: Judge, progress: bool = False) -> RowResult:
+    """The set's rendered right answers scored as if a method had output them: what a perfect method scores in
+    this world. L1/PSNR/SSIM are left n/a (against themselves they are 0, unbounded and 1)."""
+    if data.truth is None:
+        raise ValueError(f"this {data.task} set has no right answers to score")
+    result = _score(lambda source, target, truth: truth, data, judge, progress, f"{data.task}: {RIGHT_ANSWER_ROW}")
+    result.scores.update(dict.fromkeys(TRUTH_METRICS))
+    return result
+
+
+@torch.no_grad()
+def _score(outputs: BatchOutputs, data: EvalSet, judge: Judge, progress: bool, desc: str) -> RowResult:
+    """The mean of every metric that can be computed on ``outputs`` of the set's batches, and the first outputs.
 
     Batches are read through a DataLoader (:func:`megafr.datasets.loader.ordered_batches`; files of a
     manifest are decoded by worker processes on CUDA) and moved to the judge's device; only per-pair
@@ -173,7 +202,7 @@ def score_method(method: Method, data: EvalSet, judge: Judge, progress: bool = F
     for source, target, truth in tqdm(batches, total=-(-len(data) // EVAL_BATCH), desc=desc, disable=not progress,
                                       leave=False):
         with autocast(device):
-            out = method(source, target).to(device).float().clamp(-1, 1)
+            out = outputs(source, target, truth).to(device).float().clamp(-1, 1)
             scores = judge.pair_scores(data.task, out, source, target, truth)
         for key, value in scores.items():
             collected.setdefault(key, []).append(to_cpu(value))
@@ -194,14 +223,31 @@ def score_method(method: Method, data: EvalSet, judge: Judge, progress: bool = F
 
 def build_table(methods: Mapping[str, Method], data: EvalSet, judge: Judge,
                 progress: bool = False) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """One row per method: ``method``, ``pairs`` and every column (NaN where n/a); also example outputs."""
+    """One row per method, then the right answer's row where the set has right answers: ``method``, ``pairs`` and
+    every column (NaN where n/a), with ``csim_vs_right`` after ``csim`` when the right answer is scored; also each
+    method's example outputs (the right answers are the set's own ``truth``)."""
     rows, examples = [], {}
     for name, method in methods.items():
         result = score_method(method, data, judge, progress, desc=f"{data.task}: {name}")
-        rows.append({"method": name, "pairs": len(data),
-                     **{k: np.nan if v is None else v for k, v in result.scores.items()}})
+        rows.append(_table_row(name, len(data), result.scores))
         examples[name] = result.examples
-    return pd.DataFrame(rows, columns=["method", "pairs", *COLUMNS]), examples
+    if data.truth is None:
+        return pd.DataFrame(rows, columns=["method", "pairs", *COLUMNS]), examples
+    rows.append(_table_row(RIGHT_ANSWER_ROW, len(data), score_right_answer(data, judge, progress).scores))
+    return with_csim_fraction(pd.DataFrame(rows, columns=["method", "pairs", *COLUMNS])), examples
+
+
+def _table_row(name: str, pairs: int, scores: Mapping[str, Optional[float]]) -> dict:
+    """One row of a table: its name, its number of pairs and its scores (NaN where n/a)."""
+    return {"method": name, "pairs": pairs, **{k: np.nan if v is None else v for k, v in scores.items()}}
+
+
+def with_csim_fraction(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` with ``csim_vs_right`` after ``csim``: each row's CSIM over the right-answer row's."""
+    right = table.loc[table["method"] == RIGHT_ANSWER_ROW, "csim"].item()
+    shown = table.copy()
+    shown.insert(shown.columns.get_loc("csim") + 1, CSIM_FRACTION, table["csim"] / right)
+    return shown
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -230,8 +276,9 @@ def _formatted(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown_table(table: pd.DataFrame, title: str, label: str, notes: Optional[Mapping[str, str]] = None) -> str:
-    """A Markdown section: title with its world label, the table, one note per n/a column, and the note of a
-    measured column whose network is not the paper's (``not comparable`` in its log line)."""
+    """A Markdown section: title with its world label, the table, one note per n/a column, the note of a
+    measured column whose network is not the paper's (``not comparable`` in its log line), and what the
+    right-answer row and ``csim_vs_right`` are when the table has them."""
     lines = [f"### {title} ({label})", "", _formatted(table).to_markdown(index=False), ""]
     missing = [c for c in COLUMNS if c in table.columns and table[c].isna().all()]
     for column in missing:
@@ -240,6 +287,8 @@ def markdown_table(table: pd.DataFrame, title: str, label: str, notes: Optional[
     for column, note in (notes or {}).items():
         if column not in missing and column in table.columns and "not comparable" in note:
             lines.append(f"- {column}: {note}")
+    if RIGHT_ANSWER_ROW in set(table["method"]):
+        lines += [f"- {note}" for note in RIGHT_ANSWER_NOTES]
     return "\n".join(lines + [""])
 
 
@@ -250,11 +299,12 @@ def paper_markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
 
 
 def metrics_tree(table: pd.DataFrame) -> dict:
-    """``{row: {metric: value}}`` with numeric leaves only (n/a columns left out), row names as keys."""
+    """``{row: {metric: value}}`` with numeric leaves only (n/a columns left out), row names as keys;
+    ``csim_vs_right`` where the table has it."""
     tree = {}
     for row in table.to_dict("records"):
         key = row["method"].lower().replace(" ", "_").replace("(", "").replace(")", "")
-        tree[key] = {c: round(float(row[c]), 5) for c in COLUMNS if c in row and pd.notna(row[c])}
+        tree[key] = {c: round(float(row[c]), 5) for c in (*COLUMNS, CSIM_FRACTION) if c in row and pd.notna(row[c])}
     return tree
 
 

@@ -105,8 +105,8 @@ def refinement_chain(reenactor: Reenactor, first: ReenactOutput, max_refine: int
 def refinement_figure(reenactor: Reenactor, pairs: Pairs, max_refine: int, title: str):
     """Hard pairs (largest target yaw, widest jaw) after 0 .. ``max_refine`` refinement steps.
 
-    Each output is captioned with its yaw and jaw opening measured by the 3D network; the
-    target's measured values head the target column's cells.
+    Each output and right answer is captioned with its yaw and jaw opening measured by the 3D network;
+    the target's measured values head the target column's cells.
     """
     s, t = as_tensor(pairs.source), as_tensor(pairs.target)
     first = reenactor.reenact(s, t, refine_steps=0)
@@ -114,6 +114,7 @@ def refinement_figure(reenactor: Reenactor, pairs: Pairs, max_refine: int, title
     images = [as_images(o) for o in outs]
     measured = [pose_degrees(reenactor, o) for o in outs]
     target = pose_degrees(reenactor, t)
+    truth = pose_degrees(reenactor, pairs.truth) if pairs.truth is not None else None
     caption = lambda p: f"yaw {p[0]:+.0f}° jaw {p[3]:.0f}°"  # noqa: E731
     inverted = as_images(first.inverted)
     cells, titles = [], []
@@ -122,7 +123,7 @@ def refinement_figure(reenactor: Reenactor, pairs: Pairs, max_refine: int, title
         caps = ["", "", caption(target[i]), *(caption(m[i]) for m in measured)]
         if pairs.truth is not None:
             row.append(pairs.truth[i])
-            caps.append("")
+            caps.append(caption(truth[i]))
         cells.append(row)
         titles.append(caps)
     labels = ["source", "inverted x_s", "target", *(f"refine {k}" for k in range(max_refine + 1))]
@@ -188,7 +189,10 @@ def pose_control_figure(reenactor: Reenactor, directions: Mapping[str, LatentDir
 # ------------------------------------------------------------------------------------------ 4. frontalization
 @torch.no_grad()
 def frontalization_figure(reenactor: Reenactor, frontal: Frontal, refine_steps: int, title: str) -> Result:
-    """Inputs at several yaws turned frontal (yaw = pitch = roll = 0, the source's own expression and jaw)."""
+    """Inputs at several yaws turned frontal (yaw = pitch = roll = 0, the source's own expression and jaw).
+
+    The table holds the measured yaw of the inputs, the measured yaw and pitch of MegaFR's outputs and, where
+    the inputs have right answers, of the right answers (the 3D network's own error on frontal faces)."""
     n = len(frontal.source)
     zero = torch.zeros(n)
     out = reenactor.reenact_params(as_tensor(frontal.source), yaw_deg=zero, pitch_deg=zero, roll_deg=zero,
@@ -203,14 +207,16 @@ def frontalization_figure(reenactor: Reenactor, frontal: Frontal, refine_steps: 
     titles = [[""] * n, [""] * n, [f"yaw {y:+.0f}° pitch {p:+.0f}°" for y, p in measured_out[:, :2]]]
     row_labels = ["input", "inverted x_s", "MegaFR frontal"]
     if frontal.truth is not None:
+        measured_truth = pose_degrees(reenactor, frontal.truth)
+        table["truth_yaw_measured_deg"], table["truth_pitch_measured_deg"] = measured_truth[:, 0], measured_truth[:, 1]
         cells.append(list(frontal.truth))
-        titles.append([""] * n)
+        titles.append([f"yaw {y:+.0f}° pitch {p:+.0f}°" for y, p in measured_truth[:, :2]])
         row_labels.append("right answer")
     fig = plt.figure(figsize=(max(n, 4) * plots.CELL_INCHES + 0.6, len(cells) * (plots.CELL_INCHES + 0.15) + 0.9))
     plots.image_table(fig, cells, col_labels=[f"input yaw {y:+.0f}°" for y in shown_yaw], row_labels=row_labels,
                       cell_titles=titles,
-                      title=f"{title}: frontalization (refine {refine_steps})\ncaptions: pose of the output measured by "
-                            "the 3D network")
+                      title=f"{title}: frontalization (refine {refine_steps})\ncaptions: pose measured by the 3D "
+                            "network")
     fig.tight_layout()
     return Result(fig, table)
 

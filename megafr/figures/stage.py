@@ -4,7 +4,8 @@ Every number is measured on the figures' own outputs by the frozen 3D face netwo
 
 - ``pose_control.<yaw|pitch>``: mean |measured - requested| angle over the sweep, for MegaFR, the
   linear latent direction and the right answers (the last is the measuring network's own error);
-- ``frontalization``: mean |yaw| of the inputs and of MegaFR's frontal outputs;
+- ``frontalization``: mean |yaw| of the inputs, mean |yaw| and |pitch| of MegaFR's frontal outputs and,
+  where the inputs have them, of the right answers (the measuring network's own error);
 - ``eye_opening``: mean |measured - right| eyelid gap (mm), right = the renderer's landmarks;
 - ``talking_head``: landmark jitter (:mod:`megafr.figures.talking`) of MegaFR and of the right answer.
 """
@@ -61,10 +62,15 @@ def eye_curve(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def frontal_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """Mean |yaw| of the inputs, mean |yaw| and |pitch| of MegaFR's outputs and of the right answers (if measured)."""
     source = "input_yaw_deg" if "input_yaw_deg" in table else "input_yaw_measured_deg"
-    return {"input_abs_yaw_deg": float(np.abs(table[source]).mean()),
-            "megafr_abs_yaw_deg": float(np.abs(table["output_yaw_deg"]).mean()),
-            "megafr_abs_pitch_deg": float(np.abs(table["output_pitch_deg"]).mean())}
+    metrics = {"input_abs_yaw_deg": float(np.abs(table[source]).mean()),
+               "megafr_abs_yaw_deg": float(np.abs(table["output_yaw_deg"]).mean()),
+               "megafr_abs_pitch_deg": float(np.abs(table["output_pitch_deg"]).mean())}
+    if "truth_yaw_measured_deg" in table:
+        metrics["truth_measured_abs_yaw_deg"] = float(np.abs(table["truth_yaw_measured_deg"]).mean())
+        metrics["truth_measured_abs_pitch_deg"] = float(np.abs(table["truth_pitch_measured_deg"]).mean())
+    return metrics
 
 
 def metrics_tree(yaw: pd.DataFrame, pitch: pd.DataFrame, frontal: pd.DataFrame, eyes: pd.DataFrame,
