@@ -404,7 +404,8 @@ def check_stage(stage: str, params: Mapping[str, Any] | None = None,
     """For a notebook's first cell: the files ``stage`` and every later stage need (paper profile only).
 
     Raises :class:`PreflightError` listing all the missing ones before the stage does any work;
-    mini and smoke need nothing and pass. Returns the requirements found.
+    mini and smoke need nothing external and pass (mini's released files are part of the study; the
+    stages check them). Returns the requirements found.
     """
     return check(params, root, stages_from(stage))
 

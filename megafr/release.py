@@ -16,7 +16,7 @@ run resumes from its checkpoints there). It then writes, to ``release/<profile>/
 A profile uses the files with ``mode: release`` and the ``official_*`` fields naming them: the stages
 then load them through the official loaders, copy them to their usual products and evaluate them as
 a trained run would (``megafr.pretrain.common``). The smoke profile keeps ``mode: train``, so CI keeps
-training; ``tests/test_release.py`` runs this command on it.
+training; ``tests/test_pipeline.py`` runs this command on it.
 
 Why by hand: DVC's frozen stages would skip the stages entirely (no evaluation, no figures on a fresh
 clone) and would tie the release to one profile's ``dvc.lock``; a release is a set of files, like the
@@ -40,6 +40,7 @@ from megafr import stages
 from megafr.config import PARAMS_FILE, load_params, study_path, study_relative, study_root
 from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
+from megafr.pretrain import common
 from megafr.runner import execute
 from megafr.training import run_log_path
 
@@ -49,7 +50,9 @@ RELEASED = {  # stage -> {released file: the config field that names it in relea
     "train_generator": {"stylegan2.pt": "official_stylegan2", "e4e.pt": "official_e4e"},
     "train_inversion": {"psp.pt": "official_psp"},
 }
-RECORD = "release.json"
+RECORD = common.RELEASE_RECORD
+DONE_DIR = "done"  # <run_dir>/done/<stage>.json: a finished stage's config, code and input digests
+VALIDATED = "data/validate.json"  # the validate stage's record: the profile whose data data/prepare holds
 RUNS_DIR = "data/release"
 RELEASE_DIR = "release"
 PREPARE_PRODUCT = "data/prepare/train/images.npy"  # present once the prepare stage has run
@@ -81,30 +84,71 @@ def stage_overrides(stage: str, run_dir: str) -> dict[str, Any]:
     }[stage]
 
 
-def train(params_file: str = PARAMS_FILE, run_dir: str = "", *, progress: bool = True) -> str:
-    """Run the three stages' notebooks in train mode under ``run_dir`` (default ``data/release/<profile>``);
-    the prepare stage runs first if its products are missing. Returns ``run_dir``."""
-    from megafr.runner import run_stage
+def _require_trainable(params: Mapping[str, Any], run_dir: str, root: Path) -> None:
+    """Refuse a release run that would train on the wrong data or overwrite the pipeline's outputs."""
+    profile = params["profile"]
+    if params["prepare"]["source"] != "synthetic":
+        raise InputError(f"profile {profile} prepares photos: a release is trained in a synthetic world (mini); the "
+                         "paper profile uses the official files")
+    if Path(run_dir).parts[:1] == ("data",) and len(Path(run_dir).parts) == 1:
+        raise InputError("--run-dir data would overwrite the pipeline's own products; use another folder")
+    if not (root / PREPARE_PRODUCT).is_file():
+        raise InputError(f"{PREPARE_PRODUCT} is missing: run `dvc repro prepare` first (a release trains on the "
+                         "prepare stage's data)")
+    validated = _read_json(root / VALIDATED).get("profile", profile)
+    if validated != profile:
+        raise InputError(f"data/prepare holds the {validated} profile's data, not {profile}'s: activate {profile} "
+                         f"(`python -m megafr profile {profile}`) and run `dvc repro prepare` first")
 
+
+def _done_record(config) -> dict:
+    """What a finished stage of a release run was trained with: config, code and input files."""
+    from megafr.fileio import to_json_text
+    from megafr.training import PRETRAIN_CODE, code_digest
+
+    import json
+
+    return json.loads(to_json_text({"config": vars(config), "code": code_digest(PRETRAIN_CODE),
+                                    "upstream": config.upstream_digest()}))
+
+
+def train(params_file: str = PARAMS_FILE, run_dir: str = "", *, progress: bool = True) -> str:
+    """Run the three stages' notebooks in train mode under ``run_dir`` (default ``data/release/<profile>``)
+    and return ``run_dir``. Every stage's values are checked before the first one trains; a stage that
+    finished earlier with the same config, code and input files is skipped, and an interrupted one
+    resumes from its checkpoint, so running the command again continues where it stopped."""
     root = study_root()
     params = load_params(root / params_file)
     stages.validate(params)
     run_dir = run_dir or run_folder(params["profile"])
-    if not (root / PREPARE_PRODUCT).is_file():
-        run_stage("prepare", params_file, progress=progress)
+    _require_trainable(params, run_dir, root)
+    for stage in STAGES:  # every value checked before hours of training
+        stages.load_config(stage, root / params_file, stage_overrides(stage, run_dir), run_dir)
     for stage in STAGES:
         overrides = stage_overrides(stage, run_dir)
-        stages.load_config(stage, root / params_file, overrides, run_dir)  # refuse a bad value before any work
+        done = root / run_dir / DONE_DIR / f"{stage}.json"
+        config = stages.load_config(stage, root / params_file, overrides, run_dir)
+        products = [config.folder / name for name in RELEASED[stage]]
+        if _read_json(done) == _done_record(config) and all(p.is_file() for p in products):
+            print(f"{stage}: finished earlier with the same recipe, code and inputs ({done.relative_to(root)})")
+            continue
         executed = root / run_dir / "executed" / Path(stages.notebook(stage)).name
         execute(root / stages.notebook(stage), executed,
                 {"params_file": params_file, "overrides": overrides, "run_dir": run_dir}, root=root, progress=progress)
+        write_json(done, _done_record(config))
     return run_dir
 
 
 def half(obj: Any) -> Any:
-    """``obj`` with every floating-point tensor (in dicts, lists and tuples) stored as float16."""
+    """``obj`` with every floating-point tensor (in dicts, lists and tuples) stored as float16; a finite
+    value beyond float16's range raises OverflowError instead of becoming infinite."""
     if torch.is_tensor(obj):
-        return obj.half() if obj.is_floating_point() else obj
+        if not obj.is_floating_point():
+            return obj
+        out = obj.half()
+        if not torch.isfinite(out).all() and torch.isfinite(obj).all():
+            raise OverflowError(f"a tensor of shape {tuple(obj.shape)} holds values beyond float16's range (|x| > 65504)")
+        return out
     if isinstance(obj, Mapping):
         return type(obj)((k, half(v)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
@@ -121,8 +165,12 @@ def _sha256(path: Path) -> str:
 
 
 def _source_commit(root: Path) -> str:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
+    """The commit of the code, ``+changes`` when tracked files differ from it (``unknown`` outside git)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "megafr"], cwd=root).returncode != 0
+    return head.stdout.strip() + ("+changes" if dirty else "")
 
 
 def machine() -> dict[str, Any]:
@@ -138,35 +186,59 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _sources(params_file: str, run_dir: str) -> dict[str, Path]:
+    """``{stage: products folder}`` of a finished release run, or an error naming what is missing."""
+    base, problems = study_path(run_dir), []
+    for stage in STAGES:
+        config = stages.load_config(stage, study_root() / params_file, stage_overrides(stage, run_dir),
+                                    "" if run_dir == "data" else run_dir)
+        problems += [f"{base / stage / name} is missing" for name in RELEASED[stage] if not (base / stage / name).is_file()]
+        if config.checkpoint_path.is_file():
+            problems.append(f"{stage} has an unfinished run ({study_relative(config.checkpoint_path)})")
+        if _read_json(base / "metrics" / f"{stage}.json").get("trained") != 1:
+            problems.append(f"{base / 'metrics' / f'{stage}.json'} does not record a trained run")
+    if problems:
+        raise InputError(f"cannot export the release from {run_dir}: {'; '.join(problems)}; "
+                         "`python -m megafr release` trains (or finishes) it")
+    return {stage: base / stage for stage in STAGES}
+
+
+def _save_half(source: Path, target: Path) -> None:
+    try:
+        obj = half(torch.load(source, map_location="cpu", weights_only=False))
+    except OverflowError as error:
+        raise InputError(f"{source}: {error}; it cannot be released as float16") from None
+    with atomic_path(target) as temp:
+        torch.save(obj, temp)
+
+
 def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "") -> Path:
     """Write the float16 release of the products under ``run_dir`` (default ``data/release/<profile>``;
-    ``"data"``: the study's own products) to ``out`` (default ``release/<profile>``) with the curves and
-    ``release.json``; returns the record's path."""
+    ``"data"``: the study's own products, when its stages trained) to ``out`` (default ``release/<profile>``)
+    with the curves and ``release.json``; returns the record's path. Nothing is written unless every
+    stage's run is finished."""
     root = study_root()
     params = load_params(root / params_file)
     run_dir = run_dir or run_folder(params["profile"])
     out_dir = study_path(out or release_folder(params["profile"]))
+    folders = _sources(params_file, run_dir)
     base = study_path(run_dir)
     record: dict[str, Any] = {"profile": params["profile"], "source_commit": _source_commit(root),
                               "exported": datetime.date.today().isoformat(), "machine": machine(),
                               "run_dir": run_dir, "stages": {}, "files": {}}
-    for stage in STAGES:
-        folder = base / stage
+    for stage, folder in folders.items():
         config = stages.load_config(stage, root / params_file, stage_overrides(stage, run_dir),
                                     "" if run_dir == "data" else run_dir)
         for name in RELEASED[stage]:
-            source = folder / name
-            if not source.is_file():
-                raise InputError(f"{source} is missing: train the release first (`python -m megafr release`)")
-            with atomic_path(out_dir / name) as temp:
-                torch.save(half(torch.load(source, map_location="cpu", weights_only=False)), temp)
-        curve = base / "plots" / f"{stage}_curve.csv"
+            _save_half(folder / name, out_dir / name)
+        curve, copy = base / "plots" / common.curve_file(stage), out_dir / common.curve_file(stage)
+        copy.unlink(missing_ok=True)  # never keep an older release's curve
         if curve.is_file():
-            pd.read_csv(curve).to_csv(out_dir / f"{stage}_curve.csv", index=False, float_format="%.6g")
+            pd.read_csv(curve).to_csv(copy, index=False, float_format="%.6g")
         recipe = {f: v for f, v in vars(config).items() if f not in ("out_dir", "run_dir", "data_dir")}
         record["stages"][stage] = {"recipe": recipe, "run": _read_json(run_log_path(folder)),
                                    "metrics": _read_json(base / "metrics" / f"{stage}.json")}
-    written = [name for stage in STAGES for name in [*RELEASED[stage], f"{stage}_curve.csv"]]
+    written = [name for stage in STAGES for name in [*RELEASED[stage], common.curve_file(stage)]]
     for path in (out_dir / name for name in written):
         if path.is_file():
             record["files"][path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}

@@ -268,7 +268,8 @@ def load_checkpoint(path: Path, required: tuple[str, ...], what: str, fix: str) 
 PRETRAIN_CODE = ("pretrain", "nets", "losses", "training.py")  # the sources a pretraining checkpoint depends on
 # Config fields of the pretraining stages that may change between an interrupted run and its resumption.
 PRETRAIN_FREE_FIELDS = ("checkpoint_every", "threads", "out_dir", "run_dir", "profile", "idnet_path", "face3d_path",
-                        "n_eval", "n_fd_samples", "n_swap_eval")
+                        "n_eval", "n_fd_samples", "n_swap_eval", "n_wplus_eval", "wplus_steps", "mode",
+                        "official_path", "official_stylegan2", "official_e4e", "official_psp")
 
 
 def save_training_state(path: Path, cfg, step: int, modules: dict[str, torch.nn.Module],

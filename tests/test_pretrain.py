@@ -50,7 +50,7 @@ def _gen_cfg(out_dir, **overrides) -> ae.GeneratorStageConfig:
                   swap_batch=2, swap_pool=8, lr_g=2e-3, lr_e=1e-3, lr_d=1e-3, lr_mapping=0.0, lambda_l2=1.0, lambda_swap=1.0,
                   lambda_lap=0.5, lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, lambda_id=0.0, lambda_adv=0.0, r1_gamma=1.0,
                   r1_image=10.0, ema_decay=0.9,
-                  idnet_path="", face3d_path="", n_eval=4, n_fd_samples=4, n_swap_eval=2,
+                  idnet_path="", face3d_path="", n_eval=4, n_fd_samples=4, n_swap_eval=2, n_wplus_eval=0, wplus_steps=1,
                   checkpoint_every=1, threads=0, out_dir=str(out_dir / "products"))
     values.update(overrides)
     return ae.GeneratorStageConfig(**values)
@@ -256,6 +256,15 @@ def test_config_refuses_bad_values(tmp_path):
 def test_official_mode_names_the_missing_released_file(tmp_path, make, field):
     with pytest.raises(InputError, match=f"{field}.*must name .* in the paper profile"):
         make(tmp_path)
+
+
+def test_release_mode_needs_the_files_named_and_still_checks_the_recipe(tmp_path):
+    with pytest.raises(InputError, match="official_psp must name the released files"):
+        _psp_cfg(tmp_path, mode="release")
+    with pytest.raises(InputError, match="lambda_lap"):  # the release's recipe is validated like a training run's
+        _gen_cfg(tmp_path, mode="release", official_stylegan2="g.pt", official_e4e="e.pt", lambda_lap=-0.5)
+    with pytest.raises(InputError, match="encoder_passes"):
+        _gen_cfg(tmp_path, mode="release", official_stylegan2="g.pt", official_e4e="e.pt", encoder_passes=2)
 
 
 def test_idnet_blur_augmentation():
@@ -575,3 +584,9 @@ def test_wplus_bound_fits_the_images_better_than_the_encoder_it_starts_from(tiny
     bound = ev.wplus_bound(generator, inversion.encode, x, None, steps=60, lr=0.05)
     assert bound["optimised"]["psnr"] > bound["encoder"]["psnr"] + 3.0, bound
     assert bound["steps"] == 60 and bound["optimised"]["images"] == 3
+
+
+def test_recipe_differences_name_training_fields_only(tmp_path):
+    cfg = _gen_cfg(tmp_path)
+    recipe = {**vars(cfg), "steps": cfg.steps + 1, "n_eval": 999, "mode": "train", "idnet_path": "elsewhere.pt"}
+    assert common.recipe_differences(cfg, recipe) == [f"steps: {cfg.steps!r} vs {cfg.steps + 1!r}"]

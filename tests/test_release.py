@@ -4,6 +4,7 @@ The whole command (train the three pretrained stages, export, evaluate the files
 runs on the smoke profile in ``tests/test_pipeline.py``.
 """
 
+import pytest
 import torch
 
 from megafr import release
@@ -50,3 +51,8 @@ def test_release_overrides_name_every_released_file():
     assert overrides["train_generator"] == {"mode": "release", "official_stylegan2": "release/mini/stylegan2.pt",
                                             "official_e4e": "release/mini/e4e.pt"}
     assert {o["mode"] for o in overrides.values()} == {"release"} and set(overrides) == set(release.STAGES)
+
+
+def test_half_refuses_values_float16_cannot_hold():
+    with pytest.raises(OverflowError, match="float16"):
+        release.half({"w": torch.tensor([1.0, 1e6])})

@@ -81,7 +81,7 @@ from megafr.training import adam
 
 STYLEGAN_FILE = "stylegan2.pt"
 E4E_FILE = "e4e.pt"
-PRODUCTS_FILE = "products.json"
+PRODUCTS_FILE = common.PRODUCTS_FILE
 SWAP_POOL_FILE = "swap_pool.npz"
 MEAN_LATENT_SAMPLES = 4096  # z samples averaged into latent_avg
 ADAM_BETAS_G = (0.0, 0.99)  # StyleGAN2's Adam betas (generator, discriminator)
@@ -161,6 +161,9 @@ class GeneratorStageConfig(common.StageFolders):
         require(self.swap_batch == 0 or self.swap_pool >= self.swap_batch,
                 f"swap_pool ({self.swap_pool}) must hold at least swap_batch ({self.swap_batch}) pairs")
         require(0 <= self.ema_decay < 1, f"train_generator.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        require(self.mode != "release" or self.encoder_passes == 1,
+                "train_generator.encoder_passes > 1 (ReStyle) makes a 6-channel e4e.pt that the later stages cannot "
+                "load; a release must use encoder_passes: 1")
 
     def upstream_digest(self) -> str:
         """Digest of the files the weights depend on besides the config (overrides ``UPSTREAM``): the
@@ -537,13 +540,14 @@ def run_generator_stage(cfg: GeneratorStageConfig, progress: bool = True) -> Gen
         return GeneratorStageOutput(metrics, pd.DataFrame(columns=curve_columns(cfg)), None)
     idnet = load_arcface(study_path(cfg.idnet_path))
     if cfg.mode == "release":
-        common.require_released(cfg.official_stylegan2, cfg.official_e4e)
-        loaded, _ = check_official(cfg)
-        e4e = load_e4e(cfg.folder / E4E_FILE)
-        head = {"trained": 0, "released": 1, **common.released_steps(cfg.official_e4e, cfg.STAGE),
-                **{k: loaded[k] for k in ("generator_parameters", "encoder_parameters")}}
-        curve = common.released_curve(cfg.official_e4e, cfg.STAGE, curve_columns(cfg))
-        return evaluate_generator(cfg, e4e.encode, e4e.decoder, idnet, head, curve, [f"released files: {cfg.official_stylegan2}, {cfg.official_e4e}"])
+        released = common.load_released(cfg, {"stylegan2": ("official_stylegan2", STYLEGAN_FILE),
+                                              "e4e": ("official_e4e", E4E_FILE)}, curve_columns(cfg))
+        generator, _ = load_stylegan2(released.products["stylegan2"])
+        e4e = load_e4e(released.products["e4e"])
+        head = {**released.metrics, "generator_parameters": sum(p.numel() for p in generator.parameters()),
+                "encoder_parameters": sum(p.numel() for p in e4e.encoder.parameters())}
+        log = [f"released files: {cfg.official_stylegan2}, {cfg.official_e4e}"]
+        return evaluate_generator(cfg, e4e.encode, generator, idnet, head, released.curve, log)
     images, table = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
     pool = load_or_render_pool(cfg, table) if cfg.swap_batch else None
     result = train_generator(cfg, images, pool, progress=progress, idnet=idnet)

@@ -16,9 +16,11 @@ with the weights of an uninterrupted run (``tests/test_pretrain.py`` checks it b
 from __future__ import annotations
 
 import contextlib
+import warnings
 import filecmp
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator
 
@@ -108,6 +110,7 @@ def finish(path: Path) -> None:
 
 
 CHECKPOINT_FILE = "checkpoint.pt"
+PRODUCTS_FILE = "products.json"  # names the files later stages read (own products, or official / released copies)
 
 
 MODES = ("train", "official", "release")
@@ -118,52 +121,84 @@ MODES = ("train", "official", "release")
 
 
 def official_mode(cfg, official_fields: tuple[str, ...], released: str) -> bool:
-    """Check ``cfg.mode`` of a pretraining stage config; True in official or release mode (the stage
-    loads files instead of training), once the ``official_fields`` name those files (``released``:
-    their names in the paper world, for the message)."""
+    """Check ``cfg.mode`` of a pretraining stage config; True in official mode (the paper profile: the
+    rest of the config is unused). In official and release mode the ``official_fields`` must name the
+    files (``released``: their names in the paper world, for the message); a release-mode config is
+    still its release's recipe, so the caller goes on validating it."""
     require(cfg.mode in MODES, f"{cfg.STAGE}.mode must be one of {MODES}, got {cfg.mode!r}")
     if cfg.mode == "train":
         return False
     names = " and ".join(f"{cfg.STAGE}.{name}" for name in official_fields)
-    what = released if cfg.mode == "official" else "the release files (`python -m megafr release` writes them)"
-    require(all(getattr(cfg, name) for name in official_fields), f"{names} must name {what} in {cfg.mode} mode")
-    return True
-
-
-def released_curve(released: str, stage: str, columns: list[str]) -> "pd.DataFrame":
-    """Release mode: the training curve the release recorded next to its files (``<stage>_curve.csv``
-    in the folder of ``released``), or an empty frame with ``columns`` when there is none."""
-    import pandas as pd
-
-    path = study_path(released).parent / f"{stage}_curve.csv"
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
+    what = (f"{released} in the paper profile" if cfg.mode == "official"
+            else "the released files in release mode (`python -m megafr release` writes them)")
+    require(all(getattr(cfg, name) for name in official_fields), f"{names} must name {what}")
+    return cfg.mode == "official"
 
 
 RELEASE_RECORD = "release.json"  # written by ``python -m megafr release`` next to the released files
 
 
-def require_released(*paths: str) -> None:
-    """Release mode: every released file is there, or an error naming it and the command that makes it."""
-    missing = [p for p in paths if not study_path(p).is_file()]
-    if missing:
-        raise InputError(f"released file(s) missing: {', '.join(missing)}; they are committed with the study "
-                         "(`git checkout -- release/`), or `python -m megafr release` retrains them (hours on a CPU)")
+def curve_file(stage: str) -> str:
+    """Name of a stage's training curve in a release folder."""
+    return f"{stage}_curve.csv"
 
 
-def released_steps(released: str, stage: str) -> dict:
-    """Release mode: ``{"steps": N}``, the training steps of ``stage`` recorded in the release's
-    ``release.json`` next to ``released`` (``{}`` when the record is missing)."""
+def released_record(folder: Path, stage: str) -> dict:
+    """The ``release.json`` entry of ``stage`` in a release folder (``{}`` when there is none)."""
     import json
 
-    path = study_path(released).parent / RELEASE_RECORD
-    if not path.is_file():
-        return {}
-    recipe = json.loads(path.read_text()).get("stages", {}).get(stage, {}).get("recipe", {})
-    return {"steps": recipe["steps"]} if "steps" in recipe else {}
+    path = folder / RELEASE_RECORD
+    return json.loads(path.read_text()).get("stages", {}).get(stage, {}) if path.is_file() else {}
+
+
+def recipe_differences(cfg, recipe: dict) -> list[str]:
+    """``field: profile value vs released value`` for every training field where ``cfg`` differs from the
+    recipe a release was trained with (paths, modes and evaluation-only fields aside)."""
+    from megafr.training import PRETRAIN_FREE_FIELDS
+
+    ignored = {*PRETRAIN_FREE_FIELDS, "data_dir", "model_path", "landmark_path"}
+    return [f"{name}: {getattr(cfg, name)!r} vs {value!r}" for name, value in recipe.items()
+            if name not in ignored and hasattr(cfg, name) and getattr(cfg, name) != value]
+
+
+@dataclass
+class Released:
+    """What release mode hands a stage: its products (copies of the released files), the release's
+    training curve, and the metrics that say so."""
+
+    products: dict[str, Path]  # products.json key ("stylegan2") -> the product the stage reads next
+    curve: "pd.DataFrame"  # training curve recorded by the release (empty frame when it has none)
+    metrics: dict  # {"trained": 0, "released": 1, "steps": <the release's steps>}
+
+
+def load_released(cfg, files: dict[str, tuple[str, str]], curve_columns: list[str]) -> Released:
+    """Release mode: check the released files named by ``files`` (``{key: (config field, product file
+    name)}``), copy them to the stage's products, write ``products.json``, read the release's curve and
+    steps, and warn when the profile's recipe differs from the release's."""
+    import pandas as pd
+
+    paths = {key: getattr(cfg, field) for key, (field, _) in files.items()}
+    missing = [p for p in paths.values() if not study_path(p).is_file()]
+    if missing:
+        raise InputError(f"released file(s) missing: {', '.join(missing)}; `python -m megafr release` writes "
+                         f"them (hours on a CPU), or set {cfg.STAGE}.mode: train to train this stage in the pipeline")
+    products = {key: study_path(expose_official(paths[key], cfg.folder / name)) for key, (_, name) in files.items()}
+    write_json(cfg.folder / PRODUCTS_FILE, {key: study_relative(path) for key, path in products.items()})
+    folder = study_path(next(iter(paths.values()))).parent
+    record = released_record(folder, cfg.STAGE)
+    differences = recipe_differences(cfg, record.get("recipe", {}))
+    if differences:
+        warnings.warn(f"{cfg.STAGE}: the profile's recipe differs from the one {study_relative(folder)} was trained "
+                      f"with ({'; '.join(differences)}); the metrics are the released networks'. "
+                      "`python -m megafr release` retrains them with the profile's values.")
+    curve = folder / curve_file(cfg.STAGE)
+    steps = record.get("recipe", {}).get("steps")
+    return Released(products, pd.read_csv(curve) if curve.is_file() else pd.DataFrame(columns=curve_columns),
+                    {"trained": 0, "released": 1, **({"steps": steps} if steps is not None else {})})
 
 
 def expose_official(released: str, product: Path) -> str:
-    """Official mode: copy the released file to the path of the product the stage makes in train mode (an
+    """Official and release mode: copy the released file to the path of the product the stage makes in train mode (an
     atomic copy, replaced only when its bytes differ), so that later stages and ``dvc.yaml`` read the same
     paths on every profile; returns the product's study-relative path."""
     source = study_path(released)

@@ -61,9 +61,14 @@ def wplus_bound(generator, encode: Callable[[torch.Tensor], torch.Tensor], x: to
     """Inversion metrics (:func:`inversion_metrics`) of W+ codes optimised per image against the generator,
     next to the encoder's on the same images: ``{"optimised": ..., "encoder": ...}``."""
     start, recon = invert(encode, generator, x)
-    with torch.enable_grad():
-        generator.requires_grad_(False)
-        codes = optimise_codes(generator, x, start, steps, lr)
+    trainable = [p for p in generator.parameters() if p.requires_grad]
+    generator.requires_grad_(False)  # only the codes move
+    try:
+        with torch.enable_grad():
+            codes = optimise_codes(generator, x, start, steps, lr)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
     _, fitted = invert(lambda w: w, generator, codes)
     return {"optimised": inversion_metrics(x, fitted, idnet), "encoder": inversion_metrics(x, recon, idnet),
             "steps": steps}
@@ -202,5 +207,6 @@ def inversion_figures(out, world: str) -> dict:
 def idnet_figures(curve: pd.DataFrame, world: str) -> dict:
     """``{name: figure}`` of the train_idnet stage: the training curve."""
     if curve.empty:
-        return {"curve": plots.message_figure("official file loaded; nothing trained", f"train_idnet ({world} world)")}
+        return {"curve": plots.message_figure("loaded a file without a training curve; nothing trained here",
+                                                 f"train_idnet ({world} world)")}
     return {"curve": curve_figure(curve, ["loss", "accuracy"], f"train_idnet ArcFace training ({world} world)")}

@@ -64,7 +64,7 @@ from megafr.progress import progress_bar
 
 PRODUCT_FILE = "arcface.pt"
 CURVE_COLUMNS = ["step", "lr", "loss", "accuracy"]  # the training curve
-PRODUCTS_FILE = "products.json"  # names the file later stages use (own product or the official one)
+PRODUCTS_FILE = common.PRODUCTS_FILE
 FARS = (1e-3, 1e-2)  # false accept rates at which TAR is reported
 CURVE_POINTS = 100  # about this many rows in the training curve
 
@@ -270,11 +270,8 @@ def run_idnet_stage(cfg: IdNetConfig, progress: bool = True) -> tuple[ArcFace, d
             columns=CURVE_COLUMNS)
     test_images, test_table = read_split(cfg.data_dir, "test")
     if cfg.mode == "release":  # the synthetic world's released network, scored as a trained one
-        common.require_released(cfg.official_path)
-        product = common.expose_official(cfg.official_path, cfg.folder / PRODUCT_FILE)
-        write_json(cfg.folder / PRODUCTS_FILE, {"arcface": product})
-        net, curve = load_arcface(study_path(product)), common.released_curve(cfg.official_path, cfg.STAGE, CURVE_COLUMNS)
-        metrics = {"trained": 0, "released": 1, **common.released_steps(cfg.official_path, cfg.STAGE)}
+        released = common.load_released(cfg, {"arcface": ("official_path", PRODUCT_FILE)}, CURVE_COLUMNS)
+        net, curve, metrics = load_arcface(released.products["arcface"]), released.curve, released.metrics
     else:
         images, table = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
         result = train_idnet(cfg, images, table["identity"].to_numpy(), progress=progress)

@@ -43,7 +43,7 @@ from megafr.progress import progress_bar
 from megafr.training import adam
 
 PSP_FILE = "psp.pt"
-PRODUCTS_FILE = "products.json"
+PRODUCTS_FILE = common.PRODUCTS_FILE
 BACKBONE_PREFIXES = ("input_layer.", "body.", "latlayer1.", "latlayer2.")  # weights taken over from e4e
 ADAM_BETAS = (0.9, 0.999)
 CURVE_POINTS = 100
@@ -190,16 +190,14 @@ def run_inversion_stage(cfg: InversionStageConfig, progress: bool = True) -> Inv
     decoder, _ = load_stylegan2(study_path(cfg.stylegan2_path))  # its latent_avg is e4e's (the mapping mean)
     e4e = load_e4e(study_path(cfg.e4e_path))
     idnet = load_arcface(study_path(cfg.idnet_path))
+    test_images, _ = read_split(cfg.data_dir, "test")
+    if test_images.shape[1] != decoder.size:
+        raise InputError(f"train_inversion: images are {test_images.shape[1]} px, the generator makes {decoder.size} px")
     if cfg.mode == "release":  # the synthetic world's released pSp, scored as a trained one
-        common.require_released(cfg.official_psp)
-        product = common.expose_official(cfg.official_psp, cfg.folder / PSP_FILE)
-        write_json(cfg.folder / PRODUCTS_FILE, {"psp": product})
-        net, curve, message = load_psp(study_path(product)), common.released_curve(cfg.official_psp, cfg.STAGE, CURVE_COLUMNS), ""
-        metrics = {"trained": 0, "released": 1, **common.released_steps(cfg.official_psp, cfg.STAGE)}
+        released = common.load_released(cfg, {"psp": ("official_psp", PSP_FILE)}, CURVE_COLUMNS)
+        net, curve, message, metrics = load_psp(released.products["psp"]), released.curve, "", released.metrics
     else:
         images, _ = read_split(cfg.data_dir, cfg.UPSTREAM_SPLIT)
-        if images.shape[1] != decoder.size:
-            raise InputError(f"train_inversion: images are {images.shape[1]} px, the generator makes {decoder.size} px")
         result = train_psp(cfg, build_psp(e4e, decoder, e4e.latent_avg, cfg.seed), images, idnet, progress=progress)
         save_encoder(cfg.folder / PSP_FILE, result.net, opts={
             "dataset_type": "synthheads", "l2_lambda": cfg.lambda_l2, "id_lambda": cfg.lambda_id,
@@ -209,7 +207,6 @@ def run_inversion_stage(cfg: InversionStageConfig, progress: bool = True) -> Inv
         common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)
         net, curve, message = result.net, result.curve, result.lpips_message
         metrics = {"trained": 1, "steps": cfg.steps, "lpips_used": int(message.startswith("LPIPS on"))}
-    test_images, _ = read_split(cfg.data_dir, "test")
     rows = np.linspace(0, len(test_images) - 1, min(cfg.n_eval, len(test_images))).round().astype(int)
     x = common.images_to_tensor(test_images[rows])
     _, recon = ev.invert(net.encode, decoder, x)
