@@ -175,7 +175,7 @@ def test_the_right_answer_is_a_row_where_the_set_has_one(setup, tiny_frozen):
     """The rendered right answers scored by the same networks, last in the table, and every row's CSIM as a fraction
     of theirs; on a set without right answers (photos) neither the row nor the fraction appears."""
     from megafr import metrics
-    from megafr.evaluate.stage import stage_metrics
+    from megafr.evaluate.stage import Ablations, stage_metrics
     from megafr.imageio import images_to_tensor
 
     baseline, reenactors, judge, cross = setup
@@ -195,7 +195,9 @@ def test_the_right_answer_is_a_row_where_the_set_has_one(setup, tiny_frozen):
     text = tables.markdown_table(table, "Table 1", tables.world_label("smoke"), judge.paper.reasons)
     assert f"- {tables.RIGHT_ANSWER_ROW}: the rendered right answers" in text and "- csim_vs_right: " in text
     assert (tables.csv_table(table).loc[1, list(tables.TRUTH_METRICS)] == "n/a").all()
-    tree = stage_metrics({"table1_cross": table}, pd.DataFrame(columns=["ablation"]), baseline, judge)["table1_cross"]
+    nothing = pd.DataFrame(columns=["ablation"])
+    tree = stage_metrics({"table1_cross": table}, Ablations(nothing, nothing, nothing, []), baseline,
+                         judge)["table1_cross"]
     assert tree["right_answer_rendered_truth"]["csim_vs_right"] == 1.0
     assert tree["inversion_only_e4e"]["csim_vs_right"] == pytest.approx(table.loc[0, "csim"] / right["csim"], abs=1e-4)
 
@@ -288,9 +290,10 @@ def _base_config(tmp_path):
 
 
 def test_plan_and_configs_change_one_thing(tmp_path):
-    plan = abl.plan(abl.parse_kinds("loss,layers,refine"), refine_steps=1)
+    plan = abl.plan(abl.parse_kinds("loss,layers,condition,refine"), refine_steps=1)
     names = [a.name for a in plan]
     assert names[0] == "reference" and "lambda_cyc=0" in names and "edit_groups=coarse" in names
+    assert names[-4:] == ["condition=params", "refine_steps=0", "refine_steps=2", "refine_steps=3"]
     assert [a.refine_steps for a in plan if a.kind == "refine"] == [0, 2, 3]
     base = _base_config(tmp_path)
     for ablation in plan:
@@ -298,41 +301,119 @@ def test_plan_and_configs_change_one_thing(tmp_path):
         changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)}
         assert changed == {"steps", "out_dir"} | {k for k, _ in ablation.changes}
         assert cfg.out_dir == str(tmp_path / "ablations" / ablation.trained_name)
+        seeded = abl.ablation_config(base, ablation, 3, abl.seed_folder(tmp_path / "ablations", 7), seed=7)
+        assert seeded.seed == 7 and seeded.out_dir == str(tmp_path / "ablations" / "seed=7" / ablation.trained_name)
+    params = abl.ablation_config(dataclasses.replace(base, condition="params"), plan[0], 3, tmp_path)
+    assert params.condition == "render"  # the reference is MegaFR (e4e) whatever the base checkpoint was
+    assert abl.ablation_config(base, plan[-4], 3, tmp_path).condition == "params"
     with pytest.raises(InputError):
         abl.parse_kinds("loss,colour")
     assert abl.parse_kinds("none") == ()
 
 
-def test_ablations_train_in_their_own_folders_and_resume(setup, tiny_frozen, tmp_path):
-    judge, cross = setup[2], setup[3]
-    plan = [a for a in abl.plan(("loss", "refine"), 1) if a.name in ("reference", "lambda_id=0", "refine_steps=0")]
+def test_ablations_train_per_seed_in_their_own_folders_and_resume(setup, tiny_frozen, tmp_path):
+    """Two seeds: every trained model once per seed under seed=<s>/, the refinement row on each seed's reference,
+    the params-fed E_FR beside them; a second run resumes every checkpoint (same numbers); the summary, the claims
+    and the metrics come out of the per-seed rows."""
+    from megafr.evaluate.stage import (EvaluateConfig, ablation_markdown, ablation_results, claims_markdown,
+                                       stage_metrics, write_tables)
+
+    baseline, _, judge, cross = setup
+    wanted = ("reference", "lambda_id=0", "condition=params", "refine_steps=0")
+    plan = [a for a in abl.plan(("loss", "condition", "refine"), 1) if a.name in wanted]
     base, images, folder = _base_config(tmp_path), _uint8(8, 6), tmp_path / "ablations"
-    table = abl.run_ablations(base, tiny_frozen, images, cross, judge, plan, 2, folder, digest="a")
-    assert list(table["ablation"]) == ["reference", "lambda_id=0", "refine_steps=0"]
-    assert table.loc[1, "lambda_id"] == 0.0 and table.loc[0, "lambda_id"] == 1.0
-    assert np.isfinite(table[["aed", "apd", "csim", "l1"]].to_numpy(float)).all()
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["lambda_id=0", "reference"]
+    legacy = folder / "reference"  # a checkpoint folder of the layout without seeds
+    legacy.mkdir(parents=True)
+    (folder / abl.DIGEST_FILE).write_text("a\n")
+    runs = abl.run_ablations(base, tiny_frozen, images, cross, judge, plan, 2, folder, digest="a", seeds=(0, 1))
+    assert list(runs["ablation"]) == list(wanted) * 2 and list(runs["seed"]) == [0] * 4 + [1] * 4
+    assert runs.loc[1, "lambda_id"] == 0.0 and runs.loc[0, "lambda_id"] == 1.0
+    assert list(runs["condition"]) == ["render", "render", "params", "render"] * 2
+    assert (runs["batch_size"] == 2).all() and (runs["pairs"] == 3).all()
+    assert np.isfinite(runs[["aed", "apd", "csim", "l1"]].to_numpy(float)).all()
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["seed=0", "seed=1"]  # legacy folder gone
+    for seed in (0, 1):
+        here = folder / f"seed={seed}"
+        assert sorted(p.name for p in here.iterdir()) == ["condition=params", "lambda_id=0", "reference"]
+        saved = torch.load(here / "reference" / "megafr_e4e_render.pt", weights_only=False)
+        assert saved["step"] == 2 and saved["config"]["seed"] == seed
+        assert (here / "condition=params" / "megafr_e4e_params.pt").is_file()
     assert not (tmp_path / "canonical").exists()
-    saved = torch.load(folder / "reference" / "megafr_e4e_render.pt", weights_only=False)
-    assert saved["step"] == 2
-    again = abl.run_ablations(base, tiny_frozen, images, cross, judge, plan, 2, folder, digest="a")
-    pd.testing.assert_frame_equal(table, again)  # resumed from the finished checkpoints: same numbers
-    assert abl.clear_if_stale(folder, "b") and not (folder / "reference").exists()
-    assert set(numeric_leaves(abl.metrics_tree(table, ["aed", "apd", "csim"]))) == set(table["ablation"])
+    by_seed = runs.set_index(["ablation", "seed"])
+    assert by_seed.loc[("reference", 0), "aed"] != by_seed.loc[("reference", 1), "aed"]  # seeds train differently
+    assert set(abl.train_seconds(folder)) == {f"seed={s}/{n}" for s in (0, 1) for n in wanted[:3]}
+
+    again = abl.run_ablations(base, tiny_frozen, images, cross, judge, plan, 2, folder, digest="a", seeds=(0, 1))
+    pd.testing.assert_frame_equal(runs, again)  # resumed from the finished checkpoints: same numbers
+    one = abl.run_ablations(base, tiny_frozen, images, cross, judge, plan, 2, folder, digest="a", seeds=(1,))
+    pd.testing.assert_frame_equal(one.reset_index(drop=True), runs[runs["seed"] == 1].reset_index(drop=True))
+    assert (folder / "seed=0" / "reference").is_dir()  # a seed not requested now is kept for later
+
+    results = ablation_results(runs)
+    table = results.table
+    assert list(table["ablation"]) == list(wanted) and (table["seeds"] == 2).all()
+    reference = runs[runs["ablation"] == "reference"]
+    assert table.loc[0, "aed"] == pytest.approx(reference["aed"].mean())
+    assert table.loc[0, "aed_std"] == pytest.approx(reference["aed"].std(ddof=1))
+    assert set(results.claims["key"]) == {"render_beats_params_apd", "render_beats_params_aed", "loss_id_csim",
+                                          "refine_1_beats_0_apd"}
+    assert set(results.claims["verdict"]) <= {"holds", "not confirmed", "contradicted"}
+    assert list(results.claims["steps"].unique()) == [2] and list(results.claims["seeds"].unique()) == [2]
+    metrics = numeric_leaves(stage_metrics({}, results, baseline, judge))
+    assert set(metrics["ablations"]) == set(wanted) and "aed_std" in metrics["ablations"]["reference"]
+    assert set(metrics["claims"]) == set(results.claims["key"])
+    assert set(metrics["claims"]["loss_id_csim"]) == {"effect_mean", "effect_std", "verdict", "seeds"}
+    cfg = EvaluateConfig(**_stage_values())
+    assert "±" in ablation_markdown(cfg, table) and "smoke-world" in ablation_markdown(cfg, table)
+    text = claims_markdown(cfg, results)
+    assert "rendering beats raw parameters" in text and "Not measured:" in text and "edit_groups=coarse" in text
+    out = EvaluateConfig(**{**_stage_values(), "out_dir": str(tmp_path / "out")})
+    write_tables(out, {}, results, baseline, judge)
+    written = pd.read_csv(tmp_path / "out" / "claims.csv")
+    assert list(written["key"]) == list(results.claims["key"]) and "effect_seed_1" in written.columns
+    assert len(pd.read_csv(tmp_path / "out" / "ablations_per_seed.csv")) == len(runs)
+    assert "aed_std" in pd.read_csv(tmp_path / "out" / "ablations.csv").columns
+    assert (tmp_path / "out" / "claims.md").read_text() == text
+    assert len(abl.plot_records(table)) == len(wanted)
     figure = abl.ablation_figure(table, "test")
     assert len(figure.axes) == len(abl.FIGURE_METRICS)
+    assert any(len(c) for ax in figure.axes for c in ax.containers if hasattr(c, "has_xerr") and c.has_xerr)
+
+    assert abl.clear_if_stale(folder, "b") and not (folder / "seed=0").exists() and not (folder / "seed=1").exists()
+
+
+def test_the_stage_trains_seed_to_seed_plus_n_and_judges_the_claims(setup, tiny_frozen, tmp_path):
+    """evaluate.seed 5 and ablation_seeds 2: seeds 5 and 6, each in its folder; the claims of the trained kind."""
+    from megafr.evaluate import stage
+
+    judge, cross = setup[2], setup[3]
+    np.save(tmp_path / "train.npy", _uint8(8, 6))
+    base = dataclasses.replace(_base_config(tmp_path), train_images=str(tmp_path / "train.npy"), seed=5)
+    cfg = EvaluateConfig(**{**_stage_values(), "seed": 5, "ablations": "condition", "ablation_steps": 1,
+                            "out_dir": str(tmp_path / "evaluate")})
+    results = stage.run_ablations(cfg, stage.Trained({}, base, tiny_frozen), judge, cross, progress=False)
+    assert list(results.runs["seed"]) == [5, 5, 6, 6] and (results.runs["steps"] == 1).all()
+    assert sorted(p.name for p in (tmp_path / "evaluate" / "ablations").iterdir() if p.is_dir()) == ["seed=5",
+                                                                                                   "seed=6"]
+    assert list(results.claims["key"]) == ["render_beats_params_apd", "render_beats_params_aed"]
+    assert list(results.claims.columns[6:8]) == ["effect_seed_5", "effect_seed_6"]
+    assert {claim.key for claim, _ in results.not_measured} >= {"loss_id_csim", "refine_1_beats_0_apd"}
+
+
+def _stage_values():
+    return dict(profile="smoke", seed=0, reenact_dir="r", variants="e4e:render,psp:render", cross_dir="c",
+                cross_pairs=4, frontal_dir="f", frontal_pairs=4, reference_images="t", reference_count=0,
+                truth_table="", direction_attributes="yaw_deg,pitch_deg", direction_images=0,
+                direction_ridges="1,10", refine_steps=1, inception_dir="", arcface_path="",
+                ablations="loss,condition", ablation_steps=2, ablation_seeds=2, ablation_pairs=4,
+                psp_frontalization_path="", out_dir="data/evaluate", run_dir="")
 
 
 def test_stage_config_is_validated():
-    values = dict(profile="smoke", seed=0, reenact_dir="r", variants="e4e:render,psp:render", cross_dir="c",
-                  cross_pairs=4, frontal_dir="f", frontal_pairs=4, reference_images="t", reference_count=0,
-                  truth_table="", direction_attributes="yaw_deg,pitch_deg", direction_images=0,
-                  direction_ridges="1,10", refine_steps=1, inception_dir="", arcface_path="",
-                  ablations="loss", ablation_steps=2, ablation_pairs=4, psp_frontalization_path="",
-                  out_dir="data/evaluate", run_dir="")
+    values = _stage_values()
     assert EvaluateConfig(**values).folder.name == "evaluate"
     for bad in (dict(variants="psp:render"), dict(cross_pairs=1), dict(ablations="everything"),
-                dict(direction_attributes="mood"), dict(direction_ridges="0")):
+                dict(direction_attributes="mood"), dict(direction_ridges="0"), dict(ablation_seeds=0)):
         with pytest.raises(InputError):
             EvaluateConfig(**{**values, **bad})
     swept = EvaluateConfig(**{**values, "run_dir": "data/sweeps/x/y"}).folder

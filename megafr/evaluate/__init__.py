@@ -9,7 +9,10 @@
 - :mod:`megafr.evaluate.tables`: Table 1 (cross reenactment) and Table 2 (frontalization): their
   scores, and the paper's published numbers kept apart;
 - :mod:`megafr.evaluate.ablations`: E_FR re-trained with one loss weight at zero, with other
-  W+ layer groups, and evaluated at 0-3 refinement steps;
+  W+ layer groups, fed raw FLAME parameters instead of the rendering, and evaluated at 0-3
+  refinement steps, each once per seed (mean and std over seeds);
+- :mod:`megafr.evaluate.claims`: the paper's claims judged on the per-seed ablations (signed
+  effects, mean and std over seeds, a verdict by one rule);
 - :mod:`megafr.evaluate.stage`: the stage's configuration and the glue the notebook calls.
 
 Metric definitions are pinned in ``docs/metrics.md``.

@@ -9,7 +9,9 @@ reference photos; writes, under ``out_dir`` (``data/evaluate``):
 - ``latent_directions.pt`` (:func:`megafr.reenact.directions.save_directions`),
   ``latent_directions.csv`` (R^2 of each direction) and ``latent_ridge_search.csv`` (how the
   ridge penalty was chosen);
-- ``ablations.{csv,md}`` and ``ablations/<name>/`` (each ablation's E_FR checkpoint);
+- ``ablations.{csv,md}`` (mean and std over seeds per ablation), ``ablations_per_seed.csv`` (one row per
+  ablation and seed) and ``ablations/seed=<s>/<name>/`` (each ablation's E_FR checkpoint per seed);
+- ``claims.{csv,md}``: the paper's claims judged on the per-seed ablations (:mod:`megafr.evaluate.claims`);
 
 and the DVC metrics / plots / figures through :func:`megafr.stage.write_outputs`.
 A sweep run (``run_dir``) writes all of it under ``<run_dir>/`` instead.
@@ -28,9 +30,10 @@ import pandas as pd
 from megafr.config import require, require_at_least, study_path
 from megafr.errors import CheckpointError, InputError
 from megafr.evaluate import ablations as abl
+from megafr.evaluate import claims as cl
 from megafr.evaluate.external import PaperMetrics
 from megafr.evaluate.linear import LinearBaseline, fit_baseline, parse_attributes, parse_ridges
-from megafr.evaluate.tables import (COLUMNS, NOT_REPRODUCED, PAPER_TABLE_1, PAPER_TABLE_2, Judge, csv_table,
+from megafr.evaluate.tables import (NOT_REPRODUCED, PAPER_TABLE_1, PAPER_TABLE_2, Judge, csv_table,
                                     markdown_table, metrics_tree, paper_markdown, world_label)
 from megafr.fileio import atomic_write
 from megafr.reenact.directions import save_directions
@@ -44,7 +47,7 @@ REFERENCE_VARIANT = ("e4e", "render")  # MegaFR (e4e): the ablations' base and t
 @dataclass(frozen=True)
 class EvaluateConfig:
     profile: str  # world that produced the data (labels every table and figure)
-    seed: int  # seed of the ablations' training (data order and initialisation)
+    seed: int  # first seed of the ablations' training (data order and initialisation)
     reenact_dir: str  # train_reenact's checkpoints megafr_<encoder>_<condition>.pt
     variants: str  # the train_reenact variants that become table rows (must include e4e:render)
     cross_dir: str  # Table 1 set: source.npy, target.npy (and truth.npy on synthetic worlds)
@@ -60,8 +63,9 @@ class EvaluateConfig:
     refine_steps: int  # MegaFR's refinement steps in Tables 1 and 2 (paper: one extra step)
     inception_dir: str  # folder holding clean-fid's inception-2015-12-05.pt ("": clean-fid's own, /tmp)
     arcface_path: str  # ArcFace IR-SE50 file for the paper's ID similarity ("": n/a)
-    ablations: str  # ablation groups "loss,layers,refine" ("none": the reference only)
+    ablations: str  # ablation groups "loss,layers,condition,refine" ("none": the reference only)
     ablation_steps: int  # training steps of every ablation and of its reference
+    ablation_seeds: int  # every trained ablation (and the reference) trained and scored with seeds seed .. seed+n-1
     ablation_pairs: int  # first cross pairs the ablations are scored on
     psp_frontalization_path: str  # released psp_ffhq_frontalization.pt: Table 2's pSp row ("": no row)
     out_dir: str  # where tables, directions and ablation checkpoints go (data/evaluate)
@@ -72,7 +76,7 @@ class EvaluateConfig:
             value = getattr(self, name)
             require(value >= 2, f"evaluate.{name} must be >= 2 (FD-id needs a spread), got {value}")
         require_at_least("evaluate", self, (("reference_count", 0), ("direction_images", 0), ("refine_steps", 0),
-                                            ("ablation_steps", 0)))
+                                            ("ablation_steps", 0), ("ablation_seeds", 1)))
         require(REFERENCE_VARIANT in parse_variants(self.variants),
                 f"evaluate.variants must include e4e:render (MegaFR (e4e)), got {self.variants!r}")
         parse_attributes(self.direction_attributes)
@@ -163,14 +167,29 @@ def fit_linear(cfg: EvaluateConfig, trained: Trained) -> LinearBaseline:
     return LinearBaseline(directions, trained.frozen, search)
 
 
-def run_ablations(cfg: EvaluateConfig, trained: Trained, judge: Judge, pairs, progress: bool = True) -> pd.DataFrame:
-    """Every ablation of ``cfg.ablations`` trained for ``cfg.ablation_steps`` and scored on ``pairs``."""
+class Ablations(NamedTuple):
+    runs: pd.DataFrame  # one row per (ablation, seed)
+    table: pd.DataFrame  # one row per ablation: mean and <metric>_std over seeds (abl.summarise)
+    claims: pd.DataFrame  # the claims table (megafr.evaluate.claims.claims_table)
+    not_measured: list  # (claim, reason) of the claims the run could not measure
+
+
+def ablation_results(runs: pd.DataFrame) -> Ablations:
+    """The ablation table and the claims table of the per-seed runs."""
+    return Ablations(runs, abl.summarise(runs), cl.claims_table(runs), cl.not_measured(runs))
+
+
+def run_ablations(cfg: EvaluateConfig, trained: Trained, judge: Judge, pairs, progress: bool = True) -> Ablations:
+    """Every ablation of ``cfg.ablations`` trained for ``cfg.ablation_steps`` with each of ``cfg.ablation_seeds``
+    seeds and scored on ``pairs``; the ablation and claims tables built from them."""
     from megafr.datasets.loader import open_images
 
     images = open_images(study_path(trained.base.train_images))  # memory-mapped array or manifest
-    return abl.run_ablations(trained.base, trained.frozen, images, pairs, judge,
+    runs = abl.run_ablations(trained.base, trained.frozen, images, pairs, judge,
                              abl.plan(abl.parse_kinds(cfg.ablations), cfg.refine_steps), cfg.ablation_steps,
-                             cfg.folder / "ablations", abl.ablation_digest(trained.base), progress)
+                             cfg.folder / "ablations", abl.ablation_digest(trained.base), progress,
+                             seeds=abl.seed_list(cfg.seed, cfg.ablation_seeds))
+    return ablation_results(runs)
 
 
 def psp_frontal_row(cfg: EvaluateConfig, trained: Trained):
@@ -191,7 +210,18 @@ def table_markdown(cfg: EvaluateConfig, key: str, table: pd.DataFrame, judge: Ju
     return ours + "\n" + paper_markdown(PAPER_TABLES[key], TABLE_TITLES[key], NOT_REPRODUCED[TABLE_TASKS[key]])
 
 
-def write_tables(cfg: EvaluateConfig, tables: dict[str, pd.DataFrame], ablation_table: pd.DataFrame,
+def ablation_markdown(cfg: EvaluateConfig, table: pd.DataFrame) -> str:
+    """The ablation table (mean ± std over seeds), labelled with its world."""
+    return abl.markdown(table, "Ablations of MegaFR (e4e)", world_label(cfg.profile), abl.metric_columns(table))
+
+
+def claims_markdown(cfg: EvaluateConfig, ablations: Ablations) -> str:
+    """The claims table with its budget, rule and the claims not measured, labelled with its world."""
+    return cl.markdown(ablations.claims, "Claims of the paper, judged on the ablations", world_label(cfg.profile),
+                       ablations.not_measured)
+
+
+def write_tables(cfg: EvaluateConfig, tables: dict[str, pd.DataFrame], ablations: Ablations,
                  linear: LinearBaseline, judge: Judge) -> list[Path]:
     """CSV and Markdown of every table under the stage folder; returns the paths."""
     folder = cfg.folder
@@ -199,10 +229,11 @@ def write_tables(cfg: EvaluateConfig, tables: dict[str, pd.DataFrame], ablation_
     for key, table in tables.items():
         written += _write(folder / f"{key}.csv", csv_table(table).to_csv(index=False, float_format="%.6g"))
         written += _write(folder / f"{key}.md", table_markdown(cfg, key, table, judge))
-    columns = [c for c in COLUMNS if c in ablation_table.columns]
-    written += _write(folder / "ablations.csv", ablation_table.to_csv(index=False, float_format="%.6g"))
-    written += _write(folder / "ablations.md", abl.markdown(ablation_table, "Ablations of MegaFR (e4e)",
-                                                            world_label(cfg.profile), columns))
+    written += _write(folder / "ablations.csv", ablations.table.to_csv(index=False, float_format="%.6g"))
+    written += _write(folder / "ablations_per_seed.csv", ablations.runs.to_csv(index=False, float_format="%.6g"))
+    written += _write(folder / "ablations.md", ablation_markdown(cfg, ablations.table))
+    written += _write(folder / "claims.csv", ablations.claims.to_csv(index=False, float_format="%.6g"))
+    written += _write(folder / "claims.md", claims_markdown(cfg, ablations))
     written += _write(folder / "latent_directions.csv", linear.fit_report().to_csv(index=False, float_format="%.6g"))
     written += _write(folder / "latent_ridge_search.csv", linear.ridge_search.to_csv(index=False, float_format="%.6g"))
     return written
@@ -214,13 +245,14 @@ def _write(path: Path, text: str) -> list[Path]:
     return [path]
 
 
-def stage_metrics(tables: dict[str, pd.DataFrame], ablation_table: pd.DataFrame, linear: LinearBaseline,
+def stage_metrics(tables: dict[str, pd.DataFrame], ablations: Ablations, linear: LinearBaseline,
                   judge: Judge) -> dict:
-    """The DVC metrics tree: numeric leaves only (n/a metrics are left out, their availability is 0/1)."""
-    columns = [c for c in COLUMNS if c in ablation_table.columns]
+    """The DVC metrics tree: numeric leaves only (n/a metrics are left out, their availability is 0/1; the
+    ablations' means, stds over seeds and seed counts; each claim's effect mean, std and verdict as 1/0/-1)."""
     return {
         **{key: metrics_tree(table) for key, table in tables.items()},
-        "ablations": abl.metrics_tree(ablation_table, columns),
+        "ablations": abl.metrics_tree(ablations.table, abl.summary_columns(ablations.table)),
+        "claims": cl.metrics_tree(ablations.claims),
         "latent_directions_r2": {n: round(d.r2, 5) for n, d in linear.directions.items()},
         "paper_metrics_available": {name: int(judge.paper.available(name)) for name in judge.paper.reasons},
     }
