@@ -142,7 +142,7 @@ def _w_plus(generator: Generator, batch: int, device: torch.device) -> torch.Ten
 def synthesis_row(generator: Generator, batch: int, repeats: int, warmup: int = 1) -> dict:
     device = generator.input.input.device
     w = _w_plus(generator, batch, device)
-    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    noise = generator.stored_noise()
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     t = timed(no_grad_call(lambda: generator.synthesis(w, noise)), repeats, warmup=warmup, sync=sync)
     return {"batch": batch, **t, "s_per_image": t["median_s"] / batch, "images_per_s": rate(batch, t["median_s"])}
@@ -155,7 +155,7 @@ def batched_synthesis_rows(generator: Generator, batch: int, repeats: int) -> di
     image; this row shows which is faster per image on this machine.
     """
     w = _w_plus(generator, batch, generator.input.input.device)
-    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    noise = generator.stored_noise()
     calls = {f"batch_{batch}": no_grad_call(lambda: generator.synthesis(w, noise)),
              f"batch_{batch}_one_call_per_image": no_grad_call(
                  lambda: [generator.synthesis(w[i:i + 1], noise) for i in range(batch)])}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -90,7 +91,7 @@ def _require_trainable(params: Mapping[str, Any], run_dir: str, root: Path) -> N
     if params["prepare"]["source"] != "synthetic":
         raise InputError(f"profile {profile} prepares photos: a release is trained in a synthetic world (mini); the "
                          "paper profile uses the official files")
-    if Path(run_dir).parts[:1] == ("data",) and len(Path(run_dir).parts) == 1:
+    if Path(run_dir) == Path("data"):
         raise InputError("--run-dir data would overwrite the pipeline's own products; use another folder")
     if not (root / PREPARE_PRODUCT).is_file():
         raise InputError(f"{PREPARE_PRODUCT} is missing: run `dvc repro prepare` first (a release trains on the "
@@ -106,8 +107,6 @@ def _done_record(config) -> dict:
     from megafr.fileio import to_json_text
     from megafr.training import PRETRAIN_CODE, code_digest
 
-    import json
-
     return json.loads(to_json_text({"config": vars(config), "code": code_digest(PRETRAIN_CODE),
                                     "upstream": config.upstream_digest()}))
 
@@ -122,20 +121,19 @@ def train(params_file: str = PARAMS_FILE, run_dir: str = "", *, progress: bool =
     stages.validate(params)
     run_dir = run_dir or run_folder(params["profile"])
     _require_trainable(params, run_dir, root)
-    for stage in STAGES:  # every value checked before hours of training
-        stages.load_config(stage, root / params_file, stage_overrides(stage, run_dir), run_dir)
-    for stage in STAGES:
-        overrides = stage_overrides(stage, run_dir)
+    overrides = {stage: stage_overrides(stage, run_dir) for stage in STAGES}
+    configs = {stage: stages.load_config(stage, root / params_file, overrides[stage], run_dir)
+               for stage in STAGES}  # every value checked before hours of training
+    for stage, config in configs.items():
         done = root / run_dir / DONE_DIR / f"{stage}.json"
-        config = stages.load_config(stage, root / params_file, overrides, run_dir)
-        products = [config.folder / name for name in RELEASED[stage]]
-        if _read_json(done) == _done_record(config) and all(p.is_file() for p in products):
+        record = _done_record(config)  # its input files are the earlier stages' finished products
+        if _read_json(done) == record and all((config.folder / name).is_file() for name in RELEASED[stage]):
             print(f"{stage}: finished earlier with the same recipe, code and inputs ({done.relative_to(root)})")
             continue
         executed = root / run_dir / "executed" / Path(stages.notebook(stage)).name
-        execute(root / stages.notebook(stage), executed,
-                {"params_file": params_file, "overrides": overrides, "run_dir": run_dir}, root=root, progress=progress)
-        write_json(done, _done_record(config))
+        execute(root / stages.notebook(stage), executed, {"params_file": params_file, "overrides": overrides[stage],
+                                                          "run_dir": run_dir}, root=root, progress=progress)
+        write_json(done, record)
     return run_dir
 
 
@@ -181,18 +179,18 @@ def machine() -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _sources(params_file: str, run_dir: str) -> dict[str, Path]:
-    """``{stage: products folder}`` of a finished release run, or an error naming what is missing."""
-    base, problems = study_path(run_dir), []
+def _finished_configs(params_file: str, run_dir: str) -> dict:
+    """``{stage: config}`` of a finished release run under ``run_dir`` (``config.folder``: its products),
+    or an error naming what is missing."""
+    base, problems, configs = study_path(run_dir), [], {}
     for stage in STAGES:
-        config = stages.load_config(stage, study_root() / params_file, stage_overrides(stage, run_dir),
-                                    "" if run_dir == "data" else run_dir)
-        problems += [f"{base / stage / name} is missing" for name in RELEASED[stage] if not (base / stage / name).is_file()]
+        config = configs[stage] = stages.load_config(stage, study_root() / params_file, stage_overrides(stage, run_dir),
+                                                     "" if run_dir == "data" else run_dir)
+        problems += [f"{config.folder / name} is missing" for name in RELEASED[stage]
+                     if not (config.folder / name).is_file()]
         if config.checkpoint_path.is_file():
             problems.append(f"{stage} has an unfinished run ({study_relative(config.checkpoint_path)})")
         if _read_json(base / "metrics" / f"{stage}.json").get("trained") != 1:
@@ -200,7 +198,7 @@ def _sources(params_file: str, run_dir: str) -> dict[str, Path]:
     if problems:
         raise InputError(f"cannot export the release from {run_dir}: {'; '.join(problems)}; "
                          "`python -m megafr release` trains (or finishes) it")
-    return {stage: base / stage for stage in STAGES}
+    return configs
 
 
 def _save_half(source: Path, target: Path) -> None:
@@ -221,22 +219,20 @@ def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "") -> 
     params = load_params(root / params_file)
     run_dir = run_dir or run_folder(params["profile"])
     out_dir = study_path(out or release_folder(params["profile"]))
-    folders = _sources(params_file, run_dir)
+    configs = _finished_configs(params_file, run_dir)
     base = study_path(run_dir)
     record: dict[str, Any] = {"profile": params["profile"], "source_commit": _source_commit(root),
                               "exported": datetime.date.today().isoformat(), "machine": machine(),
                               "run_dir": run_dir, "stages": {}, "files": {}}
-    for stage, folder in folders.items():
-        config = stages.load_config(stage, root / params_file, stage_overrides(stage, run_dir),
-                                    "" if run_dir == "data" else run_dir)
+    for stage, config in configs.items():
         for name in RELEASED[stage]:
-            _save_half(folder / name, out_dir / name)
+            _save_half(config.folder / name, out_dir / name)
         curve, copy = base / "plots" / common.curve_file(stage), out_dir / common.curve_file(stage)
         copy.unlink(missing_ok=True)  # never keep an older release's curve
         if curve.is_file():
             pd.read_csv(curve).to_csv(copy, index=False, float_format="%.6g")
         recipe = {f: v for f, v in vars(config).items() if f not in ("out_dir", "run_dir", "data_dir")}
-        record["stages"][stage] = {"recipe": recipe, "run": _read_json(run_log_path(folder)),
+        record["stages"][stage] = {"recipe": recipe, "run": _read_json(run_log_path(config.folder)),
                                    "metrics": _read_json(base / "metrics" / f"{stage}.json")}
     written = [name for stage in STAGES for name in [*RELEASED[stage], common.curve_file(stage)]]
     for path in (out_dir / name for name in written):

@@ -139,7 +139,7 @@ def test_thread_comparison_restores_threads_and_gives_a_ratio():
 def test_chunked_synthesis_variant_gives_the_same_images_and_is_removed_after():
     torch.manual_seed(0)
     g = Generator(16, 8, n_mlp=1, channel_multiplier=1, max_channels=8).eval()
-    noise = [getattr(g.noises, f"noise_{i}") for i in range(g.num_layers)]
+    noise = g.stored_noise()
     w = torch.randn(5, g.n_latent, 8)
     with torch.no_grad():
         whole = g.synthesis(w, noise)

@@ -386,7 +386,7 @@ def test_generator_refining_encoder_trains_resumes_and_encodes(tmp_path, images,
     x = common.images_to_tensor(images[:3])
     with torch.no_grad():
         codes = whole.nets.encode(x)
-        passes = list(ae.refine(whole.nets, x, whole.nets.g_ema, ae.fixed_noise(whole.nets.g_ema)))
+        passes = list(ae.refine(whole.nets, x, whole.nets.g_ema, whole.nets.g_ema.stored_noise()))
     assert codes.shape == (3, cfg.n_latent, cfg.style_dim) and len(passes) == 2
     assert torch.equal(codes, passes[-1]) and not torch.equal(passes[0], passes[1])
     with pytest.raises(InputError, match="encoder_passes"):

@@ -59,7 +59,7 @@ def test_pivotal_tuning_fits_the_photo_and_leaves_the_original(tiny_frozen):
     photo = _images(n=1)
     w = tiny_frozen.inversion.encode(photo).detach()
     before = {k: v.clone() for k, v in generator.state_dict().items()}
-    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    noise = generator.stored_noise()
     error = lambda g: float((g.synthesis(w, noise=noise) - photo).square().mean())  # noqa: E731
     tuned = pivotal_tuning(generator, w, photo, steps=15, lr=3e-3)
     assert error(tuned) < 0.8 * error(generator)

@@ -230,7 +230,7 @@ def test_forward_signature_like_reference():
     w = g.get_latent(z)
     img_z, lat = g([z], return_latents=True, randomize_noise=False)
     img_w, _ = g([w], input_is_latent=True, randomize_noise=False)
-    img_wp = g.synthesis(w.unsqueeze(1).repeat(1, g.n_latent, 1), [getattr(g.noises, f"noise_{i}") for i in range(g.num_layers)])
+    img_wp = g.synthesis(w.unsqueeze(1).repeat(1, g.n_latent, 1), g.stored_noise())
     assert lat.shape == (2, g.n_latent, 32)
     assert torch.allclose(img_z, img_w) and torch.allclose(img_w, img_wp)
     # style mixing: entries before inject_index from the first style, the rest from the second
@@ -244,7 +244,7 @@ def test_cpu_inference_in_chunks_equals_one_batch():
     torch.manual_seed(5)
     g = Generator(32, 16, 2, channel_multiplier=1, max_channels=16).eval()
     w = torch.randn(2 * CPU_CHUNK + 3, g.n_latent, 16)
-    noise = [getattr(g.noises, f"noise_{i}") for i in range(g.num_layers)]
+    noise = g.stored_noise()
     with torch.no_grad():
         chunked = g.synthesis(w, noise=noise)
     whole = g.synthesis(w, noise=noise)  # with gradients enabled: one batch

@@ -100,7 +100,7 @@ def edit_error(frozen: Frozen, directions: Mapping[str, LatentDirection], codes:
     mean over attributes of mean |measured - wanted| / scale (scale: the attribute's spread)."""
     generator = frozen.generator
     device = frozen_device(frozen)
-    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    noise = generator.stored_noise()
     wanted = {n: v.to(device) for n, v in wanted.items()}
     edited = generator.synthesis(edit_codes(directions, codes.to(device), wanted), noise=noise).clamp(-1, 1)
     got = measured_attributes(frozen.face.net(edited), list(wanted))
@@ -180,7 +180,7 @@ class LinearBaseline:
         networks' device)."""
         w = edit_codes(self.directions, self.frozen.inversion.encode(sources.to(frozen_device(self.frozen))), wanted)
         generator = self.frozen.generator
-        noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+        noise = generator.stored_noise()
         return generator.synthesis(w, noise=noise).clamp(-1, 1)
 
     @torch.no_grad()

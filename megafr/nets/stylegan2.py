@@ -485,6 +485,11 @@ class Generator(nn.Module):
     def from_config(cls, config: GeneratorConfig, impl: str = "fast") -> "Generator":
         return cls(config.size, config.style_dim, config.n_mlp, config.channel_multiplier, config.max_channels, lr_mlp=config.lr_mlp, impl=impl)
 
+    def stored_noise(self) -> list[torch.Tensor]:
+        """The generator's fixed noise maps (buffers ``noises.noise_<i>``), one per layer: what
+        ``randomize_noise=False`` decodes with."""
+        return [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
+
     def make_noise(self) -> list[torch.Tensor]:
         device = self.input.input.device
         noises = [torch.randn(1, 1, 4, 4, device=device)]
@@ -539,7 +544,7 @@ class Generator(nn.Module):
         if not input_is_latent:
             styles = [self.style(s) for s in styles]
         if noise is None:
-            noise = [None] * self.num_layers if randomize_noise else [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
+            noise = [None] * self.num_layers if randomize_noise else self.stored_noise()
         if truncation < 1:
             styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
         if len(styles) < 2:

@@ -208,7 +208,7 @@ class Networks:
         decodes its intermediate codes with ``g_ema``."""
         if self.encoder_passes == 1:
             return self.encoder(x) + self.latent_avg
-        noise = fixed_noise(self.g_ema)
+        noise = self.g_ema.stored_noise()
         codes = None
         for codes in refine(self, x, self.g_ema, noise):
             pass
@@ -218,12 +218,7 @@ class Networks:
         """ReStyle's first "reconstruction": the image of ``latent_avg`` [batch, 3, S, S] (no gradient)."""
         w = self.latent_avg.expand(1, generator.n_latent, -1)
         with torch.no_grad():
-            return generator.synthesis(w, fixed_noise(generator)).expand(batch, -1, -1, -1)
-
-
-def fixed_noise(generator: Generator) -> list[torch.Tensor]:
-    """The generator's stored noise maps (the mini world decodes with fixed noise)."""
-    return [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+            return generator.synthesis(w, generator.stored_noise()).expand(batch, -1, -1, -1)
 
 
 def refine(nets: Networks, x: torch.Tensor, generator: Generator, noise: list[torch.Tensor]):
@@ -394,7 +389,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         idnet.eval().requires_grad_(False)
     start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
-    noise = fixed_noise(nets.generator)
+    noise = nets.generator.stored_noise()
     nets.generator.train()
     nets.encoder.train()
     peaks = {"g": cfg.lr_g, "e": cfg.lr_e, "d": cfg.lr_d, "m": cfg.lr_mapping, "image_d": cfg.lr_d}  # learning rates by optimizer

@@ -16,10 +16,10 @@ with the weights of an uninterrupted run (``tests/test_pretrain.py`` checks it b
 from __future__ import annotations
 
 import contextlib
-import warnings
 import filecmp
 import math
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator

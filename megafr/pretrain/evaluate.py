@@ -35,7 +35,7 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tor
 
 def invert(encode: Callable[[torch.Tensor], torch.Tensor], generator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes [N, n_latent, D], reconstructions [N, 3, S, S]) with the generator's fixed noise."""
-    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    noise = generator.stored_noise()
     codes = _batched(encode, x)
     recon = _batched(lambda w: generator.synthesis(w, noise), codes)
     return codes, recon
@@ -45,7 +45,7 @@ def optimise_codes(generator, x: torch.Tensor, start: torch.Tensor, steps: int, 
     """W+ codes [N, n_latent, D] fitted to ``x`` by Adam on the pixel L2 of ``generator``'s image (fixed
     noise), from ``start`` (the encoder's codes): how well the generator alone can reconstruct ``x``,
     the upper bound of any encoder of it (Abdal et al. 2019, Image2StyleGAN, without the perceptual term)."""
-    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    noise = generator.stored_noise()
     codes = start.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([codes], lr=lr)
     for _ in range(steps):
@@ -97,7 +97,7 @@ def _batched_pairs(idnet, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def samples(generator, n: int, seed: int = SAMPLE_SEED) -> torch.Tensor:
     """``n`` images G(mapping(z)) [n, 3, S, S], z from a fixed seed, fixed noise."""
     z = torch.randn(n, generator.style_dim, generator=torch.Generator().manual_seed(seed))
-    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    noise = generator.stored_noise()
     with torch.no_grad():
         w = _batched(generator.style, z)  # [n, D]
         codes = w[:, None, :].expand(-1, generator.n_latent, -1).contiguous()
@@ -119,7 +119,7 @@ def layer_swap_eval(encode, generator, test_images: np.ndarray, table: pd.DataFr
                     ) -> tuple[dict, torch.Tensor]:
     """Layer-swap numbers on test pairs (a, b) with rendered truth uint8 [n, S, S, 3]; also returns G(mix)."""
     xa, xb = common.images_to_tensor(test_images[a]), common.images_to_tensor(test_images[b])
-    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    noise = generator.stored_noise()
     wa = _batched(encode, xa)
     wb = _batched(encode, xb)
     mixed = _batched(lambda w: generator.synthesis(w, noise), mix_codes(wb, wa))

@@ -131,7 +131,7 @@ def _train(cfg, net: InversionNet, images, idnet, progress, stop_after) -> Inver
     start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after)
     log_every = max(1, cfg.steps // CURVE_POINTS)
     decoder = net.decoder
-    noise = [getattr(decoder.noises, f"noise_{i}") for i in range(decoder.num_layers)]
+    noise = decoder.stored_noise()
     net.encoder.train()
     window: dict[str, list[float]] = {}
     began = time.perf_counter()

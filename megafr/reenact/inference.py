@@ -196,7 +196,7 @@ def pivotal_tuning(generator: torch.nn.Module, w_s: torch.Tensor, x_real: torch.
     if steps < 0:
         raise InputError(f"PTI steps must be >= 0, got {steps}")
     tuned = copy.deepcopy(generator).train().requires_grad_(True)
-    noise = [getattr(tuned.noises, f"noise_{i}") for i in range(tuned.num_layers)]
+    noise = tuned.stored_noise()
     optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
     target = x_real.detach()
     for _ in range(steps):

@@ -79,7 +79,7 @@ class MegaFR(nn.Module):
 
     def noise(self) -> list[torch.Tensor]:
         """The generator's fixed noise maps, so that reenactment is deterministic."""
-        return [getattr(self.generator.noises, f"noise_{i}") for i in range(self.generator.num_layers)]
+        return self.generator.stored_noise()
 
     def synthesize(self, w: torch.Tensor) -> torch.Tensor:
         """W+ [B, L, D] -> image [B, 3, S, S] with the fixed noise."""

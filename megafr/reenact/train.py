@@ -213,7 +213,7 @@ def make_targets(face: FaceModel, shape: torch.Tensor, expression: torch.Tensor,
 def invert(frozen: Frozen, x_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``w_s = E_inv(x_real)`` and ``x_s = G(w_s)`` (fixed noise, clamped to the image range)."""
     w_s = frozen.inversion.encode(x_real)
-    noise = [getattr(frozen.generator.noises, f"noise_{i}") for i in range(frozen.generator.num_layers)]
+    noise = frozen.generator.stored_noise()
     return frozen.generator.synthesis(w_s, noise=noise).clamp(-1, 1), w_s
 
 

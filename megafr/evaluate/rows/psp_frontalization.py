@@ -22,7 +22,7 @@ def psp_frontalization(path: str | Path, frozen: Frozen) -> Method:
 
     net = load_psp(study_path(path)).to(frozen_device(frozen)).requires_grad_(False).eval()
     generator = getattr(net, "decoder", frozen.generator)
-    noise = [getattr(generator.noises, f"noise_{i}") for i in range(generator.num_layers)]
+    noise = generator.stored_noise()
     return lambda sources, targets: generator.synthesis(net.encode(sources), noise=noise).clamp(-1, 1)
 
 
