@@ -65,3 +65,20 @@ def tiny_frozen(tmp_path_factory):
     idnet = ArcFace(ArcFaceConfig(input_size=TINY_SIZE, embedding_dim=16, body=TINY_BODY))
     parts = (generator, inversion, face, idnet, LatentCodesDiscriminator(style_dim=TINY_STYLE))
     return rt.Frozen(*(rt._freeze(m) for m in parts), lpips=None)
+
+
+def write_frozen_files(root, frozen: rt.Frozen, head_files) -> dict[str, str]:
+    """The tiny frozen networks saved in their release layouts under ``root`` (pSp's path is e4e's file) ->
+    ReenactConfig's file fields, the head model's (``head_files``: ``write_head_model``'s result) included."""
+    from megafr.face3d.recon import save_checkpoint_dict
+    from megafr.nets.checkpoints import save_arcface, save_encoder, save_stylegan2
+
+    files = {"generator_path": root / "g.pt", "e4e_path": root / "e4e.pt", "psp_path": root / "e4e.pt",
+             "face3d_path": root / "face3d.pt", "idnet_path": root / "arcface.pt",
+             "model_path": head_files.model_path, "landmark_path": head_files.landmark_path}
+    files = {k: str(v) for k, v in files.items()}
+    save_stylegan2(files["generator_path"], frozen.generator, torch.zeros(TINY_STYLE))
+    save_encoder(files["e4e_path"], frozen.inversion)
+    torch.save(save_checkpoint_dict(frozen.face, 0), files["face3d_path"])
+    save_arcface(files["idnet_path"], frozen.idnet)
+    return files

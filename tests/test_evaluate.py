@@ -405,7 +405,7 @@ def _stage_values():
                 cross_pairs=4, frontal_dir="f", frontal_pairs=4, reference_images="t", reference_count=0,
                 truth_table="", direction_attributes="yaw_deg,pitch_deg", direction_images=0,
                 direction_ridges="1,10", refine_steps=1, inception_dir="", arcface_path="",
-                ablations="loss,condition", ablation_steps=2, ablation_seeds=2, ablation_pairs=4,
+                ablations="loss,condition", ablation_steps=2, ablation_seeds=2, ablation_pairs=4, ablation_workers=1,
                 psp_frontalization_path="", out_dir="data/evaluate", run_dir="")
 
 
@@ -413,7 +413,8 @@ def test_stage_config_is_validated():
     values = _stage_values()
     assert EvaluateConfig(**values).folder.name == "evaluate"
     for bad in (dict(variants="psp:render"), dict(cross_pairs=1), dict(ablations="everything"),
-                dict(direction_attributes="mood"), dict(direction_ridges="0"), dict(ablation_seeds=0)):
+                dict(direction_attributes="mood"), dict(direction_ridges="0"), dict(ablation_seeds=0),
+                dict(ablation_workers=0)):
         with pytest.raises(InputError):
             EvaluateConfig(**{**values, **bad})
     swept = EvaluateConfig(**{**values, "run_dir": "data/sweeps/x/y"}).folder

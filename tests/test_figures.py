@@ -19,17 +19,15 @@ from megafr.errors import CheckpointError, InputError
 from megafr.face3d import headmodel
 from megafr.face3d.landmarks import EYELID_PAIRS, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
 from megafr.face3d.pose import euler_to_axis_angle
-from megafr.face3d.recon import save_checkpoint_dict
 from megafr.figures import inputs as fi
 from megafr.figures import panels, stage, talking
 from megafr.figures.config import FiguresConfig, load_reenactor, parse_components
-from megafr.nets.checkpoints import save_arcface, save_encoder, save_stylegan2
 from megafr.reenact import train as rt
 from megafr.reenact.directions import LatentDirection
 from megafr.reenact.model import MegaFR
 from megafr.stage import numeric_leaves
 from megafr import video
-from tests.conftest import TINY_SIZE, TINY_STYLE
+from tests.conftest import TINY_SIZE, TINY_STYLE, write_frozen_files
 
 ROOT = study_root(__file__)
 
@@ -51,14 +49,8 @@ def study(tmp_path_factory, tiny_frozen):
                          max_pitch_deg=30.0, max_roll_deg=15.0, photos_dir="", test_photos_dir="", photos_aligned=False,
                          align_workers=0, write_stand_ins=False, out_dir=str(root / "prepare"))
     build_synthheads(prep)
-    files = {"generator_path": root / "g.pt", "e4e_path": root / "e4e.pt", "psp_path": root / "e4e.pt",
-             "face3d_path": root / "face3d.pt", "idnet_path": root / "arcface.pt",
-             "model_path": head / headmodel.MODEL_FILE, "landmark_path": head / headmodel.LANDMARK_FILE}
-    files = {k: str(v) for k, v in files.items()}
-    save_stylegan2(files["generator_path"], tiny_frozen.generator, torch.zeros(TINY_STYLE))
-    save_encoder(files["e4e_path"], tiny_frozen.inversion)
-    torch.save(save_checkpoint_dict(tiny_frozen.face, 0), files["face3d_path"])
-    save_arcface(files["idnet_path"], tiny_frozen.idnet)
+    files = write_frozen_files(root, tiny_frozen, headmodel.HeadModelFiles(head / headmodel.MODEL_FILE,
+                                                                            head / headmodel.LANDMARK_FILE, None))
     torch.manual_seed(2)
     model = MegaFR(tiny_frozen.inversion, tiny_frozen.generator)
     with torch.no_grad():

@@ -56,8 +56,8 @@ def _config(root, out, **overrides) -> TrainConfig:
         profile="smoke", seed=0, model_path=str(root / "head_model" / headmodel.MODEL_FILE),
         landmark_path=str(root / "head_model" / headmodel.LANDMARK_FILE), data_dir=str(root), source="synthetic",
         image_size=SIZE, input_size=SIZE, n_shape=headmodel.N_IDENTITY, n_expr=headmodel.N_EXPRESSION, width=4,
-        cam_scale_init=CAM_SCALE_INIT, cam_ty_init=0.0, steps=6, batch_size=4, lr=1e-3, lambda_lmk=1.0, lambda_kp=1.0,
-        lambda_eye=3.0, lambda_mouth=2.0, lambda_sil=0.5, sil_every=2, sil_size=16, sil_batch=2, sil_sigma=1.0,
+        eye_patch=4, cam_scale_init=CAM_SCALE_INIT, cam_ty_init=0.0, steps=6, batch_size=4, lr=1e-3, lambda_lmk=1.0, lambda_kp=1.0,
+        lambda_eye=3.0, lambda_mouth=2.0, lambda_pair=1.0, lambda_sil=0.5, sil_every=2, sil_size=16, sil_batch=2, sil_sigma=1.0,
         lambda_shape=1e-3, lambda_expr=1e-3, lambda_pose=1e-3, checkpoint_every=2, threads=0, out_dir=str(out),
     )
     values.update(overrides)
@@ -160,11 +160,37 @@ def test_bad_images_are_refused(model, bad, words):
     assert words in message and "got" in message and "expected" in message, message
 
 
+def test_eye_crops_are_centred_on_each_eye_and_the_left_one_mirrored():
+    """A white pixel at the right eye's keypoints lands in the middle of its crop; a dot right of the left
+    eye's centre lands left of the middle of its mirrored crop."""
+    from megafr.face3d.recon import EyeBranch
+
+    size, patch = 32, 8
+    branch = EyeBranch(patch, size, width=4)
+    image = -torch.ones(1, 3, size, size)
+    image[0, :, 10, 8] = 1.0  # row 10, column 8: the right eye
+    image[0, :, 10, 23] = 1.0  # one pixel right of the left eye's centre (column 22)
+    keypoints = torch.zeros(1, 68, 2)
+    centre = lambda row, col: torch.tensor([(col + 0.5) * 2 / size - 1, 1 - (row + 0.5) * 2 / size])  # NDC, y up
+    keypoints[0, list(lmk.RIGHT_EYE)] = centre(10, 8)
+    keypoints[0, list(lmk.LEFT_EYE)] = centre(10, 22)
+    crops = branch.crops(image, keypoints)  # [2, 1, 3, 16, 16]
+    assert crops.shape == (2, 1, 3, 16, 16)
+    right, left = crops[0, 0, 0], crops[1, 0, 0]
+    row, col = divmod(int(right.argmax()), 16)
+    assert row in (7, 8) and col in (7, 8)  # the crop's middle (the pixel covers 2 x 2 samples)
+    row, col = divmod(int(left.argmax()), 16)
+    assert row in (7, 8) and col in (5, 6)  # mirrored: right of the centre shows up left of the middle
+    assert branch(image, keypoints).shape == (1, 64)
+
+
 def test_config_errors(world_dir, tmp_path):
     with pytest.raises(InputError, match="lambda_sil must be 0"):
         _config(world_dir, tmp_path, source="photos", lambda_sil=1.0)
     with pytest.raises(InputError, match="input_size"):
         _config(world_dir, tmp_path, input_size=48)
+    with pytest.raises(InputError, match="eye_patch"):
+        _config(world_dir, tmp_path, eye_patch=SIZE)
     with pytest.raises(MissingFileError, match="prepare"):
         load_landmark_set(_config(world_dir, tmp_path, data_dir=str(tmp_path)), "train")
 

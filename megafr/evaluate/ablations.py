@@ -43,6 +43,7 @@ from megafr.config import require, study_path, study_relative
 from megafr.evaluate.tables import COLUMNS, EvalSet, Judge, score_method
 from megafr.fileio import write_json
 from megafr.reenact.inference import Reenactor
+from megafr.reenact.parallel import train_many
 from megafr.reenact.train import LOSS_NAMES, Frozen, ReenactConfig, train, upstream_digest
 from megafr.training import run_log_path
 
@@ -154,9 +155,11 @@ def drop_unseeded(folder: Path) -> list[str]:
 
 def run_ablations(base: ReenactConfig, frozen: Frozen, images: np.ndarray, pairs: EvalSet, judge: Judge,
                   ablations: list[Ablation], steps: int, folder: Path, digest: str,
-                  progress: bool = True, seeds: Optional[Iterable[int]] = None) -> pd.DataFrame:
+                  progress: bool = True, seeds: Optional[Iterable[int]] = None, workers: int = 1) -> pd.DataFrame:
     """Train (or resume) every ablation's E_FR once per seed and score it on the cross pairs -> one row per
-    (ablation, seed), seeds outermost (``seeds`` None: the base's seed only).
+    (ablation, seed), seeds outermost (``seeds`` None: the base's seed only). ``workers`` > 1: the trainings
+    run that many at a time in CPU processes first (:func:`megafr.reenact.parallel.train_many`), then are
+    loaded and scored here.
 
     Each seed's models go to ``folder/seed=<s>/<name>/``. ``digest`` identifies the frozen networks and training
     images (:func:`ablation_digest`); checkpoints in ``folder`` trained against other ones are deleted first
@@ -166,6 +169,11 @@ def run_ablations(base: ReenactConfig, frozen: Frozen, images: np.ndarray, pairs
     clear_if_stale(folder, digest)
     drop_unseeded(folder)
     seconds: dict[str, float] = {}
+    if workers > 1:
+        jobs = {f"{seed_folder(folder, seed).name}/{a.name}": ablation_config(base, a, steps, seed_folder(folder, seed),
+                                                                              seed)
+                for seed in seeds for a in ablations if a.kind != "refine"}
+        seconds.update(train_many(jobs, workers, progress))
     rows = []
     for seed in seeds:
         here = seed_folder(folder, seed)
@@ -175,7 +183,7 @@ def run_ablations(base: ReenactConfig, frozen: Frozen, images: np.ndarray, pairs
             if ablation.trained_name not in models:
                 start = time.perf_counter()
                 model, _ = train(cfg, frozen, images, progress=progress)
-                seconds[f"{here.name}/{ablation.trained_name}"] = round(time.perf_counter() - start, 2)
+                seconds.setdefault(f"{here.name}/{ablation.trained_name}", round(time.perf_counter() - start, 2))
                 models[ablation.trained_name] = Reenactor(model, frozen, cfg.condition)
             reenactor, k = models[ablation.trained_name], ablation.refine_steps
             result = score_method(lambda s, t, r=reenactor, k=k: r.reenact(s, t, refine_steps=k).image,

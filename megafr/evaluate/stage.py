@@ -38,6 +38,7 @@ from megafr.evaluate.tables import (NOT_REPRODUCED, PAPER_TABLE_1, PAPER_TABLE_2
 from megafr.fileio import atomic_write
 from megafr.reenact.directions import save_directions
 from megafr.reenact.inference import Reenactor
+from megafr.reenact.parallel import effective_workers
 from megafr.reenact.stage import parse_variants, variant_name
 from megafr.reenact.train import Frozen, ReenactConfig, load_frozen, read_checkpoint
 
@@ -67,6 +68,7 @@ class EvaluateConfig:
     ablation_steps: int  # training steps of every ablation and of its reference
     ablation_seeds: int  # every trained ablation (and the reference) trained and scored with seeds seed .. seed+n-1
     ablation_pairs: int  # first cross pairs the ablations are scored on
+    ablation_workers: int  # ablations trained at a time, in CPU processes sharing the cores (1 on a GPU)
     psp_frontalization_path: str  # released psp_ffhq_frontalization.pt: Table 2's pSp row ("": no row)
     out_dir: str  # where tables, directions and ablation checkpoints go (data/evaluate)
     run_dir: str  # set by sweeps: everything goes under <run_dir>/ instead
@@ -76,7 +78,7 @@ class EvaluateConfig:
             value = getattr(self, name)
             require(value >= 2, f"evaluate.{name} must be >= 2 (FD-id needs a spread), got {value}")
         require_at_least("evaluate", self, (("reference_count", 0), ("direction_images", 0), ("refine_steps", 0),
-                                            ("ablation_steps", 0), ("ablation_seeds", 1)))
+                                            ("ablation_steps", 0), ("ablation_seeds", 1), ("ablation_workers", 1)))
         require(REFERENCE_VARIANT in parse_variants(self.variants),
                 f"evaluate.variants must include e4e:render (MegaFR (e4e)), got {self.variants!r}")
         parse_attributes(self.direction_attributes)
@@ -188,7 +190,8 @@ def run_ablations(cfg: EvaluateConfig, trained: Trained, judge: Judge, pairs, pr
     runs = abl.run_ablations(trained.base, trained.frozen, images, pairs, judge,
                              abl.plan(abl.parse_kinds(cfg.ablations), cfg.refine_steps), cfg.ablation_steps,
                              cfg.folder / "ablations", abl.ablation_digest(trained.base), progress,
-                             seeds=abl.seed_list(cfg.seed, cfg.ablation_seeds))
+                             seeds=abl.seed_list(cfg.seed, cfg.ablation_seeds),
+                             workers=effective_workers(cfg.ablation_workers, "evaluate.ablation_workers"))
     return ablation_results(runs)
 
 

@@ -43,6 +43,7 @@ from smplx.lbs import batch_rigid_transform, batch_rodrigues
 
 from megafr.config import require, study_path
 from megafr.errors import CheckpointError, InputError, MissingFileError
+from megafr.face3d import landmarks as lmk
 from megafr.face3d.flame import FLAME, GLOBAL_JOINT, JAW_JOINT, LEFT_EYE_JOINT, N_JOINTS, POSE_DIM, RIGHT_EYE_JOINT
 from megafr.face3d.render import OrthoCamera, Renderer, ndc_to_pixels, project
 
@@ -54,6 +55,8 @@ MAX_WIDTH_FACTOR = 8  # channels stop growing at this multiple of the stem width
 N_KEYPOINTS = 68  # iBUG-68 keypoints estimated inside the network
 HEATMAP_STRIDE = 4  # keypoint heatmaps are input_size / HEATMAP_STRIDE cells wide
 HIDDEN_FEATURES = 256  # width of the fully connected layer before the parameter head
+EYE_FEATURES = 32  # features the eye branch adds per eye
+EYE_UPSAMPLE = 2  # the eye crops are sampled at this many points per input pixel
 ROTATION_DIM = 3  # axis-angle
 CAMERA_DIM = 3  # log-scale offset, tx, ty
 NDC_OFFSET_UNIT = 0.5  # NDC units of image-plane offset per unit of the raw camera output (raw outputs near unit size)
@@ -74,6 +77,7 @@ class ReconConfig:
     width: int = 32  # channels of the stem; doubled at each stride-2 stage (capped at MAX_WIDTH_FACTOR x)
     cam_scale_init: float = 7.5  # camera scale predicted for a zero output (NDC units per metre)
     cam_ty_init: float = 0.0  # vertical camera translation predicted for a zero output (metres)
+    eye_patch: int = 0  # side (input pixels) of the crop around each eye the eye branch reads (0: no branch)
 
     def __post_init__(self):
         require(self.n_shape >= 0 and self.n_expr >= 0, f"n_shape and n_expr must be >= 0, got {self.n_shape}, {self.n_expr}")
@@ -84,6 +88,8 @@ class ReconConfig:
                 f"input_size ({self.input_size}) must not exceed image_size ({self.image_size})")
         require(self.width >= 4, f"width must be at least 4 channels, got {self.width}")
         require(self.cam_scale_init > 0, f"cam_scale_init must be positive, got {self.cam_scale_init}")
+        require(0 <= self.eye_patch <= self.input_size // 2,
+                f"eye_patch must be 0 (off) or up to half of input_size ({self.input_size // 2}), got {self.eye_patch}")
 
     @property
     def n_outputs(self) -> int:
@@ -139,6 +145,50 @@ def _conv_block(c_in: int, c_out: int, stride: int) -> torch.nn.Sequential:
     )
 
 
+class EyeBranch(torch.nn.Module):
+    """Features of the two eye regions, read from crops of the input image at twice its resolution.
+
+    At 64 px an open eyelid is about a pixel high: the strided trunk blurs it away, and without this
+    branch the mini network's eyelid gaps were no better than a constant guess. Each eye's crop is
+    ``patch`` input pixels wide, centred on the mean of that eye's six keypoints (detached: the crop
+    follows the keypoints but does not train them), sampled bilinearly (``grid_sample``) at
+    ``EYE_UPSAMPLE`` points per pixel; the subject's left eye is mirrored so that one small CNN serves
+    both eyes.
+    """
+
+    def __init__(self, patch: int, input_size: int, width: int):
+        super().__init__()
+        self.samples = patch * EYE_UPSAMPLE  # crop side in samples
+        self.half = patch / input_size  # crop half-side in normalised [-1, 1] image units
+        self.net = torch.nn.Sequential(
+            _conv_block(IMAGE_CHANNELS, width, 1), _conv_block(width, 2 * width, 2), _conv_block(2 * width, 2 * width, 2),
+            torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(8 * width, EYE_FEATURES),
+            torch.nn.ReLU(inplace=True),
+        )
+        ramp = torch.linspace(-1.0, 1.0, self.samples)
+        self.register_buffer("offsets", torch.stack([ramp[None, :].expand(self.samples, -1),
+                                                     ramp[:, None].expand(-1, self.samples)], dim=-1),
+                             persistent=False)  # [n, n, 2] (x right, y down) in [-1, 1]
+
+    def crops(self, small: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+        """small [B, 3, s, s], keypoints [B, 68, 2] (NDC, y up) -> the crops [2, B, 3, n, n]: the subject's
+        right eye, then the mirrored left eye."""
+        out = []
+        for indices, mirror in ((lmk.RIGHT_EYE, 1.0), (lmk.LEFT_EYE, -1.0)):
+            centre = keypoints[:, list(indices)].mean(dim=1).detach()  # [B, 2] NDC, y up
+            centre = centre * centre.new_tensor([1.0, -1.0])  # grid_sample's y points down
+            scale = self.half * self.offsets.new_tensor([mirror, 1.0])
+            grid = centre[:, None, None, :] + (self.offsets * scale).to(small.dtype)  # [B, n, n, 2]
+            out.append(F.grid_sample(small, grid, mode="bilinear", padding_mode="border", align_corners=False))
+        return torch.stack(out)
+
+    def forward(self, small: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+        """small [B, 3, s, s], keypoints [B, 68, 2] (NDC, y up) -> [B, 2 * EYE_FEATURES]."""
+        crops = self.crops(small, keypoints)  # [2, B, 3, n, n]
+        features = self.net(crops.flatten(0, 1)).reshape(2, small.shape[0], EYE_FEATURES)
+        return torch.cat([features[0], features[1]], dim=1)
+
+
 class FaceReconstructor(torch.nn.Module):
     """Image [B, 3, S, S] in [-1, 1] -> ``FaceParams`` (see module docstring).
 
@@ -169,8 +219,10 @@ class FaceReconstructor(torch.nn.Module):
             torch.nn.Flatten(), torch.nn.Linear(channels * FEATURE_SIZE * FEATURE_SIZE, HIDDEN_FEATURES),
             torch.nn.ReLU(inplace=True),
         )
+        self.eyes = EyeBranch(config.eye_patch, config.input_size, config.width) if config.eye_patch else None
+        eye_features = 2 * EYE_FEATURES if config.eye_patch else 0
         self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(HIDDEN_FEATURES + 2 * N_KEYPOINTS, HIDDEN_FEATURES), torch.nn.ReLU(inplace=True),
+            torch.nn.Linear(HIDDEN_FEATURES + 2 * N_KEYPOINTS + eye_features, HIDDEN_FEATURES), torch.nn.ReLU(inplace=True),
         )
         self.head = torch.nn.Linear(HIDDEN_FEATURES, config.n_outputs)
         torch.nn.init.normal_(self.head.weight, std=HEAD_INIT_STD)
@@ -214,7 +266,10 @@ class FaceReconstructor(torch.nn.Module):
             top = lateral(fine) + F.interpolate(top, size=fine.shape[-2:], mode="nearest")
         logits = self.heatmaps(self.refine(top)).flatten(2)  # [B, 68, cells^2]
         keypoints = torch.softmax(logits, dim=-1) @ self.grid  # [B, 68, 2] soft-argmax in NDC
-        features = torch.cat([self.fc(maps[-1]), keypoints.flatten(1)], dim=1)  # [B, HIDDEN + 136]
+        parts = [self.fc(maps[-1]), keypoints.flatten(1)]  # [B, HIDDEN], [B, 136]
+        if self.eyes is not None:
+            parts.append(self.eyes(small, keypoints))  # [B, 2 * EYE_FEATURES]
+        features = torch.cat(parts, dim=1)
         out = self.head(self.mlp(features))  # [B, n_outputs]
         return self._params(out), keypoints
 

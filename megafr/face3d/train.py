@@ -4,13 +4,21 @@ Recipe (paper section 3.1; ``docs/method.md`` section 3): the network sees an im
 by that image's 2D landmarks (SynthHeads' rendered landmarks in the mini world, dlib's 68 points
 on aligned photos in the paper profile), so the same code runs on real photos:
 
-    L = lambda_lmk * L_lmk + lambda_kp * L_kp + lambda_sil * L_sil + lambda_shape * |beta|^2
+    L = lambda_lmk * L_lmk + lambda_kp * L_kp + lambda_pair * L_pair + lambda_sil * L_sil + lambda_shape * |beta|^2
         + lambda_expr * |psi|^2 + lambda_pose * |theta_jaw, theta_eyes|^2
 
 - ``L_lmk``: weighted mean of the L1 distance (NDC units, averaged over x and y) between the
   projected FLAME landmarks and the image's landmarks; eye landmarks weigh ``lambda_eye`` and mouth
   landmarks ``lambda_mouth`` (larger than the others' 1, as the paper asks, because L_pair of the
   reenactment encoder reads eyelid and lip gaps from exactly these points);
+- ``L_pair``: the reenactment loss's gap term (:func:`megafr.losses.pair_loss`) on the 2D eyelid pairs:
+  the L1 difference of their upper-minus-lower vectors. An open eyelid is about a pixel at 64 px, so
+  the landmark term alone barely rewards reading it (without L_pair the mini network's eyelid gaps
+  were no better than a constant guess); the gap term rewards the opening itself, whatever the eye's
+  position error. It trains the expression coefficients only (identity, pose and camera are detached
+  in it): gaps also grow with the camera scale and the head's shape, and a gap term that could move
+  those doubled the landmark NME. The lip pairs are left out: with them the same term pushed the
+  mouth coefficients and the expression error grew sixfold (``docs/experiments/train_face3d.md``);
 - ``L_kp``: the same weighted term on the network's intermediate 2D keypoints (its soft-argmax heatmaps,
   see ``FaceReconstructor``); same supervision, it only helps the CNN localise quickly;
 - ``L_sil``: mean absolute difference between the soft silhouette of the predicted mesh
@@ -68,7 +76,7 @@ from megafr.face3d.recon import (
 )
 from megafr.face3d.render import Renderer, project
 from megafr.imageio import images_to_tensor
-from megafr.losses import silhouette_loss, weighted_landmark_loss
+from megafr.losses import pair_loss, silhouette_loss, weighted_landmark_loss
 from megafr.progress import progress_bar
 from megafr.training import batch_rows as batch_indices  # the data order: a function of (seed, step)
 
@@ -105,6 +113,7 @@ class TrainConfig:
     n_shape: int  # identity coefficients regressed
     n_expr: int  # expression coefficients regressed
     width: int  # stem channels of the CNN
+    eye_patch: int  # side (input pixels) of the eye crops the network's eye branch reads (0: no branch)
     cam_scale_init: float  # camera scale predicted before training: rough framing of the crops (NDC units / m)
     cam_ty_init: float  # vertical camera translation before training (metres)
     steps: int  # optimisation steps
@@ -114,6 +123,7 @@ class TrainConfig:
     lambda_kp: float  # weight of the same landmark term on the network's intermediate 2D keypoints
     lambda_eye: float  # per-landmark weight of the 12 eye landmarks (others 1)
     lambda_mouth: float  # per-landmark weight of the 20 mouth landmarks
+    lambda_pair: float  # weight of the 2D eyelid-gap term (L_pair on the eyelid pairs, NDC units)
     lambda_sil: float  # weight of the silhouette term (0 when the data has no masks)
     sil_every: int  # the silhouette term runs every this many steps
     sil_size: int  # silhouette render size, pixels
@@ -131,7 +141,7 @@ class TrainConfig:
         require(self.source in SOURCES, f"train_face3d.source must be one of {SOURCES}, got {self.source!r}")
         for name in ("steps", "batch_size", "sil_every", "sil_size", "sil_batch", "checkpoint_every"):
             require(getattr(self, name) >= 1, f"train_face3d.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lambda_lmk", "lambda_kp", "lambda_eye", "lambda_mouth", "lambda_sil", "lambda_shape", "lambda_expr",
+        for name in ("lambda_lmk", "lambda_kp", "lambda_eye", "lambda_mouth", "lambda_pair", "lambda_sil", "lambda_shape", "lambda_expr",
                      "lambda_pose"):
             require(getattr(self, name) >= 0, f"train_face3d.{name} must be >= 0, got {getattr(self, name)}")
         require(self.lr > 0, f"train_face3d.lr must be positive, got {self.lr}")
@@ -145,7 +155,7 @@ class TrainConfig:
     def recon_config(self) -> ReconConfig:
         return ReconConfig(n_shape=self.n_shape, n_expr=self.n_expr, image_size=self.image_size,
                            input_size=self.input_size, width=self.width, cam_scale_init=self.cam_scale_init,
-                           cam_ty_init=self.cam_ty_init)
+                           cam_ty_init=self.cam_ty_init, eye_patch=self.eye_patch)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -336,8 +346,13 @@ class Face3dLoss(torch.nn.Module):
         _, predicted = model.landmarks(params)  # [B, 68, 2] NDC
         terms = {"lmk": weighted_landmark_loss(predicted, target_ndc, self.weights),
                  "kp": weighted_landmark_loss(keypoints, target_ndc, self.weights)}
+        if cfg.lambda_pair > 0:  # the gaps train the expression only (see the module docstring)
+            only_expression = FaceParams(*(t if name == "expression" else t.detach()
+                                           for name, t in zip(FaceParams._fields, params)))
+            terms["pair"] = pair_loss(target_ndc, model.landmarks(only_expression)[1], lmk.EYELID_PAIRS)
         terms.update(prior_losses(params))
-        lambdas = {"lmk": cfg.lambda_lmk, "kp": cfg.lambda_kp, "shape": cfg.lambda_shape, "expr": cfg.lambda_expr, "pose": cfg.lambda_pose}
+        lambdas = {"lmk": cfg.lambda_lmk, "kp": cfg.lambda_kp, "pair": cfg.lambda_pair, "shape": cfg.lambda_shape,
+                   "expr": cfg.lambda_expr, "pose": cfg.lambda_pose}
         if masks is not None and cfg.lambda_sil > 0:
             terms["sil"] = self.silhouette(model, params, masks)
             lambdas["sil"] = cfg.lambda_sil

@@ -19,6 +19,7 @@ from megafr.config import require, study_path
 from megafr.datasets.loader import open_images
 from megafr.reenact.evaluate import evaluate_pairs
 from megafr.reenact.inference import Reenactor
+from megafr.reenact.parallel import train_many
 from megafr.reenact.train import CONDITIONS, ENCODERS, ReenactConfig, load_frozen, train
 
 GRID_PAIRS = 6  # sources x targets shown in the figure
@@ -60,17 +61,21 @@ def load_eval_pairs(eval_dir: str | Path, limit: int) -> dict[str, np.ndarray | 
 
 
 def run_variants(cfg: ReenactConfig, variants: str, pairs: dict[str, np.ndarray], refine_steps: str | int,
-                 progress: bool = True) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict[str, Reenactor]]:
-    """Train (or resume) every variant and score it -> (curves, scores table, reenactors)."""
+                 progress: bool = True, workers: int = 1) -> tuple[dict[str, pd.DataFrame], pd.DataFrame,
+                                                                  dict[str, Reenactor]]:
+    """Train (or resume) every variant and score it -> (curves, scores table, reenactors). ``workers`` > 1:
+    the variants train that many at a time in CPU processes first (:func:`megafr.reenact.parallel.train_many`)."""
     images = open_images(study_path(cfg.train_images))  # memory-mapped array or manifest: read batch by batch
+    configs = {variant_name(encoder, condition): dataclasses.replace(cfg, encoder=encoder, condition=condition)
+               for encoder, condition in parse_variants(variants)}
+    if workers > 1:
+        train_many(configs, workers, progress)
     curves, tables, reenactors = {}, [], {}
-    for encoder, condition in parse_variants(variants):
-        variant_cfg = dataclasses.replace(cfg, encoder=encoder, condition=condition)
+    for name, variant_cfg in configs.items():
         frozen = load_frozen(variant_cfg)
         model, curve = train(variant_cfg, frozen, images, progress=progress)
-        name = variant_name(encoder, condition)
         curves[name] = curve
-        reenactors[name] = Reenactor(model, frozen, condition)
+        reenactors[name] = Reenactor(model, frozen, variant_cfg.condition)
         table = evaluate_pairs(reenactors[name], pairs["source"], pairs["target"], pairs["truth"],
                                parse_steps(refine_steps), progress=progress)
         tables.append(table.assign(variant=name))

@@ -23,6 +23,7 @@ class TrainReenactConfig(ReenactConfig):
     eval_dir: str  # cross-reenactment pairs the variants are scored on (source, target, truth .npy)
     eval_pairs: int  # first pairs of it scored
     refine_steps: str  # refinement steps scored, comma-separated (0: one application of F)
+    variant_workers: int  # variants trained at a time, in CPU processes sharing the cores (1 on a GPU)
     run_dir: str = ""  # set by a sweep: checkpoints, metrics and figures go under <run_dir>/ instead
 
     def __post_init__(self):
@@ -30,6 +31,7 @@ class TrainReenactConfig(ReenactConfig):
         parse_variants(self.variants)
         parse_steps(self.refine_steps)
         require(self.eval_pairs >= 1, f"train_reenact.eval_pairs must be >= 1, got {self.eval_pairs}")
+        require(self.variant_workers >= 1, f"train_reenact.variant_workers must be >= 1, got {self.variant_workers}")
 
     def training(self) -> ReenactConfig:
         """E_FR's training config (what checkpoints record), its ``out_dir`` under ``run_dir`` for a sweep run."""

@@ -1,0 +1,71 @@
+"""Several E_FR trainings at once on a CPU: one worker process per training, the cores shared out.
+
+The ablations (every loss, layer group and condition, each over several seeds) and train_reenact's
+variants are independent trainings of small networks. On a CPU, torch's intra-op threads help such
+small convolutions little: on 2 cores a mini E_FR step takes 0.32 s with 2 threads, while two
+single-thread processes take 0.50 s each, 0.25 s per step together (``docs/experiments/training.md``).
+:func:`train_many` therefore trains ``workers`` configurations at a time in spawned processes
+(``concurrent.futures.ProcessPoolExecutor``), each with ``threads // workers`` threads, and leaves each
+finished checkpoint where :func:`megafr.reenact.train.train` writes it. The caller then calls
+``train`` itself, which finds the finished checkpoint and loads it without a step: the code that scores
+the models is the same whether they were trained here or in-process.
+
+Each worker loads the frozen networks and the training images from the files the configuration names
+(what the caller loaded too), so nothing large is sent between processes. An interrupted batch of
+trainings resumes like a single one: every training continues from its own checkpoint.
+On a GPU there is one device to share: there the trainings run one at a time, in the caller's process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Mapping
+
+import torch
+
+from megafr.config import require, study_path, torch_device
+from megafr.datasets.loader import open_images
+from megafr.progress import progress_bar
+from megafr.reenact.train import ReenactConfig, load_frozen, train
+
+
+def _train_in_worker(cfg: ReenactConfig, threads: int) -> float:
+    """Train ``cfg`` to its last step in this (worker) process with ``threads`` threads -> seconds taken."""
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    train(cfg, load_frozen(cfg), open_images(study_path(cfg.train_images)), progress=False)
+    return time.perf_counter() - start
+
+
+def worker_threads(workers: int, threads: int | None = None) -> int:
+    """Threads each of ``workers`` processes gets out of ``threads`` (default: this process's torch threads)."""
+    total = torch.get_num_threads() if threads is None else threads
+    return max(1, total // workers)
+
+
+def effective_workers(workers: int, what: str) -> int:
+    """The worker processes to use: ``workers`` on the CPU, 1 on a GPU (said once); ``what`` names the setting."""
+    require(workers >= 1, f"{what} must be >= 1, got {workers}")
+    device = torch_device()
+    if workers > 1 and device.type != "cpu":
+        print(f"{what} = {workers} applies on the CPU; on {device} the trainings run one at a time")
+        return 1
+    return workers
+
+
+def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool = True) -> dict[str, float]:
+    """Train every configuration of ``cfgs`` (name -> config) to its checkpoint, ``workers`` (>= 2) at a time
+    in spawned processes -> {name: seconds}."""
+    require(workers >= 2, f"train_many runs >= 2 worker processes, got {workers} (train in-process instead)")
+    threads = worker_threads(workers)
+    seconds: dict[str, float] = {}
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    with ProcessPoolExecutor(max_workers=min(workers, max(1, len(cfgs))), mp_context=context) as pool:
+        futures = {pool.submit(_train_in_worker, cfg, threads): name for name, cfg in cfgs.items()}
+        bar = progress_bar(as_completed(futures), total=len(futures), disable=not progress,
+                           desc=f"train E_FR, {workers} processes x {threads} threads")
+        for future in bar:
+            seconds[futures[future]] = round(future.result(), 2)
+    return seconds

@@ -1,0 +1,67 @@
+"""Several E_FR trainings at once in CPU worker processes: the same weights as one after another."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from megafr.errors import InputError
+from megafr.face3d import headmodel
+from megafr.reenact import parallel
+from megafr.reenact import train as rt
+from tests.conftest import TINY_SIZE, write_frozen_files
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_frozen):
+    root = tmp_path_factory.mktemp("frozen")
+    files = write_frozen_files(root, tiny_frozen, headmodel.write_head_model(root / "head"))
+    images = np.random.default_rng(0).integers(0, 256, (6, TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
+    np.save(root / "train.npy", images)
+    return {**files, "train_images": str(root / "train.npy")}
+
+
+def _config(files, out_dir, **changes) -> rt.ReenactConfig:
+    values = dict(profile="smoke", seed=0, steps=2, batch_size=2, lr=1e-3, encoder="e4e", condition="render",
+                  edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0, lambda_pair=1.0, lambda_cyc=1.0,
+                  lambda_self=1.0, lambda_latent=0.0, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5,
+                  checkpoint_every=1, out_dir=str(out_dir), **files)
+    return dataclasses.replace(rt.ReenactConfig(**values), **changes)
+
+
+def _weights(cfg):
+    return rt.read_checkpoint(rt.checkpoint_path(cfg))["state_dict"]
+
+
+def test_two_worker_processes_train_what_one_process_trains(files, tmp_path):
+    jobs = {"a": _config(files, tmp_path / "par" / "a"), "b": _config(files, tmp_path / "par" / "b", seed=1,
+                                                                      condition="params")}
+    seconds = parallel.train_many(jobs, workers=2, progress=False)
+    assert sorted(seconds) == ["a", "b"] and all(s > 0 for s in seconds.values())
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each of the two workers had
+    try:
+        for name, cfg in jobs.items():
+            serial = dataclasses.replace(cfg, out_dir=str(tmp_path / "serial" / name))
+            rt.train(serial, rt.load_frozen(serial), np.load(serial.train_images), progress=False)
+            expected, got = _weights(serial), _weights(cfg)
+            assert expected.keys() == got.keys()
+            for key in expected:
+                torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=f"{name}: {key}")
+    finally:
+        torch.set_num_threads(previous)
+    assert rt.read_checkpoint(rt.checkpoint_path(jobs["b"]))["step"] == 2
+
+
+def test_worker_counts_are_checked_and_a_gpu_trains_one_at_a_time(monkeypatch, capsys):
+    assert parallel.worker_threads(2, 2) == 1 and parallel.worker_threads(2, 1) == 1
+    assert parallel.worker_threads(3, 8) == 2
+    assert parallel.effective_workers(2, "evaluate.ablation_workers") == 2
+    with pytest.raises(InputError, match="evaluate.ablation_workers must be >= 1"):
+        parallel.effective_workers(0, "evaluate.ablation_workers")
+    monkeypatch.setattr(parallel, "torch_device", lambda: torch.device("cuda"))
+    assert parallel.effective_workers(2, "train_reenact.variant_workers") == 1
+    assert "one at a time" in capsys.readouterr().out
+    with pytest.raises(InputError, match=">= 2 worker processes"):
+        parallel.train_many({}, workers=1)
