@@ -243,6 +243,17 @@ def test_frontalization_and_eye_opening(reenactor, inputs):
     assert metrics["megafr_gap_mae_mm"] == pytest.approx((eyes.table["megafr_gap_mm"] - eyes.table["truth_gap_mm"]).abs().mean())
 
 
+def test_eye_metrics_known_values():
+    table = pd.DataFrame({"source": [0, 0, 1, 1], "degree": [0.0, 1.0, 0.0, 1.0],
+                          "megafr_gap_mm": [2.0, 4.0, 3.0, 5.0], "truth_measured_gap_mm": [1.0, 6.0, 2.0, 7.0],
+                          "truth_gap_mm": [0.0, 8.0, 0.0, 8.0]})
+    metrics = stage.eye_metrics(table)
+    assert metrics["megafr_gap_closed_mm"] == 2.5 and metrics["megafr_gap_open_mm"] == 4.5
+    assert metrics["megafr_opening_mm"] == 2.0 and metrics["truth_measured_opening_mm"] == 5.0
+    assert metrics["truth_opening_mm"] == 8.0 and metrics["megafr_opening_fraction"] == pytest.approx(0.4)
+    assert metrics["megafr_gap_mae_mm"] == pytest.approx(3.0) and metrics["truth_measured_gap_mae_mm"] == pytest.approx(1.5)
+
+
 # ------------------------------------------------------------------------------------------------ jitter, video
 def _face_track(frames=10) -> np.ndarray:
     g = np.random.default_rng(0)
