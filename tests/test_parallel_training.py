@@ -65,3 +65,36 @@ def test_worker_counts_are_checked_and_a_gpu_trains_one_at_a_time(monkeypatch, c
     assert "one at a time" in capsys.readouterr().out
     with pytest.raises(InputError, match=">= 2 worker processes"):
         parallel.train_many({}, workers=1)
+
+
+def _pictures(n, seed):
+    return np.random.default_rng(seed).integers(0, 256, (n, TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
+
+
+def test_ablations_and_variants_in_two_processes_give_the_rows_of_one(files, tmp_path, one_thread):
+    """The stages' parallel path (workers 2) and their in-process path (workers 1) give the same rows."""
+    import pandas as pd
+
+    from megafr.evaluate import ablations as abl
+    from megafr.evaluate import external, tables
+    from megafr.reenact.stage import run_variants
+
+    base = _config(files, tmp_path / "canonical")
+    frozen = rt.load_frozen(base)
+    reasons = {name: f"{name} n/a: test" for name in external.PAPER_METRICS}
+    judge = tables.Judge(frozen, external.PaperMetrics(None, None, None, reasons), _pictures(6, 1))
+    cross = tables.EvalSet("cross", _pictures(3, 2), _pictures(3, 3), _pictures(3, 4))
+    plan = [a for a in abl.plan(("loss", "refine"), 1) if a.name in ("reference", "lambda_id=0", "refine_steps=0")]
+    images = np.load(base.train_images)
+    rows = {workers: abl.run_ablations(base, frozen, images, cross, judge, plan, 2, tmp_path / f"abl{workers}", "d",
+                                       progress=False, seeds=(0, 1), workers=workers) for workers in (1, 2)}
+    pd.testing.assert_frame_equal(rows[1], rows[2])
+    assert list(rows[2]["ablation"]) == ["reference", "lambda_id=0", "refine_steps=0"] * 2
+
+    pairs = {"source": cross.source, "target": cross.target, "truth": cross.truth}
+    scored = {workers: run_variants(dataclasses.replace(base, out_dir=str(tmp_path / f"var{workers}")),
+                                    "e4e:render,e4e:params", pairs, "0,1", progress=False, workers=workers)
+              for workers in (1, 2)}
+    pd.testing.assert_frame_equal(scored[1][1], scored[2][1])
+    for name in ("e4e_render", "e4e_params"):
+        pd.testing.assert_frame_equal(scored[1][0][name], scored[2][0][name])

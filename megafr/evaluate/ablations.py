@@ -193,7 +193,8 @@ def run_ablations(base: ReenactConfig, frozen: Frozen, images: np.ndarray, pairs
                          "batch_size": cfg.batch_size, "edit_groups": cfg.edit_groups, "condition": cfg.condition,
                          "refine_steps": ablation.refine_steps, **weights, "pairs": len(pairs),
                          **{k: v for k, v in result.scores.items() if v is not None}})
-    write_json(run_log_path(folder.parent, RUN_LOG), {"train_seconds": seconds, "steps": steps, "seeds": list(seeds)})
+    write_json(run_log_path(folder.parent, RUN_LOG), {"train_seconds": seconds, "steps": steps, "seeds": list(seeds),
+                                                      "workers": workers})
     return pd.DataFrame(rows)
 
 

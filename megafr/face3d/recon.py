@@ -9,7 +9,8 @@ A CNN regresses, from one image [B, 3, S, S] in [-1, 1], the FLAME parameters an
   translation ``t`` [B, 2] (``megafr.face3d.render.OrthoCamera``).
 
 The reenactment encoder's landmark losses (L_lmk, L_pair) back-propagate through this network, so
-every operation is differentiable w.r.t. the image (no argmax, no detach, no hard resizing).
+every operation is differentiable w.r.t. the image (no argmax, no hard resizing; only the eye crops' centres
+are detached, so the crops follow the keypoints without training them).
 ``FaceModel`` bundles the network with FLAME and the renderer: ``reconstruct`` gives the parameters,
 the 68 posed 3D landmarks (the ``p`` of L_lmk, in FLAME model space, metres), their 2D projections in
 pixels (x right, y down, pixel centres at ``j + 0.5``) and the vertices; ``render_geometry`` draws
@@ -24,7 +25,8 @@ maths is smplx's (``batch_rodrigues``, ``batch_rigid_transform``).
 
 Why the CNN is hand-written and not a torchvision backbone: the study must train it in minutes on
 two CPU cores, and at 64 px a ResNet-18 (~150 M multiply-adds per image) costs about 5x the small
-network below (~32 M at width 24, counted by hand; ResNet-18 was not trained here for comparison).
+network below (~32 M at width 24, plus ~5 M for the eye branch at eye_patch 12, counted by hand;
+ResNet-18 was not trained here for comparison).
 The layers are standard (conv, batch norm, ReLU), plus two coordinate channels (CoordConv, Liu et al. 2018) and a keypoint head whose
 soft-argmax (integral regression, Sun et al. ECCV 2018) gives the parameter regressor precise 2D positions.
 """
@@ -194,7 +196,8 @@ class FaceReconstructor(torch.nn.Module):
 
     Two stages: a strided CNN with a small feature pyramid predicts 68 heatmaps at ``input_size / 4``
     whose soft-argmax (integral regression, Sun et al. ECCV 2018) gives 2D keypoints [B, 68, 2] in NDC;
-    an MLP maps those keypoints plus the pooled deep features to the FLAME parameters and camera.
+    an MLP maps those keypoints plus the pooled deep features (and, with ``eye_patch``, the eye branch's
+    features, :class:`EyeBranch`) to the FLAME parameters and camera.
     Training supervises the keypoints with the image's landmarks too (``keypoints`` output), which is
     what makes the network learn precise positions quickly on a CPU budget.
     """

@@ -29,6 +29,9 @@ def _round(tree):
     return tree if isinstance(tree, int) else round(float(tree), DECIMALS)
 
 
+MIN_OPENING_MM = 0.1  # below this measured opening of the right answers, no fraction is reported (it would be noise)
+
+
 def _key(method: str) -> str:
     return method.replace(" ", "_").lower()
 
@@ -48,7 +51,8 @@ def pose_control_curve(table: pd.DataFrame) -> pd.DataFrame:
 def eye_metrics(table: pd.DataFrame) -> dict[str, float]:
     """Eyelid gaps (mm) of the eye-opening figure: each column's mean at the closed and the open degree and
     their difference (the opening), MegaFR's opening as a fraction of the right answers' (both measured by
-    the 3D network), and the mean errors against the true gaps where known."""
+    the 3D network; only where theirs exceeds ``MIN_OPENING_MM``), and the mean errors against the true gaps
+    where known."""
     metrics = {}
     if "truth_gap_mm" in table:
         metrics["megafr_gap_mae_mm"] = float((table["megafr_gap_mm"] - table["truth_gap_mm"]).abs().mean())
@@ -61,7 +65,7 @@ def eye_metrics(table: pd.DataFrame) -> dict[str, float]:
             metrics[f"{name}_gap_closed_mm"] = float(table.loc[closed, column].mean())
             metrics[f"{name}_gap_open_mm"] = float(table.loc[opened, column].mean())
             metrics[f"{name}_opening_mm"] = metrics[f"{name}_gap_open_mm"] - metrics[f"{name}_gap_closed_mm"]
-    if "truth_measured_opening_mm" in metrics:  # how far MegaFR opens the eyes, as a share of the right answers' opening
+    if metrics.get("truth_measured_opening_mm", 0.0) > MIN_OPENING_MM:  # MegaFR's opening as a share of the right answers'
         metrics["megafr_opening_fraction"] = metrics["megafr_opening_mm"] / metrics["truth_measured_opening_mm"]
     return metrics
 

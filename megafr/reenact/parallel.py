@@ -57,15 +57,26 @@ def effective_workers(workers: int, what: str) -> int:
 
 def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool = True) -> dict[str, float]:
     """Train every configuration of ``cfgs`` (name -> config) to its checkpoint, ``workers`` (>= 2) at a time
-    in spawned processes -> {name: seconds}."""
+    in spawned processes -> {name: seconds} (each from its worker's start: loading included, overlapping).
+
+    The workers load the frozen networks and images from the files each configuration names, not from any
+    object the caller holds. A failed training or an interrupt cancels the queued trainings; the error is
+    raised here once the running ones have ended (an interrupt from a terminal or Jupyter reaches the workers
+    too, so they stop at once, each resumable from its last checkpoint)."""
     require(workers >= 2, f"train_many runs >= 2 worker processes, got {workers} (train in-process instead)")
-    threads = worker_threads(workers)
+    processes = min(workers, max(1, len(cfgs)))
+    threads = worker_threads(processes)
     seconds: dict[str, float] = {}
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-    with ProcessPoolExecutor(max_workers=min(workers, max(1, len(cfgs))), mp_context=context) as pool:
+    pool = ProcessPoolExecutor(max_workers=processes, mp_context=context)
+    try:
         futures = {pool.submit(_train_in_worker, cfg, threads): name for name, cfg in cfgs.items()}
         bar = progress_bar(as_completed(futures), total=len(futures), disable=not progress,
-                           desc=f"train E_FR, {workers} processes x {threads} threads")
+                           desc=f"train E_FR, {processes} processes x {threads} threads")
         for future in bar:
             seconds[futures[future]] = round(future.result(), 2)
+    except BaseException:  # a failed training or an interrupt: drop the queued trainings, let the running ones end
+        pool.shutdown(wait=True, cancel_futures=True)  # (an interrupt reaches the workers too; they stop at once)
+        raise
+    pool.shutdown()
     return seconds

@@ -2,7 +2,7 @@
 
 The stage's config is E_FR's training config (:class:`~megafr.reenact.train.ReenactConfig`, which
 checkpoints record and the ``reenact`` command checks) plus what the stage does around training:
-which variants, and the pairs and refinement steps they are scored on.
+which variants, how many train at a time on a CPU, and the pairs and refinement steps they are scored on.
 """
 
 from __future__ import annotations
