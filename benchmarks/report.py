@@ -165,6 +165,13 @@ def _thread_rows(section: dict) -> list[list[str]]:
         t1, t2 = row["threads_1"]["median_s"], row["threads_2"]["median_s"]
         rows.append([f"1 vs 2 torch threads, {row['workload']}", policy,
                      f"{seconds(t1)} vs {seconds(t2)}", f"2 threads: {t1 / t2:.2f}x the speed of 1", ""])
+    row = section.get("efr_train_processes")
+    if _ok(row):
+        pair = " and ".join(seconds(t) for t in row["two_processes_1_thread_s_per_step"])
+        rows.append([f"one 2-thread process vs two 1-thread processes at once, {row['workload']}",
+                     "OMP_WAIT_POLICY=PASSIVE", f"{seconds(row['one_process_2_threads_s_per_step'])} vs {pair} / step",
+                     f"{per_s(row['steps_per_s_one_process'], 'steps/s')} vs "
+                     f"{per_s(row['steps_per_s_two_processes'], 'steps/s')} ({row['two_over_one']:.2f}x)", memory(row)])
     return rows
 
 

@@ -9,7 +9,8 @@ Runs every case in its own process (:mod:`benchmarks.runner`) and writes one JSO
   target of 20 images/s, and its phases;
 - ``training``: step time, images/s and peak memory of each training stage;
 - ``threads``: the batched reenactment and an E_FR step with 1 vs 2 torch threads side by side, with
-  OpenMP's default wait policy and with ``OMP_WAIT_POLICY=PASSIVE``;
+  OpenMP's default wait policy and with ``OMP_WAIT_POLICY=PASSIVE``; and E_FR steps per second of one
+  2-thread process against two single-thread processes at once (the stages' ``*_workers``);
 - ``driving``: ``reenact --driving`` end to end (decode, measure, smooth, reenact, encode) in frames/s at the
   mini size, and paste-back alone at the paper's crop size;
 - ``optimizer``: one Adam step over the mini e4e encoder, torch's default update vs the fused one;
@@ -72,7 +73,8 @@ SECTIONS: dict[str, dict[str, Row]] = {
     "threads": {"reenactment": Row(cases.reenactment_threads),
                 "reenactment_omp_passive": Row(cases.reenactment_threads, PASSIVE),
                 "efr_train_step": Row(training.efr_step_threads),
-                "efr_train_step_omp_passive": Row(training.efr_step_threads, PASSIVE)},
+                "efr_train_step_omp_passive": Row(training.efr_step_threads, PASSIVE),
+                "efr_train_processes": Row(training.efr_step_processes, PASSIVE)},
     "optimizer": {"": Row(training.adam_step)},
     "profile": {"reenactment": Row(profiling.profile_reenactment), "efr_train_step": Row(profiling.profile_efr_step)},
     "gpu": {"": Row(gpu.gpu)},

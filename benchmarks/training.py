@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from types import ModuleType
 from typing import Callable, Iterator
 
@@ -199,6 +201,27 @@ def efr_step_threads(settings: Settings) -> dict:
     step, cfg = efr_step(settings)
     return {"workload": f"one E_FR training step, batch {cfg.batch_size}", "batch": cfg.batch_size,
             **thread_comparison(step, settings.repeats)}
+
+
+def _seconds_per_step(settings: Settings, steps: int, threads: int) -> float:
+    """Median seconds of one E_FR training step in this process with ``threads`` torch threads."""
+    torch.set_num_threads(threads)
+    step, _ = efr_step(settings)
+    return timed(step, steps, warmup=WARMUP_STEPS)["median_s"]
+
+
+def efr_step_processes(settings: Settings) -> dict:
+    """E_FR training steps per second of the machine: one process with 2 threads, then two single-thread
+    processes at once (what ``train_reenact.variant_workers`` and ``evaluate.ablation_workers`` do), one
+    after the other in one run."""
+    steps = pick(TIMED_STEPS["reenact_efr"], settings)
+    alone = _seconds_per_step(settings, steps, 2)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pair = list(pool.map(_seconds_per_step, [settings] * 2, [steps] * 2, [1] * 2))
+    one, two = 1.0 / alone, sum(1.0 / seconds for seconds in pair)
+    return {"workload": "E_FR training steps, mini sizes, random weights", "timed_steps": steps,
+            "one_process_2_threads_s_per_step": alone, "two_processes_1_thread_s_per_step": pair,
+            "steps_per_s_one_process": one, "steps_per_s_two_processes": two, "two_over_one": two / one}
 
 
 def adam_step(settings: Settings) -> dict:

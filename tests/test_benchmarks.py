@@ -129,6 +129,16 @@ def test_paper_size_section_code_path_runs_on_cpu(tmp_path):
     assert _positive(rows["reenactment_mini"]["images_per_s"])
 
 
+def test_process_comparison_times_both_layouts(tmp_path):
+    from benchmarks.training import efr_step_processes
+
+    settings = Settings(quick=True, repeats=1, threads=1, head_dir=str(write_head_model(tmp_path / "head")),
+                        work_dir=str(tmp_path / "work"))
+    out = efr_step_processes(settings)
+    assert len(out["two_processes_1_thread_s_per_step"]) == 2
+    assert _positive(out["steps_per_s_one_process"]) and _positive(out["two_over_one"])
+
+
 def test_thread_comparison_restores_threads_and_gives_a_ratio():
     before = torch.get_num_threads()
     out = thread_comparison(lambda: torch.ones(64, 64) @ torch.ones(64, 64), repeats=2)
