@@ -223,8 +223,8 @@ def pipeline_table(result: dict) -> str:
                      f"{loop['seconds_per_step'] * 1000:.0f} ms" if "seconds_per_step" in loop else ""])
     text = table(rows, ["Pipeline stage (last `dvc repro`)", "Notebook wall time", "Training loop",
                         "Per step (pipeline's threads)"])
-    return text + ("\n\nRead from `data/executed/*.ipynb` (papermill's `duration`) and `data/logs/<stage>.json`, "
-                   "not measured by the suite.")
+    return text + ("\n\nRead from `data/executed/*.ipynb` (papermill's `duration`) and "
+                   "`data/logs/<stage>.json` (not in git), not measured by the suite.")
 
 
 def profile_lines(result: dict) -> str:
