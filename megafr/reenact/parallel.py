@@ -5,7 +5,8 @@ variants are independent trainings of small networks. On a CPU, torch's intra-op
 small convolutions little: on 2 cores a mini E_FR step takes 0.32 s with 2 threads, while two
 single-thread processes take 0.50 s each, 0.25 s per step together (``docs/experiments/training.md``).
 :func:`train_many` therefore trains ``workers`` configurations at a time in spawned processes
-(``concurrent.futures.ProcessPoolExecutor``), each with ``threads // workers`` threads, and leaves each
+(``concurrent.futures.ProcessPoolExecutor``), each with an equal share of this process's torch threads
+(at least one; fewer trainings than ``workers`` start fewer processes), and leaves each
 finished checkpoint where :func:`megafr.reenact.train.train` writes it. The caller then calls
 ``train`` itself, which finds the finished checkpoint and loads it without a step: the code that scores
 the models is the same whether they were trained here or in-process.
