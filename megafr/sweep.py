@@ -20,6 +20,7 @@ import itertools
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+from urllib.parse import quote, unquote
 
 import pandas as pd
 import yaml
@@ -31,6 +32,7 @@ from megafr.runner import StageFailed, execute
 
 SWEEPS_DIR = "data/sweeps"
 FAILED_SUFFIX = ".failed.ipynb"
+NAME_SAFE = ".-_+:"  # characters of a value kept as they are in a run's folder name (letters and digits too)
 
 
 def grid(axes: Mapping[str, Iterable[Any]]) -> list[dict[str, Any]]:
@@ -40,9 +42,11 @@ def grid(axes: Mapping[str, Iterable[Any]]) -> list[dict[str, Any]]:
 
 
 def run_name(overrides: Mapping[str, Any]) -> str:
-    """Folder name of a run, from its parameters (``lambda_id=0.5,steps=100``; a path's slashes become
-    ``_``, so a run is one folder)."""
-    return ",".join(f"{k}={v}".replace("/", "_") for k, v in overrides.items()) or "base"
+    """Folder name of a run, from its parameters (``lambda_id=0.5,steps=100``). Values are percent-encoded
+    where a character would split the name or the folder (``/``, ``,``, ``=``, ``%``): ``release/mini/e4e.pt``
+    becomes ``release%2Fmini%2Fe4e.pt``, so distinct values give distinct folders and :func:`collect`
+    reads the values back exactly."""
+    return ",".join(f"{k}={quote(str(v), safe=NAME_SAFE)}" for k, v in overrides.items()) or "base"
 
 
 def check_grid(stage: str, axes: Mapping[str, Iterable[Any]], root: Path) -> list[dict[str, Any]]:
@@ -83,7 +87,7 @@ def collect(name: str, stage: str) -> pd.DataFrame:
     for metrics_file in sorted(sweep_dir.glob(f"*/metrics/{stage}.json")):
         run = metrics_file.parent.parent.name
         row = dict(part.split("=", 1) for part in run.split(",") if "=" in part)
-        row = {k: yaml.safe_load(v) for k, v in row.items()}
+        row = {k: yaml.safe_load(unquote(v)) for k, v in row.items()}
         row["run"] = run
         row.update(pd.json_normalize(json.loads(metrics_file.read_text()), sep=".").iloc[0].to_dict())
         rows.append(row)

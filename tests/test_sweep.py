@@ -77,7 +77,21 @@ def test_grid_and_run_names():
     points = sweep.grid({"a": [1, 2], "b": ["x", "y", "z"]})
     assert len(points) == 6 and points[0] == {"a": 1, "b": "x"} and points[-1] == {"a": 2, "b": "z"}
     assert sweep.run_name({"lambda_id": 0.5, "steps": 10}) == "lambda_id=0.5,steps=10"
-    assert sweep.run_name({"e4e_path": "release/mini/e4e.pt"}) == "e4e_path=release_mini_e4e.pt"  # one folder
+    assert sweep.run_name({"e4e_path": "release/mini/e4e.pt"}) == "e4e_path=release%2Fmini%2Fe4e.pt"  # one folder
+    # values that used to share a folder get their own
+    assert sweep.run_name({"path": "a/b"}) != sweep.run_name({"path": "a_b"})
+
+
+def test_collect_reads_encoded_values_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "study_root", lambda: tmp_path)
+    points = [{"e4e_path": "release/mini/e4e.pt", "steps": 10}, {"e4e_path": "a,b=c", "steps": 20}]
+    for point in points:
+        folder = tmp_path / sweep.SWEEPS_DIR / "demo" / sweep.run_name(point) / "metrics"
+        folder.mkdir(parents=True)
+        (folder / "prepare.json").write_text(json.dumps({"n": point["steps"]}))
+    table = sweep.collect("demo", "prepare").sort_values("steps")
+    assert list(table["e4e_path"]) == ["release/mini/e4e.pt", "a,b=c"]
+    assert list(table["steps"]) == [10, 20]
 
 
 def test_collect_gathers_metrics(tmp_path, monkeypatch):
