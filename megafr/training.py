@@ -316,17 +316,19 @@ def restore(data: dict, modules: dict[str, torch.nn.Module], optimizers: dict[st
 
 
 def resume_or_start(cfg, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                    stop_after: Optional[int]) -> tuple[int, int, list, str]:
+                    stop_after: Optional[int], steps: Optional[int] = None) -> tuple[int, int, list, str]:
     """Resume from ``cfg.checkpoint_path`` when it matches ``cfg`` -> (first step, end step, curve so far,
     digest of the input files to record in every checkpoint of the run).
 
-    The end is ``cfg.steps``, or ``stop_after`` steps after the start (an interruption, for tests).
+    The end is ``steps`` (default ``cfg.steps``: a run whose phases add steps passes its total), or
+    ``stop_after`` steps after the start (an interruption, for tests).
     """
+    steps = cfg.steps if steps is None else steps
     start, curve = 0, []
     upstream = cfg.upstream_digest()  # the input files are hashed once per run, not at every checkpoint
-    saved = try_resume(cfg.checkpoint_path, cfg, cfg.steps, upstream)
+    saved = try_resume(cfg.checkpoint_path, cfg, steps, upstream)
     if saved is not None:
         start = restore(saved, modules, optimizers)
         curve = list(saved["curve"])
-    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    end = steps if stop_after is None else min(steps, start + stop_after)
     return start, end, curve, upstream

@@ -49,7 +49,7 @@ def _gen_cfg(out_dir, **overrides) -> ae.GeneratorStageConfig:
                   enc_width=4, enc_units=1, encoder_passes=1, steps=4, batch_size=2,
                   swap_batch=2, swap_pool=8, lr_g=2e-3, lr_e=1e-3, lr_d=1e-3, lr_mapping=0.0, lambda_l2=1.0, lambda_swap=1.0,
                   lambda_lap=0.5, lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, lambda_id=0.0, lambda_adv=0.0, r1_gamma=1.0,
-                  r1_image=10.0, ema_decay=0.9,
+                  r1_image=10.0, ema_decay=0.9, finetune_steps=0, finetune_adv=0.2, finetune_lr=0.5,
                   idnet_path="", face3d_path="", n_eval=4, n_fd_samples=4, n_swap_eval=2, n_wplus_eval=0, wplus_steps=1,
                   checkpoint_every=1, threads=0, out_dir=str(out_dir / "products"))
     values.update(overrides)
@@ -412,6 +412,35 @@ def test_generator_image_discriminator_trains_and_resumes(tmp_path, images, pool
         assert _state_equal(getattr(whole.nets, name), getattr(rest.nets, name)), name
     off = ae.train_generator(_gen_cfg(tmp_path / "o", steps=1), images, pool, progress=False)
     assert "adv" not in off.curve.columns and "d_image" not in off.curve.columns
+
+
+def test_generator_finetune_phase(tmp_path, images, pool):
+    """finetune_steps adds a phase after ``steps``: its first part is the plain run's exactly (the image
+    discriminator neither trains nor counts before it), the discriminator's terms appear only in the
+    phase, the learning rates restart from finetune_lr x their peaks, and resume across the boundary
+    equals an uninterrupted run."""
+    plain = ae.train_generator(_gen_cfg(tmp_path / "plain", steps=2), images, pool, progress=False)
+    cfg = _gen_cfg(tmp_path / "ft", steps=2, finetune_steps=3, finetune_adv=0.1)
+    assert cfg.total_steps == 5 and cfg.uses_image_d
+    first = ae.train_generator(cfg, images, pool, progress=False, stop_after=2)
+    for name in ("generator", "g_ema", "encoder", "latent_d"):
+        assert _state_equal(getattr(plain.nets, name), getattr(first.nets, name)), name
+    rest = ae.train_generator(cfg, images, pool, progress=False)
+    assert rest.resumed_from == 2 and rest.steps_run == 3
+    curve = rest.curve.set_index("step")
+    assert list(curve.index) == [1, 2, 3, 4, 5]
+    assert (curve.loc[[1, 2], ["adv", "d_image"]] == 0).all().all()
+    assert (curve.loc[[3, 4, 5], ["adv", "d_image", "r1_image"]] > 0).all().all()
+    assert cfg.learning_rate(cfg.lr_g, 2, scaled=True) == pytest.approx(cfg.finetune_lr * cfg.lr_g)  # 1-step warm-up
+    assert cfg.learning_rate(cfg.lr_d, 2, scaled=False) == pytest.approx(cfg.lr_d)
+    assert cfg.learning_rate(cfg.lr_g, 1, scaled=True) == pytest.approx(cfg.learning_rate(cfg.lr_g, 1, scaled=False))
+    whole = ae.train_generator(_gen_cfg(tmp_path / "whole", steps=2, finetune_steps=3, finetune_adv=0.1), images, pool,
+                               progress=False)
+    for name in ("generator", "encoder", "image_d"):
+        assert _state_equal(getattr(whole.nets, name), getattr(rest.nets, name)), name
+    assert not _state_equal(plain.nets.generator, rest.nets.generator)
+    with pytest.raises(InputError, match="finetune_lr"):
+        _gen_cfg(tmp_path / "bad", finetune_lr=0.0)
 
 
 def test_generator_products_load_through_official_loaders(tmp_path, images, pool):

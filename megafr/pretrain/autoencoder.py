@@ -12,7 +12,8 @@ generator's synthesis network ``G`` decodes it, and both learn together from
       + lambda_delta * mean_i |w_i - w_0|_2                       e4e's delta regularisation
       + lambda_id * (1 - <R(G(E(x))), R(x)>)                      identity (R: the frozen train_idnet network)
       [+ lambda_lpips * LPIPS(G(E(x)), x) only when LPIPS's backbone weights are on the machine]
-      [+ lambda_adv * softplus(-D_image(G(E(x))))   StyleGAN2's image discriminator, off in every profile]
+      [+ lambda_adv * softplus(-D_image(G(E(x))))   StyleGAN2's image discriminator, off in every profile;
+                                                     finetune_adv in place of lambda_adv in the fine-tune phase]
 
 with the terms of :mod:`megafr.losses`. Why these terms and weights, and the recipes measured and
 not kept: ``docs/experiments/train_generator.md``.
@@ -32,13 +33,21 @@ not kept: ``docs/experiments/train_generator.md``.
   network also learns, against D_latent (``mapping_loss``: it chases the encoder's codes), so that
   samples ``G(mapping(z))`` decode to heads; with ``lr_mapping = 0`` it stays frozen. ``latent_avg``
   is the mean of the *initial* mapping, the encoders' anchor (their codes are offsets from it).
+- **Fine-tune phase with an image discriminator.** ``finetune_steps > 0`` adds that many steps after
+  ``steps``: StyleGAN2's residual image discriminator (non-saturating loss, R1 weight ``r1_image`` on
+  real images) judges the reconstructions, at weight ``finetune_adv``, next to every autoencoder term.
+  At its first step every optimizer's state is cleared and the learning rates of G, E and the mapping
+  restart on a cosine of ``finetune_lr`` times their peaks (the discriminators keep ``lr_d``): the
+  phase is a fine-tune of the networks the first phase made, the way a released generator would be
+  fine-tuned. Pixel losses average what the encoder cannot place exactly (eyes, mouths, hair) into
+  a blur, which a discriminator penalises. Off in every profile (``finetune_steps: 0``): measured
+  side by side and not kept, ``docs/mini_release.md``.
 - **Optional, off in every profile** (measured side by side: ``docs/experiments/train_generator.md``).
   ``encoder_passes > 1``: ReStyle's iterative encoding (Alaluf et al. 2021), a 6-channel encoder that
   sees the image and the current reconstruction and refines the code in that many passes, each with
   its own losses (averaged). Its ``e4e.pt`` records ``encoder_passes`` in ``opts``; the later stages
   encode 3-channel images in one pass, which such an encoder refuses (its input-shape error).
-  ``lambda_adv > 0``: StyleGAN2's residual image discriminator (non-saturating loss, R1 weight
-  ``r1_image`` on real images) on the reconstructions, next to the autoencoder terms.
+  ``lambda_adv > 0``: the image discriminator from the first step on, at that weight.
 - ``g_ema`` is an exponential moving average of the synthesis weights (decay ``ema_decay``); the
   e4e product decodes with ``g_ema`` and the metrics are computed with it.
 
@@ -130,10 +139,13 @@ class GeneratorStageConfig(common.StageFolders):
     lambda_delta: float  # e4e delta regularisation weight
     lambda_lpips: float  # LPIPS weight (used only when LPIPS's backbone weights are present)
     lambda_id: float  # identity weight, 1 - ID similarity of G(E(x)) and x (0: the identity network is not used)
-    lambda_adv: float  # StyleGAN2 image discriminator's non-saturating loss on the reconstructions (0: no image D)
+    lambda_adv: float  # StyleGAN2 image discriminator's non-saturating loss on the reconstructions, first phase (0: off)
     r1_gamma: float  # R1 penalty weight on real codes of the latent discriminator
     r1_image: float  # R1 penalty weight on real images of the image discriminator (with lambda_adv > 0)
     ema_decay: float  # g_ema decay per step
+    finetune_steps: int  # steps of the fine-tune phase after ``steps`` (0: none)
+    finetune_adv: float  # the image discriminator's weight in the fine-tune phase
+    finetune_lr: float  # the fine-tune phase's peak learning rates of G, E and the mapping, as a fraction of theirs
     idnet_path: str  # identity network for ID similarity and FD-id (train_idnet product or official)
     face3d_path: str  # train_face3d checkpoint measuring pose in the layer-swap test ("" : pose not measured)
     n_eval: int  # test images for the inversion metrics
@@ -154,7 +166,9 @@ class GeneratorStageConfig(common.StageFolders):
                 f"train_generator.image_size must be a power of two >= 16, got {self.image_size}")
         require_at_least("train_generator", self, (
             ("enc_width", 1), ("enc_units", 1), ("encoder_passes", 1), ("steps", 1), ("batch_size", 1), ("swap_batch", 0),
-            ("checkpoint_every", 1), ("lr_mapping", 0), ("n_wplus_eval", 0), ("wplus_steps", 1), ("r1_image", 0), *((f"lambda_{term}", 0) for term in LAMBDA_TERMS)))
+            ("checkpoint_every", 1), ("lr_mapping", 0), ("n_wplus_eval", 0), ("wplus_steps", 1), ("r1_image", 0),
+            ("finetune_steps", 0), ("finetune_adv", 0), *((f"lambda_{term}", 0) for term in LAMBDA_TERMS)))
+        require(0 < self.finetune_lr <= 1, f"train_generator.finetune_lr must lie in (0, 1], got {self.finetune_lr}")
         require(self.lr_mapping == 0 or self.lambda_latent > 0,
                 f"train_generator.lr_mapping={self.lr_mapping} trains the mapping against the latent discriminator, "
                 "which lambda_latent=0 turns off; set lambda_latent > 0 or lr_mapping: 0")
@@ -176,6 +190,27 @@ class GeneratorStageConfig(common.StageFolders):
         """Digest of the files the swap pool is rendered from: the head model, its landmarks, the split's table."""
         table = f"{self.data_dir}/{self.UPSTREAM_SPLIT}/meta.parquet"
         return study_files_digest((self.model_path, self.landmark_path, table))
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole run: the autoencoder phase and the fine-tune phase."""
+        return self.steps + self.finetune_steps
+
+    @property
+    def uses_image_d(self) -> bool:
+        """An image discriminator is trained in some phase."""
+        return self.lambda_adv > 0 or (self.finetune_steps > 0 and self.finetune_adv > 0)
+
+    def adv_weight(self, step: int) -> float:
+        """The image discriminator's weight at ``step`` (its phase's)."""
+        return self.finetune_adv if step >= self.steps else self.lambda_adv
+
+    def learning_rate(self, peak: float, step: int, scaled: bool) -> float:
+        """The learning rate at ``step`` of an optimizer with this ``peak``: a warm-up and cosine over the first
+        phase, and again over the fine-tune phase from ``finetune_lr * peak`` when ``scaled``."""
+        if step < self.steps:
+            return common.cosine_lr(peak, step, self.steps)
+        return common.cosine_lr(peak * (self.finetune_lr if scaled else 1.0), step - self.steps, self.finetune_steps)
 
     @property
     def trains_mapping(self) -> bool:
@@ -246,13 +281,13 @@ def build_networks(cfg: GeneratorStageConfig) -> Networks:
     generator.style.requires_grad_(cfg.trains_mapping)
     latent_avg = generator.mean_latent(MEAN_LATENT_SAMPLES)[0]  # [D]
     g_ema = copy.deepcopy(generator).eval().requires_grad_(False)
-    image_d = Discriminator(cfg.image_size, channel_multiplier=1, max_channels=cfg.max_channels) if cfg.lambda_adv else None
+    image_d = Discriminator(cfg.image_size, channel_multiplier=1, max_channels=cfg.max_channels) if cfg.uses_image_d else None
     return Networks(generator, g_ema, encoder, latent_d, latent_avg, cfg.encoder_passes, image_d)
 
 
 def curve_columns(cfg: GeneratorStageConfig) -> list[str]:
     """Columns of the training curve (the mapping's term only when it trains)."""
-    off = {*(() if cfg.trains_mapping else ("mapping",)), *(() if cfg.lambda_adv else ("adv", *IMAGE_D_TERMS))}
+    off = {*(() if cfg.trains_mapping else ("mapping",)), *(() if cfg.uses_image_d else ("adv", *IMAGE_D_TERMS))}
     return ["step", "lr_g", "total", *(t for t in LOSS_TERMS if t not in off)]
 
 
@@ -313,9 +348,10 @@ class Batch:
 
 
 def autoencoder_loss(cfg: GeneratorStageConfig, nets: Networks, generator: Generator, noise: list, batch: Batch,
-                     codes: torch.Tensor, lpips_term: LpipsLoss, idnet,
+                     codes: torch.Tensor, lpips_term: LpipsLoss, idnet, adv_weight: float,
                      decode_all: bool = False) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    """The G + E loss of one batch's codes [B + 2P, n_latent, D] -> (weighted total, terms, decoded images).
+    """The G + E loss of one batch's codes [B + 2P, n_latent, D] -> (weighted total, terms, decoded images);
+    ``adv_weight``: the image discriminator's weight in this step's phase.
 
     Decoded: the first B + P codes (all B + 2P with ``decode_all``: ReStyle's next input), then the P
     mixed codes (coarse + medium entries of B, fine of A).
@@ -335,8 +371,9 @@ def autoencoder_loss(cfg: GeneratorStageConfig, nets: Networks, generator: Gener
     terms["delta"] = delta_loss(codes)
     terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else zero
     terms["id"] = id_loss(idnet, out[:n_a], x[:n_a]) if cfg.lambda_id else zero
-    terms["adv"] = F.softplus(-nets.image_d(out[:batch.n_rec])).mean() if cfg.lambda_adv else zero
-    total = sum(getattr(cfg, f"lambda_{k}") * v for k, v in terms.items())
+    terms["adv"] = F.softplus(-nets.image_d(out[:batch.n_rec])).mean() if adv_weight else zero
+    weights = {k: getattr(cfg, f"lambda_{k}") for k in terms} | {"adv": adv_weight}
+    total = sum(weights[k] * v for k, v in terms.items())
     return total, terms, out
 
 
@@ -387,16 +424,21 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
     lpips_term = LpipsLoss(cfg.lambda_lpips)
     if idnet is not None:
         idnet.eval().requires_grad_(False)
-    start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after)
-    log_every = max(1, cfg.steps // CURVE_POINTS)
+    start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after, cfg.total_steps)
+    log_every = max(1, cfg.total_steps // CURVE_POINTS)
     noise = nets.generator.stored_noise()
     nets.generator.train()
     nets.encoder.train()
     peaks = {"g": cfg.lr_g, "e": cfg.lr_e, "d": cfg.lr_d, "m": cfg.lr_mapping, "image_d": cfg.lr_d}  # learning rates by optimizer
+    finetuned = {"g", "e", "m"}  # optimizers whose peak the fine-tune phase scales
     window: dict[str, list[float]] = {}
     began = time.perf_counter()
-    for step in progress_bar(range(start, end), desc="train_generator", initial=start, total=cfg.steps,
+    for step in progress_bar(range(start, end), desc="train_generator", initial=start, total=cfg.total_steps,
                              disable=not progress):
+        if step == cfg.steps:  # the fine-tune phase starts afresh: no moments carried over from the first phase
+            for opt in optimizers.values():
+                opt.state.clear()
+        adv_weight = cfg.adv_weight(step)
         common.seed_step(cfg.seed, step)
         rows = common.batch_rows(cfg.seed, step, len(images), cfg.batch_size)
         x = common.images_to_tensor(images[rows])  # [B, 3, S, S]
@@ -407,7 +449,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
             xb = common.images_to_tensor(images[pool["b"][pick]])
             truth = common.images_to_tensor(pool["truth"][pick])
             x = torch.cat([x, xa, xb])  # [B + 2P, 3, S, S]
-        lrs = {name: common.cosine_lr(peaks[name], step, cfg.steps) for name in optimizers}
+        lrs = {name: cfg.learning_rate(peaks[name], step, name in finetuned) for name in optimizers}
         for name, opt in optimizers.items():
             common.set_lr(opt, lrs[name])
 
@@ -415,13 +457,14 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         batch = Batch(x, n_rec, cfg.swap_batch, truth if cfg.swap_batch else None)
         if cfg.encoder_passes == 1:
             codes = nets.encode(x)  # [B + 2P, n_latent, D]
-            total, terms, out = autoencoder_loss(cfg, nets, nets.generator, noise, batch, codes, lpips_term, idnet)
+            total, terms, out = autoencoder_loss(cfg, nets, nets.generator, noise, batch, codes, lpips_term, idnet,
+                                                 adv_weight)
         else:
             codes, y, total = nets.latent_avg.expand(len(x), cfg.n_latent, -1), nets.start_image(nets.generator, len(x)), 0
             for _ in range(cfg.encoder_passes):
                 codes = refine_pass(nets, x, codes, y)
                 pass_total, terms, out = autoencoder_loss(cfg, nets, nets.generator, noise, batch, codes,
-                                                          lpips_term, idnet, decode_all=True)
+                                                          lpips_term, idnet, adv_weight, decode_all=True)
                 total = total + pass_total / cfg.encoder_passes
                 y = out[:len(x)]
         training.check_finite("train_generator", step, total, terms, cfg.checkpoint_path)
@@ -433,7 +476,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
 
         # image discriminator step (the B reconstructions against their inputs), latent discriminator step
         logged = {k: float(v.detach()) for k, v in terms.items()}
-        if nets.image_d is not None:
+        if nets.image_d is not None and adv_weight:
             d_loss, d_terms = image_d_loss(nets.image_d, x[:n_rec], out[:n_rec], cfg.r1_image)
             training.check_finite("train_generator", step, d_loss, d_terms, cfg.checkpoint_path)
             optimizers["image_d"].zero_grad(set_to_none=True)
@@ -463,7 +506,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         logged["total"] = float(total.detach())
         for k, v in logged.items():
             window.setdefault(k, []).append(v)
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % log_every == 0 or step + 1 == cfg.total_steps:
             curve.append({"step": step + 1, "lr_g": lrs["g"], **{k: float(np.mean(v)) for k, v in window.items()}})
             window = {}
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
@@ -550,7 +593,7 @@ def run_generator_stage(cfg: GeneratorStageConfig, progress: bool = True) -> Gen
     common.finish(cfg.checkpoint_path)
     nets = result.nets
     common.write_run_record(cfg.folder, result.seconds, result.steps_run, result.resumed_from)
-    head = {"trained": 1, "steps": cfg.steps, "lpips_used": int(result.lpips_message.startswith("LPIPS on")),
+    head = {"trained": 1, "steps": cfg.steps, "finetune_steps": cfg.finetune_steps, "lpips_used": int(result.lpips_message.startswith("LPIPS on")),
             "generator_parameters": sum(p.numel() for p in nets.generator.parameters()),
             "encoder_parameters": sum(p.numel() for p in nets.encoder.parameters())}
     return evaluate_generator(cfg, nets.encode, nets.g_ema, idnet, head, result.curve, [result.lpips_message])
