@@ -142,6 +142,25 @@ def batch_rows(seed: int, step: int, n_items: int, batch_size: int) -> np.ndarra
     return out
 
 
+WARMUP_FRACTION = 0.03  # share of the steps with a linear learning-rate warm-up (then cosine decay)
+FINAL_LR_FRACTION = 0.05  # the cosine decays to this fraction of the peak learning rate
+
+
+def cosine_lr(peak: float, step: int, steps: int) -> float:
+    """Linear warm-up over WARMUP_FRACTION of the steps, then cosine decay to FINAL_LR_FRACTION * peak."""
+    warmup = max(1, int(WARMUP_FRACTION * steps))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    floor = FINAL_LR_FRACTION * peak
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def adam(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
     """Adam with the fused update (same rule and state layout as ``torch.optim.Adam``, one kernel per step)."""
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)

@@ -28,7 +28,8 @@ def _frozen():
 
 
 def _config(out_dir: str, batch_size: int) -> rt.ReenactConfig:
-    return rt.ReenactConfig(profile="smoke", seed=3, steps=STEPS, batch_size=batch_size, lr=1e-3, encoder="e4e",
+    return rt.ReenactConfig(profile="smoke", seed=3, steps=STEPS, batch_size=batch_size, lr=1e-3,
+                            lr_schedule="constant", encoder="e4e",
                             condition="render", edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0,
                             lambda_pair=1.0, lambda_cyc=1.0, lambda_self=1.0, lambda_latent=0.1, lambda_l2=1.0,
                             lambda_lpips=0.0, lambda_rec_id=0.5, checkpoint_every=2, generator_path="", e4e_path="",

@@ -282,7 +282,8 @@ def test_load_eval_set_reads_the_prepare_layout(tmp_path):
 # --------------------------------------------------------------------------------- ablations
 def _base_config(tmp_path):
     return rt.ReenactConfig(
-        profile="smoke", seed=0, steps=50, batch_size=2, lr=1e-3, encoder="e4e", condition="render",
+        profile="smoke", seed=0, steps=50, batch_size=2, lr=1e-3,
+        lr_schedule="constant", encoder="e4e", condition="render",
         edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0, lambda_pair=1.0, lambda_cyc=1.0,
         lambda_self=1.0, lambda_latent=0.1, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5,
         checkpoint_every=1, generator_path="", e4e_path="", psp_path="", face3d_path="", idnet_path="",

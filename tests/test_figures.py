@@ -55,7 +55,8 @@ def study(tmp_path_factory, tiny_frozen):
     model = MegaFR(tiny_frozen.inversion, tiny_frozen.generator)
     with torch.no_grad():
         model.encoder.input_layer[0].weight[:, 3:].normal_(std=0.1)  # let the rendering steer the output
-    cfg = rt.ReenactConfig(profile="smoke", seed=0, steps=1, batch_size=1, lr=1e-4, encoder="e4e", condition="render",
+    cfg = rt.ReenactConfig(profile="smoke", seed=0, steps=1, batch_size=1, lr=1e-4,
+                           lr_schedule="constant", encoder="e4e", condition="render",
                            edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0, lambda_pair=1.0, lambda_cyc=1.0,
                            lambda_self=1.0, lambda_latent=0.1, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5,
                            checkpoint_every=1, train_images="", out_dir=str(root / "train_reenact"), **files)

@@ -42,7 +42,8 @@ def world(tmp_path_factory):
     face = FaceModel(ReconConfig(headmodel.N_IDENTITY, headmodel.N_EXPRESSION, SIZE, input_size=32, width=8), flame)
     torch.save(save_checkpoint_dict(face, 0), root / "face3d.pt")
     reenact = rt.ReenactConfig(
-        profile="paper", seed=0, steps=2, batch_size=2, lr=1e-4, encoder="e4e", condition="render",
+        profile="paper", seed=0, steps=2, batch_size=2, lr=1e-4,
+        lr_schedule="constant", encoder="e4e", condition="render",
         edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0, lambda_pair=1.0, lambda_cyc=1.0, lambda_self=1.0,
         lambda_latent=0.1, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5, checkpoint_every=1,
         generator_path=files["stylegan2"], e4e_path=files["e4e"], psp_path=files["psp"],

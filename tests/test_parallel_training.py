@@ -23,7 +23,8 @@ def files(tmp_path_factory, tiny_frozen):
 
 
 def _config(files, out_dir, **changes) -> rt.ReenactConfig:
-    values = dict(profile="smoke", seed=0, steps=2, batch_size=2, lr=1e-3, encoder="e4e", condition="render",
+    values = dict(profile="smoke", seed=0, steps=2, batch_size=2, lr=1e-3, lr_schedule="constant", encoder="e4e",
+                  condition="render",
                   edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0, lambda_pair=1.0, lambda_cyc=1.0,
                   lambda_self=1.0, lambda_latent=0.0, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5,
                   checkpoint_every=1, out_dir=str(out_dir), **files)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from megafr import training
 from megafr.errors import InputError
 from megafr.fileio import file_digest
 from megafr.reenact import train as rt
@@ -13,7 +14,8 @@ from tests.conftest import TINY_SIZE as SIZE
 
 
 def _config(tmp_path, **overrides):
-    values = dict(profile="smoke", seed=0, steps=3, batch_size=2, lr=1e-3, encoder="e4e", condition="render",
+    values = dict(profile="smoke", seed=0, steps=3, batch_size=2, lr=1e-3, lr_schedule="constant", encoder="e4e",
+                  condition="render",
                   edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0, lambda_pair=1.0, lambda_cyc=1.0,
                   lambda_self=1.0, lambda_latent=0.1, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5,
                   checkpoint_every=1, generator_path="", e4e_path="", psp_path="", face3d_path="",
@@ -40,20 +42,37 @@ def test_one_training_run_logs_every_term_and_leaves_frozen_nets_alone(tiny_froz
     assert rt.checkpoint_path(_config(tmp_path)).is_file()
 
 
-def test_resume_equals_uninterrupted(tiny_frozen, tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_equals_uninterrupted(tiny_frozen, tmp_path, schedule):
     frozen = tiny_frozen
-    full, _ = rt.train(_config(tmp_path / "a", steps=4), frozen, _images(), progress=False)
-    rt.train(_config(tmp_path / "b", steps=2), frozen, _images(), progress=False)
+    full, _ = rt.train(_config(tmp_path / "a", steps=4, lr_schedule=schedule), frozen, _images(), progress=False)
+    rt.train(_config(tmp_path / "b", steps=2, lr_schedule=schedule), frozen, _images(), progress=False)
     # a run with steps=4 over a finished steps=2 checkpoint of another config starts over; emulate an
     # interruption instead: rewrite the step-2 checkpoint as if it belonged to the steps=4 run
-    path_b = rt.checkpoint_path(_config(tmp_path / "b", steps=2))
+    path_b = rt.checkpoint_path(_config(tmp_path / "b", steps=2, lr_schedule=schedule))
     data = torch.load(path_b, weights_only=False)
-    data["config"] = dataclasses.asdict(_config(tmp_path / "b", steps=4))
+    data["config"] = dataclasses.asdict(_config(tmp_path / "b", steps=4, lr_schedule=schedule))
     torch.save(data, path_b)
-    resumed, curve = rt.train(_config(tmp_path / "b", steps=4), frozen, _images(), progress=False)
+    resumed, curve = rt.train(_config(tmp_path / "b", steps=4, lr_schedule=schedule), frozen, _images(), progress=False)
     assert list(curve["step"]) == [1, 2, 3, 4]
     for a, b in zip(full.encoder.state_dict().values(), resumed.encoder.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_cosine_schedule_sets_the_rate_of_each_step(tiny_frozen, tmp_path, monkeypatch):
+    rates = []
+    real_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    rt.train(_config(tmp_path / "cos", steps=4, lr=1e-3, lr_schedule="cosine"), tiny_frozen, _images(), progress=False)
+    rt.train(_config(tmp_path / "const", steps=4, lr=1e-3), tiny_frozen, _images(), progress=False)
+    assert rates[:4] == pytest.approx([training.cosine_lr(1e-3, k, 4) for k in range(4)])
+    assert rates[0] == pytest.approx(1e-3) and rates[3] < 0.3e-3  # a one-step warm-up, then the decay
+    assert rates[4:] == pytest.approx([1e-3] * 4)
 
 
 def test_checkpoint_of_other_frozen_networks_is_not_resumed(tiny_frozen, tmp_path):
@@ -97,6 +116,8 @@ def test_bad_config_is_refused(tmp_path):
         _config(tmp_path, lambda_cyc=-1.0)
     with pytest.raises(InputError, match="edit_groups"):
         _config(tmp_path, edit_groups="coarse,mouth")
+    with pytest.raises(InputError, match="lr_schedule"):
+        _config(tmp_path, lr_schedule="step")
 
 
 def test_unreadable_leftover_checkpoint_starts_afresh(tiny_frozen, tmp_path):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
-import math
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -32,9 +31,8 @@ from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
 from megafr.training import batch_rows  # noqa: F401  (re-exported: the stages' data order)
 from megafr.training import run_log_path
+from megafr.training import cosine_lr, set_lr  # noqa: F401  (re-exported: the stages' schedule)
 
-WARMUP_FRACTION = 0.03  # share of the steps with a linear learning-rate warm-up (then cosine decay)
-FINAL_LR_FRACTION = 0.05  # the cosine decays to this fraction of the peak learning rate
 SEED_MIX = 1_000_003  # large prime mixing (seed, step) into one torch seed
 
 
@@ -51,21 +49,6 @@ def irse_body(width: int, units: int):
 def seed_step(seed: int, step: int) -> None:
     """Seed torch's global RNG from ``(seed, step)``: every draw of the step is then reproducible."""
     torch.manual_seed((seed * SEED_MIX + step) % (2**63 - 1))
-
-
-def cosine_lr(peak: float, step: int, steps: int) -> float:
-    """Linear warm-up over WARMUP_FRACTION of the steps, then cosine decay to FINAL_LR_FRACTION * peak."""
-    warmup = max(1, int(WARMUP_FRACTION * steps))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-    floor = FINAL_LR_FRACTION * peak
-    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 @contextlib.contextmanager

@@ -58,6 +58,7 @@ from megafr.training import adam, check_finite
 
 CONDITIONS = ("render", "params")
 ENCODERS = ("e4e", "psp")
+LR_SCHEDULES = ("constant", "cosine")
 CONDITION_POSE = (GLOBAL, JAW, LEFT_EYE, RIGHT_EYE)  # pose parts fed to the params baseline (neck is zero)
 LOSS_NAMES = ("id", "lmk", "pair", "cyc", "self", "latent")
 LAYER_GROUP_NAMES = ("coarse", "medium", "fine")  # W+ groups of megafr.nets.encoders.layer_groups
@@ -71,7 +72,8 @@ class ReenactConfig:
     seed: int  # seed of the data order and initialisation
     steps: int  # optimisation steps
     batch_size: int  # source/target pairs per step
-    lr: float  # Adam learning rate of E_FR
+    lr: float  # Adam learning rate of E_FR (the peak, with lr_schedule "cosine")
+    lr_schedule: str  # "constant", or "cosine": linear warm-up over 3 % of the steps, cosine decay to 5 % of lr
     encoder: str  # inversion encoder E_FR starts from: "e4e" or "psp"
     condition: str  # "render" (MegaFR: r_t) or "params" (baseline: raw FLAME parameters)
     edit_groups: str  # comma-separated W+ groups the residual edits ("coarse,medium" in the paper)
@@ -99,6 +101,8 @@ class ReenactConfig:
         require(self.steps >= 0, f"train_reenact.steps must be >= 0, got {self.steps}")
         require(self.batch_size >= 1, f"train_reenact.batch_size must be >= 1, got {self.batch_size}")
         require(self.lr > 0, f"train_reenact.lr must be positive, got {self.lr}")
+        require(self.lr_schedule in LR_SCHEDULES,
+                f"train_reenact.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         require(self.encoder in ENCODERS, f"train_reenact.encoder must be one of {ENCODERS}, got {self.encoder!r}")
         require(self.condition in CONDITIONS, f"train_reenact.condition must be one of {CONDITIONS}, got {self.condition!r}")
         require(self.checkpoint_every >= 1, f"train_reenact.checkpoint_every must be >= 1, got {self.checkpoint_every}")
@@ -286,6 +290,8 @@ def read_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a readable MegaFR checkpoint ({type(error).__name__}); re-run train_reenact") from error
     if not isinstance(data, dict) or not {"state_dict", "config", "step"} <= set(data):
         raise CheckpointError(f"{path}: expected keys state_dict, config, step; it is not a MegaFR checkpoint")
+    if isinstance(data["config"], dict):
+        data["config"].setdefault("lr_schedule", "constant")  # written before the field existed: a constant rate
     return data
 
 
@@ -351,6 +357,8 @@ def train(cfg: ReenactConfig, frozen: Frozen, images, progress: bool = True) -> 
                          total=cfg.steps, disable=not (progress and here.main), leave=True)
     for step, batch in zip(steps, batches):
         x = to_model_input(batch, device)
+        if cfg.lr_schedule == "cosine":
+            training.set_lr(optimizer, training.cosine_lr(cfg.lr, step, cfg.steps))
         with autocast(device, training=True):
             total, log = engine(x[:local], x[local:])
         check_finite("train_reenact", step, total, log, path)
