@@ -56,3 +56,27 @@ def test_weighted_total_logs_every_term(inputs):
     assert float(total) == 1.0 and log == {"a": 2.0, "b": 3.0, "total": 1.0}
     with pytest.raises(KeyError):
         losses.weighted_total(terms, {"a": 1.0})
+
+
+@pytest.mark.parametrize("eye_patch", [0, 4])
+def test_face_feature_distance(eye_patch):
+    """Zero for an image against itself, positive against another; gradients reach the image and never the
+    frozen 3D network, whose batch-norm statistics stay put."""
+    from megafr.face3d.recon import ReconConfig, FaceReconstructor
+
+    torch.manual_seed(0)
+    net = FaceReconstructor(ReconConfig(5, 4, TINY_SIZE, input_size=16, width=4, eye_patch=eye_patch))
+    distance = losses.FaceFeatureDistance(net)
+    distance.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    y = torch.rand(2, 3, TINY_SIZE, TINY_SIZE) * 2 - 1
+    x = (torch.rand(2, 3, TINY_SIZE, TINY_SIZE) * 2 - 1).requires_grad_(True)
+    assert float(distance(y, y)) == pytest.approx(0.0, abs=1e-6)
+    value = distance(x, y)
+    assert float(value.detach()) > 0
+    value.backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in net.parameters()) and not net.training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    n_maps = len(net.stages) + 1 + (net.eyes is not None) * 4
+    assert len(distance.feature_maps(net.resize(y), torch.zeros(2, 68, 2))) == n_maps

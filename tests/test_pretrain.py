@@ -49,7 +49,7 @@ def _gen_cfg(out_dir, **overrides) -> ae.GeneratorStageConfig:
                   enc_width=4, enc_units=1, encoder_passes=1, steps=4, batch_size=2,
                   swap_batch=2, swap_pool=8, lr_g=2e-3, lr_e=1e-3, lr_d=1e-3, lr_mapping=0.0, lambda_l2=1.0, lambda_swap=1.0,
                   lambda_lap=0.5, lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, lambda_id=0.0, lambda_adv=0.0, r1_gamma=1.0,
-                  r1_image=10.0, ema_decay=0.9, finetune_steps=0, finetune_adv=0.2, finetune_lr=0.5,
+                  r1_image=10.0, ema_decay=0.9, finetune_steps=0, finetune_adv=0.2, finetune_lr=0.5, finetune_face3d=0.0,
                   idnet_path="", face3d_path="", n_eval=4, n_fd_samples=4, n_swap_eval=2, n_wplus_eval=0, wplus_steps=1,
                   checkpoint_every=1, threads=0, out_dir=str(out_dir / "products"))
     values.update(overrides)
@@ -441,6 +441,42 @@ def test_generator_finetune_phase(tmp_path, images, pool):
     assert not _state_equal(plain.nets.generator, rest.nets.generator)
     with pytest.raises(InputError, match="finetune_lr"):
         _gen_cfg(tmp_path / "bad", finetune_lr=0.0)
+
+
+def _face3d_file(folder: Path) -> str:
+    """A random 3D face network over the synthetic head model, with an eye branch, saved as train_face3d does."""
+    from megafr.face3d import headmodel
+    from megafr.face3d.flame import FLAME
+    from megafr.face3d.recon import FaceModel, ReconConfig, save_checkpoint_dict
+
+    files = headmodel.write_head_model(folder)
+    flame = FLAME.from_files(files.model_path, files.landmark_path, headmodel.N_IDENTITY, headmodel.N_EXPRESSION)
+    torch.manual_seed(1)
+    face = FaceModel(ReconConfig(headmodel.N_IDENTITY, headmodel.N_EXPRESSION, SIZE, input_size=16, width=4,
+                                 eye_patch=4), flame)
+    path = folder / "face3d.pt"
+    torch.save(save_checkpoint_dict(face, 0, {"flame": {"model_path": str(files.model_path),
+                                                        "landmark_path": str(files.landmark_path)}}), path)
+    return str(path)
+
+
+def test_generator_finetune_with_face_features(tmp_path, images, pool):
+    """finetune_face3d weighs the 3D network's perceptual distance in the fine-tune phase only: the first
+    phase is the plain run's exactly, the term is logged from the phase's first step, the frozen network's
+    file is part of the resume key, and the term needs face3d_path."""
+    face3d = _face3d_file(tmp_path)
+    plain = ae.train_generator(_gen_cfg(tmp_path / "plain", steps=2), images, pool, progress=False)
+    cfg = _gen_cfg(tmp_path / "ft", steps=2, finetune_steps=2, finetune_adv=0.0, finetune_face3d=0.5, face3d_path=face3d)
+    assert cfg.uses_face3d and not cfg.uses_image_d
+    assert cfg.upstream_digest() != _gen_cfg(tmp_path / "ft", steps=2).upstream_digest()
+    first = ae.train_generator(cfg, images, pool, progress=False, stop_after=2)
+    assert _state_equal(plain.nets.generator, first.nets.generator)
+    run = ae.train_generator(cfg, images, pool, progress=False)
+    curve = run.curve.set_index("step")
+    assert (curve.loc[[1, 2], "face3d"] == 0).all() and (curve.loc[[3, 4], "face3d"] > 0).all()
+    assert not _state_equal(plain.nets.generator, run.nets.generator)
+    with pytest.raises(InputError, match="face3d_path"):
+        _gen_cfg(tmp_path / "bad", finetune_steps=2, finetune_face3d=0.5)
 
 
 def test_generator_products_load_through_official_loaders(tmp_path, images, pool):

@@ -59,6 +59,7 @@ HEATMAP_STRIDE = 4  # keypoint heatmaps are input_size / HEATMAP_STRIDE cells wi
 HIDDEN_FEATURES = 256  # width of the fully connected layer before the parameter head
 EYE_FEATURES = 32  # features the eye branch adds per eye
 EYE_UPSAMPLE = 2  # the eye crops are sampled at this many points per input pixel
+EYE_CONV_BLOCKS = 3  # convolution blocks of the eye branch, before its pooling and linear layer
 ROTATION_DIM = 3  # axis-angle
 CAMERA_DIM = 3  # log-scale offset, tx, ty
 NDC_OFFSET_UNIT = 0.5  # NDC units of image-plane offset per unit of the raw camera output (raw outputs near unit size)
@@ -184,6 +185,13 @@ class EyeBranch(torch.nn.Module):
             out.append(F.grid_sample(small, grid, mode="bilinear", padding_mode="border", align_corners=False))
         return torch.stack(out)
 
+    def conv_maps(self, crops: torch.Tensor) -> list[torch.Tensor]:
+        """The maps of the branch's convolution blocks for crops [N, 3, n, n] (before pooling)."""
+        maps = [crops]
+        for block in self.net[:EYE_CONV_BLOCKS]:
+            maps.append(block(maps[-1]))
+        return maps[1:]
+
     def forward(self, small: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
         """small [B, 3, s, s], keypoints [B, 68, 2] (NDC, y up) -> [B, 2 * EYE_FEATURES]."""
         crops = self.crops(small, keypoints)  # [2, B, 3, n, n]
@@ -257,13 +265,7 @@ class FaceReconstructor(torch.nn.Module):
         cfg = self.config
         if small.ndim != 4 or tuple(small.shape[1:]) != (IMAGE_CHANNELS, cfg.input_size, cfg.input_size):
             raise InputError(f"regress: expected [B, 3, {cfg.input_size}, {cfg.input_size}], got {tuple(small.shape)}")
-        batch = small.shape[0]
-        x = torch.cat([small, self.coords.to(small.dtype).expand(batch, -1, -1, -1)], dim=1)  # [B, 5, s, s]
-        maps = []
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            maps.append(x)  # [B, C_k, s/4, ...], [B, C_k, s/8, ...], ...
+        maps = self.trunk(small)[1:]  # the strided stages': [B, C_k, s/4, ...], [B, C_k, s/8, ...], ...
         top = self.laterals[-1](maps[-1])
         for lateral, fine in zip(reversed(self.laterals[:-1]), reversed(maps[:-1])):
             top = lateral(fine) + F.interpolate(top, size=fine.shape[-2:], mode="nearest")
@@ -275,6 +277,15 @@ class FaceReconstructor(torch.nn.Module):
         features = torch.cat(parts, dim=1)
         out = self.head(self.mlp(features))  # [B, n_outputs]
         return self._params(out), keypoints
+
+    def trunk(self, small: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's feature maps for images at ``input_size`` [B, 3, s, s]: the stem's [B, w, s/2, s/2], then
+        each strided stage's (what the keypoints, the parameters and :mod:`megafr.losses.face_features` read)."""
+        x = torch.cat([small, self.coords.to(small.dtype).expand(small.shape[0], -1, -1, -1)], dim=1)  # [B, 5, s, s]
+        maps = [self.stem(x)]
+        for stage in self.stages:
+            maps.append(stage(maps[-1]))
+        return maps
 
     def _params(self, out: torch.Tensor) -> FaceParams:
         cfg = self.config

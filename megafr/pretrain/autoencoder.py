@@ -14,6 +14,8 @@ generator's synthesis network ``G`` decodes it, and both learn together from
       [+ lambda_lpips * LPIPS(G(E(x)), x) only when LPIPS's backbone weights are on the machine]
       [+ lambda_adv * softplus(-D_image(G(E(x))))   StyleGAN2's image discriminator, off in every profile;
                                                      finetune_adv in place of lambda_adv in the fine-tune phase]
+      [+ finetune_face3d * P(G(E(x)), x)   in the fine-tune phase: P the perceptual distance of the frozen
+                                           3D face network (megafr.losses.face_features)]
 
 with the terms of :mod:`megafr.losses`. Why these terms and weights, and the recipes measured and
 not kept: ``docs/experiments/train_generator.md``.
@@ -40,8 +42,9 @@ not kept: ``docs/experiments/train_generator.md``.
   restart on a cosine of ``finetune_lr`` times their peaks (the discriminators keep ``lr_d``): the
   phase is a fine-tune of the networks the first phase made, the way a released generator would be
   fine-tuned. Pixel losses average what the encoder cannot place exactly (eyes, mouths, hair) into
-  a blur, which a discriminator penalises. Off in every profile (``finetune_steps: 0``): measured
-  side by side and not kept, ``docs/mini_release.md``.
+  a blur, which a discriminator penalises; so does ``finetune_face3d``, the weight of a perceptual
+  distance from the study's 3D face network (``face3d_path``) in the same phase. Off in every profile
+  (``finetune_steps: 0``): measured side by side, ``docs/mini_release.md``.
 - **Optional, off in every profile** (measured side by side: ``docs/experiments/train_generator.md``).
   ``encoder_passes > 1``: ReStyle's iterative encoding (Alaluf et al. 2021), a 6-channel encoder that
   sees the image and the current reconstruction and refines the code in that many passes, each with
@@ -78,8 +81,9 @@ from megafr import training
 from megafr.config import require, require_at_least, study_files_digest, study_path, study_relative
 from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
-from megafr.losses import (LpipsLoss, delta_loss, discriminator_loss, id_loss, laplacian_l1, latent_d_loss, latent_loss,
-                           mapping_loss)
+from megafr.face3d.recon import load_face_model
+from megafr.losses import (FaceFeatureDistance, LpipsLoss, delta_loss, discriminator_loss, id_loss, laplacian_l1,
+                           latent_d_loss, latent_loss, mapping_loss)
 from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
 from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, LatentCodesDiscriminator
 from megafr.nets.stylegan2 import Discriminator, Generator
@@ -99,7 +103,7 @@ CURVE_POINTS = 150  # about this many rows in the training curve
 WPLUS_LR = 0.01  # Adam's learning rate of the W+ optimisation bound (evaluation only)
 LAMBDA_TERMS = ("l2", "lap", "swap", "latent", "delta", "lpips", "id", "adv")  # the G + E loss's terms (lambda_<term>)
 IMAGE_D_TERMS = ("d_image", "r1_image")  # the image discriminator's (logged when lambda_adv > 0)
-LOSS_TERMS = (*LAMBDA_TERMS, "d_latent", "r1", *IMAGE_D_TERMS, "mapping")
+LOSS_TERMS = (*LAMBDA_TERMS, "d_latent", "r1", *IMAGE_D_TERMS, "mapping", "face3d")
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ class GeneratorStageConfig(common.StageFolders):
     finetune_steps: int  # steps of the fine-tune phase after ``steps`` (0: none)
     finetune_adv: float  # the image discriminator's weight in the fine-tune phase
     finetune_lr: float  # the fine-tune phase's peak learning rates of G, E and the mapping, as a fraction of theirs
+    finetune_face3d: float  # the 3D face network's perceptual distance in the fine-tune phase (needs face3d_path)
     idnet_path: str  # identity network for ID similarity and FD-id (train_idnet product or official)
     face3d_path: str  # train_face3d checkpoint measuring pose in the layer-swap test ("" : pose not measured)
     n_eval: int  # test images for the inversion metrics
@@ -167,7 +172,11 @@ class GeneratorStageConfig(common.StageFolders):
         require_at_least("train_generator", self, (
             ("enc_width", 1), ("enc_units", 1), ("encoder_passes", 1), ("steps", 1), ("batch_size", 1), ("swap_batch", 0),
             ("checkpoint_every", 1), ("lr_mapping", 0), ("n_wplus_eval", 0), ("wplus_steps", 1), ("r1_image", 0),
-            ("finetune_steps", 0), ("finetune_adv", 0), *((f"lambda_{term}", 0) for term in LAMBDA_TERMS)))
+            ("finetune_steps", 0), ("finetune_adv", 0), ("finetune_face3d", 0),
+            *((f"lambda_{term}", 0) for term in LAMBDA_TERMS)))
+        require(not self.uses_face3d or bool(self.face3d_path),
+                f"train_generator.finetune_face3d={self.finetune_face3d} reads the 3D face network, but face3d_path "
+                "is empty; name train_face3d's checkpoint in face3d_path or set finetune_face3d: 0")
         require(0 < self.finetune_lr <= 1, f"train_generator.finetune_lr must lie in (0, 1], got {self.finetune_lr}")
         require(self.lr_mapping == 0 or self.lambda_latent > 0,
                 f"train_generator.lr_mapping={self.lr_mapping} trains the mapping against the latent discriminator, "
@@ -183,7 +192,8 @@ class GeneratorStageConfig(common.StageFolders):
         """Digest of the files the weights depend on besides the config (overrides ``UPSTREAM``): the
         training split and, when ``lambda_id > 0``, the identity network; a checkpoint is resumed only
         over the same files."""
-        return study_files_digest([self.idnet_path if self.lambda_id else "",
+        face3d = [self.face3d_path] if self.uses_face3d else []  # listed only when trained with
+        return study_files_digest([self.idnet_path if self.lambda_id else "", *face3d,
                                    *common.split_files(self.data_dir, self.UPSTREAM_SPLIT)])
 
     def pool_digest(self) -> str:
@@ -204,6 +214,15 @@ class GeneratorStageConfig(common.StageFolders):
     def adv_weight(self, step: int) -> float:
         """The image discriminator's weight at ``step`` (its phase's)."""
         return self.finetune_adv if step >= self.steps else self.lambda_adv
+
+    @property
+    def uses_face3d(self) -> bool:
+        """The 3D face network's perceptual distance is trained with in some step."""
+        return self.finetune_steps > 0 and self.finetune_face3d > 0
+
+    def face3d_weight(self, step: int) -> float:
+        """The perceptual distance's weight at ``step`` (the fine-tune phase's; 0 before it)."""
+        return self.finetune_face3d if step >= self.steps else 0.0
 
     def learning_rate(self, peak: float, step: int, scaled: bool) -> float:
         """The learning rate at ``step`` of an optimizer with this ``peak``: a warm-up and cosine over the first
@@ -286,8 +305,10 @@ def build_networks(cfg: GeneratorStageConfig) -> Networks:
 
 
 def curve_columns(cfg: GeneratorStageConfig) -> list[str]:
-    """Columns of the training curve (the mapping's term only when it trains)."""
-    off = {*(() if cfg.trains_mapping else ("mapping",)), *(() if cfg.uses_image_d else ("adv", *IMAGE_D_TERMS))}
+    """Columns of the training curve (the mapping's, the image discriminator's and the 3D network's terms only
+    when they are trained with)."""
+    off = {*(() if cfg.trains_mapping else ("mapping",)), *(() if cfg.uses_image_d else ("adv", *IMAGE_D_TERMS)),
+           *(() if cfg.uses_face3d else ("face3d",))}
     return ["step", "lr_g", "total", *(t for t in LOSS_TERMS if t not in off)]
 
 
@@ -349,9 +370,11 @@ class Batch:
 
 def autoencoder_loss(cfg: GeneratorStageConfig, nets: Networks, generator: Generator, noise: list, batch: Batch,
                      codes: torch.Tensor, lpips_term: LpipsLoss, idnet, adv_weight: float,
-                     decode_all: bool = False) -> tuple[torch.Tensor, dict, torch.Tensor]:
+                     decode_all: bool = False, face_distance: Optional[FaceFeatureDistance] = None,
+                     face3d_weight: float = 0.0) -> tuple[torch.Tensor, dict, torch.Tensor]:
     """The G + E loss of one batch's codes [B + 2P, n_latent, D] -> (weighted total, terms, decoded images);
-    ``adv_weight``: the image discriminator's weight in this step's phase.
+    ``adv_weight``, ``face3d_weight``: the image discriminator's and the 3D network's perceptual distance's
+    (``face_distance``) weights in this step's phase.
 
     Decoded: the first B + P codes (all B + 2P with ``decode_all``: ReStyle's next input), then the P
     mixed codes (coarse + medium entries of B, fine of A).
@@ -372,7 +395,9 @@ def autoencoder_loss(cfg: GeneratorStageConfig, nets: Networks, generator: Gener
     terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else zero
     terms["id"] = id_loss(idnet, out[:n_a], x[:n_a]) if cfg.lambda_id else zero
     terms["adv"] = F.softplus(-nets.image_d(out[:batch.n_rec])).mean() if adv_weight else zero
-    weights = {k: getattr(cfg, f"lambda_{k}") for k in terms} | {"adv": adv_weight}
+    terms["face3d"] = face_distance(out[:n_a], x[:n_a]) if face3d_weight else zero
+    weights = {k: getattr(cfg, f"lambda_{k}") for k in terms if k not in ("adv", "face3d")}
+    weights |= {"adv": adv_weight, "face3d": face3d_weight}
     total = sum(weights[k] * v for k, v in terms.items())
     return total, terms, out
 
@@ -422,6 +447,8 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         modules["image_d"] = nets.image_d
         optimizers["image_d"] = adam(nets.image_d.parameters(), cfg.lr_d, ADAM_BETAS_G)
     lpips_term = LpipsLoss(cfg.lambda_lpips)
+    face_distance = (FaceFeatureDistance(load_face_model(study_path(cfg.face3d_path)).net)
+                     if cfg.uses_face3d else None)
     if idnet is not None:
         idnet.eval().requires_grad_(False)
     start, end, curve, upstream = training.resume_or_start(cfg, modules, optimizers, stop_after, cfg.total_steps)
@@ -438,7 +465,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         if step == cfg.steps:  # the fine-tune phase starts afresh: no moments carried over from the first phase
             for opt in optimizers.values():
                 opt.state.clear()
-        adv_weight = cfg.adv_weight(step)
+        adv_weight, face3d_weight = cfg.adv_weight(step), cfg.face3d_weight(step)
         common.seed_step(cfg.seed, step)
         rows = common.batch_rows(cfg.seed, step, len(images), cfg.batch_size)
         x = common.images_to_tensor(images[rows])  # [B, 3, S, S]
@@ -458,13 +485,14 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         if cfg.encoder_passes == 1:
             codes = nets.encode(x)  # [B + 2P, n_latent, D]
             total, terms, out = autoencoder_loss(cfg, nets, nets.generator, noise, batch, codes, lpips_term, idnet,
-                                                 adv_weight)
+                                                 adv_weight, face_distance=face_distance, face3d_weight=face3d_weight)
         else:
             codes, y, total = nets.latent_avg.expand(len(x), cfg.n_latent, -1), nets.start_image(nets.generator, len(x)), 0
             for _ in range(cfg.encoder_passes):
                 codes = refine_pass(nets, x, codes, y)
                 pass_total, terms, out = autoencoder_loss(cfg, nets, nets.generator, noise, batch, codes,
-                                                          lpips_term, idnet, adv_weight, decode_all=True)
+                                                          lpips_term, idnet, adv_weight, decode_all=True,
+                                                          face_distance=face_distance, face3d_weight=face3d_weight)
                 total = total + pass_total / cfg.encoder_passes
                 y = out[:len(x)]
         training.check_finite("train_generator", step, total, terms, cfg.checkpoint_path)
