@@ -17,14 +17,18 @@ STEPS, BATCH, N_IMAGES = 3, 2, 12
 
 
 class _Folders:
-    """Stands in for pytest's tmp_path_factory where the conftest fixture is called directly."""
+    """Stands in for pytest's tmp_path_factory where the conftest fixture is called directly: its folders lie
+    under ``root`` (the test's tmp_path), so pytest removes them with it (the head model is 47 MB)."""
+
+    def __init__(self, root):
+        self.root = Path(root)
 
     def mktemp(self, name):
-        return Path(tempfile.mkdtemp(prefix=name))
+        return Path(tempfile.mkdtemp(prefix=name, dir=self.root))
 
 
-def _frozen():
-    return conftest.tiny_frozen.__wrapped__(_Folders())  # the same seeded random networks in every process
+def _frozen(root):
+    return conftest.tiny_frozen.__wrapped__(_Folders(root))  # the same seeded random networks in every process
 
 
 def _config(out_dir: str, batch_size: int) -> rt.ReenactConfig:
@@ -42,14 +46,15 @@ def _rank(rank: int, world: int, port: int, out_dir: str, images: str) -> None:
                       LOCAL_RANK=str(rank), MEGAFR_DEVICE="cpu")
     torch.set_num_threads(1)
     try:
-        rt.train(_config(out_dir, BATCH), _frozen(), np.load(images), progress=False)
+        rt.train(_config(out_dir, BATCH), _frozen(Path(images).parent), np.load(images), progress=False)
     finally:
         distributed.shutdown()
 
 
-def _gradients(cfg: rt.ReenactConfig, images: np.ndarray, here: distributed.World) -> dict[str, torch.Tensor]:
+def _gradients(cfg: rt.ReenactConfig, images_file: str, here: distributed.World) -> dict[str, torch.Tensor]:
     """E_FR's gradients of step 0 (all-reduced by DDP when distributed), as train() computes them."""
-    frozen = _frozen()
+    frozen = _frozen(Path(images_file).parent)
+    images = np.load(images_file)
     model = rt.build_model(cfg, frozen)
     model.encoder.train()
     engine = distributed.data_parallel(rt.StepLoss(model, frozen, cfg), model.encoder, here, torch.device("cpu"))
@@ -67,7 +72,7 @@ def _grad_rank(rank: int, world: int, port: int, images: str, out: str) -> None:
     torch.set_num_threads(1)
     try:
         here = distributed.setup()
-        grads = _gradients(_config("", BATCH), np.load(images), here)
+        grads = _gradients(_config("", BATCH), images, here)
         if here.main:
             torch.save(grads, out)
     finally:
@@ -97,7 +102,7 @@ def test_two_ranks_match_one_process_at_the_doubled_batch(tmp_path, monkeypatch)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rt.train(single, _frozen(), np.load(images), progress=False)
+        rt.train(single, _frozen(tmp_path), np.load(images), progress=False)
     finally:
         torch.set_num_threads(previous)
     mp.spawn(_rank, args=(2, conftest.free_port(), str(tmp_path / "two"), str(images)), nprocs=2, join=True)
@@ -112,7 +117,8 @@ def test_two_ranks_match_one_process_at_the_doubled_batch(tmp_path, monkeypatch)
     learned = [n for n in one["state_dict"] if "running" not in n and "num_batches" not in n]
     a = torch.cat([one["state_dict"][n].float().flatten() for n in learned])
     b = torch.cat([two["state_dict"][n].float().flatten() for n in learned])
-    start = torch.cat([rt.build_model(single, _frozen()).encoder.state_dict()[n].float().flatten() for n in learned])
+    initial = rt.build_model(single, _frozen(tmp_path)).encoder.state_dict()
+    start = torch.cat([initial[n].float().flatten() for n in learned])
     assert float((a - start).abs().max()) > 1e-4  # the weights did move
     assert float((a - b).abs().max()) <= 2 * STEPS * single.lr
     assert float(((a - b).abs() > 1e-4).float().mean()) < 0.05
@@ -130,7 +136,7 @@ def test_two_ranks_give_the_gradient_of_the_doubled_batch(tmp_path, monkeypatch)
     images = tmp_path / "images.npy"
     np.save(images, np.random.default_rng(1).integers(0, 256, (N_IMAGES, conftest.TINY_SIZE, conftest.TINY_SIZE, 3),
                                                       dtype=np.uint8))
-    one = _gradients(_config("", 2 * BATCH), np.load(images), distributed.World(0, 1, 0))
+    one = _gradients(_config("", 2 * BATCH), str(images), distributed.World(0, 1, 0))
     mp.spawn(_grad_rank, args=(2, conftest.free_port(), str(images), str(tmp_path / "grads.pt")), nprocs=2, join=True)
     two = torch.load(tmp_path / "grads.pt")
     assert set(one) == set(two) and len(one) > 10
