@@ -5,7 +5,10 @@ retrains. The mini world makes its own stand-ins, and training them well takes h
 releases them the same way: ``python -m megafr release`` trains ``train_idnet``, ``train_generator``
 and ``train_inversion`` with the recipe of the active profile (their ``mode`` forced to ``train``),
 each stage reading the previous one's fresh products, in ``data/release/<profile>/`` (an interrupted
-run resumes from its checkpoints there). It then writes, to ``release/<profile>/``:
+run resumes from its checkpoints there). When the generator's recipe trains with the 3D face network's
+perceptual distance (``finetune_face3d``), ``train_face3d`` is trained there first, with the study's
+recipe; that network shapes the release but is not part of it (the study trains its own, identically).
+It then writes, to ``release/<profile>/``:
 
 - the products in their official layouts (``arcface.pt``, ``stylegan2.pt``, ``e4e.pt``, ``psp.pt``)
   with every floating-point tensor stored as float16 (the loaders cast back to float32);
@@ -45,7 +48,8 @@ from megafr.pretrain import common
 from megafr.runner import execute
 from megafr.training import run_log_path
 
-STAGES = ("train_idnet", "train_generator", "train_inversion")
+STAGES = ("train_idnet", "train_generator", "train_inversion")  # the stages whose products are released
+FACE3D = "train_face3d"  # trained first when the generator's recipe reads the 3D network (not released)
 RELEASED = {  # stage -> {released file: the config field that names it in release (and official) mode}
     "train_idnet": {"arcface.pt": "official_path"},
     "train_generator": {"stylegan2.pt": "official_stylegan2", "e4e.pt": "official_e4e"},
@@ -69,16 +73,26 @@ def release_folder(profile: str) -> str:
     return f"{RELEASE_DIR}/{profile}"
 
 
-def stage_overrides(stage: str, run_dir: str) -> dict[str, Any]:
+def face3d_product(run_dir: str) -> str:
+    """The 3D face network a release run trains (when its generator recipe needs one)."""
+    from megafr.face3d.train import CHECKPOINT_FILE
+
+    return f"{run_dir}/{FACE3D}/{CHECKPOINT_FILE}"
+
+
+def stage_overrides(stage: str, run_dir: str, face3d: bool = False) -> dict[str, Any]:
     """The fields a release run changes: train mode, and the upstream products read from the run itself
-    (the generator's identity term uses the identity network trained before it, not the study's)."""
+    (the generator's identity term uses the identity network trained before it, not the study's; with
+    ``face3d``, its fine-tune reads the 3D network the run trained first)."""
     product = {"train_idnet": f"{run_dir}/train_idnet/arcface.pt",
                "train_generator": f"{run_dir}/train_generator"}
     return {
+        FACE3D: {},
         "train_idnet": {"mode": "train"},
-        # the layer swap's pose measurement needs the 3D network, which is not part of the release;
-        # the study measures it when it evaluates the released files
-        "train_generator": {"mode": "train", "idnet_path": product["train_idnet"], "face3d_path": ""},
+        # without the perceptual distance the 3D network is not trained here: the layer swap's pose is then
+        # measured only when the study evaluates the released files
+        "train_generator": {"mode": "train", "idnet_path": product["train_idnet"],
+                            "face3d_path": face3d_product(run_dir) if face3d else ""},
         "train_inversion": {"mode": "train", "idnet_path": product["train_idnet"],
                             "stylegan2_path": f"{product['train_generator']}/stylegan2.pt",
                             "e4e_path": f"{product['train_generator']}/e4e.pt"},
@@ -102,13 +116,29 @@ def _require_trainable(params: Mapping[str, Any], run_dir: str, root: Path) -> N
                          f"(`python -m megafr profile {profile}`) and run `dvc repro prepare` first")
 
 
-def _done_record(config) -> dict:
+def _done_record(stage: str, config) -> dict:
     """What a finished stage of a release run was trained with: config, code and input files."""
+    from megafr.face3d.train import TRAINING_CODE
     from megafr.fileio import to_json_text
     from megafr.training import PRETRAIN_CODE, code_digest
 
+    if stage == FACE3D:  # its checkpoint records its data; its code is its own
+        return json.loads(to_json_text({"config": vars(config), "code": code_digest(TRAINING_CODE)}))
     return json.loads(to_json_text({"config": vars(config), "code": code_digest(PRETRAIN_CODE),
                                     "upstream": config.upstream_digest()}))
+
+
+def _products(stage: str, config) -> list[Path]:
+    """The files a finished stage of a release run leaves."""
+    return [config.checkpoint_path] if stage == FACE3D else [config.folder / name for name in RELEASED[stage]]
+
+
+def trained_stages(params_file: str, run_dir: str) -> tuple[str, ...]:
+    """The stages a release run trains, in order: ``train_face3d`` first when the generator's recipe reads
+    the 3D network, then the released ones."""
+    probe = stages.load_config("train_generator", study_root() / params_file,
+                               stage_overrides("train_generator", run_dir, face3d=True), run_dir)
+    return ((FACE3D,) if probe.uses_face3d else ()) + STAGES
 
 
 def train(params_file: str = PARAMS_FILE, run_dir: str = "", *, progress: bool = True) -> str:
@@ -121,13 +151,14 @@ def train(params_file: str = PARAMS_FILE, run_dir: str = "", *, progress: bool =
     stages.validate(params)
     run_dir = run_dir or run_folder(params["profile"])
     _require_trainable(params, run_dir, root)
-    overrides = {stage: stage_overrides(stage, run_dir) for stage in STAGES}
+    order = trained_stages(params_file, run_dir)
+    overrides = {stage: stage_overrides(stage, run_dir, FACE3D in order) for stage in order}
     configs = {stage: stages.load_config(stage, root / params_file, overrides[stage], run_dir)
-               for stage in STAGES}  # every value checked before hours of training
+               for stage in order}  # every value checked before hours of training
     for stage, config in configs.items():
         done = root / run_dir / DONE_DIR / f"{stage}.json"
-        record = _done_record(config)  # its input files are the earlier stages' finished products
-        if _read_json(done) == record and all((config.folder / name).is_file() for name in RELEASED[stage]):
+        record = _done_record(stage, config)  # its input files are the earlier stages' finished products
+        if _read_json(done) == record and all(path.is_file() for path in _products(stage, config)):
             print(f"{stage}: finished earlier with the same recipe, code and inputs ({done.relative_to(root)})")
             continue
         executed = root / run_dir / "executed" / Path(stages.notebook(stage)).name
@@ -186,8 +217,10 @@ def _finished_configs(params_file: str, run_dir: str) -> dict:
     """``{stage: config}`` of a finished release run under ``run_dir`` (``config.folder``: its products),
     or an error naming what is missing."""
     base, problems, configs = study_path(run_dir), [], {}
+    face3d = FACE3D in trained_stages(params_file, run_dir)
     for stage in STAGES:
-        config = configs[stage] = stages.load_config(stage, study_root() / params_file, stage_overrides(stage, run_dir),
+        config = configs[stage] = stages.load_config(stage, study_root() / params_file,
+                                                     stage_overrides(stage, run_dir, face3d),
                                                      "" if run_dir == "data" else run_dir)
         problems += [f"{config.folder / name} is missing" for name in RELEASED[stage]
                      if not (config.folder / name).is_file()]
@@ -234,12 +267,30 @@ def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "") -> 
         recipe = {f: v for f, v in vars(config).items() if f not in ("out_dir", "run_dir", "data_dir")}
         record["stages"][stage] = {"recipe": recipe, "run": _read_json(run_log_path(config.folder)),
                                    "metrics": _read_json(base / "metrics" / f"{stage}.json")}
+        if getattr(config, common.INIT_FIELD, ""):
+            record["stages"][stage]["started_from"] = _starting_release(study_path(config.init_from), stage)
+    if FACE3D in trained_stages(params_file, run_dir):  # shaped the generator; recorded, not released
+        config = stages.load_config(FACE3D, root / params_file, {}, "" if run_dir == "data" else run_dir)
+        recipe = {f: v for f, v in vars(config).items() if f not in ("out_dir", "run_dir", "data_dir")}
+        record["trained_with"] = {FACE3D: {"recipe": recipe, "metrics": _read_json(base / "metrics" / f"{FACE3D}.json")}}
     written = [name for stage in STAGES for name in [*RELEASED[stage], common.curve_file(stage)]]
     for path in (out_dir / name for name in written):
         if path.is_file():
             record["files"][path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     record["total_bytes"] = sum(f["bytes"] for f in record["files"].values())
     return write_json(out_dir / RECORD, record)
+
+
+def _starting_release(folder: Path, stage: str) -> dict:
+    """The record of the release a run started from (its ``init_from`` folder's ``release.json`` entry of
+    ``stage``, its commit and the SHA-256 of the files the run read), so the chain stays traceable."""
+    earlier = _read_json(folder / RECORD)
+    entry = earlier.get("stages", {}).get(stage)
+    if not entry:
+        raise InputError(f"{folder} has no {RECORD} entry for {stage}: a run that starts from released files is "
+                         "exported only when their record is there (copy it next to them)")
+    files = {name: _sha256(folder / name) for name in RELEASED[stage]}
+    return {**entry, "source_commit": earlier.get("source_commit", "unknown"), "files": files}
 
 
 def release_overrides(profile_folder: str) -> dict[str, dict[str, str]]:

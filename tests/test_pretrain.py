@@ -49,7 +49,7 @@ def _gen_cfg(out_dir, **overrides) -> ae.GeneratorStageConfig:
                   enc_width=4, enc_units=1, encoder_passes=1, steps=4, batch_size=2,
                   swap_batch=2, swap_pool=8, lr_g=2e-3, lr_e=1e-3, lr_d=1e-3, lr_mapping=0.0, lambda_l2=1.0, lambda_swap=1.0,
                   lambda_lap=0.5, lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, lambda_id=0.0, lambda_adv=0.0, r1_gamma=1.0,
-                  r1_image=10.0, ema_decay=0.9, finetune_steps=0, finetune_adv=0.2, finetune_lr=0.5, finetune_face3d=0.0,
+                  r1_image=10.0, ema_decay=0.9, finetune_steps=0, finetune_adv=0.2, finetune_lr=0.5, finetune_face3d=0.0, init_from="",
                   idnet_path="", face3d_path="", n_eval=4, n_fd_samples=4, n_swap_eval=2, n_wplus_eval=0, wplus_steps=1,
                   checkpoint_every=1, threads=0, out_dir=str(out_dir / "products"))
     values.update(overrides)
@@ -496,6 +496,35 @@ def test_generator_products_load_through_official_loaders(tmp_path, images, pool
     raw = torch.load(products["e4e"], weights_only=False)
     assert {"state_dict", "latent_avg", "opts", "discriminator_state_dict"} <= set(raw)
     assert all(k.startswith(("encoder.", "decoder.")) for k in raw["state_dict"])
+
+
+def test_generator_starts_from_released_files(tmp_path, images, pool):
+    """init_from: the run starts from a release's weights (G, g_ema, latent_avg, encoder, latent D), with
+    steps 0 only the fine-tune phase trains, the files are part of the resume key, and files of other
+    networks or a missing folder are refused by name."""
+    first = _gen_cfg(tmp_path / "first", steps=2)
+    released = ae.save_products(first, ae.train_generator(first, images, pool, progress=False).nets)
+    folder = str(Path(released["stylegan2"]).parent)
+    cfg = _gen_cfg(tmp_path / "ft", steps=0, finetune_steps=2, finetune_adv=0.0, init_from=folder)
+    start = ae.build_networks(cfg)
+    saved = load_e4e(released["e4e"])
+    assert _state_equal(start.g_ema, load_stylegan2(released["stylegan2"])[0])
+    assert _state_equal(start.generator, load_stylegan2(released["stylegan2"], key="g")[0])
+    assert _state_equal(start.encoder, saved.encoder)
+    assert _state_equal(start.latent_d, load_latent_discriminator(released["e4e"]))
+    assert torch.equal(start.latent_avg, load_stylegan2(released["stylegan2"])[1])
+    assert cfg.upstream_digest() != _gen_cfg(tmp_path / "ft", steps=0, finetune_steps=2, finetune_adv=0.0,
+                                              init_from=str(tmp_path / "first")).upstream_digest()
+    run = ae.train_generator(cfg, images, pool, progress=False)
+    assert list(run.curve["step"]) == [1, 2] and not _state_equal(run.nets.generator, start.generator)
+    with pytest.raises(InputError, match="nothing would train"):
+        _gen_cfg(tmp_path / "none", steps=0, finetune_steps=0, init_from=folder)
+    with pytest.raises(InputError, match="steps"):
+        _gen_cfg(tmp_path / "scratch", steps=0, finetune_steps=2)
+    with pytest.raises(InputError, match="is missing"):
+        ae.build_networks(_gen_cfg(tmp_path / "gone", init_from=str(tmp_path / "nowhere")))
+    with pytest.raises(InputError, match="does not fit"):
+        ae.build_networks(_gen_cfg(tmp_path / "wide", init_from=folder, enc_width=first.enc_width * 2))
 
 
 # ------------------------------------------------------------------------------- idnet

@@ -151,6 +151,7 @@ class GeneratorStageConfig(common.StageFolders):
     finetune_adv: float  # the image discriminator's weight in the fine-tune phase
     finetune_lr: float  # the fine-tune phase's peak learning rates of G, E and the mapping, as a fraction of theirs
     finetune_face3d: float  # the 3D face network's perceptual distance in the fine-tune phase (needs face3d_path)
+    init_from: str  # folder of a released stylegan2.pt and e4e.pt whose weights start the run ("": random weights); steps may then be 0
     idnet_path: str  # identity network for ID similarity and FD-id (train_idnet product or official)
     face3d_path: str  # train_face3d checkpoint measuring pose in the layer-swap test ("" : pose not measured)
     n_eval: int  # test images for the inversion metrics
@@ -170,13 +171,15 @@ class GeneratorStageConfig(common.StageFolders):
         require(self.image_size >= 16 and self.image_size & (self.image_size - 1) == 0,
                 f"train_generator.image_size must be a power of two >= 16, got {self.image_size}")
         require_at_least("train_generator", self, (
-            ("enc_width", 1), ("enc_units", 1), ("encoder_passes", 1), ("steps", 1), ("batch_size", 1), ("swap_batch", 0),
+            ("enc_width", 1), ("enc_units", 1), ("encoder_passes", 1), ("steps", 0 if self.init_from else 1),
+            ("batch_size", 1), ("swap_batch", 0),
             ("checkpoint_every", 1), ("lr_mapping", 0), ("n_wplus_eval", 0), ("wplus_steps", 1), ("r1_image", 0),
             ("finetune_steps", 0), ("finetune_adv", 0), ("finetune_face3d", 0),
             *((f"lambda_{term}", 0) for term in LAMBDA_TERMS)))
         require(not self.uses_face3d or bool(self.face3d_path),
                 f"train_generator.finetune_face3d={self.finetune_face3d} reads the 3D face network, but face3d_path "
                 "is empty; name train_face3d's checkpoint in face3d_path or set finetune_face3d: 0")
+        require(self.total_steps > 0, "train_generator: steps and finetune_steps are both 0; nothing would train")
         require(0 < self.finetune_lr <= 1, f"train_generator.finetune_lr must lie in (0, 1], got {self.finetune_lr}")
         require(self.lr_mapping == 0 or self.lambda_latent > 0,
                 f"train_generator.lr_mapping={self.lr_mapping} trains the mapping against the latent discriminator, "
@@ -190,10 +193,11 @@ class GeneratorStageConfig(common.StageFolders):
 
     def upstream_digest(self) -> str:
         """Digest of the files the weights depend on besides the config (overrides ``UPSTREAM``): the
-        training split and, when ``lambda_id > 0``, the identity network; a checkpoint is resumed only
-        over the same files."""
+        training split, when ``lambda_id > 0`` the identity network, the 3D face network when its distance is
+        trained with, and the files of ``init_from``; a checkpoint is resumed only over the same files."""
         face3d = [self.face3d_path] if self.uses_face3d else []  # listed only when trained with
-        return study_files_digest([self.idnet_path if self.lambda_id else "", *face3d,
+        start = [f"{self.init_from}/{STYLEGAN_FILE}", f"{self.init_from}/{E4E_FILE}"] if self.init_from else []
+        return study_files_digest([self.idnet_path if self.lambda_id else "", *face3d, *start,
                                    *common.split_files(self.data_dir, self.UPSTREAM_SPLIT)])
 
     def pool_digest(self) -> str:
@@ -292,7 +296,8 @@ def refine(nets: Networks, x: torch.Tensor, generator: Generator, noise: list[to
 
 
 def build_networks(cfg: GeneratorStageConfig) -> Networks:
-    """Fresh networks, seeded from ``cfg.seed``."""
+    """Fresh networks, seeded from ``cfg.seed``; with ``cfg.init_from``, G, g_ema, latent_avg, the encoder and
+    the latent discriminator take the weights of the released files there (the image discriminator stays fresh)."""
     torch.manual_seed(cfg.seed)
     generator = Generator(cfg.image_size, cfg.style_dim, cfg.n_mlp, channel_multiplier=1, max_channels=cfg.max_channels)
     encoder = Encoder4Editing(cfg.encoder_config())
@@ -301,7 +306,34 @@ def build_networks(cfg: GeneratorStageConfig) -> Networks:
     latent_avg = generator.mean_latent(MEAN_LATENT_SAMPLES)[0]  # [D]
     g_ema = copy.deepcopy(generator).eval().requires_grad_(False)
     image_d = Discriminator(cfg.image_size, channel_multiplier=1, max_channels=cfg.max_channels) if cfg.uses_image_d else None
-    return Networks(generator, g_ema, encoder, latent_d, latent_avg, cfg.encoder_passes, image_d)
+    nets = Networks(generator, g_ema, encoder, latent_d, latent_avg, cfg.encoder_passes, image_d)
+    if cfg.init_from:
+        start_from_release(nets, study_path(cfg.init_from))
+    return nets
+
+
+def start_from_release(nets: Networks, folder: Path) -> None:
+    """Copy the weights of ``folder``'s ``stylegan2.pt`` (``g``, ``g_ema``, ``latent_avg``) and ``e4e.pt``
+    (encoder, latent discriminator) into ``nets``, which must have their shapes (float16 files load as float32)."""
+    from megafr.nets.checkpoints import load_latent_discriminator
+
+    g_file, e_file = folder / STYLEGAN_FILE, folder / E4E_FILE
+    for path in (g_file, e_file):
+        if not path.is_file():
+            raise InputError(f"train_generator.init_from: {path} is missing; name a folder holding a release's "
+                             f"{STYLEGAN_FILE} and {E4E_FILE} (release/mini, a release run's train_generator folder) "
+                             "or set init_from: \"\"")
+    sources = {"g": load_stylegan2(g_file, "g")[0], "g_ema": load_stylegan2(g_file, "g_ema")[0],
+               "encoder": load_e4e(e_file).encoder, "latent_d": load_latent_discriminator(e_file)}
+    for name, source in sources.items():
+        target = getattr(nets, "generator" if name == "g" else name)
+        try:
+            target.load_state_dict(source.state_dict())
+        except RuntimeError as error:
+            raise InputError(f"train_generator.init_from: {folder}'s {name} does not fit this config's networks "
+                             f"(image_size, style_dim, n_mlp, max_channels, enc_width, enc_units, encoder_passes "
+                             f"must be the release's): {str(error).splitlines()[0]} ...") from None
+    nets.latent_avg.copy_(load_stylegan2(g_file)[1])
 
 
 def curve_columns(cfg: GeneratorStageConfig) -> list[str]:

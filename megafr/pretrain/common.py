@@ -134,6 +134,20 @@ def released_record(folder: Path, stage: str) -> dict:
     return json.loads(path.read_text()).get("stages", {}).get(stage, {}) if path.is_file() else {}
 
 
+INIT_FIELD = "init_from"  # a generator run that started from a release's files instead of random weights
+
+
+def effective_recipe(entry: dict) -> dict:
+    """The recipe a released stage's files amount to. A run that started from an earlier release's files
+    (its ``init_from``, recorded by the export as ``started_from``) amounts to that release's recipe for
+    the first phase and the run's own ``finetune_*`` fields for the fine-tune phase it added."""
+    recipe = entry.get("recipe", {})
+    base = entry.get("started_from")
+    if not base:
+        return recipe
+    return {**effective_recipe(base), **{k: v for k, v in recipe.items() if k.startswith("finetune_")}, INIT_FIELD: ""}
+
+
 def recipe_differences(cfg, recipe: dict) -> list[str]:
     """``field: profile value vs released value`` for every training field where ``cfg`` differs from the
     recipe a release was trained with (paths, modes and evaluation-only fields aside)."""
@@ -169,7 +183,7 @@ def load_released(cfg, files: dict[str, tuple[str, str]], curve_columns: list[st
     write_json(cfg.folder / PRODUCTS_FILE, {key: study_relative(path) for key, path in products.items()})
     folder = study_path(next(iter(paths.values()))).parent
     record = released_record(folder, cfg.STAGE)
-    differences = recipe_differences(cfg, record.get("recipe", {}))
+    differences = recipe_differences(cfg, effective_recipe(record))
     if differences:
         warnings.warn(f"{cfg.STAGE}: the profile's recipe differs from the one {study_relative(folder)} was trained "
                       f"with ({'; '.join(differences)}); the metrics are the released networks'. "
