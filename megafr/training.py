@@ -146,13 +146,14 @@ WARMUP_FRACTION = 0.03  # share of the steps with a linear learning-rate warm-up
 FINAL_LR_FRACTION = 0.05  # the cosine decays to this fraction of the peak learning rate
 
 
-def cosine_lr(peak: float, step: int, steps: int) -> float:
-    """Linear warm-up over WARMUP_FRACTION of the steps, then cosine decay to FINAL_LR_FRACTION * peak."""
-    warmup = max(1, int(WARMUP_FRACTION * steps))
+def cosine_lr(peak: float, step: int, steps: int, warmup_fraction: float = WARMUP_FRACTION,
+              final_fraction: float = FINAL_LR_FRACTION) -> float:
+    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to ``final_fraction * peak``."""
+    warmup = max(1, int(warmup_fraction * steps))
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-    floor = FINAL_LR_FRACTION * peak
+    floor = final_fraction * peak
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

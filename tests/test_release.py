@@ -56,3 +56,40 @@ def test_release_overrides_name_every_released_file():
 def test_half_refuses_values_float16_cannot_hold():
     with pytest.raises(OverflowError, match="float16"):
         release.half({"w": torch.tensor([1.0, 1e6])})
+
+
+@pytest.mark.parametrize("profile, first", [("mini", ("train_face3d",)), ("smoke", ())])
+def test_a_release_trains_the_3d_network_first_only_when_the_generator_reads_it(profile, first, monkeypatch):
+    """The mini recipe fine-tunes with the 3D network's distance: the run trains train_face3d first and the
+    generator reads that run's network; smoke's recipe does not, so its generator measures no pose."""
+    from pathlib import Path
+
+    from megafr import stages
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    params = f"profiles/{profile}.yaml"
+    order = release.trained_stages(params, "data/release/x")
+    assert order == (*first, *release.STAGES)
+    generator = stages.load_config("train_generator", root / params,
+                                   release.stage_overrides("train_generator", "data/release/x", bool(first)))
+    assert generator.face3d_path == (release.face3d_product("data/release/x") if first else "")
+    assert generator.uses_face3d == bool(first)
+
+
+def test_a_chained_release_amounts_to_its_first_recipe_plus_the_fine_tune():
+    """A run started from an earlier release's files (init_from, steps 0) is compared with a profile as the
+    earlier recipe's first phase and the run's fine-tune phase; other differences are still named."""
+    from megafr.pretrain import common
+
+    first = {"steps": 14000, "lr_g": 0.002, "finetune_steps": 0, "finetune_face3d": 0.0, "init_from": ""}
+    run = {"steps": 0, "lr_g": 0.002, "finetune_steps": 1800, "finetune_face3d": 0.2, "init_from": "data/release/v1"}
+    entry = {"recipe": run, "started_from": {"recipe": first, "source_commit": "abc"}}
+    assert common.effective_recipe(entry) == {"steps": 14000, "lr_g": 0.002, "finetune_steps": 1800,
+                                              "finetune_face3d": 0.2, "init_from": ""}
+    assert common.effective_recipe({"recipe": first}) == first
+
+    class Profile:
+        steps, lr_g, finetune_steps, finetune_face3d, init_from = 14000, 0.004, 1800, 0.2, ""
+
+    assert common.recipe_differences(Profile(), common.effective_recipe(entry)) == ["lr_g: 0.004 vs 0.002"]

@@ -51,7 +51,6 @@ split) or other code starts afresh instead of continuing weights trained on some
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -309,11 +308,7 @@ def load_landmark_set(cfg: TrainConfig, split: str) -> LandmarkSet:
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up over WARMUP_FRACTION of the steps, then cosine decay to zero."""
-    warmup = max(1, int(WARMUP_FRACTION * cfg.steps))
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.steps - warmup)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return training.cosine_lr(cfg.lr, step, cfg.steps, WARMUP_FRACTION, final_fraction=0.0)
 
 
 # -------------------------------------------------------------------------------------- losses
@@ -504,8 +499,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
         masks = None
         if data.masks is not None and cfg.lambda_sil > 0 and step % cfg.sil_every == 0:
             masks = torch.from_numpy(data.masks[rows[:sil_share]]).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
+        training.set_lr(optimizer, learning_rate(cfg, step))
         total, terms = engine(images, target, masks)
         training.check_finite("train_face3d", step, total, terms, path)
         optimizer.zero_grad(set_to_none=True)
