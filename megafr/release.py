@@ -122,8 +122,12 @@ def _done_record(stage: str, config) -> dict:
     from megafr.fileio import to_json_text
     from megafr.training import PRETRAIN_CODE, code_digest
 
-    if stage == FACE3D:  # its checkpoint records its data; its code is its own
-        return json.loads(to_json_text({"config": vars(config), "code": code_digest(TRAINING_CODE)}))
+    if stage == FACE3D:  # its code is its own; its inputs: the prepared splits and the head model
+        from megafr.config import study_files_digest
+
+        data = study_files_digest([config.model_path, config.landmark_path,
+                                   *(f for split in ("train", "test") for f in common.split_files(config.data_dir, split))])
+        return json.loads(to_json_text({"config": vars(config), "code": code_digest(TRAINING_CODE), "upstream": data}))
     return json.loads(to_json_text({"config": vars(config), "code": code_digest(PRETRAIN_CODE),
                                     "upstream": config.upstream_digest()}))
 
@@ -155,6 +159,14 @@ def train(params_file: str = PARAMS_FILE, run_dir: str = "", *, progress: bool =
     overrides = {stage: stage_overrides(stage, run_dir, FACE3D in order) for stage in order}
     configs = {stage: stages.load_config(stage, root / params_file, overrides[stage], run_dir)
                for stage in order}  # every value checked before hours of training
+    start = configs["train_generator"].init_from
+    if start:  # its files, and the record export will need, before anything trains
+        from megafr.pretrain.autoencoder import E4E_FILE, STYLEGAN_FILE
+
+        missing = [name for name in (STYLEGAN_FILE, E4E_FILE, RECORD) if not (study_path(start) / name).is_file()]
+        if missing:
+            raise InputError(f"train_generator.init_from: {start} lacks {', '.join(missing)}; it must hold a release "
+                             "(its files and release.json), e.g. a copy of release/<profile> made before retraining")
     for stage, config in configs.items():
         done = root / run_dir / DONE_DIR / f"{stage}.json"
         record = _done_record(stage, config)  # its input files are the earlier stages' finished products
@@ -254,6 +266,8 @@ def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "") -> 
     out_dir = study_path(out or release_folder(params["profile"]))
     configs = _finished_configs(params_file, run_dir)
     base = study_path(run_dir)
+    started = {stage: _starting_release(study_path(config.init_from), stage, out_dir) for stage, config in configs.items()
+               if getattr(config, common.INIT_FIELD, "")}  # read before anything is written
     record: dict[str, Any] = {"profile": params["profile"], "source_commit": _source_commit(root),
                               "exported": datetime.date.today().isoformat(), "machine": machine(),
                               "run_dir": run_dir, "stages": {}, "files": {}}
@@ -267,8 +281,8 @@ def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "") -> 
         recipe = {f: v for f, v in vars(config).items() if f not in ("out_dir", "run_dir", "data_dir")}
         record["stages"][stage] = {"recipe": recipe, "run": _read_json(run_log_path(config.folder)),
                                    "metrics": _read_json(base / "metrics" / f"{stage}.json")}
-        if getattr(config, common.INIT_FIELD, ""):
-            record["stages"][stage]["started_from"] = _starting_release(study_path(config.init_from), stage)
+        if stage in started:
+            record["stages"][stage]["started_from"] = started[stage]
     if FACE3D in trained_stages(params_file, run_dir):  # shaped the generator; recorded, not released
         config = stages.load_config(FACE3D, root / params_file, {}, "" if run_dir == "data" else run_dir)
         recipe = {f: v for f, v in vars(config).items() if f not in ("out_dir", "run_dir", "data_dir")}
@@ -281,9 +295,14 @@ def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "") -> 
     return write_json(out_dir / RECORD, record)
 
 
-def _starting_release(folder: Path, stage: str) -> dict:
+def _starting_release(folder: Path, stage: str, out_dir: Path | None = None) -> dict:
     """The record of the release a run started from (its ``init_from`` folder's ``release.json`` entry of
-    ``stage``, its commit and the SHA-256 of the files the run read), so the chain stays traceable."""
+    ``stage``, its commit and the SHA-256 of the files the run read), so the chain stays traceable; refused
+    when the export would overwrite that folder (``out_dir``)."""
+    if out_dir is not None and folder.resolve() == out_dir.resolve():
+        raise InputError(f"the generator's init_from is {folder}, the folder this export writes: the files the run "
+                         "started from would be lost; copy them (with their release.json) to another folder, point "
+                         "init_from there and train again, or export with --out elsewhere")
     earlier = _read_json(folder / RECORD)
     entry = earlier.get("stages", {}).get(stage)
     if not entry:

@@ -684,3 +684,6 @@ def test_recipe_differences_name_training_fields_only(tmp_path):
     cfg = _gen_cfg(tmp_path)
     recipe = {**vars(cfg), "steps": cfg.steps + 1, "n_eval": 999, "mode": "train", "idnet_path": "elsewhere.pt"}
     assert common.recipe_differences(cfg, recipe) == [f"steps: {cfg.steps!r} vs {cfg.steps + 1!r}"]
+    older = {k: v for k, v in recipe.items() if k != "finetune_steps"}  # a release made before the field existed
+    assert common.recipe_differences(cfg, older) == [f"steps: {cfg.steps!r} vs {cfg.steps + 1!r}",
+                                                     f"finetune_steps: {cfg.finetune_steps!r} vs not recorded"]

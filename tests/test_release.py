@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from megafr import release
+from megafr.errors import InputError
 from megafr.nets.checkpoints import load_arcface, load_e4e, load_stylegan2, save_arcface, save_encoder, save_stylegan2
 from megafr.nets.encoders import InversionNet
 
@@ -93,3 +94,21 @@ def test_a_chained_release_amounts_to_its_first_recipe_plus_the_fine_tune():
         steps, lr_g, finetune_steps, finetune_face3d, init_from = 14000, 0.004, 1800, 0.2, ""
 
     assert common.recipe_differences(Profile(), common.effective_recipe(entry)) == ["lr_g: 0.004 vs 0.002"]
+    # not a plain fine-tune of the earlier files: the run's own recipe is kept, so its differences are named
+    for changed in ({"steps": 500}, {"lr_g": 0.001}):
+        other = {"recipe": {**run, **changed}, "started_from": {"recipe": first}}
+        assert common.effective_recipe(other) == {**run, **changed}
+    twice = {"recipe": run, "started_from": {"recipe": {**first, "finetune_steps": 900}}}
+    assert common.effective_recipe(twice) == run
+
+
+def test_export_refuses_to_overwrite_the_files_a_run_started_from(tmp_path):
+    (tmp_path / "release.json").write_text('{"stages": {"train_generator": {"recipe": {"steps": 3}}}}')
+    with pytest.raises(InputError, match="would be lost"):
+        release._starting_release(tmp_path, "train_generator", tmp_path)
+    (tmp_path / "stylegan2.pt").write_bytes(b"g")
+    (tmp_path / "e4e.pt").write_bytes(b"e")
+    entry = release._starting_release(tmp_path, "train_generator", tmp_path / "new")
+    assert entry["recipe"] == {"steps": 3} and set(entry["files"]) == {"stylegan2.pt", "e4e.pt"}
+    with pytest.raises(InputError, match="no release.json entry for train_inversion"):
+        release._starting_release(tmp_path, "train_inversion", tmp_path / "new")

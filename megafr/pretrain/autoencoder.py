@@ -321,7 +321,7 @@ def start_from_release(nets: Networks, folder: Path) -> None:
     for path in (g_file, e_file):
         if not path.is_file():
             raise InputError(f"train_generator.init_from: {path} is missing; name a folder holding a release's "
-                             f"{STYLEGAN_FILE} and {E4E_FILE} (release/mini, a release run's train_generator folder) "
+                             f"{STYLEGAN_FILE} and {E4E_FILE} (a release folder such as a copy of release/mini) "
                              "or set init_from: \"\"")
     sources = {"g": load_stylegan2(g_file, "g")[0], "g_ema": load_stylegan2(g_file, "g_ema")[0],
                "encoder": load_e4e(e_file).encoder, "latent_d": load_latent_discriminator(e_file)}

@@ -15,6 +15,7 @@ with the weights of an uninterrupted run (``tests/test_pretrain.py`` checks it b
 
 from __future__ import annotations
 
+import dataclasses
 import contextlib
 import filecmp
 import shutil
@@ -139,13 +140,22 @@ INIT_FIELD = "init_from"  # a generator run that started from a release's files 
 
 def effective_recipe(entry: dict) -> dict:
     """The recipe a released stage's files amount to. A run that started from an earlier release's files
-    (its ``init_from``, recorded by the export as ``started_from``) amounts to that release's recipe for
-    the first phase and the run's own ``finetune_*`` fields for the fine-tune phase it added."""
+    (its ``init_from``, recorded by the export as ``started_from``) with no first phase of its own
+    (``steps`` 0), from a release without a fine-tune, and with that release's values in every other
+    training field, amounts to that release's recipe plus the run's ``finetune_*`` fields (up to the order
+    of its batches and random draws). Any other chain is left as it is, so that its differences are named."""
+    from megafr.training import PRETRAIN_FREE_FIELDS
+
     recipe = entry.get("recipe", {})
     base = entry.get("started_from")
     if not base:
         return recipe
-    return {**effective_recipe(base), **{k: v for k, v in recipe.items() if k.startswith("finetune_")}, INIT_FIELD: ""}
+    first = effective_recipe(base)
+    skip = {*PRETRAIN_FREE_FIELDS, "steps", INIT_FIELD}
+    same = all(first.get(k) == v for k, v in recipe.items() if k not in skip and not k.startswith("finetune_"))
+    if recipe.get("steps") != 0 or first.get("finetune_steps", 0) != 0 or not same:
+        return recipe
+    return {**first, **{k: v for k, v in recipe.items() if k.startswith("finetune_")}, INIT_FIELD: ""}
 
 
 def recipe_differences(cfg, recipe: dict) -> list[str]:
@@ -154,8 +164,12 @@ def recipe_differences(cfg, recipe: dict) -> list[str]:
     from megafr.training import PRETRAIN_FREE_FIELDS
 
     ignored = {*PRETRAIN_FREE_FIELDS, "data_dir", "model_path", "landmark_path"}
-    return [f"{name}: {getattr(cfg, name)!r} vs {value!r}" for name, value in recipe.items()
-            if name not in ignored and hasattr(cfg, name) and getattr(cfg, name) != value]
+    differ = [f"{name}: {getattr(cfg, name)!r} vs {value!r}" for name, value in recipe.items()
+              if name not in ignored and hasattr(cfg, name) and getattr(cfg, name) != value]
+    fields = [f.name for f in dataclasses.fields(cfg)] if dataclasses.is_dataclass(cfg) else []
+    unknown = [f"{name}: {getattr(cfg, name)!r} vs not recorded" for name in fields  # fields added since the release
+               if recipe and name not in recipe and name not in ignored]
+    return differ + unknown
 
 
 @dataclass
@@ -189,9 +203,10 @@ def load_released(cfg, files: dict[str, tuple[str, str]], curve_columns: list[st
                       f"with ({'; '.join(differences)}); the metrics are the released networks'. "
                       "`python -m megafr release` retrains them with the profile's values.")
     curve = folder / curve_file(cfg.STAGE)
-    steps = record.get("recipe", {}).get("steps")
+    recipe = effective_recipe(record)
+    steps = {k: recipe[k] for k in ("steps", "finetune_steps") if k in recipe}
     return Released(products, pd.read_csv(curve) if curve.is_file() else pd.DataFrame(columns=curve_columns),
-                    {"trained": 0, "released": 1, **({"steps": steps} if steps is not None else {})})
+                    {"trained": 0, "released": 1, **steps})
 
 
 def expose_official(released: str, product: Path) -> str:
