@@ -278,21 +278,25 @@ def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "") -> 
         copy.unlink(missing_ok=True)  # never keep an older release's curve
         if curve.is_file():
             pd.read_csv(curve).to_csv(copy, index=False, float_format="%.6g")
-        recipe = {f: v for f, v in vars(config).items() if f not in ("out_dir", "run_dir", "data_dir")}
-        record["stages"][stage] = {"recipe": recipe, "run": _read_json(run_log_path(config.folder)),
+        record["stages"][stage] = {"recipe": _recipe(config), "run": _read_json(run_log_path(config.folder)),
                                    "metrics": _read_json(base / "metrics" / f"{stage}.json")}
         if stage in started:
             record["stages"][stage]["started_from"] = started[stage]
     if FACE3D in trained_stages(params_file, run_dir):  # shaped the generator; recorded, not released
         config = stages.load_config(FACE3D, root / params_file, {}, "" if run_dir == "data" else run_dir)
-        recipe = {f: v for f, v in vars(config).items() if f not in ("out_dir", "run_dir", "data_dir")}
-        record["trained_with"] = {FACE3D: {"recipe": recipe, "metrics": _read_json(base / "metrics" / f"{FACE3D}.json")}}
+        record["trained_with"] = {FACE3D: {"recipe": _recipe(config),
+                                           "metrics": _read_json(base / "metrics" / f"{FACE3D}.json")}}
     written = [name for stage in STAGES for name in [*RELEASED[stage], common.curve_file(stage)]]
     for path in (out_dir / name for name in written):
         if path.is_file():
             record["files"][path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     record["total_bytes"] = sum(f["bytes"] for f in record["files"].values())
     return write_json(out_dir / RECORD, record)
+
+
+def _recipe(config) -> dict:
+    """A stage config's training fields as the record keeps them (its folders left out)."""
+    return {f: v for f, v in vars(config).items() if f not in ("out_dir", "run_dir", "data_dir")}
 
 
 def _starting_release(folder: Path, stage: str, out_dir: Path | None = None) -> dict:

@@ -15,8 +15,8 @@ with the weights of an uninterrupted run (``tests/test_pretrain.py`` checks it b
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import filecmp
 import shutil
 import warnings
@@ -197,13 +197,13 @@ def load_released(cfg, files: dict[str, tuple[str, str]], curve_columns: list[st
     write_json(cfg.folder / PRODUCTS_FILE, {key: study_relative(path) for key, path in products.items()})
     folder = study_path(next(iter(paths.values()))).parent
     record = released_record(folder, cfg.STAGE)
-    differences = recipe_differences(cfg, effective_recipe(record))
+    recipe = effective_recipe(record)
+    differences = recipe_differences(cfg, recipe)
     if differences:
         warnings.warn(f"{cfg.STAGE}: the profile's recipe differs from the one {study_relative(folder)} was trained "
                       f"with ({'; '.join(differences)}); the metrics are the released networks'. "
                       "`python -m megafr release` retrains them with the profile's values.")
     curve = folder / curve_file(cfg.STAGE)
-    recipe = effective_recipe(record)
     steps = {k: recipe[k] for k in ("steps", "finetune_steps") if k in recipe}
     return Released(products, pd.read_csv(curve) if curve.is_file() else pd.DataFrame(columns=curve_columns),
                     {"trained": 0, "released": 1, **steps})
