@@ -246,6 +246,29 @@ def _finished_configs(params_file: str, run_dir: str) -> dict:
     return configs
 
 
+def _check_trained_recipes(configs: dict, done_dir: Path) -> None:
+    """Refuse to export when a stage's finished run (its ``done/<stage>.json``) was trained with other training
+    values than the params file describes: the record would name a recipe the files were not made with.
+    Runs without a done-record (the study's own products) are not checked."""
+    from megafr.fileio import to_json_text
+    from megafr.training import PRETRAIN_FREE_FIELDS
+
+    problems = []
+    for stage, config in configs.items():
+        trained = _read_json(done_dir / f"{stage}.json").get("config")
+        if trained is None:
+            continue
+        now = json.loads(to_json_text(_recipe(config)))  # as the done-record stores it
+        fields = sorted({*now, *trained} - {*PRETRAIN_FREE_FIELDS, "out_dir", "run_dir", "data_dir"})
+        differ = [f"{k}: {now.get(k)!r} vs {trained.get(k)!r}" for k in fields if now.get(k) != trained.get(k)]
+        if differ:
+            problems.append(f"{stage} ({'; '.join(differ)})")
+    if problems:
+        raise InputError(f"the params file's recipe is not the one the runs under {done_dir.parent} were trained "
+                         f"with: {', '.join(problems)} (params vs trained); export with the params file they "
+                         "were trained with (`--params`), or train again with this one")
+
+
 def _save_half(source: Path, target: Path) -> None:
     try:
         obj = half(torch.load(source, map_location="cpu", weights_only=False))
@@ -266,6 +289,7 @@ def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "") -> 
     out_dir = study_path(out or release_folder(params["profile"]))
     configs = _finished_configs(params_file, run_dir)
     base = study_path(run_dir)
+    _check_trained_recipes(configs, base / DONE_DIR)
     started = {stage: _starting_release(study_path(config.init_from), stage, out_dir) for stage, config in configs.items()
                if getattr(config, common.INIT_FIELD, "")}  # read before anything is written
     record: dict[str, Any] = {"profile": params["profile"], "source_commit": _source_commit(root),

@@ -4,6 +4,8 @@ The whole command (train the three pretrained stages, export, evaluate the files
 runs on the smoke profile in ``tests/test_pipeline.py``.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -112,3 +114,19 @@ def test_export_refuses_to_overwrite_the_files_a_run_started_from(tmp_path):
     assert entry["recipe"] == {"steps": 3} and set(entry["files"]) == {"stylegan2.pt", "e4e.pt"}
     with pytest.raises(InputError, match="no release.json entry for train_inversion"):
         release._starting_release(tmp_path, "train_inversion", tmp_path / "new")
+
+
+def test_export_refuses_a_params_file_other_than_the_one_the_runs_trained_with(tmp_path):
+    """The record names the recipe from the params file, so it must be the one the finished runs used
+    (their done-records); paths and evaluation-only values may differ, runs without a record are not checked."""
+    from types import SimpleNamespace
+
+    done = tmp_path / "done"
+    done.mkdir()
+    trained = {"steps": 0, "finetune_steps": 3600, "init_from": "data/release/v2", "threads": 1, "run_dir": "a"}
+    (done / "train_generator.json").write_text(json.dumps({"config": trained, "code": "x"}))
+    same = SimpleNamespace(**{**trained, "threads": 2, "run_dir": "b"})
+    release._check_trained_recipes({"train_generator": same, "train_idnet": SimpleNamespace(steps=5)}, done)
+    other = SimpleNamespace(**{**trained, "finetune_steps": 1800})
+    with pytest.raises(InputError, match=r"train_generator \(finetune_steps: 1800 vs 3600\)"):
+        release._check_trained_recipes({"train_generator": other}, done)
