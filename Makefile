@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # threads ran 0.01-0.26x the speed of one thread (benchmarks/, `threads` section).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: study test validate release profile-smoke profile-mini profile-paper profile-paper-ci benchmarks lab
+.PHONY: study test validate release release-mini profile-smoke profile-mini profile-paper profile-paper-ci benchmarks lab
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,24 @@ benchmarks: $(VENV)/.installed
 lab: $(VENV)/.installed
 	$(BIN)/jupyter lab
 
-# Retrain the mini world's released networks (train_idnet, train_generator, train_inversion) from scratch
-# with the active profile's recipe and rewrite release/<profile>/ (hours on a CPU; docs/mini_release.md).
+# Retrain the released networks (train_idnet, train_generator, train_inversion) with the active profile's
+# recipe and rewrite release/<profile>/ (smoke: minutes; the mini profile's recipe starts from its chain's
+# second release, see release-mini).
 release: $(VENV)/.installed
 	$(BIN)/python -m megafr release
+
+# The mini release from scratch (about 3.5 hours on 2 CPU cores; docs/mini_release.md): a chain of three
+# runs, each starting from the files the one before exported: the first release's 14000 steps, a fine-tune
+# with the 3D network's perceptual distance at 0.2, and the profile's own longer fine-tune at 0.04. Needs
+# the mini profile's data (`make profile-mini`, then `dvc repro prepare`). Each export's release.json
+# (written last) marks a finished run, so an interrupted chain continues with the run it stopped in.
+MINI_FIRST := --set train_generator.steps=14000 --set train_generator.init_from= \
+	--set train_generator.finetune_steps=0 --set train_generator.finetune_face3d=0
+MINI_SECOND := --set train_generator.steps=0 --set train_generator.init_from=data/release/mini-v1 \
+	--set train_generator.finetune_steps=1800 --set train_generator.finetune_face3d=0.2
+data/release/mini-v1/release.json: | $(VENV)/.installed
+	$(BIN)/python -m megafr release --params profiles/mini.yaml $(MINI_FIRST) --out data/release/mini-v1
+data/release/mini-v2/release.json: data/release/mini-v1/release.json | $(VENV)/.installed
+	$(BIN)/python -m megafr release --params profiles/mini.yaml $(MINI_SECOND) --out data/release/mini-v2
+release-mini: data/release/mini-v2/release.json | $(VENV)/.installed
+	$(BIN)/python -m megafr release --params profiles/mini.yaml

@@ -10,6 +10,8 @@
   one photo by another;
 - ``reenact --source A --driving CLIP --out C.mp4 [--relative] [--paste-back] [--smooth ...] [--half]``: drive
   one photo by a video (``megafr.reenact.drive``);
+- ``release [--params FILE] [--set STAGE.FIELD=VALUE ...] [--out DIR]``: retrain the pretrained stages of a
+  synthetic world and export their float16 files (``megafr.release``);
 - ``check [--profile NAME] [--stage STAGE]``: list every external file the profile needs and is missing
   (``megafr.preflight``; only ``paper`` needs any).
 
@@ -73,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     release.add_argument("--run-dir", default="", help="folder of the training runs (default: data/release/<profile>; "
                                                         "an interrupted run resumes there)")
     release.add_argument("--out", default="", help="folder of the released files (default: release/<profile>)")
+    release.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", dest="settings",
+                         help="a training value replacing the params file's for this run (repeatable), e.g. "
+                              "train_generator.init_from=data/release/mini-v1; a chain of releases is a few such lines")
     release.add_argument("--export-only", action="store_true",
                          help="skip training: export the products already under --run-dir (\"data\": the study's own)")
 
@@ -160,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "release":
             from megafr import release
 
-            run_dir = args.run_dir if args.export_only else release.train(args.params, args.run_dir)
-            record = release.export(args.params, run_dir, args.out)
+            settings = release.parse_settings(args.settings)
+            run_dir = args.run_dir if args.export_only else release.train(args.params, args.run_dir, settings=settings)
+            record = release.export(args.params, run_dir, args.out, settings)
             print(release.describe(record))
         elif args.command == "check":
             _check(args.profile, args.stage)

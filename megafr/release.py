@@ -3,7 +3,8 @@
 The paper world starts from released files (ArcFace IR-SE50, StyleGAN2, e4e, pSp) that nobody
 retrains. The mini world makes its own stand-ins, and training them well takes hours on a CPU, so it
 releases them the same way: ``python -m megafr release`` trains ``train_idnet``, ``train_generator``
-and ``train_inversion`` with the recipe of the active profile (their ``mode`` forced to ``train``),
+and ``train_inversion`` with the recipe of the active profile (or ``--params``; ``--set`` changes single
+values for one run, so a chain of releases is a few command lines) with their ``mode`` forced to ``train``,
 each stage reading the previous one's fresh products, in ``data/release/<profile>/`` (an interrupted
 run resumes from its checkpoints there). When the generator's recipe trains with the 3D face network's
 perceptual distance (``finetune_face3d``), ``train_face3d`` is trained there first, with the study's
@@ -33,12 +34,14 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
 import torch
+import yaml
 
 from megafr import stages
 from megafr.config import PARAMS_FILE, load_params, study_path, study_relative, study_root
@@ -56,6 +59,7 @@ RELEASED = {  # stage -> {released file: the config field that names it in relea
     "train_inversion": {"psp.pt": "official_psp"},
 }
 RECORD = common.RELEASE_RECORD
+Settings = Mapping[str, Mapping[str, Any]] | None  # {stage: {field: value}} replacing the params file's (--set)
 DONE_DIR = "done"  # <run_dir>/done/<stage>.json: a finished stage's config, code and input digests
 VALIDATED = "data/validate.json"  # the validate stage's record: the profile whose data data/prepare holds
 RUNS_DIR = "data/release"
@@ -80,13 +84,42 @@ def face3d_product(run_dir: str) -> str:
     return f"{run_dir}/{FACE3D}/{CHECKPOINT_FILE}"
 
 
-def stage_overrides(stage: str, run_dir: str, face3d: bool = False) -> dict[str, Any]:
-    """The fields a release run changes: train mode, and the upstream products read from the run itself
-    (the generator's identity term uses the identity network trained before it, not the study's; with
-    ``face3d``, its fine-tune reads the 3D network the run trained first)."""
+CONTROLLED = ("mode", "idnet_path", "face3d_path", "stylegan2_path", "e4e_path", "profile")  # set by the command
+YAML_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-3: a float to YAML 1.2, a string to PyYAML
+
+
+def parse_settings(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["train_generator.steps=0", ...]`` (the command's ``--set``) -> ``{stage: {field: value}}``: training
+    values that replace the params file's for one run, so that each run of a chain of releases (each starting
+    from the previous one's files) is one command line. Values are read as YAML (``0.2``, ``true``); an empty
+    value is the empty string."""
+    settings: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, equals, text = item.partition("=")
+        stage, dot, field = key.partition(".")
+        if not (equals and dot and field):
+            raise InputError(f"--set {item}: write STAGE.FIELD=VALUE, e.g. --set train_generator.finetune_steps=1800")
+        if stage not in (FACE3D, *STAGES):
+            raise InputError(f"--set {item}: a release trains {', '.join((FACE3D, *STAGES))}, not {stage}")
+        if field in CONTROLLED or field in stages.code_fields(stage):
+            raise InputError(f"--set {item}: {field} is not a training value; the release command sets the stages' "
+                             "modes, folders and the products they read from each other")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as error:
+            raise InputError(f"--set {item}: the value is not YAML ({str(error).splitlines()[0]}); quote it") from None
+        settings.setdefault(stage, {})[field] = float(value) if isinstance(value, str) and YAML_FLOAT.fullmatch(value) else value
+    return settings
+
+
+def stage_overrides(stage: str, run_dir: str, face3d: bool = False,
+                    settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The fields a release run changes: ``settings`` (the command's ``--set``), train mode, and the upstream
+    products read from the run itself (the generator's identity term uses the identity network trained
+    before it, not the study's; with ``face3d``, its fine-tune reads the 3D network the run trained first)."""
     product = {"train_idnet": f"{run_dir}/train_idnet/arcface.pt",
                "train_generator": f"{run_dir}/train_generator"}
-    return {
+    fixed = {
         FACE3D: {},
         "train_idnet": {"mode": "train"},
         # without the perceptual distance the 3D network is not trained here: the layer swap's pose is then
@@ -97,6 +130,7 @@ def stage_overrides(stage: str, run_dir: str, face3d: bool = False) -> dict[str,
                             "stylegan2_path": f"{product['train_generator']}/stylegan2.pt",
                             "e4e_path": f"{product['train_generator']}/e4e.pt"},
     }[stage]
+    return {**(settings or {}).get(stage, {}), **fixed}
 
 
 def _require_trainable(params: Mapping[str, Any], run_dir: str, root: Path) -> None:
@@ -137,26 +171,30 @@ def _products(stage: str, config) -> list[Path]:
     return [config.checkpoint_path] if stage == FACE3D else [config.folder / name for name in RELEASED[stage]]
 
 
-def trained_stages(params_file: str, run_dir: str) -> tuple[str, ...]:
+def trained_stages(params_file: str, run_dir: str, settings: Settings = None) -> tuple[str, ...]:
     """The stages a release run trains, in order: ``train_face3d`` first when the generator's recipe reads
     the 3D network, then the released ones."""
     probe = stages.load_config("train_generator", study_root() / params_file,
-                               stage_overrides("train_generator", run_dir, face3d=True), run_dir)
+                               stage_overrides("train_generator", run_dir, True, settings), run_dir)
     return ((FACE3D,) if probe.uses_face3d else ()) + STAGES
 
 
-def train(params_file: str = PARAMS_FILE, run_dir: str = "", *, progress: bool = True) -> str:
-    """Run the three stages' notebooks in train mode under ``run_dir`` (default ``data/release/<profile>``)
-    and return ``run_dir``. Every stage's values are checked before the first one trains; a stage that
-    finished earlier with the same config, code and input files is skipped, and an interrupted one
+def train(params_file: str = PARAMS_FILE, run_dir: str = "", *, settings: Settings = None,
+          progress: bool = True) -> str:
+    """Run the three stages' notebooks in train mode under ``run_dir`` (default ``data/release/<profile>``),
+    with the params file's values changed by ``settings`` (:func:`parse_settings`), and return ``run_dir``.
+    Every stage's values are checked before the first one trains; a stage that finished earlier with the same config, code and input files is skipped, and an interrupted one
     resumes from its checkpoint, so running the command again continues where it stopped."""
     root = study_root()
     params = load_params(root / params_file)
     stages.validate(params)
     run_dir = run_dir or run_folder(params["profile"])
     _require_trainable(params, run_dir, root)
-    order = trained_stages(params_file, run_dir)
-    overrides = {stage: stage_overrides(stage, run_dir, FACE3D in order) for stage in order}
+    order = trained_stages(params_file, run_dir, settings)
+    if settings and FACE3D in settings and FACE3D not in order:
+        raise InputError(f"--set {FACE3D}.*: this run does not train the 3D network (its generator recipe has "
+                         "finetune_face3d: 0); drop those settings")
+    overrides = {stage: stage_overrides(stage, run_dir, FACE3D in order, settings) for stage in order}
     configs = {stage: stages.load_config(stage, root / params_file, overrides[stage], run_dir)
                for stage in order}  # every value checked before hours of training
     start = configs["train_generator"].init_from
@@ -166,7 +204,8 @@ def train(params_file: str = PARAMS_FILE, run_dir: str = "", *, progress: bool =
         missing = [name for name in (STYLEGAN_FILE, E4E_FILE, RECORD) if not (study_path(start) / name).is_file()]
         if missing:
             raise InputError(f"train_generator.init_from: {start} lacks {', '.join(missing)}; it must hold a release "
-                             "(its files and release.json), e.g. a copy of release/<profile> made before retraining")
+                             "(its files and release.json), e.g. a copy of release/<profile> made before retraining, or the "
+                             "earlier run of a chain of releases (the mini release from scratch: `make release-mini`)")
     for stage, config in configs.items():
         done = root / run_dir / DONE_DIR / f"{stage}.json"
         record = _done_record(stage, config)  # its input files are the earlier stages' finished products
@@ -225,14 +264,14 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _finished_configs(params_file: str, run_dir: str) -> dict:
+def _finished_configs(params_file: str, run_dir: str, settings: Settings = None) -> dict:
     """``{stage: config}`` of a finished release run under ``run_dir`` (``config.folder``: its products),
     or an error naming what is missing."""
     base, problems, configs = study_path(run_dir), [], {}
-    face3d = FACE3D in trained_stages(params_file, run_dir)
+    face3d = FACE3D in trained_stages(params_file, run_dir, settings)
     for stage in STAGES:
         config = configs[stage] = stages.load_config(stage, study_root() / params_file,
-                                                     stage_overrides(stage, run_dir, face3d),
+                                                     stage_overrides(stage, run_dir, face3d, settings),
                                                      "" if run_dir == "data" else run_dir)
         problems += [f"{config.folder / name} is missing" for name in RELEASED[stage]
                      if not (config.folder / name).is_file()]
@@ -278,16 +317,16 @@ def _save_half(source: Path, target: Path) -> None:
         torch.save(obj, temp)
 
 
-def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "") -> Path:
+def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "", settings: Settings = None) -> Path:
     """Write the float16 release of the products under ``run_dir`` (default ``data/release/<profile>``;
     ``"data"``: the study's own products, when its stages trained) to ``out`` (default ``release/<profile>``)
-    with the curves and ``release.json``; returns the record's path. Nothing is written unless every
-    stage's run is finished."""
+    with the curves and ``release.json``; returns the record's path. ``settings``: the ones the runs were
+    trained with. Nothing is written unless every stage's run is finished."""
     root = study_root()
     params = load_params(root / params_file)
     run_dir = run_dir or run_folder(params["profile"])
     out_dir = study_path(out or release_folder(params["profile"]))
-    configs = _finished_configs(params_file, run_dir)
+    configs = _finished_configs(params_file, run_dir, settings)
     base = study_path(run_dir)
     _check_trained_recipes(configs, base / DONE_DIR)
     started = {stage: _starting_release(study_path(config.init_from), stage, out_dir) for stage, config in configs.items()
@@ -306,8 +345,9 @@ def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "") -> 
                                    "metrics": _read_json(base / "metrics" / f"{stage}.json")}
         if stage in started:
             record["stages"][stage]["started_from"] = started[stage]
-    if FACE3D in trained_stages(params_file, run_dir):  # shaped the generator; recorded, not released
-        config = stages.load_config(FACE3D, root / params_file, {}, "" if run_dir == "data" else run_dir)
+    if FACE3D in trained_stages(params_file, run_dir, settings):  # shaped the generator; recorded, not released
+        config = stages.load_config(FACE3D, root / params_file, stage_overrides(FACE3D, run_dir, settings=settings),
+                                    "" if run_dir == "data" else run_dir)
         record["trained_with"] = {FACE3D: {"recipe": _recipe(config),
                                            "metrics": _read_json(base / "metrics" / f"{FACE3D}.json")}}
     written = [name for stage in STAGES for name in [*RELEASED[stage], common.curve_file(stage)]]

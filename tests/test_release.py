@@ -130,3 +130,79 @@ def test_export_refuses_a_params_file_other_than_the_one_the_runs_trained_with(t
     other = SimpleNamespace(**{**trained, "finetune_steps": 1800})
     with pytest.raises(InputError, match=r"train_generator \(finetune_steps: 1800 vs 3600\)"):
         release._check_trained_recipes({"train_generator": other}, done)
+
+
+def test_set_replaces_training_values_for_one_run_and_leaves_the_commands_own_alone(monkeypatch):
+    """`release --set STAGE.FIELD=VALUE`: YAML values for the named stage (an empty value is "", 1e-3 a
+    float), the fields the command controls refused, and the run's stage order follows them (no 3D network without its distance)."""
+    from pathlib import Path
+
+    from megafr import stages
+
+    settings = release.parse_settings(["train_generator.finetune_face3d=0", "train_generator.init_from=",
+                                       "train_generator.steps=14000", "train_inversion.lr=1e-3"])
+    assert settings == {"train_generator": {"finetune_face3d": 0, "init_from": "", "steps": 14000},
+                        "train_inversion": {"lr": 0.001}}
+    for bad, words in (("train_generator.steps", "STAGE.FIELD=VALUE"), ("steps=3", "STAGE.FIELD=VALUE"),
+                       ("train_reenact.steps=3", "not train_reenact"), ("train_generator.mode=train", "not a training"),
+                       ("train_generator.data_dir=x", "not a training"), ("train_generator.init_from=a: b: c", "quote it")):
+        with pytest.raises(InputError, match=words):
+            release.parse_settings([bad])
+    overrides = release.stage_overrides("train_generator", "data/release/x", False, settings)
+    assert overrides["steps"] == 14000 and overrides["mode"] == "train" and overrides["face3d_path"] == ""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    assert release.trained_stages("profiles/mini.yaml", "data/release/x", settings) == release.STAGES
+    config = stages.load_config("train_generator", root / "profiles/mini.yaml", overrides, "data/release/x")
+    assert (config.steps, config.init_from, config.finetune_face3d) == (14000, "", 0)
+
+
+def test_the_mini_profile_is_the_recipe_of_the_committed_release(monkeypatch):
+    """The study warns when the active profile's recipe differs from the one release/mini was trained with;
+    the committed profile and files must agree (run with the overrides the release command used)."""
+    from pathlib import Path
+
+    from megafr import stages
+    from megafr.pretrain import common
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    record = json.loads((root / "release/mini/release.json").read_text())
+    face3d = "trained_with" in record
+    for stage in release.STAGES:
+        config = stages.load_config(stage, root / "profiles/mini.yaml",
+                                    release.stage_overrides(stage, record["run_dir"], face3d), record["run_dir"])
+        recipe = common.effective_recipe(record["stages"][stage])
+        assert common.recipe_differences(config, recipe) == [], stage
+
+
+def _make_settings(name: str) -> list[str]:
+    """The ``--set`` values of a Makefile variable (continued lines joined)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "Makefile").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith(f"{name} :="))
+    words = line.partition(":=")[2].split()
+    return [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+
+
+def test_make_release_mini_retrains_the_chain_the_committed_release_records(monkeypatch):
+    """`make release-mini` runs the profile with the Makefile's --set values for the first two runs; the
+    committed release.json holds the chain (started_from), and each run's recipe is the one recorded.
+    (The first run's record predates the fine-tune fields: those are 'not recorded', not different.)"""
+    from pathlib import Path
+
+    from megafr import stages
+    from megafr.pretrain import common
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    entry = json.loads((root / "release/mini/release.json").read_text())["stages"]["train_generator"]
+    second = entry["started_from"]
+    first = second["started_from"]
+    for variable, recorded in (("MINI_SECOND", second), ("MINI_FIRST", first)):
+        settings = release.parse_settings(_make_settings(variable))
+        config = stages.load_config("train_generator", root / "profiles/mini.yaml",
+                                    release.stage_overrides("train_generator", "data/release/mini", True, settings))
+        differences = [d for d in common.recipe_differences(config, recorded["recipe"]) if "not recorded" not in d]
+        assert differences == [], variable
