@@ -163,7 +163,8 @@ def recipe_differences(cfg, recipe: dict) -> list[str]:
     recipe a release was trained with (paths, modes and evaluation-only fields aside)."""
     from megafr.training import PRETRAIN_FREE_FIELDS
 
-    ignored = {*PRETRAIN_FREE_FIELDS, "data_dir", "model_path", "landmark_path"}
+    ignored = {*PRETRAIN_FREE_FIELDS, "data_dir", "model_path", "landmark_path",
+               "stylegan2_path", "e4e_path"}  # where the upstream products lay, not how they were trained on
     differ = [f"{name}: {getattr(cfg, name)!r} vs {value!r}" for name, value in recipe.items()
               if name not in ignored and hasattr(cfg, name) and getattr(cfg, name) != value]
     fields = [f.name for f in dataclasses.fields(cfg)] if dataclasses.is_dataclass(cfg) else []
