@@ -687,3 +687,16 @@ def test_recipe_differences_name_training_fields_only(tmp_path):
     older = {k: v for k, v in recipe.items() if k != "finetune_steps"}  # a release made before the field existed
     assert common.recipe_differences(cfg, older) == [f"steps: {cfg.steps!r} vs {cfg.steps + 1!r}",
                                                      f"finetune_steps: {cfg.finetune_steps!r} vs not recorded"]
+
+
+def test_pose_table_degrees_is_writable_for_torch(tmp_path):
+    """A SynthHeads table read from parquet holds float32 columns; the pose array must still be a writable
+    copy, or torch.from_numpy warns in every layer-swap evaluation."""
+    import pandas as pd
+
+    from megafr.pretrain.latent_structure import pose_table_degrees
+
+    frame = pd.DataFrame({name: np.arange(3, dtype=np.float32) for name in ("yaw_deg", "pitch_deg", "roll_deg")})
+    frame.to_parquet(tmp_path / "meta.parquet")
+    pose = pose_table_degrees(pd.read_parquet(tmp_path / "meta.parquet").iloc[[1, 2]])
+    assert pose.flags.writeable and pose.dtype == np.float32 and pose.shape == (2, 3)

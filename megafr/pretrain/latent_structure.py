@@ -142,4 +142,4 @@ def face3d_pose_measure(checkpoint_path, model_path=None, landmark_path=None) ->
 
 def pose_table_degrees(table) -> np.ndarray:
     """Ground-truth yaw/pitch/roll in degrees [N, 3] of rows of a SynthHeads table."""
-    return table[["yaw_deg", "pitch_deg", "roll_deg"]].to_numpy(dtype=np.float32)
+    return table[["yaw_deg", "pitch_deg", "roll_deg"]].to_numpy(dtype=np.float32, copy=True)  # writable: torch.from_numpy
