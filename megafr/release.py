@@ -112,8 +112,7 @@ def parse_settings(items: list[str]) -> dict[str, dict[str, Any]]:
     return settings
 
 
-def stage_overrides(stage: str, run_dir: str, face3d: bool = False,
-                    settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def stage_overrides(stage: str, run_dir: str, face3d: bool = False, settings: Settings = None) -> dict[str, Any]:
     """The fields a release run changes: ``settings`` (the command's ``--set``), train mode, and the upstream
     products read from the run itself (the generator's identity term uses the identity network trained
     before it, not the study's; with ``face3d``, its fine-tune reads the 3D network the run trained first)."""
@@ -183,8 +182,9 @@ def train(params_file: str = PARAMS_FILE, run_dir: str = "", *, settings: Settin
           progress: bool = True) -> str:
     """Run the three stages' notebooks in train mode under ``run_dir`` (default ``data/release/<profile>``),
     with the params file's values changed by ``settings`` (:func:`parse_settings`), and return ``run_dir``.
-    Every stage's values are checked before the first one trains; a stage that finished earlier with the same config, code and input files is skipped, and an interrupted one
-    resumes from its checkpoint, so running the command again continues where it stopped."""
+    Every stage's values are checked before the first one trains; a stage that finished earlier with the
+    same config, code and input files is skipped, and an interrupted one resumes from its checkpoint, so
+    running the command again continues where it stopped."""
     root = study_root()
     params = load_params(root / params_file)
     stages.validate(params)
@@ -264,11 +264,10 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _finished_configs(params_file: str, run_dir: str, settings: Settings = None) -> dict:
-    """``{stage: config}`` of a finished release run under ``run_dir`` (``config.folder``: its products),
-    or an error naming what is missing."""
+def _finished_configs(params_file: str, run_dir: str, face3d: bool, settings: Settings = None) -> dict:
+    """``{stage: config}`` of a finished release run under ``run_dir`` (``config.folder``: its products;
+    ``face3d``: the run trained the 3D network), or an error naming what is missing."""
     base, problems, configs = study_path(run_dir), [], {}
-    face3d = FACE3D in trained_stages(params_file, run_dir, settings)
     for stage in STAGES:
         config = configs[stage] = stages.load_config(stage, study_root() / params_file,
                                                      stage_overrides(stage, run_dir, face3d, settings),
@@ -289,17 +288,12 @@ def _check_trained_recipes(configs: dict, done_dir: Path) -> None:
     """Refuse to export when a stage's finished run (its ``done/<stage>.json``) was trained with other training
     values than the params file describes: the record would name a recipe the files were not made with.
     Runs without a done-record (the study's own products) are not checked."""
-    from megafr.fileio import to_json_text
-    from megafr.training import PRETRAIN_FREE_FIELDS
-
     problems = []
     for stage, config in configs.items():
         trained = _read_json(done_dir / f"{stage}.json").get("config")
         if trained is None:
             continue
-        now = json.loads(to_json_text(_recipe(config)))  # as the done-record stores it
-        fields = sorted({*now, *trained} - {*PRETRAIN_FREE_FIELDS, "out_dir", "run_dir", "data_dir"})
-        differ = [f"{k}: {now.get(k)!r} vs {trained.get(k)!r}" for k in fields if now.get(k) != trained.get(k)]
+        differ = common.recipe_differences(config, trained)  # the comparison release mode warns with
         if differ:
             problems.append(f"{stage} ({'; '.join(differ)})")
     if problems:
@@ -326,7 +320,8 @@ def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "", set
     params = load_params(root / params_file)
     run_dir = run_dir or run_folder(params["profile"])
     out_dir = study_path(out or release_folder(params["profile"]))
-    configs = _finished_configs(params_file, run_dir, settings)
+    face3d = FACE3D in trained_stages(params_file, run_dir, settings)
+    configs = _finished_configs(params_file, run_dir, face3d, settings)
     base = study_path(run_dir)
     _check_trained_recipes(configs, base / DONE_DIR)
     started = {stage: _starting_release(study_path(config.init_from), stage, out_dir) for stage, config in configs.items()
@@ -345,7 +340,7 @@ def export(params_file: str = PARAMS_FILE, run_dir: str = "", out: str = "", set
                                    "metrics": _read_json(base / "metrics" / f"{stage}.json")}
         if stage in started:
             record["stages"][stage]["started_from"] = started[stage]
-    if FACE3D in trained_stages(params_file, run_dir, settings):  # shaped the generator; recorded, not released
+    if face3d:  # shaped the generator; recorded, not released
         config = stages.load_config(FACE3D, root / params_file, stage_overrides(FACE3D, run_dir, settings=settings),
                                     "" if run_dir == "data" else run_dir)
         record["trained_with"] = {FACE3D: {"recipe": _recipe(config),
