@@ -199,13 +199,9 @@ def train(params_file: str = PARAMS_FILE, run_dir: str = "", *, settings: Settin
                for stage in order}  # every value checked before hours of training
     start = configs["train_generator"].init_from
     if start:  # its files, and the record export will need, before anything trains
-        from megafr.pretrain.autoencoder import E4E_FILE, STYLEGAN_FILE
+        from megafr.pretrain.autoencoder import require_release_files
 
-        missing = [name for name in (STYLEGAN_FILE, E4E_FILE, RECORD) if not (study_path(start) / name).is_file()]
-        if missing:
-            raise InputError(f"train_generator.init_from: {start} lacks {', '.join(missing)}; it must hold a release "
-                             "(its files and release.json), e.g. a copy of release/<profile> made before retraining, or the "
-                             "earlier run of a chain of releases (the mini release from scratch: `make release-mini`)")
+        require_release_files(study_path(start), (RECORD,))  # the export reads the release.json it started from
     for stage, config in configs.items():
         done = root / run_dir / DONE_DIR / f"{stage}.json"
         record = _done_record(stage, config)  # its input files are the earlier stages' finished products

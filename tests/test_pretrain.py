@@ -521,8 +521,11 @@ def test_generator_starts_from_released_files(tmp_path, images, pool):
         _gen_cfg(tmp_path / "none", steps=0, finetune_steps=0, init_from=folder)
     with pytest.raises(InputError, match="steps"):
         _gen_cfg(tmp_path / "scratch", steps=0, finetune_steps=2)
-    with pytest.raises(InputError, match="is missing"):
+    with pytest.raises(InputError, match="nowhere lacks stylegan2.pt, e4e.pt"):
         ae.build_networks(_gen_cfg(tmp_path / "gone", init_from=str(tmp_path / "nowhere")))
+    ae.require_release_files(Path(folder))
+    with pytest.raises(InputError, match="lacks release.json"):  # what a release run's export will read
+        ae.require_release_files(Path(folder), ("release.json",))
     with pytest.raises(InputError, match="does not fit"):
         ae.build_networks(_gen_cfg(tmp_path / "wide", init_from=folder, enc_width=first.enc_width * 2))
 

@@ -70,7 +70,7 @@ import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -312,17 +312,23 @@ def build_networks(cfg: GeneratorStageConfig) -> Networks:
     return nets
 
 
+def require_release_files(folder: Path, extra: Sequence[str] = ()) -> None:
+    """Raise InputError naming what ``folder`` (a ``train_generator.init_from``) lacks of a release's
+    ``stylegan2.pt``, ``e4e.pt`` and the ``extra`` file names."""
+    missing = [name for name in (STYLEGAN_FILE, E4E_FILE, *extra) if not (folder / name).is_file()]
+    if missing:
+        raise InputError(f"train_generator.init_from: {folder} lacks {', '.join(missing)}; name a folder "
+                         "holding a release (a copy of release/<profile> made before retraining, or the earlier run "
+                         "of a chain of releases: `make release-mini`) or set init_from: \"\"")
+
+
 def start_from_release(nets: Networks, folder: Path) -> None:
     """Copy the weights of ``folder``'s ``stylegan2.pt`` (``g``, ``g_ema``, ``latent_avg``) and ``e4e.pt``
     (encoder, latent discriminator) into ``nets``, which must have their shapes (float16 files load as float32)."""
     from megafr.nets.checkpoints import load_latent_discriminator
 
+    require_release_files(folder)
     g_file, e_file = folder / STYLEGAN_FILE, folder / E4E_FILE
-    for path in (g_file, e_file):
-        if not path.is_file():
-            raise InputError(f"train_generator.init_from: {path} is missing; name a folder holding a release's "
-                             f"{STYLEGAN_FILE} and {E4E_FILE} (a release folder such as a copy of release/mini) "
-                             "or set init_from: \"\"")
     sources = {"g": load_stylegan2(g_file, "g")[0], "g_ema": load_stylegan2(g_file, "g_ema")[0],
                "encoder": load_e4e(e_file).encoder, "latent_d": load_latent_discriminator(e_file)}
     for name, source in sources.items():
