@@ -217,17 +217,19 @@ def test_pose_control_measures_every_output(reenactor, inputs, directions):
 
 
 def test_latent_edit_moves_the_code_to_the_requested_value(reenactor, inputs, directions):
-    from megafr.figures.measure import as_tensor, latent_edit
+    from megafr.figures.measure import as_tensor, inversions, latent_edit
 
     sources = as_tensor(inputs.yaw.sources)
     _, w_s = rt.invert(reenactor.frozen, sources)
     edited = directions["yaw_deg"].edit(w_s, torch.tensor([10.0, -5.0]))
     expected = reenactor.model.synthesize(edited).clamp(-1, 1)
     assert torch.allclose(latent_edit(reenactor, sources, directions["yaw_deg"], [10.0, -5.0]), expected, atol=1e-5)
+    many = sources.repeat(20, 1, 1, 1)  # 40 images: two batches of measure.BATCH
+    assert torch.allclose(inversions(reenactor, many), rt.invert(reenactor.frozen, many)[0], atol=1e-5)
 
 
 def test_frontalization_and_eye_opening(reenactor, inputs):
-    from megafr.figures.measure import pose_degrees
+    from megafr.figures.measure import eyelid_gaps, inversions, pose_degrees
 
     front = panels.frontalization_figure(reenactor, inputs.frontal, 0, "tiny")
     assert len(front.table) == 3 and len(front.figure.axes) == 4 * 3
@@ -238,7 +240,9 @@ def test_frontalization_and_eye_opening(reenactor, inputs):
     assert panels.eyelid_values(np.array([0.0, 0.5, 1.0]), 1.0, 0.0) == pytest.approx([1.0, 0.5, 0.0])
     eyes = panels.eye_opening_figure(reenactor, inputs.eyes, (1, 2), 1.0, 0.0, 0, "tiny")
     assert len(eyes.table) == 2 * 5
-    assert {"megafr_gap_mm", "truth_gap_mm", "truth_measured_gap_mm"} <= set(eyes.table.columns)
+    assert {"megafr_gap_mm", "truth_gap_mm", "truth_measured_gap_mm", "truth_inverted_gap_mm"} <= set(eyes.table.columns)
+    inverted = eyelid_gaps(reenactor, inversions(reenactor, inputs.eyes.truth.reshape(-1, *inputs.eyes.truth.shape[2:])))
+    np.testing.assert_allclose(eyes.table["truth_inverted_gap_mm"], inverted, atol=1e-5)
     assert _axes_count(eyes.figure) == 4 * 6 + 1
     metrics = stage.eye_metrics(eyes.table)
     assert metrics["megafr_gap_mae_mm"] == pytest.approx((eyes.table["megafr_gap_mm"] - eyes.table["truth_gap_mm"]).abs().mean())
@@ -247,8 +251,9 @@ def test_frontalization_and_eye_opening(reenactor, inputs):
 def test_eye_metrics_known_values():
     table = pd.DataFrame({"source": [0, 0, 1, 1], "degree": [0.0, 1.0, 0.0, 1.0],
                           "megafr_gap_mm": [2.0, 4.0, 3.0, 5.0], "truth_measured_gap_mm": [1.0, 6.0, 2.0, 7.0],
-                          "truth_gap_mm": [0.0, 8.0, 0.0, 8.0]})
+                          "truth_inverted_gap_mm": [1.0, 2.0, 1.0, 2.0], "truth_gap_mm": [0.0, 8.0, 0.0, 8.0]})
     metrics = stage.eye_metrics(table)
+    assert metrics["truth_inverted_opening_mm"] == 1.0 and metrics["inverted_opening_fraction"] == pytest.approx(0.2)
     assert metrics["megafr_gap_closed_mm"] == 2.5 and metrics["megafr_gap_open_mm"] == 4.5
     assert metrics["megafr_opening_mm"] == 2.0 and metrics["truth_measured_opening_mm"] == 5.0
     assert metrics["truth_opening_mm"] == 8.0 and metrics["megafr_opening_fraction"] == pytest.approx(0.4)

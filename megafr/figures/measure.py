@@ -55,6 +55,14 @@ def eyelid_gaps(reenactor: Reenactor, images) -> np.ndarray:
 
 
 @torch.no_grad()
+def inversions(reenactor: Reenactor, images) -> torch.Tensor:
+    """``x_s = G(E_inv(x))`` of ``images`` (on the networks' device; the images come back on the CPU): what the
+    frozen encoder and generator keep of a photo before E_FR edits it."""
+    images = as_tensor(images)
+    return batched(lambda part: to_cpu(invert(reenactor.frozen, images[part].to(reenactor.device))[0]), len(images))
+
+
+@torch.no_grad()
 def landmarks_px(reenactor: Reenactor, images) -> np.ndarray:
     """Measured 2D landmarks [B, 68, 2] in pixels (x right, y down)."""
     images = as_tensor(images)

@@ -18,14 +18,16 @@ from megafr import plots
 from megafr.devices import autocast, to_cpu
 from megafr.errors import CheckpointError
 from megafr.figures.inputs import POSE_AXES, Eyes, Frontal, Grid, Pairs, Sweep
-from megafr.figures.measure import as_images, as_tensor, eyelid_gaps, latent_edit, pose_degrees
+from megafr.figures.measure import as_images, as_tensor, eyelid_gaps, inversions, latent_edit, pose_degrees
 from megafr.reenact.directions import LatentDirection
 from megafr.reenact.inference import ReenactOutput, Reenactor
 
 PLOT_INCHES = 2.8  # height of the plot under an image table
 MEASURED_TRUTH = "right answer (3D network)"  # the right answers as the measuring network sees them
 EXACT_TRUTH = "right answer (renderer, exact)"  # the right answers' own values, known to the renderer
-COLOURS = {"MegaFR": "#c44e52", "linear latent direction": "#4c72b0", EXACT_TRUTH: "#55a868", MEASURED_TRUTH: "#8c8c8c"}
+INVERTED_TRUTH = "right answer inverted (G(E_inv(x)))"  # what the frozen encoder and generator keep of them
+COLOURS = {"MegaFR": "#c44e52", "linear latent direction": "#4c72b0", EXACT_TRUTH: "#55a868", MEASURED_TRUTH: "#8c8c8c",
+           INVERTED_TRUTH: "#dd8452"}
 
 
 class Result(NamedTuple):
@@ -234,7 +236,8 @@ def eye_opening_figure(reenactor: Reenactor, eyes: Eyes, components: Sequence[in
 
     Top: per source, MegaFR's outputs and the right answers, captioned with the eyelid gap the 3D
     network measures. Bottom: requested degree against measured gap, with the right answers' gap
-    from the renderer's landmarks (exact) and as the 3D network measures it.
+    from the renderer's landmarks (exact), as the 3D network measures it, and as it measures their inversions
+    ``G(E_inv(x))``: the opening the frozen encoder and generator can show at all, E_FR's ceiling.
     """
     k, d = len(eyes.source), len(eyes.degrees)
     values = torch.as_tensor(np.tile(eyelid_values(eyes.degrees, closed_value, open_value), k), dtype=torch.float32)
@@ -246,6 +249,7 @@ def eye_opening_figure(reenactor: Reenactor, eyes: Eyes, components: Sequence[in
     truth = eyes.truth.reshape(k * d, *eyes.truth.shape[2:]) if eyes.truth is not None else None
     if truth is not None:
         table["truth_measured_gap_mm"] = eyelid_gaps(reenactor, truth)
+        table["truth_inverted_gap_mm"] = eyelid_gaps(reenactor, inversions(reenactor, truth))  # E_FR's ceiling
     if eyes.truth_gap_mm is not None:
         table["truth_gap_mm"] = np.asarray(eyes.truth_gap_mm, dtype=float).reshape(-1)
     source_gap = eyelid_gaps(reenactor, eyes.source)
@@ -271,6 +275,8 @@ def eye_opening_figure(reenactor: Reenactor, eyes: Eyes, components: Sequence[in
         _band(ax, table, "degree", "truth_gap_mm", EXACT_TRUTH, marker="s")
     if "truth_measured_gap_mm" in table:
         _band(ax, table, "degree", "truth_measured_gap_mm", MEASURED_TRUTH, marker="^")
+    if "truth_inverted_gap_mm" in table:
+        _band(ax, table, "degree", "truth_inverted_gap_mm", INVERTED_TRUTH, marker="v")
     ax.set_xlabel("requested opening degree (0 closed, 1 open)")
     ax.set_ylabel("eyelid gap (mm, < 0: lids crossed)")
     ax.set_title(f"{k} sources, mean ± sd; gap = upper minus lower eyelid landmark height", fontsize=8)

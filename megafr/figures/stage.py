@@ -51,15 +51,15 @@ def pose_control_curve(table: pd.DataFrame) -> pd.DataFrame:
 def eye_metrics(table: pd.DataFrame) -> dict[str, float]:
     """Eyelid gaps (mm) of the eye-opening figure: each column's mean at the closed and the open degree and
     their difference (the opening), MegaFR's opening as a fraction of the right answers' (both measured by
-    the 3D network; only where theirs exceeds ``MIN_OPENING_MM``), and the mean errors against the true gaps
-    where known."""
+    the 3D network; only where theirs exceeds ``MIN_OPENING_MM``), the same fraction for the right answers'
+    inversions (E_FR's ceiling), and the mean errors against the true gaps where known."""
     metrics = {}
     if "truth_gap_mm" in table:
         metrics["megafr_gap_mae_mm"] = float((table["megafr_gap_mm"] - table["truth_gap_mm"]).abs().mean())
         if "truth_measured_gap_mm" in table:
             metrics["truth_measured_gap_mae_mm"] = float((table["truth_measured_gap_mm"] - table["truth_gap_mm"]).abs().mean())
     closed, opened = table["degree"] == table["degree"].min(), table["degree"] == table["degree"].max()
-    for column in ("megafr_gap_mm", "truth_measured_gap_mm", "truth_gap_mm"):
+    for column in ("megafr_gap_mm", "truth_measured_gap_mm", "truth_inverted_gap_mm", "truth_gap_mm"):
         if column in table:
             name = column.removesuffix("_gap_mm")
             metrics[f"{name}_gap_closed_mm"] = float(table.loc[closed, column].mean())
@@ -67,6 +67,9 @@ def eye_metrics(table: pd.DataFrame) -> dict[str, float]:
             metrics[f"{name}_opening_mm"] = metrics[f"{name}_gap_open_mm"] - metrics[f"{name}_gap_closed_mm"]
     if metrics.get("truth_measured_opening_mm", 0.0) > MIN_OPENING_MM:  # MegaFR's opening as a share of the right answers'
         metrics["megafr_opening_fraction"] = metrics["megafr_opening_mm"] / metrics["truth_measured_opening_mm"]
+        if "truth_inverted_opening_mm" in metrics:  # the inversions' share: the most any E_FR can open
+            metrics["inverted_opening_fraction"] = (metrics["truth_inverted_opening_mm"]
+                                                    / metrics["truth_measured_opening_mm"])
     return metrics
 
 
