@@ -208,3 +208,7 @@ def test_make_release_mini_retrains_the_chain_the_committed_release_records(monk
                                     release.stage_overrides("train_generator", "data/release/mini", True, settings))
         differences = [d for d in common.recipe_differences(config, recorded["recipe"]) if "not recorded" not in d]
         assert differences == [], variable
+        assert settings["train_inversion"] == {"steps": 1}, variable  # its pSp is never read:
+    started = [stage for stage in release.STAGES  # only the generator starts from the run before's files
+               if hasattr(stages.load_config(stage, root / "profiles/mini.yaml"), common.INIT_FIELD)]
+    assert started == ["train_generator"]
