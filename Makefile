@@ -45,13 +45,13 @@ lab: $(VENV)/.installed
 release: $(VENV)/.installed
 	$(BIN)/python -m megafr release
 
-# The mini release from scratch (about 3 hours on 2 CPU cores; docs/mini_release.md): a chain of three
+# The mini release from scratch (about 3 hours on 2 CPU cores, estimated; docs/mini_release.md): a chain of three
 # runs, each starting from the files the one before exported: the first release's 14000 steps, a fine-tune
 # with the 3D network's perceptual distance at 0.2, and the profile's own longer fine-tune at 0.04. Needs
 # the mini profile's data (`make profile-mini`, then `dvc repro prepare`). Each export's release.json
 # (written last) marks a finished run, so an interrupted chain continues with the run it stopped in.
 # Only the generator starts from the run before, so runs 1 and 2 train pSp for a single step (the third
-# run trains it in full against the final generator): about 40 minutes saved.
+# run trains it in full against the final generator): about 44 minutes saved (estimated).
 MINI_FIRST := --set train_generator.steps=14000 --set train_generator.init_from= \
 	--set train_generator.finetune_steps=0 --set train_generator.finetune_face3d=0 \
 	--set train_inversion.steps=1

@@ -190,7 +190,8 @@ def _make_settings(name: str) -> list[str]:
 
 def test_make_release_mini_retrains_the_chain_the_committed_release_records(monkeypatch):
     """`make release-mini` runs the profile with the Makefile's --set values for the first two runs; the
-    committed release.json holds the chain (started_from), and each run's recipe is the one recorded.
+    committed release.json holds the chain (started_from), and each run's recipe is the one recorded. The
+    first two train pSp for one step only, since no later run starts from their pSp.
     (The first run's record predates the fine-tune fields: those are 'not recorded', not different.)"""
     from pathlib import Path
 
@@ -208,7 +209,23 @@ def test_make_release_mini_retrains_the_chain_the_committed_release_records(monk
                                     release.stage_overrides("train_generator", "data/release/mini", True, settings))
         differences = [d for d in common.recipe_differences(config, recorded["recipe"]) if "not recorded" not in d]
         assert differences == [], variable
-        assert settings["train_inversion"] == {"steps": 1}, variable  # its pSp is never read:
+        assert settings["train_inversion"] == {"steps": 1}, variable  # a one-step pSp, which no later run reads:
     started = [stage for stage in release.STAGES  # only the generator starts from the run before's files
                if hasattr(stages.load_config(stage, root / "profiles/mini.yaml"), common.INIT_FIELD)]
     assert started == ["train_generator"]
+
+
+def test_a_run_refuses_an_init_from_without_its_release_record_before_training(tmp_path, monkeypatch):
+    """The files a chained run starts from must come with the release.json its export will read: refused
+    before any stage trains (the check needs no prepared data past the profile's own)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(release, "_require_trainable", lambda *args: None)  # no prepared data on CI
+    monkeypatch.setattr(release, "execute", lambda *args, **kwargs: pytest.fail("a stage ran"))
+    (tmp_path / "stylegan2.pt").write_bytes(b"g")
+    (tmp_path / "e4e.pt").write_bytes(b"e")
+    settings = release.parse_settings([f"train_generator.init_from={tmp_path}", "train_generator.finetune_face3d=0"])
+    with pytest.raises(InputError, match="lacks release.json"):
+        release.train("profiles/mini.yaml", str(tmp_path / "run"), settings=settings, progress=False)
