@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from megafr.devices import autocast, to_cpu
+from megafr.devices import to_cpu
 from megafr.face3d.pose import GLOBAL, JAW, head_pose_degrees
 from megafr.face3d.recon import FaceParams
 from megafr.figures.inputs import eyelid_gap_mm
@@ -56,16 +56,10 @@ def eyelid_gaps(reenactor: Reenactor, images) -> np.ndarray:
 
 @torch.no_grad()
 def inversions(reenactor: Reenactor, images) -> torch.Tensor:
-    """``x_s = G(E_inv(x))`` of ``images`` (on the networks' device; the images come back on the CPU): what the
-    frozen encoder and generator keep of a photo before E_FR edits it."""
-    images, device = as_tensor(images), reenactor.device
-
-    def run(part: slice) -> torch.Tensor:
-        with autocast(device):  # as Reenactor prepares the x_s that E_FR edits
-            x_s, _ = invert(reenactor.frozen, images[part].to(device))
-        return to_cpu(x_s.float())
-
-    return batched(run, len(images))
+    """``x_s = G(E_inv(x))`` of ``images`` (:meth:`Reenactor.invert_sources`; the images come back on the CPU):
+    what the frozen encoder and generator keep of a photo before E_FR edits it."""
+    images = as_tensor(images)
+    return batched(lambda part: to_cpu(reenactor.invert_sources(images[part])[0]), len(images))
 
 
 @torch.no_grad()

@@ -95,10 +95,15 @@ class Reenactor:
         return ReenactOutput(to_cpu(out.image.clamp(-1, 1)), to_cpu(out.latent), to_cpu(x_s),
                              to_cpu(targets.condition), _cpu(params))
 
-    def _source(self, sources: torch.Tensor, pti_steps: int):
+    def invert_sources(self, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_s = G(w_s)`` and ``w_s = E_inv(sources)`` for sources [B, 3, S, S] in [-1, 1], on the networks'
+        device and in float32 (computed under the device's autocast): the source E_FR edits."""
         with autocast(self.device):
-            x_s, w_s = invert(self.frozen, sources)
-        x_s, w_s = x_s.float(), w_s.float()
+            x_s, w_s = invert(self.frozen, sources.to(self.device))
+        return x_s.float(), w_s.float()
+
+    def _source(self, sources: torch.Tensor, pti_steps: int):
+        x_s, w_s = self.invert_sources(sources)
         model = self.model
         if pti_steps > 0:
             tuned = pivotal_tuning(self.model.generator, w_s, sources, steps=pti_steps)
