@@ -41,26 +41,31 @@ lab: $(VENV)/.installed
 
 # Retrain the released networks (train_idnet, train_generator, train_inversion) with the active profile's
 # recipe and rewrite release/<profile>/ (smoke: minutes; the mini profile's recipe starts from its chain's
-# second release, see release-mini).
+# third release, see release-mini).
 release: $(VENV)/.installed
 	$(BIN)/python -m megafr release
 
-# The mini release from scratch (about 3 hours on 2 CPU cores, estimated; docs/mini_release.md): a chain of three
+# The mini release from scratch (about 3 hours on 2 CPU cores, estimated; docs/mini_release.md): a chain of four
 # runs, each starting from the files the one before exported: the first release's 14000 steps, a fine-tune
-# with the 3D network's perceptual distance at 0.2, and the profile's own longer fine-tune at 0.04. Needs
-# the mini profile's data (`make profile-mini`, then `dvc repro prepare`). Each export's release.json
-# (written last) marks a finished run, so an interrupted chain continues with the run it stopped in.
-# Only the generator starts from the run before, so runs 1 and 2 train pSp for a single step (the third
-# run trains it in full against the final generator): about 44 minutes saved (estimated).
+# with the 3D network's perceptual distance at 0.2, a longer one at 0.04, and the profile's own fine-tune that
+# adds 1 - SSIM. Needs the mini profile's data (`make profile-mini`, then `dvc repro prepare`). Each export's
+# release.json (written last) marks a finished run, so an interrupted chain continues with the run it stopped in.
+# Only the generator starts from the run before, so runs 1 to 3 train pSp for a single step (the last run
+# trains it in full against the final generator).
 MINI_FIRST := --set train_generator.steps=14000 --set train_generator.init_from= \
 	--set train_generator.finetune_steps=0 --set train_generator.finetune_face3d=0 \
-	--set train_inversion.steps=1
+	--set train_generator.finetune_ssim=0 --set train_inversion.steps=1
 MINI_SECOND := --set train_generator.steps=0 --set train_generator.init_from=data/release/mini-v1 \
 	--set train_generator.finetune_steps=1800 --set train_generator.finetune_face3d=0.2 \
-	--set train_inversion.steps=1
+	--set train_generator.finetune_ssim=0 --set train_inversion.steps=1
+MINI_THIRD := --set train_generator.steps=0 --set train_generator.init_from=data/release/mini-v2 \
+	--set train_generator.finetune_steps=3600 --set train_generator.finetune_face3d=0.04 \
+	--set train_generator.finetune_ssim=0 --set train_inversion.steps=1
 data/release/mini-v1/release.json: | $(VENV)/.installed
 	$(BIN)/python -m megafr release --params profiles/mini.yaml $(MINI_FIRST) --out data/release/mini-v1
 data/release/mini-v2/release.json: data/release/mini-v1/release.json | $(VENV)/.installed
 	$(BIN)/python -m megafr release --params profiles/mini.yaml $(MINI_SECOND) --out data/release/mini-v2
-release-mini: data/release/mini-v2/release.json | $(VENV)/.installed
+data/release/mini-v3/release.json: data/release/mini-v2/release.json | $(VENV)/.installed
+	$(BIN)/python -m megafr release --params profiles/mini.yaml $(MINI_THIRD) --out data/release/mini-v3
+release-mini: data/release/mini-v3/release.json | $(VENV)/.installed
 	$(BIN)/python -m megafr release --params profiles/mini.yaml

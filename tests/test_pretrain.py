@@ -49,7 +49,7 @@ def _gen_cfg(out_dir, **overrides) -> ae.GeneratorStageConfig:
                   enc_width=4, enc_units=1, encoder_passes=1, steps=4, batch_size=2,
                   swap_batch=2, swap_pool=8, lr_g=2e-3, lr_e=1e-3, lr_d=1e-3, lr_mapping=0.0, lambda_l2=1.0, lambda_swap=1.0,
                   lambda_lap=0.5, lambda_latent=0.1, lambda_delta=1e-3, lambda_lpips=0.0, lambda_id=0.0, lambda_adv=0.0, r1_gamma=1.0,
-                  r1_image=10.0, ema_decay=0.9, finetune_steps=0, finetune_adv=0.2, finetune_lr=0.5, finetune_face3d=0.0, init_from="",
+                  r1_image=10.0, ema_decay=0.9, finetune_steps=0, finetune_adv=0.2, finetune_lr=0.5, finetune_face3d=0.0, finetune_ssim=0.0, init_from="",
                   idnet_path="", face3d_path="", n_eval=4, n_fd_samples=4, n_swap_eval=2, n_wplus_eval=0, wplus_steps=1,
                   checkpoint_every=1, threads=0, out_dir=str(out_dir / "products"))
     values.update(overrides)
@@ -477,6 +477,40 @@ def test_generator_finetune_with_face_features(tmp_path, images, pool):
     assert not _state_equal(plain.nets.generator, run.nets.generator)
     with pytest.raises(InputError, match="face3d_path"):
         _gen_cfg(tmp_path / "bad", finetune_steps=2, finetune_face3d=0.5)
+
+
+def test_generator_finetune_with_ssim(tmp_path, images, pool):
+    """finetune_ssim weighs 1 - SSIM of the reconstructions in the fine-tune phase only: the first phase is
+    the plain run's exactly, the term is logged (a value in (0, 2)) from the phase's first step and is a
+    curve column only when trained with; a negative weight is refused."""
+    plain = ae.train_generator(_gen_cfg(tmp_path / "plain", steps=2), images, pool, progress=False)
+    assert "ssim" not in plain.curve.columns
+    cfg = _gen_cfg(tmp_path / "ft", steps=2, finetune_steps=2, finetune_adv=0.0, finetune_ssim=2.0)
+    assert cfg.uses_ssim and cfg.phase_weights(1)["ssim"] == 0 and cfg.phase_weights(2)["ssim"] == 2.0
+    first = ae.train_generator(cfg, images, pool, progress=False, stop_after=2)
+    assert _state_equal(plain.nets.generator, first.nets.generator)
+    run = ae.train_generator(cfg, images, pool, progress=False)
+    curve = run.curve.set_index("step")
+    assert (curve.loc[[1, 2], "ssim"] == 0).all()
+    assert ((curve.loc[[3, 4], "ssim"] > 0) & (curve.loc[[3, 4], "ssim"] < 2)).all()
+    assert not _state_equal(plain.nets.generator, run.nets.generator)
+    with pytest.raises(InputError, match="finetune_ssim"):
+        _gen_cfg(tmp_path / "bad", finetune_steps=2, finetune_ssim=-1.0)
+
+
+def test_ssim_loss_is_one_minus_the_tables_ssim_and_has_gradients():
+    """The loss is 1 - the metric on images inside [-1, 1], 0 for equal images, and trains pixels outside the
+    range the metric clamps."""
+    from megafr import metrics
+    from megafr.losses import ssim_loss
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(2, 3, 24, 24, generator=gen) * 2 - 1 for _ in range(2))
+    assert float(ssim_loss(x, y)) == pytest.approx(float(1 - metrics.ssim(x, y).mean()), abs=1e-6)
+    assert float(ssim_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
+    z = (x * 1.5).requires_grad_()  # partly outside [-1, 1]
+    ssim_loss(z, y).backward()
+    assert (z.grad[z.detach().abs() > 1] != 0).any()
 
 
 def test_generator_products_load_through_official_loaders(tmp_path, images, pool):

@@ -16,6 +16,7 @@ generator's synthesis network ``G`` decodes it, and both learn together from
                                                      finetune_adv in place of lambda_adv in the fine-tune phase]
       [+ finetune_face3d * P(G(E(x)), x)   in the fine-tune phase: P the perceptual distance of the frozen
                                            3D face network (megafr.losses.face_features)]
+      [+ finetune_ssim * (1 - SSIM(G(E(x)), x))   in the fine-tune phase (megafr.losses.pixel.ssim_loss)]
 
 with the terms of :mod:`megafr.losses`. Why these terms and weights, and the recipes measured and
 not kept: ``docs/experiments/train_generator.md``.
@@ -43,8 +44,10 @@ not kept: ``docs/experiments/train_generator.md``.
   phase is a fine-tune of the networks the first phase made, the way a released generator would be
   fine-tuned. Pixel losses average what the encoder cannot place exactly (eyes, mouths, hair) into
   a blur, which a discriminator penalises; so does ``finetune_face3d``, the weight of a perceptual
-  distance from the study's 3D face network (``face3d_path``) in the same phase. Off in every profile
-  (``finetune_steps: 0``): measured side by side, ``docs/mini_release.md``.
+  distance from the study's 3D face network (``face3d_path``) in the same phase, and ``finetune_ssim``,
+  the weight of ``1 - SSIM`` (the structure the tables' SSIM scores, which pixel L2 weighs little). The
+  mini profile's recipe is such a fine-tune of the release before it (``init_from``); the weights
+  measured side by side: ``docs/mini_release.md``.
 - **Optional, off in every profile** (measured side by side: ``docs/experiments/train_generator.md``).
   ``encoder_passes > 1``: ReStyle's iterative encoding (Alaluf et al. 2021), a 6-channel encoder that
   sees the image and the current reconstruction and refines the code in that many passes, each with
@@ -83,7 +86,7 @@ from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
 from megafr.face3d.recon import load_face_model
 from megafr.losses import (FaceFeatureDistance, LpipsLoss, delta_loss, discriminator_loss, id_loss, laplacian_l1,
-                           latent_d_loss, latent_loss, mapping_loss)
+                           latent_d_loss, latent_loss, mapping_loss, ssim_loss)
 from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
 from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, LatentCodesDiscriminator
 from megafr.nets.stylegan2 import Discriminator, Generator
@@ -103,7 +106,8 @@ CURVE_POINTS = 150  # about this many rows in the training curve
 WPLUS_LR = 0.01  # Adam's learning rate of the W+ optimisation bound (evaluation only)
 LAMBDA_TERMS = ("l2", "lap", "swap", "latent", "delta", "lpips", "id", "adv")  # the G + E loss's terms (lambda_<term>)
 IMAGE_D_TERMS = ("d_image", "r1_image")  # the image discriminator's (logged when lambda_adv > 0)
-LOSS_TERMS = (*LAMBDA_TERMS, "d_latent", "r1", *IMAGE_D_TERMS, "mapping", "face3d")
+PHASE_TERMS = ("adv", "face3d", "ssim")  # terms whose weight depends on the phase (``phase_weights``)
+LOSS_TERMS = (*LAMBDA_TERMS, "d_latent", "r1", *IMAGE_D_TERMS, "mapping", "face3d", "ssim")
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,7 @@ class GeneratorStageConfig(common.StageFolders):
     finetune_adv: float  # the image discriminator's weight in the fine-tune phase
     finetune_lr: float  # the fine-tune phase's peak learning rates of G, E and the mapping, as a fraction of theirs
     finetune_face3d: float  # the 3D face network's perceptual distance in the fine-tune phase (needs face3d_path)
+    finetune_ssim: float  # weight of 1 - SSIM of the reconstructions in the fine-tune phase (0: off)
     init_from: str  # folder of a released stylegan2.pt and e4e.pt whose weights start the run ("": random weights); steps may then be 0
     idnet_path: str  # identity network for ID similarity and FD-id (train_idnet product or official)
     face3d_path: str  # train_face3d checkpoint measuring pose in the layer-swap test ("" : pose not measured)
@@ -174,7 +179,7 @@ class GeneratorStageConfig(common.StageFolders):
             ("enc_width", 1), ("enc_units", 1), ("encoder_passes", 1), ("steps", 0 if self.init_from else 1),
             ("batch_size", 1), ("swap_batch", 0),
             ("checkpoint_every", 1), ("lr_mapping", 0), ("n_wplus_eval", 0), ("wplus_steps", 1), ("r1_image", 0),
-            ("finetune_steps", 0), ("finetune_adv", 0), ("finetune_face3d", 0),
+            ("finetune_steps", 0), ("finetune_adv", 0), ("finetune_face3d", 0), ("finetune_ssim", 0),
             *((f"lambda_{term}", 0) for term in LAMBDA_TERMS)))
         require(not self.uses_face3d or bool(self.face3d_path),
                 f"train_generator.finetune_face3d={self.finetune_face3d} reads the 3D face network, but face3d_path "
@@ -215,18 +220,22 @@ class GeneratorStageConfig(common.StageFolders):
         """An image discriminator is trained in some phase."""
         return self.lambda_adv > 0 or (self.finetune_steps > 0 and self.finetune_adv > 0)
 
-    def adv_weight(self, step: int) -> float:
-        """The image discriminator's weight at ``step`` (its phase's)."""
-        return self.finetune_adv if step >= self.steps else self.lambda_adv
+    def phase_weights(self, step: int) -> dict[str, float]:
+        """The weights at ``step`` of the terms that differ by phase (``PHASE_TERMS``): the image discriminator's
+        (``lambda_adv``, then ``finetune_adv``), the 3D network's distance and 1 - SSIM (fine-tune phase only)."""
+        if step >= self.steps:
+            return {"adv": self.finetune_adv, "face3d": self.finetune_face3d, "ssim": self.finetune_ssim}
+        return {"adv": self.lambda_adv, "face3d": 0.0, "ssim": 0.0}
 
     @property
     def uses_face3d(self) -> bool:
         """The 3D face network's perceptual distance is trained with in some step."""
         return self.finetune_steps > 0 and self.finetune_face3d > 0
 
-    def face3d_weight(self, step: int) -> float:
-        """The perceptual distance's weight at ``step`` (the fine-tune phase's; 0 before it)."""
-        return self.finetune_face3d if step >= self.steps else 0.0
+    @property
+    def uses_ssim(self) -> bool:
+        """1 - SSIM is trained with in some step."""
+        return self.finetune_steps > 0 and self.finetune_ssim > 0
 
     def learning_rate(self, peak: float, step: int, scaled: bool) -> float:
         """The learning rate at ``step`` of an optimizer with this ``peak``: a warm-up and cosine over the first
@@ -343,10 +352,10 @@ def start_from_release(nets: Networks, folder: Path) -> None:
 
 
 def curve_columns(cfg: GeneratorStageConfig) -> list[str]:
-    """Columns of the training curve (the mapping's, the image discriminator's and the 3D network's terms only
-    when they are trained with)."""
+    """Columns of the training curve (the mapping's, the image discriminator's, the 3D network's and SSIM's terms
+    only when they are trained with)."""
     off = {*(() if cfg.trains_mapping else ("mapping",)), *(() if cfg.uses_image_d else ("adv", *IMAGE_D_TERMS)),
-           *(() if cfg.uses_face3d else ("face3d",))}
+           *(() if cfg.uses_face3d else ("face3d",)), *(() if cfg.uses_ssim else ("ssim",))}
     return ["step", "lr_g", "total", *(t for t in LOSS_TERMS if t not in off)]
 
 
@@ -407,12 +416,12 @@ class Batch:
 
 
 def autoencoder_loss(cfg: GeneratorStageConfig, nets: Networks, generator: Generator, noise: list, batch: Batch,
-                     codes: torch.Tensor, lpips_term: LpipsLoss, idnet, adv_weight: float,
+                     codes: torch.Tensor, lpips_term: LpipsLoss, idnet, phase: dict[str, float],
                      decode_all: bool = False, face_distance: Optional[FaceFeatureDistance] = None,
-                     face3d_weight: float = 0.0) -> tuple[torch.Tensor, dict, torch.Tensor]:
+                     ) -> tuple[torch.Tensor, dict, torch.Tensor]:
     """The G + E loss of one batch's codes [B + 2P, n_latent, D] -> (weighted total, terms, decoded images);
-    ``adv_weight``, ``face3d_weight``: the image discriminator's and the 3D network's perceptual distance's
-    (``face_distance``) weights in this step's phase.
+    ``phase``: this step's weights of the image discriminator, the 3D network's perceptual distance
+    (``face_distance``) and 1 - SSIM (``GeneratorStageConfig.phase_weights``); a term weighted 0 is not computed.
 
     Decoded: the first B + P codes (all B + 2P with ``decode_all``: ReStyle's next input), then the P
     mixed codes (coarse + medium entries of B, fine of A).
@@ -432,10 +441,10 @@ def autoencoder_loss(cfg: GeneratorStageConfig, nets: Networks, generator: Gener
     terms["delta"] = delta_loss(codes)
     terms["lpips"] = lpips_term(out[:n_a], x[:n_a]) if cfg.lambda_lpips else zero
     terms["id"] = id_loss(idnet, out[:n_a], x[:n_a]) if cfg.lambda_id else zero
-    terms["adv"] = F.softplus(-nets.image_d(out[:batch.n_rec])).mean() if adv_weight else zero
-    terms["face3d"] = face_distance(out[:n_a], x[:n_a]) if face3d_weight else zero
-    weights = {k: getattr(cfg, f"lambda_{k}") for k in terms if k not in ("adv", "face3d")}
-    weights |= {"adv": adv_weight, "face3d": face3d_weight}
+    terms["adv"] = F.softplus(-nets.image_d(out[:batch.n_rec])).mean() if phase["adv"] else zero
+    terms["face3d"] = face_distance(out[:n_a], x[:n_a]) if phase["face3d"] else zero
+    terms["ssim"] = ssim_loss(out[:n_a], x[:n_a]) if phase["ssim"] else zero
+    weights = {k: getattr(cfg, f"lambda_{k}") for k in terms if k not in PHASE_TERMS} | phase
     total = sum(weights[k] * v for k, v in terms.items())
     return total, terms, out
 
@@ -503,7 +512,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         if step == cfg.steps:  # the fine-tune phase starts afresh: no moments carried over from the first phase
             for opt in optimizers.values():
                 opt.state.clear()
-        adv_weight, face3d_weight = cfg.adv_weight(step), cfg.face3d_weight(step)
+        phase = cfg.phase_weights(step)
         common.seed_step(cfg.seed, step)
         rows = common.batch_rows(cfg.seed, step, len(images), cfg.batch_size)
         x = common.images_to_tensor(images[rows])  # [B, 3, S, S]
@@ -523,14 +532,14 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
         if cfg.encoder_passes == 1:
             codes = nets.encode(x)  # [B + 2P, n_latent, D]
             total, terms, out = autoencoder_loss(cfg, nets, nets.generator, noise, batch, codes, lpips_term, idnet,
-                                                 adv_weight, face_distance=face_distance, face3d_weight=face3d_weight)
+                                                 phase, face_distance=face_distance)
         else:
             codes, y, total = nets.latent_avg.expand(len(x), cfg.n_latent, -1), nets.start_image(nets.generator, len(x)), 0
             for _ in range(cfg.encoder_passes):
                 codes = refine_pass(nets, x, codes, y)
                 pass_total, terms, out = autoencoder_loss(cfg, nets, nets.generator, noise, batch, codes,
-                                                          lpips_term, idnet, adv_weight, decode_all=True,
-                                                          face_distance=face_distance, face3d_weight=face3d_weight)
+                                                          lpips_term, idnet, phase, decode_all=True,
+                                                          face_distance=face_distance)
                 total = total + pass_total / cfg.encoder_passes
                 y = out[:len(x)]
         training.check_finite("train_generator", step, total, terms, cfg.checkpoint_path)
@@ -542,7 +551,7 @@ def _train(cfg: GeneratorStageConfig, images: np.ndarray, pool, idnet, progress:
 
         # image discriminator step (the B reconstructions against their inputs), latent discriminator step
         logged = {k: float(v.detach()) for k, v in terms.items()}
-        if nets.image_d is not None and adv_weight:
+        if nets.image_d is not None and phase["adv"]:
             d_loss, d_terms = image_d_loss(nets.image_d, x[:n_rec], out[:n_rec], cfg.r1_image)
             training.check_finite("train_generator", step, d_loss, d_terms, cfg.checkpoint_path)
             optimizers["image_d"].zero_grad(set_to_none=True)
