@@ -2,8 +2,6 @@
 
 - ``laplacian_l1`` (Bojanowski et al. 2018, GLO): the sum over pyramid levels of the mean absolute
   difference of the bands, a sharper substitute for pixel L2 where no perceptual network is available.
-- ``ssim_loss``: ``1 - SSIM``, the tables' SSIM (:func:`megafr.metrics.ssim`, kornia's) turned into a
-  loss: on the [0, 1] scale without the metric's clamp, so that values outside [-1, 1] keep a gradient.
 - ``reconstruction_loss``: ``lambda_l2 * L2 + lambda_lpips * LPIPS + lambda_rec_id * L_ID``, the
   L_rec that MegaFR's cycle (eq. 6) and self-reconstruction (eq. 7) terms apply.
 
@@ -17,10 +15,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from kornia.geometry.transform import build_laplacian_pyramid
-from kornia.metrics import ssim as kornia_ssim
 
 from megafr.losses.identity import id_loss
-from megafr.metrics import SSIM_WINDOW
 
 LAP_LEVELS = 4  # Laplacian-pyramid levels (64 px: bands at 64, 32, 16 and the 8 px residual)
 
@@ -34,11 +30,6 @@ def laplacian_l1(x: torch.Tensor, y: torch.Tensor, levels: int = LAP_LEVELS) -> 
     """
     bands_x, bands_y = build_laplacian_pyramid(x, levels), build_laplacian_pyramid(y, levels)
     return sum((bx - by).abs().mean() for bx, by in zip(bands_x, bands_y))
-
-
-def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``1 - SSIM(x, y)`` averaged over pixels and images (x, y [B, 3, S, S] in [-1, 1]; 0 for equal images)."""
-    return 1 - kornia_ssim((x + 1) / 2, (y + 1) / 2, SSIM_WINDOW).mean()
 
 
 def reconstruction_loss(

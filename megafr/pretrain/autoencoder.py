@@ -16,7 +16,7 @@ generator's synthesis network ``G`` decodes it, and both learn together from
                                                      finetune_adv in place of lambda_adv in the fine-tune phase]
       [+ finetune_face3d * P(G(E(x)), x)   in the fine-tune phase: P the perceptual distance of the frozen
                                            3D face network (megafr.losses.face_features)]
-      [+ finetune_ssim * (1 - SSIM(G(E(x)), x))   in the fine-tune phase (megafr.losses.pixel.ssim_loss)]
+      [+ finetune_ssim * (1 - SSIM(G(E(x)), x))   in the fine-tune phase (``ssim_loss``)]
 
 with the terms of :mod:`megafr.losses`. Why these terms and weights, and the recipes measured and
 not kept: ``docs/experiments/train_generator.md``.
@@ -79,6 +79,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from kornia.metrics import ssim as kornia_ssim
 
 from megafr import training
 from megafr.config import require, require_at_least, study_files_digest, study_path, study_relative
@@ -86,7 +87,8 @@ from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
 from megafr.face3d.recon import load_face_model
 from megafr.losses import (FaceFeatureDistance, LpipsLoss, delta_loss, discriminator_loss, id_loss, laplacian_l1,
-                           latent_d_loss, latent_loss, mapping_loss, ssim_loss)
+                           latent_d_loss, latent_loss, mapping_loss)
+from megafr.metrics import SSIM_WINDOW
 from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
 from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, LatentCodesDiscriminator
 from megafr.nets.stylegan2 import Discriminator, Generator
@@ -413,6 +415,14 @@ class Batch:
     def n_a(self) -> int:
         """Images whose reconstructions are compared with the input: the B images and the A images."""
         return self.n_rec + self.n_swap
+
+
+def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``1 - SSIM(x, y)`` averaged over pixels and images (x, y [B, 3, S, S] in [-1, 1]; 0 for equal images): the
+    tables' SSIM (:func:`megafr.metrics.ssim`, kornia's) without the metric's clamp, so that values outside
+    [-1, 1] keep a gradient. Kept here, not in :mod:`megafr.losses`, whose code the 3D face network's
+    checkpoints are keyed on: only this stage trains with it."""
+    return 1 - kornia_ssim((x + 1) / 2, (y + 1) / 2, SSIM_WINDOW).mean()
 
 
 def autoencoder_loss(cfg: GeneratorStageConfig, nets: Networks, generator: Generator, noise: list, batch: Batch,
