@@ -189,10 +189,10 @@ def _make_settings(name: str) -> list[str]:
 
 
 def test_make_release_mini_retrains_the_chain_the_committed_release_records(monkeypatch):
-    """`make release-mini` runs the profile with the Makefile's --set values for the first two runs; the
+    """`make release-mini` runs the profile with the Makefile's --set values for the first three runs; the
     committed release.json holds the chain (started_from), and each run's recipe is the one recorded. The
-    first two train pSp for one step only, since no later run starts from their pSp.
-    (The first run's record predates the fine-tune fields: those are 'not recorded', not different.)"""
+    first three train pSp for one step only, since no later run starts from their pSp.
+    (Older runs' records predate later fields, such as finetune_ssim: those are 'not recorded', not different.)"""
     from pathlib import Path
 
     from megafr import stages
@@ -201,9 +201,10 @@ def test_make_release_mini_retrains_the_chain_the_committed_release_records(monk
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     entry = json.loads((root / "release/mini/release.json").read_text())["stages"]["train_generator"]
-    second = entry["started_from"]
+    third = entry["started_from"]
+    second = third["started_from"]
     first = second["started_from"]
-    for variable, recorded in (("MINI_SECOND", second), ("MINI_FIRST", first)):
+    for variable, recorded in (("MINI_THIRD", third), ("MINI_SECOND", second), ("MINI_FIRST", first)):
         settings = release.parse_settings(_make_settings(variable))
         config = stages.load_config("train_generator", root / "profiles/mini.yaml",
                                     release.stage_overrides("train_generator", "data/release/mini", True, settings))

@@ -18,7 +18,6 @@ from megafr.face3d.recon import FaceParams
 from megafr.figures.inputs import eyelid_gap_mm
 from megafr.imageio import images_to_tensor, tensors_to_images
 from megafr.reenact.inference import Reenactor
-from megafr.reenact.train import invert
 
 BATCH = 32  # images per forward pass
 
@@ -73,9 +72,9 @@ def landmarks_px(reenactor: Reenactor, images) -> np.ndarray:
 
 @torch.no_grad()
 def latent_edit(reenactor: Reenactor, sources, direction, values) -> torch.Tensor:
-    """The linear-latent-direction baseline: invert, move ``w_s`` along ``direction`` to ``values`` [B], synthesize
-    (on the networks' device; the images come back on the CPU)."""
-    sources = as_tensor(sources).to(reenactor.device)
-    _, w_s = invert(reenactor.frozen, sources)
+    """The linear-latent-direction baseline: invert (as MegaFR's source is, :meth:`Reenactor.invert_sources`),
+    move ``w_s`` along ``direction`` to ``values`` [B], synthesize (on the networks' device; the images come back on
+    the CPU)."""
+    _, w_s = reenactor.invert_sources(as_tensor(sources))
     w = direction.edit(w_s, torch.as_tensor(values, dtype=w_s.dtype, device=w_s.device))
     return to_cpu(reenactor.model.synthesize(w).clamp(-1, 1))
