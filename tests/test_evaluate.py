@@ -212,6 +212,32 @@ def test_the_right_answer_is_a_row_where_the_set_has_one(setup, tiny_frozen):
         tables.score_right_answer(photos, judge)
 
 
+def test_the_inverted_right_answer_is_scored_before_the_right_answer(setup, tiny_frozen):
+    """Given the e4e networks, G(E(truth)) is a row before the right answer's: its PSNR against the right answer
+    is the inversion's, its CSIM is against the source like every row's, its examples are the redrawn truths;
+    a set without right answers gets no such row."""
+    from megafr import metrics
+    from megafr.imageio import images_to_tensor
+    from megafr.reenact.train import invert
+
+    baseline, reenactors, judge, cross = setup
+    methods = {INVERSION_ROW: tables.table_methods("cross", reenactors, baseline, 1, tiny_frozen)[INVERSION_ROW]}
+    table, examples = tables.build_table(methods, cross, judge, inversion=tiny_frozen)
+    assert list(table["method"]) == [INVERSION_ROW, tables.INVERTED_RIGHT_ROW, tables.RIGHT_ANSWER_ROW]
+    truth, source = images_to_tensor(cross.truth), images_to_tensor(cross.source)
+    with torch.no_grad():
+        redrawn = invert(tiny_frozen, truth)[0].clamp(-1, 1)
+    row = table.set_index("method").loc[tables.INVERTED_RIGHT_ROW]
+    assert row["psnr"] == pytest.approx(float(metrics.psnr(redrawn, truth).mean()), abs=1e-3)
+    assert row["csim"] == pytest.approx(float(metrics.csim(tiny_frozen.idnet, redrawn, source).mean()), abs=1e-4)
+    assert list(examples) == [INVERSION_ROW, tables.INVERTED_RIGHT_ROW]
+    text = tables.markdown_table(table, "Table 1", tables.world_label("smoke"), judge.paper.reasons)
+    assert f"- {tables.INVERTED_RIGHT_ROW}: the rendered right answers inverted" in text
+    assert "right_answer_inverted_e4e" in tables.metrics_tree(table)
+    bare, _ = tables.build_table(methods, dataclasses.replace(cross, truth=None), judge, inversion=tiny_frozen)
+    assert list(bare["method"]) == [INVERSION_ROW]
+
+
 def test_table_2_has_the_right_answer_row_too(setup):
     """Table 2 gets the row too: a method that copies the source has CSIM 1, i.e. 1 / the right answer's CSIM."""
     judge = setup[2]

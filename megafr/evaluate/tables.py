@@ -5,6 +5,10 @@ Rows are registered methods (:mod:`megafr.evaluate.registry`; one module per row
 MegaFR (e4e) and MegaFR (pSp), the FLAME-params baseline, inversion only and the linear directions.
 On sets with rendered right answers a last row scores the right answers themselves with the same
 networks (:func:`score_right_answer`), and ``csim_vs_right`` gives every row's CSIM as a fraction of it.
+Before it, given the e4e networks, a row scores the right answers as the e4e encoder and the generator
+reproduce them, ``G(E(truth))`` (:func:`score_inverted_right_answer`): what a method whose outputs are
+this generator's images can expect at best, so that a row's gap to the right answer splits into the
+generator's part and the method's.
 
 Columns (definitions pinned in ``docs/metrics.md``): the paper's FID, LPIPS and ID similarity
 (:mod:`megafr.evaluate.external`, ``None`` = n/a), and the study's own: L1 / PSNR / SSIM against
@@ -42,7 +46,7 @@ from megafr.evaluate.registry import TASKS, Method, MethodInputs, build_methods
 from megafr.imageio import images_to_tensor, tensors_to_images
 from megafr.metrics import feature_statistics, frechet_distance, identity_embeddings
 from megafr.reenact.inference import Reenactor
-from megafr.reenact.train import Frozen, frozen_device
+from megafr.reenact.train import Frozen, frozen_device, invert
 
 EVAL_BATCH = 32  # pairs per forward pass
 KEEP_OUTPUTS = 6  # outputs per row kept for the example figure
@@ -59,6 +63,11 @@ RIGHT_ANSWER_NOTES = (  # printed under a table that has the right-answer row
     "L1/PSNR/SSIM would compare the right answers with themselves (0, unbounded, 1) and are n/a",
     f"{CSIM_FRACTION}: each row's CSIM as a fraction of the right answer's CSIM",
 )
+INVERTED_RIGHT_ROW = "right answer, inverted (e4e)"  # G(E(truth)): the right answers as the generator draws them
+INVERTED_RIGHT_NOTE = (
+    f"{INVERTED_RIGHT_ROW}: the rendered right answers inverted by e4e and redrawn by the generator, G(E(truth)), "
+    "scored like the methods: the generator's share of every gap to the right answer (a method whose outputs are "
+    "this generator's images cannot expect better; its L1/PSNR/SSIM are the e4e inversion's)")
 
 NOT_REPRODUCED = {  # the paper's baselines without a row of ours, and why (printed under our tables)
     "cross": "ID-disentanglement (Nitzan et al. 2020) is not reproduced: no released weights load into this study's "
@@ -188,6 +197,15 @@ def score_right_answer(data: EvalSet, judge: Judge, progress: bool = False) -> R
     return result
 
 
+def score_inverted_right_answer(frozen: Frozen, data: EvalSet, judge: Judge, progress: bool = False) -> RowResult:
+    """The set's rendered right answers inverted by ``frozen``'s e4e encoder and redrawn by its generator,
+    ``G(E(truth))``, scored as if a method had output them (the inversion as the "inversion only" row computes it)."""
+    if data.truth is None:
+        raise ValueError(f"this {data.task} set has no right answers to invert")
+    return _score(lambda source, target, truth: invert(frozen, truth)[0], data, judge, progress,
+                  f"{data.task}: {INVERTED_RIGHT_ROW}")
+
+
 @torch.no_grad()
 def _score(outputs: BatchOutputs, data: EvalSet, judge: Judge, progress: bool, desc: str) -> RowResult:
     """The mean of every metric that can be computed on ``outputs`` of the set's batches, and the first outputs.
@@ -221,11 +239,12 @@ def _score(outputs: BatchOutputs, data: EvalSet, judge: Judge, progress: bool, d
     return RowResult(scores, np.concatenate(examples)[:KEEP_OUTPUTS])
 
 
-def build_table(methods: Mapping[str, Method], data: EvalSet, judge: Judge,
-                progress: bool = False) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """One row per method, then the right answer's row where the set has right answers: ``method``, ``pairs`` and
-    every column (NaN where n/a), with ``csim_vs_right`` after ``csim`` when the right answer is scored; also each
-    method's example outputs (the right answers are the set's own ``truth``)."""
+def build_table(methods: Mapping[str, Method], data: EvalSet, judge: Judge, progress: bool = False,
+                inversion: Optional[Frozen] = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """One row per method, then, where the set has right answers, the inverted right answers' row (given the
+    e4e networks ``inversion``) and the right answer's row: ``method``, ``pairs`` and every column (NaN where
+    n/a), with ``csim_vs_right`` after ``csim`` when the right answer is scored; also each method's example
+    outputs (the right answers are the set's own ``truth``)."""
     rows, examples = [], {}
     for name, method in methods.items():
         result = score_method(method, data, judge, progress, desc=f"{data.task}: {name}")
@@ -233,6 +252,10 @@ def build_table(methods: Mapping[str, Method], data: EvalSet, judge: Judge,
         examples[name] = result.examples
     if data.truth is None:
         return pd.DataFrame(rows, columns=["method", "pairs", *COLUMNS]), examples
+    if inversion is not None:
+        inverted = score_inverted_right_answer(inversion, data, judge, progress)
+        rows.append(_table_row(INVERTED_RIGHT_ROW, len(data), inverted.scores))
+        examples[INVERTED_RIGHT_ROW] = inverted.examples
     rows.append(_table_row(RIGHT_ANSWER_ROW, len(data), score_right_answer(data, judge, progress).scores))
     return with_csim_fraction(pd.DataFrame(rows, columns=["method", "pairs", *COLUMNS])), examples
 
@@ -287,6 +310,8 @@ def markdown_table(table: pd.DataFrame, title: str, label: str, notes: Optional[
     for column, note in (notes or {}).items():
         if column not in missing and column in table.columns and "not comparable" in note:
             lines.append(f"- {column}: {note}")
+    if INVERTED_RIGHT_ROW in set(table["method"]):
+        lines.append(f"- {INVERTED_RIGHT_NOTE}")
     if RIGHT_ANSWER_ROW in set(table["method"]):
         lines += [f"- {note}" for note in RIGHT_ANSWER_NOTES]
     return "\n".join(lines + [""])
@@ -303,7 +328,7 @@ def metrics_tree(table: pd.DataFrame) -> dict:
     ``csim_vs_right`` where the table has it."""
     tree = {}
     for row in table.to_dict("records"):
-        key = row["method"].lower().replace(" ", "_").replace("(", "").replace(")", "")
+        key = row["method"].lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
         tree[key] = {c: round(float(row[c]), 5) for c in (*COLUMNS, CSIM_FRACTION) if c in row and pd.notna(row[c])}
     return tree
 
