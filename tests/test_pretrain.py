@@ -481,8 +481,9 @@ def test_generator_finetune_with_face_features(tmp_path, images, pool):
 
 def test_generator_finetune_with_ssim(tmp_path, images, pool):
     """finetune_ssim weighs 1 - SSIM of the reconstructions in the fine-tune phase only: the first phase is
-    the plain run's exactly, the term is logged (a value in (0, 2)) from the phase's first step and is a
-    curve column only when trained with; a negative weight is refused."""
+    the plain run's exactly, the term is logged (a value in (0, 2)) from the phase's first step, is a
+    curve column only when trained with, and changes what the same fine-tune without it trains; a negative
+    weight is refused."""
     plain = ae.train_generator(_gen_cfg(tmp_path / "plain", steps=2), images, pool, progress=False)
     assert "ssim" not in plain.curve.columns
     cfg = _gen_cfg(tmp_path / "ft", steps=2, finetune_steps=2, finetune_adv=0.0, finetune_ssim=2.0)
@@ -493,7 +494,9 @@ def test_generator_finetune_with_ssim(tmp_path, images, pool):
     curve = run.curve.set_index("step")
     assert (curve.loc[[1, 2], "ssim"] == 0).all()
     assert ((curve.loc[[3, 4], "ssim"] > 0) & (curve.loc[[3, 4], "ssim"] < 2)).all()
-    assert not _state_equal(plain.nets.generator, run.nets.generator)
+    unweighted = ae.train_generator(_gen_cfg(tmp_path / "ft0", steps=2, finetune_steps=2, finetune_adv=0.0),
+                                    images, pool, progress=False)
+    assert not _state_equal(unweighted.nets.generator, run.nets.generator)  # the term is in the total it trains
     with pytest.raises(InputError, match="finetune_ssim"):
         _gen_cfg(tmp_path / "bad", finetune_steps=2, finetune_ssim=-1.0)
 
