@@ -73,10 +73,12 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse)
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """SSIM per image (kornia, 11x11 Gaussian window) on the [0, 1] scale -> [B]."""
+def ssim(x: torch.Tensor, y: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """SSIM per image (kornia, 11x11 Gaussian window) on the [0, 1] scale -> [B]; ``clamp=False`` leaves values
+    outside [-1, 1] as they are, so that a training loss built on it keeps their gradient."""
     _same_shape("ssim", x, y)
-    return kornia_ssim(_unit(x), _unit(y), SSIM_WINDOW).mean(dim=(1, 2, 3))
+    unit = _unit if clamp else (lambda t: (t + 1) / 2)
+    return kornia_ssim(unit(x), unit(y), SSIM_WINDOW).mean(dim=(1, 2, 3))
 
 
 def csim(idnet: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

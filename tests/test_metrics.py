@@ -44,6 +44,14 @@ def test_psnr_ssim_match_the_two_former_implementations():
     assert torch.equal(metrics.psnr(x, x), torch.full((4,), metrics.PSNR_MAX))
 
 
+def test_ssim_clamp_switch_changes_only_values_outside_the_range():
+    """``clamp=False`` (the generator's SSIM loss) equals the tables' SSIM inside [-1, 1] and differs outside."""
+    x, y = _fixed_pair()
+    torch.testing.assert_close(metrics.ssim(x, y, clamp=False), metrics.ssim(x, y), rtol=0, atol=0)
+    over = x * 1.5
+    assert not torch.allclose(metrics.ssim(over, y, clamp=False), metrics.ssim(over, y))
+
+
 def test_one_psnr_and_one_ssim_in_the_package():
     """PSNR and SSIM are defined once (megafr.metrics); every other module imports them."""
     import ast

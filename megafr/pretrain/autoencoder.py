@@ -79,7 +79,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from kornia.metrics import ssim as kornia_ssim
 
 from megafr import training
 from megafr.config import require, require_at_least, study_files_digest, study_path, study_relative
@@ -88,7 +87,7 @@ from megafr.fileio import atomic_path, write_json
 from megafr.face3d.recon import load_face_model
 from megafr.losses import (FaceFeatureDistance, LpipsLoss, delta_loss, discriminator_loss, id_loss, laplacian_l1,
                            latent_d_loss, latent_loss, mapping_loss)
-from megafr.metrics import SSIM_WINDOW
+from megafr.metrics import ssim as ssim_per_image
 from megafr.nets.checkpoints import load_e4e, load_stylegan2, save_encoder, save_stylegan2
 from megafr.nets.encoders import Encoder4Editing, EncoderConfig, InversionNet, LatentCodesDiscriminator
 from megafr.nets.stylegan2 import Discriminator, Generator
@@ -418,11 +417,11 @@ class Batch:
 
 
 def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``1 - SSIM(x, y)`` averaged over pixels and images (x, y [B, 3, S, S] in [-1, 1]; 0 for equal images): the
-    tables' SSIM (:func:`megafr.metrics.ssim`, kornia's) without the metric's clamp, so that values outside
-    [-1, 1] keep a gradient. Kept here, not in :mod:`megafr.losses`, whose code the 3D face network's
-    checkpoints are keyed on: only this stage trains with it."""
-    return 1 - kornia_ssim((x + 1) / 2, (y + 1) / 2, SSIM_WINDOW).mean()
+    """``1 - SSIM(x, y)`` averaged over images (x, y [B, 3, S, S] in [-1, 1]; 0 for equal images): the tables'
+    SSIM (:func:`megafr.metrics.ssim`) without its clamp, so that values outside [-1, 1] keep a gradient. Kept
+    here, not in :mod:`megafr.losses`, whose code the 3D face network's checkpoints are keyed on: only this
+    stage trains with it."""
+    return 1 - ssim_per_image(x, y, clamp=False).mean()
 
 
 def autoencoder_loss(cfg: GeneratorStageConfig, nets: Networks, generator: Generator, noise: list, batch: Batch,
