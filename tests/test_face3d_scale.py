@@ -37,7 +37,7 @@ def _config(root: Path, out: Path, **overrides) -> ft.TrainConfig:
         profile="smoke", seed=0, model_path=str(root / "head_model" / headmodel.MODEL_FILE),
         landmark_path=str(root / "head_model" / headmodel.LANDMARK_FILE), data_dir=str(root), source="synthetic",
         image_size=SIZE, input_size=INPUT, n_shape=headmodel.N_IDENTITY, n_expr=headmodel.N_EXPRESSION, width=4,
-        eye_patch=4,
+        eye_patch=4, extra_splits="",
         cam_scale_init=8.0, cam_ty_init=0.0, steps=STEPS, batch_size=BATCH, lr=1e-3, lambda_lmk=1.0, lambda_kp=1.0,
         lambda_eye=3.0, lambda_mouth=2.0, lambda_pair=1.0, lambda_sil=0.5, sil_every=2, sil_size=16, sil_batch=2 * BATCH,
         sil_sigma=1.0, lambda_shape=1e-3, lambda_expr=1e-3, lambda_pose=1e-3, checkpoint_every=2, threads=0,

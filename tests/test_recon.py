@@ -56,7 +56,7 @@ def _config(root, out, **overrides) -> TrainConfig:
         profile="smoke", seed=0, model_path=str(root / "head_model" / headmodel.MODEL_FILE),
         landmark_path=str(root / "head_model" / headmodel.LANDMARK_FILE), data_dir=str(root), source="synthetic",
         image_size=SIZE, input_size=SIZE, n_shape=headmodel.N_IDENTITY, n_expr=headmodel.N_EXPRESSION, width=4,
-        eye_patch=4, cam_scale_init=CAM_SCALE_INIT, cam_ty_init=0.0, steps=6, batch_size=4, lr=1e-3, lambda_lmk=1.0, lambda_kp=1.0,
+        eye_patch=4, extra_splits="", cam_scale_init=CAM_SCALE_INIT, cam_ty_init=0.0, steps=6, batch_size=4, lr=1e-3, lambda_lmk=1.0, lambda_kp=1.0,
         lambda_eye=3.0, lambda_mouth=2.0, lambda_pair=1.0, lambda_sil=0.5, sil_every=2, sil_size=16, sil_batch=2, sil_sigma=1.0,
         lambda_shape=1e-3, lambda_expr=1e-3, lambda_pose=1e-3, checkpoint_every=2, threads=0, out_dir=str(out),
     )
@@ -193,6 +193,32 @@ def test_config_errors(world_dir, tmp_path):
         _config(world_dir, tmp_path, eye_patch=SIZE)
     with pytest.raises(MissingFileError, match="prepare"):
         load_landmark_set(_config(world_dir, tmp_path, data_dir=str(tmp_path)), "train")
+
+
+def test_extra_splits_add_their_images_landmarks_and_masks_to_train_only(world_dir, tmp_path):
+    """``extra_splits`` appends a SynthHeads split (the mini recognition set) to the training images, with its
+    landmarks and masks in the same rows; the test split stays as it is; test itself can never be an extra."""
+    import shutil
+
+    root = tmp_path / "world"
+    shutil.copytree(world_dir, root)
+    shutil.copytree(root / "test", root / "recognition")  # any SynthHeads split folder (its rows are known)
+    plain = load_landmark_set(_config(root, tmp_path / "a"), "train")
+    more = load_landmark_set(_config(root, tmp_path / "b", extra_splits="recognition"), "train")
+    extra = load_landmark_set(_config(root, tmp_path / "c"), "test")
+    n = len(plain)
+    assert len(more) == n + len(extra)
+    np.testing.assert_array_equal(np.asarray(more.images[n:len(more)]), np.asarray(extra.images[0:len(extra)]))
+    np.testing.assert_array_equal(np.asarray(more.images[0:n]), np.asarray(plain.images[0:n]))
+    np.testing.assert_array_equal(more.landmarks[n:], extra.landmarks)
+    np.testing.assert_array_equal(more.masks[n:], extra.masks)
+    assert list(more.table["split"][n:]) == list(extra.table["split"])
+    assert more.digest() != plain.digest()  # a checkpoint of the train split alone is not resumed on more
+    assert len(load_landmark_set(_config(root, tmp_path / "d", extra_splits="recognition"), "test")) == len(extra)
+    with pytest.raises(InputError, match="extra_splits"):
+        _config(root, tmp_path, extra_splits="recognition,test")
+    with pytest.raises(InputError, match="extra_splits"):
+        _config(root, tmp_path, source="photos", lambda_sil=0.0, extra_splits="recognition")
 
 
 def test_batches_are_a_function_of_seed_and_step():

@@ -471,7 +471,7 @@ def _face3d_values(world, out_dir: Path, **overrides) -> dict:
     values = dict(
         profile="smoke", seed=0, model_path=str(files.model_path), landmark_path=str(files.landmark_path),
         data_dir=str(root), source="synthetic", image_size=SMOKE_SIZE, input_size=SMOKE_SIZE,
-        n_shape=headmodel.N_IDENTITY, n_expr=headmodel.N_EXPRESSION, width=4, eye_patch=0, cam_scale_init=8.0,
+        n_shape=headmodel.N_IDENTITY, n_expr=headmodel.N_EXPRESSION, width=4, eye_patch=0, extra_splits="", cam_scale_init=8.0,
         cam_ty_init=0.0,
         steps=KILL_STEPS, batch_size=4, lr=1e-3, lambda_lmk=1.0, lambda_kp=1.0, lambda_eye=3.0, lambda_mouth=2.0,
         lambda_pair=1.0,

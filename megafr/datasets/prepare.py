@@ -8,7 +8,8 @@ train/images.npy            uint8 [N, S, S, 3]
 train/masks.npy             uint8 [N, S, S], 1 where the head covers the pixel (silhouette ground truth)
 train/meta.parquet          one row per image: identity, shape, expression, pose, camera, light, landmarks
 test/...                    test identities, never seen in training
-recognition/                images.npy, meta.parquet: the face-recognition training set (see below)
+recognition/                images.npy, masks.npy, meta.parquet: the face-recognition training set (see below;
+                            train_face3d may also train on it: its extra_splits)
 eval/cross/                 source.npy, target.npy, truth.npy, pairs.parquet (cross-reenactment)
 eval/self/                  same for self-reenactment
 eval/frontal/               source.npy, truth.npy, pairs.parquet
@@ -42,8 +43,9 @@ official/                   random networks at image_size px in the official fil
 ``recognition/`` is the mini world's stand-in for the face-recognition data the paper's ArcFace was
 trained on (MS1M, about 85,000 people, a different data set from FFHQ): many more identities than
 the train split, with fewer images each (``n_idnet_identities`` x ``idnet_images_per_identity``),
-disjoint from the train and the test identities. Only ``train_idnet`` reads it; what it changed is
-measured in ``docs/experiments/train_idnet.md``.
+disjoint from the train and the test identities. ``train_idnet`` reads it (what it changed is measured in
+``docs/experiments/train_idnet.md``), and ``train_face3d`` where its ``extra_splits`` names it
+(``docs/experiments/train_face3d.md``).
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ def build_synthheads(cfg: PrepareConfig) -> dict:
     splits = {  # split: (identity labels, images per identity, write masks)
         "train": (np.arange(cfg.n_train_identities), cfg.images_per_identity, True),
         "test": (cfg.n_train_identities + np.arange(cfg.n_test_identities), cfg.images_per_identity, True),
-        "recognition": (n_split + np.arange(cfg.n_idnet_identities), cfg.idnet_images_per_identity, False),
+        "recognition": (n_split + np.arange(cfg.n_idnet_identities), cfg.idnet_images_per_identity, True),
     }
     tables: dict[str, pd.DataFrame] = {}
     test_params = None

@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from megafr import distributed, training
 from megafr.config import require, study_files_digest, study_path, study_relative, torch_device
@@ -88,6 +88,7 @@ METRES_TO_MM = 1000.0
 PERCENT = 100.0
 EVAL_BATCH = 100  # images per evaluation batch
 PHOTO_TEST_EVERY = 10  # photos source: every 10th aligned photo is held out for evaluation
+EXTRA_SPLITS = ("recognition",)  # SynthHeads splits extra_splits may add to the training images (never test)
 DIGEST_CHUNK = 256  # images hashed at a time by LandmarkSet.digest
 PHOTO_PIXEL_CENTRE = 0.5  # align.py writes landmarks with pixel centres at integers; SynthHeads at j + 0.5
 LOSS_TERMS = ("lmk", "kp", "sil", "shape", "expr", "pose")
@@ -113,6 +114,7 @@ class TrainConfig:
     n_expr: int  # expression coefficients regressed
     width: int  # stem channels of the CNN
     eye_patch: int  # side (input pixels) of the eye crops the network's eye branch reads (0: no branch)
+    extra_splits: str  # comma-separated SynthHeads splits trained on besides ``train`` (EXTRA_SPLITS; "": none)
     cam_scale_init: float  # camera scale predicted before training: rough framing of the crops (NDC units / m)
     cam_ty_init: float  # vertical camera translation before training (metres)
     steps: int  # optimisation steps
@@ -146,10 +148,19 @@ class TrainConfig:
         require(self.lr > 0, f"train_face3d.lr must be positive, got {self.lr}")
         require(self.sil_sigma > 0, f"train_face3d.sil_sigma must be positive, got {self.sil_sigma}")
         require(self.threads >= 0, f"train_face3d.threads must be >= 0, got {self.threads}")
+        for split in self.extra_split_names:
+            require(split in EXTRA_SPLITS, f"train_face3d.extra_splits may name {', '.join(EXTRA_SPLITS)} (comma-separated) "
+                                           f"or be empty, got {split!r}")
+        require(self.source == "synthetic" or not self.extra_split_names,
+                "train_face3d.extra_splits must be empty for the photos source: it names SynthHeads splits")
         require(self.source == "synthetic" or self.lambda_sil == 0,
                 "train_face3d.lambda_sil must be 0 for the photos source: aligned photos have no head masks "
                 "(the silhouette term needs them); set lambda_sil: 0 in params.yaml")
         self.recon_config()  # validates sizes
+
+    @property
+    def extra_split_names(self) -> list[str]:
+        return [name.strip() for name in self.extra_splits.split(",") if name.strip()]
 
     def recon_config(self) -> ReconConfig:
         return ReconConfig(n_shape=self.n_shape, n_expr=self.n_expr, image_size=self.image_size,
@@ -265,27 +276,19 @@ def _resize_uint8(images: np.ndarray, size: int, chunk: int = 256) -> np.ndarray
 
 
 def load_landmark_set(cfg: TrainConfig, split: str) -> LandmarkSet:
-    """The ``train`` or ``test`` split of SynthHeads; for the photos source, every PHOTO_TEST_EVERY-th
+    """The ``train`` split of SynthHeads (with the ``extra_splits`` after it) or its ``test`` split; for the
+    photos source, every PHOTO_TEST_EVERY-th
     aligned photo is ``test`` and the others ``train``. Images stay on disk (a memory-mapped ``images.npy``,
     or the aligned photo files) and are read and resized to ``input_size`` per batch; landmarks and masks
     (small) are loaded."""
     root = study_path(cfg.data_dir)
     if cfg.source == "synthetic":
-        folder = root / split
-        for name in ("images.npy", "meta.parquet"):
-            if not (folder / name).is_file():
-                raise MissingFileError(f"{folder / name} not found; run the prepare stage first (`dvc repro prepare`)")
-        stored = ImageArray(folder / "images.npy")
-        table = pd.read_parquet(folder / "meta.parquet")
-        points = np.stack([table[[f"lmk2d_{axis}_{i}" for i in range(lmk.N_LANDMARKS)]].to_numpy(np.float64)
-                           for axis in "xy"], axis=-1)  # [N, 68, 2] pixels
-        masks = np.load(folder / "masks.npy") if (folder / "masks.npy").is_file() else None
-        if masks is None and cfg.lambda_sil > 0:
-            raise MissingFileError(f"{folder / 'masks.npy'} not found but lambda_sil={cfg.lambda_sil}; rebuild the data "
-                                   "set with the current prepare stage, or set train_face3d.lambda_sil: 0")
-        if stored.shape[1] != cfg.image_size:
-            raise InputError(f"{folder}: images are {stored.shape[1:]} but train_face3d.image_size={cfg.image_size}; "
-                             "set image_size to the prepare stage's size")
+        parts = [_synthetic_split(cfg, root / name)
+                 for name in [split, *(cfg.extra_split_names if split == "train" else [])]]
+        stored = parts[0][0] if len(parts) == 1 else ConcatDataset([part[0] for part in parts])
+        table = pd.concat([part[1] for part in parts], ignore_index=True)
+        points = np.concatenate([part[2] for part in parts])
+        masks = None if any(part[3] is None for part in parts) else np.concatenate([part[3] for part in parts])
         files_digest = ""  # SynthHeads splits are small: their pixels are hashed, as before
     else:
         from megafr.datasets.align import read_landmark_table
@@ -524,6 +527,25 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
 
 
 # ---------------------------------------------------------------------------------- evaluation
+def _synthetic_split(cfg: TrainConfig, folder: Path) -> tuple[ImageArray, pd.DataFrame, np.ndarray, Optional[np.ndarray]]:
+    """One SynthHeads split folder: (images, meta table, 2D landmarks [N, 68, 2] in pixels, masks or None)."""
+    for name in ("images.npy", "meta.parquet"):
+        if not (folder / name).is_file():
+            raise MissingFileError(f"{folder / name} not found; run the prepare stage first (`dvc repro prepare`)")
+    stored = ImageArray(folder / "images.npy")
+    table = pd.read_parquet(folder / "meta.parquet")
+    points = np.stack([table[[f"lmk2d_{axis}_{i}" for i in range(lmk.N_LANDMARKS)]].to_numpy(np.float64)
+                       for axis in "xy"], axis=-1)  # [N, 68, 2] pixels
+    masks = np.load(folder / "masks.npy") if (folder / "masks.npy").is_file() else None
+    if masks is None and cfg.lambda_sil > 0:
+        raise MissingFileError(f"{folder / 'masks.npy'} not found but lambda_sil={cfg.lambda_sil}; rebuild the data "
+                               "set with the current prepare stage, or set train_face3d.lambda_sil: 0")
+    if stored.shape[1] != cfg.image_size:
+        raise InputError(f"{folder}: images are {stored.shape[1:]} but train_face3d.image_size={cfg.image_size}; "
+                         "set image_size to the prepare stage's size")
+    return stored, table, points, masks
+
+
 @torch.no_grad()
 def predict(model: FaceModel, data: LandmarkSet) -> dict[str, np.ndarray]:
     """Parameters, 2D landmarks (NDC) and 3D landmarks of every image of ``data`` (model in eval mode)."""
