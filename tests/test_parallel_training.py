@@ -1,6 +1,8 @@
 """Several E_FR trainings at once in CPU worker processes: the same weights as one after another."""
 
 import dataclasses
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -99,3 +101,49 @@ def test_ablations_and_variants_in_two_processes_give_the_rows_of_one(files, tmp
     pd.testing.assert_frame_equal(scored[1][1], scored[2][1])
     for name in ("e4e_render", "e4e_params"):
         pd.testing.assert_frame_equal(scored[1][0][name], scored[2][0][name])
+
+
+_ORPHAN_SCRIPT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from megafr.reenact import parallel
+watch = sys.argv[1] == "watch"
+pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                           initializer=parallel._exit_with_parent if watch else None)
+print(pool.submit(os.getpid).result(), flush=True)
+pool.submit(time.sleep, 120)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie waiting to be reaped counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_ends_when_its_caller_is_killed():
+    """A caller killed without a word (SIGKILL: a restarted kernel) takes its training worker with it; a pool
+    without the watch leaves the worker running (the control, so that the test can fail)."""
+    import signal
+    import subprocess
+    import time
+
+    survivors = {}
+    for mode in ("watch", "no-watch"):
+        caller = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, mode], stdout=subprocess.PIPE, text=True)
+        worker = int(caller.stdout.readline())
+        assert _alive(worker)
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+        deadline = time.monotonic() + (20 if mode == "watch" else 3)
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors[mode] = _alive(worker)
+        if survivors[mode]:
+            os.kill(worker, signal.SIGKILL)
+    assert survivors == {"watch": False, "no-watch": True}
