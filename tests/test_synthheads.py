@@ -113,7 +113,7 @@ def test_recognition_set_size_leaves_the_other_sets_unchanged(built, tmp_path):
     run_prepare(bigger)
     before, after = _digests(cfg.data_dir), _digests(bigger.data_dir)
     changed = {name for name in before if before[name] != after[name]}
-    assert changed == {"recognition/images.npy", "recognition/meta.parquet"}
+    assert changed == {"recognition/images.npy", "recognition/masks.npy", "recognition/meta.parquet"}
 
 
 def test_bad_params_are_refused(tmp_path):
