@@ -11,18 +11,38 @@ batch of the step (a function of seed and step), takes its own contiguous share 
 losses this is the single-process step at the global batch, so N ranks at batch B end with the
 weights of one process at batch N * B. Only rank 0 writes checkpoints and curves; the others wait
 at a barrier and then read the same files when resuming.
+
+Local worker pools (E_FR trainings side by side on a CPU, photo alignment) pass
+:func:`exit_with_parent` as their ``initializer``: a worker whose caller died without a word (a
+killed process, a restarted Jupyter kernel) then ends too, instead of working on beside the next run.
 """
 
 from __future__ import annotations
 
 import datetime
+import multiprocessing
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 TIMEOUT_MINUTES = 30  # how long a rank waits for the others at a collective before failing
+
+
+def exit_with_parent() -> None:
+    """Worker-pool initializer: a daemon thread waits on the parent process's sentinel (``multiprocessing``'s
+    own handle, ready when the parent has ended however it ended) and then ends this worker at once."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a multiprocessing child
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)  # callers write their outputs atomically: stopping mid-task loses only that task
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 @dataclass(frozen=True)

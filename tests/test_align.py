@@ -360,3 +360,31 @@ def test_align_folder_with_nothing_aligned_still_writes_outputs(aligner, tmp_pat
         align_folder(tmp_path / "absent", out, SIZE, aligner=aligner, progress=False)
     with pytest.raises(InputError, match="output_size"):
         align_folder(src, out, 128, aligner=aligner, progress=False)
+
+
+def test_align_folder_workers_end_with_their_caller(aligner, photo, tmp_path, monkeypatch):
+    """The alignment pool's workers carry the watch that ends them with a killed caller (the watch itself is
+    tested in test_parallel_training), and aligning in two processes writes what one process writes."""
+    import concurrent.futures
+
+    from megafr import distributed
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    Image.fromarray(photo).save(src / "a.png")
+    Image.fromarray(np.ascontiguousarray(photo[:, ::-1])).save(src / "b.png")
+    initializers = []
+
+    class Recording(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            initializers.append(kwargs.get("initializer"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Recording)
+    two = align_folder(src, tmp_path / "two", SIZE, aligner=aligner, progress=False, workers=2)
+    assert initializers == [distributed.exit_with_parent]
+    one = align_folder(src, tmp_path / "one", SIZE, aligner=aligner, progress=False, workers=1)
+    assert initializers == [distributed.exit_with_parent]  # one process: no pool
+    assert two.aligned == one.aligned == ("a.png", "b.png")
+    for name in two.aligned:
+        assert (tmp_path / "two" / "images" / name).read_bytes() == (tmp_path / "one" / "images" / name).read_bytes()

@@ -106,10 +106,10 @@ def test_ablations_and_variants_in_two_processes_give_the_rows_of_one(files, tmp
 _ORPHAN_SCRIPT = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from megafr.reenact import parallel
+from megafr import distributed
 watch = sys.argv[1] == "watch"
 pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                           initializer=parallel._exit_with_parent if watch else None)
+                           initializer=distributed.exit_with_parent if watch else None)
 print(pool.submit(os.getpid).result(), flush=True)
 pool.submit(time.sleep, 120)
 time.sleep(120)

@@ -658,7 +658,9 @@ def align_folder(in_dir: str | os.PathLike, out_dir: str | os.PathLike, output_s
     if workers > 1 and len(todo) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers) as pool:
+        from megafr.distributed import exit_with_parent  # a killed prepare leaves no aligner running
+
+        with ProcessPoolExecutor(workers, initializer=exit_with_parent) as pool:
             results = pool.map(_align_file, [aligner] * len(todo), todo, [image_dir] * len(todo), chunksize=4)
             for path, result in zip(todo, results):
                 outcome[path.name] = result

@@ -83,6 +83,8 @@ SOURCES = ("synthetic", "photos")
 CHECKPOINT_FILE = "checkpoint.pt"
 WARMUP_FRACTION = 0.05  # share of the steps with a linear learning-rate warm-up (then cosine decay to 0)
 ADAM_BETAS = (0.9, 0.999)
+MEMORY_FORMAT = torch.channels_last  # the network's weights and batches while training: NHWC convolutions, faster on
+# the CPU (oneDNN) and on GPUs alike (benchmarks/: training, face3d_memory_format); the weights saved are the same
 CURVE_POINTS = 200  # about this many rows in the training curve CSV
 METRES_TO_MM = 1000.0
 PERCENT = 100.0
@@ -275,10 +277,29 @@ def _resize_uint8(images: np.ndarray, size: int, chunk: int = 256) -> np.ndarray
     return np.concatenate(out)
 
 
+def _synthetic_split(cfg: TrainConfig, folder: Path) -> tuple[ImageArray, pd.DataFrame, np.ndarray, Optional[np.ndarray]]:
+    """One SynthHeads split folder: (images, meta table, 2D landmarks [N, 68, 2] in pixels, masks or None)."""
+    for name in ("images.npy", "meta.parquet"):
+        if not (folder / name).is_file():
+            raise MissingFileError(f"{folder / name} not found; run the prepare stage first (`dvc repro prepare`)")
+    stored = ImageArray(folder / "images.npy")
+    table = pd.read_parquet(folder / "meta.parquet")
+    points = np.stack([table[[f"lmk2d_{axis}_{i}" for i in range(lmk.N_LANDMARKS)]].to_numpy(np.float64)
+                       for axis in "xy"], axis=-1)  # [N, 68, 2] pixels
+    masks = np.load(folder / "masks.npy") if (folder / "masks.npy").is_file() else None
+    if masks is None and cfg.lambda_sil > 0:
+        raise MissingFileError(f"{folder / 'masks.npy'} not found but lambda_sil={cfg.lambda_sil}; rebuild the data "
+                               "set with the current prepare stage, or set train_face3d.lambda_sil: 0")
+    if stored.shape[1] != cfg.image_size:
+        raise InputError(f"{folder}: images are {stored.shape[1:]} but train_face3d.image_size={cfg.image_size}; "
+                         "set image_size to the prepare stage's size")
+    return stored, table, points, masks
+
+
+@torch.no_grad()
 def load_landmark_set(cfg: TrainConfig, split: str) -> LandmarkSet:
     """The ``train`` split of SynthHeads (with the ``extra_splits`` after it) or its ``test`` split; for the
-    photos source, every PHOTO_TEST_EVERY-th
-    aligned photo is ``test`` and the others ``train``. Images stay on disk (a memory-mapped ``images.npy``,
+    photos source, every PHOTO_TEST_EVERY-th aligned photo is ``test`` and the others ``train``. Images stay on disk (a memory-mapped ``images.npy``,
     or the aligned photo files) and are read and resized to ``input_size`` per batch; landmarks and masks
     (small) are loaded."""
     root = study_path(cfg.data_dir)
@@ -468,6 +489,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
            here: distributed.World) -> TrainResult:
     device = torch_device()  # the GPU when there is one (this process's GPU under torchrun)
     model = build_model(cfg, flame).to(device)
+    model.net.to(memory_format=MEMORY_FORMAT)
     optimizer = torch.optim.Adam(model.net.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
     loss_fn = Face3dLoss(cfg).to(device)
     path = cfg.checkpoint_path
@@ -497,7 +519,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
                          disable=not (progress and here.main))
     for step, batch in zip(steps, batches):
         rows = step_rows(step)
-        images = to_model_input(batch, device)  # [B, 3, s, s]
+        images = to_model_input(batch, device).contiguous(memory_format=MEMORY_FORMAT)  # [B, 3, s, s]
         target = torch.from_numpy(data.landmarks[rows]).to(device)  # [B, 68, 2]
         masks = None
         if data.masks is not None and cfg.lambda_sil > 0 and step % cfg.sil_every == 0:
@@ -527,26 +549,6 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
 
 
 # ---------------------------------------------------------------------------------- evaluation
-def _synthetic_split(cfg: TrainConfig, folder: Path) -> tuple[ImageArray, pd.DataFrame, np.ndarray, Optional[np.ndarray]]:
-    """One SynthHeads split folder: (images, meta table, 2D landmarks [N, 68, 2] in pixels, masks or None)."""
-    for name in ("images.npy", "meta.parquet"):
-        if not (folder / name).is_file():
-            raise MissingFileError(f"{folder / name} not found; run the prepare stage first (`dvc repro prepare`)")
-    stored = ImageArray(folder / "images.npy")
-    table = pd.read_parquet(folder / "meta.parquet")
-    points = np.stack([table[[f"lmk2d_{axis}_{i}" for i in range(lmk.N_LANDMARKS)]].to_numpy(np.float64)
-                       for axis in "xy"], axis=-1)  # [N, 68, 2] pixels
-    masks = np.load(folder / "masks.npy") if (folder / "masks.npy").is_file() else None
-    if masks is None and cfg.lambda_sil > 0:
-        raise MissingFileError(f"{folder / 'masks.npy'} not found but lambda_sil={cfg.lambda_sil}; rebuild the data "
-                               "set with the current prepare stage, or set train_face3d.lambda_sil: 0")
-    if stored.shape[1] != cfg.image_size:
-        raise InputError(f"{folder}: images are {stored.shape[1:]} but train_face3d.image_size={cfg.image_size}; "
-                         "set image_size to the prepare stage's size")
-    return stored, table, points, masks
-
-
-@torch.no_grad()
 def predict(model: FaceModel, data: LandmarkSet) -> dict[str, np.ndarray]:
     """Parameters, 2D landmarks (NDC) and 3D landmarks of every image of ``data`` (model in eval mode)."""
     model.eval()

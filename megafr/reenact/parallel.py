@@ -16,14 +16,13 @@ Each worker loads the frozen networks and the training images from the files the
 trainings resumes like a single one: every training continues from its own checkpoint.
 On a GPU there is one device to share: there the trainings run one at a time, in the caller's process.
 A worker whose caller dies without a word (a killed process, a restarted Jupyter kernel) exits too
-(:func:`_exit_with_parent`), instead of training on beside the next run over the same checkpoints.
+(:func:`megafr.distributed.exit_with_parent`), instead of training on beside the next run over the same
+checkpoints.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Mapping
@@ -31,23 +30,10 @@ from typing import Mapping
 import torch
 
 from megafr.config import require, study_path, torch_device
+from megafr.distributed import exit_with_parent
 from megafr.datasets.loader import open_images
 from megafr.progress import progress_bar
 from megafr.reenact.train import ReenactConfig, load_frozen, train
-
-
-def _exit_with_parent() -> None:
-    """Worker initializer: a daemon thread waits on the parent process's sentinel (``multiprocessing``'s
-    own handle, ready when the parent has ended however it ended) and then ends this worker at once."""
-    parent = multiprocessing.parent_process()
-    if parent is None:  # not a multiprocessing child
-        return
-
-    def watch() -> None:
-        parent.join()
-        os._exit(1)  # checkpoints are written atomically: stopping mid-step loses only that step
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _train_in_worker(cfg: ReenactConfig, threads: int) -> float:
@@ -87,7 +73,7 @@ def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool =
     threads = worker_threads(processes)
     seconds: dict[str, float] = {}
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-    pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_exit_with_parent)
+    pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=exit_with_parent)
     try:
         futures = {pool.submit(_train_in_worker, cfg, threads): name for name, cfg in cfgs.items()}
         bar = progress_bar(as_completed(futures), total=len(futures), disable=not progress,
