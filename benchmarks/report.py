@@ -181,6 +181,19 @@ def _optimizer_rows(section: dict) -> list[list[str]]:
              f"{seconds(default)} vs {seconds(fused)}", f"fused: {default / fused:.2f}x the speed", ""]]
 
 
+def _memory_format_rows(section: dict) -> list[list[str]]:
+    rows = []
+    for name, row in section.items():
+        if not _ok(row):
+            continue
+        for threads in (1, 2):
+            run = row[f"threads_{threads}"]
+            base, nhwc = run["contiguous"]["median_s"], run["channels_last"]["median_s"]
+            rows.append([f"Default layout vs channels_last, {row['workload']}", f"{threads} torch thread{'s' * (threads > 1)}",
+                         f"{seconds(base)} vs {seconds(nhwc)}", f"channels_last: {base / nhwc:.2f}x the speed", ""])
+    return rows
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -192,7 +205,8 @@ def main_table(result: dict) -> str:
                 ("generator", lambda s: _network_rows(s, "StyleGAN2 synthesis")),
                 ("e4e", lambda s: _network_rows(s, "e4e encoder")), ("reenactment", _reenactment_rows),
                 ("driving", _driving_rows),
-                ("training", _training_rows), ("threads", _thread_rows), ("optimizer", _optimizer_rows))
+                ("training", _training_rows), ("threads", _thread_rows), ("optimizer", _optimizer_rows),
+                ("memory_format", _memory_format_rows))
     rows = []
     for name, build in builders:
         if _ok(result.get(name)):

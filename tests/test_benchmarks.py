@@ -95,6 +95,16 @@ def test_optimizer_section_compares_default_and_fused_adam(quick_run):
     assert "Default vs fused Adam" in report.markdown(quick_run)
 
 
+def test_memory_format_section_compares_layouts_of_a_face3d_step(quick_run):
+    row = quick_run["memory_format"]["face3d_train_step"]
+    for threads in (1, 2):
+        run = row[f"threads_{threads}"]
+        base, nhwc = run["contiguous"]["median_s"], run["channels_last"]["median_s"]
+        assert _positive(base) and _positive(nhwc)
+        assert run["time_ratio_contiguous_over_channels_last"] == base / nhwc
+    assert "Default layout vs channels_last" in report.markdown(quick_run)
+
+
 def test_profile_lists_ops_and_functions(quick_run):
     for workload in ("reenactment", "efr_train_step"):
         entry = quick_run["profile"][workload]
