@@ -296,7 +296,6 @@ def _synthetic_split(cfg: TrainConfig, folder: Path) -> tuple[ImageArray, pd.Dat
     return stored, table, points, masks
 
 
-@torch.no_grad()
 def load_landmark_set(cfg: TrainConfig, split: str) -> LandmarkSet:
     """The ``train`` split of SynthHeads (with the ``extra_splits`` after it) or its ``test`` split; for the
     photos source, every PHOTO_TEST_EVERY-th aligned photo is ``test`` and the others ``train``. Images stay on disk (a memory-mapped ``images.npy``,
@@ -549,6 +548,7 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
 
 
 # ---------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
 def predict(model: FaceModel, data: LandmarkSet) -> dict[str, np.ndarray]:
     """Parameters, 2D landmarks (NDC) and 3D landmarks of every image of ``data`` (model in eval mode)."""
     model.eval()
