@@ -298,9 +298,9 @@ def _synthetic_split(cfg: TrainConfig, folder: Path) -> tuple[ImageArray, pd.Dat
 
 def load_landmark_set(cfg: TrainConfig, split: str) -> LandmarkSet:
     """The ``train`` split of SynthHeads (with the ``extra_splits`` after it) or its ``test`` split; for the
-    photos source, every PHOTO_TEST_EVERY-th aligned photo is ``test`` and the others ``train``. Images stay on disk (a memory-mapped ``images.npy``,
-    or the aligned photo files) and are read and resized to ``input_size`` per batch; landmarks and masks
-    (small) are loaded."""
+    photos source, every PHOTO_TEST_EVERY-th aligned photo is ``test`` and the others ``train``. Images stay
+    on disk (a memory-mapped ``images.npy``, or the aligned photo files) and are read and resized to
+    ``input_size`` per batch; landmarks and masks (small) are loaded."""
     root = study_path(cfg.data_dir)
     if cfg.source == "synthetic":
         parts = [_synthetic_split(cfg, root / name)

@@ -30,8 +30,8 @@ from typing import Mapping
 import torch
 
 from megafr.config import require, study_path, torch_device
-from megafr.distributed import exit_with_parent
 from megafr.datasets.loader import open_images
+from megafr.distributed import exit_with_parent
 from megafr.progress import progress_bar
 from megafr.reenact.train import ReenactConfig, load_frozen, train
 
