@@ -125,3 +125,36 @@ def test_bad_params_are_refused(tmp_path):
         _config(tmp_path, source="photos", photos_dir=str(tmp_path / "missing"))
     with pytest.raises(InputError, match="n_idnet_identities"):
         _config(tmp_path, n_idnet_identities=1)
+
+
+def test_each_pixel_averages_its_samples(built):
+    """Images are rendered at SUPERSAMPLE x SUPERSAMPLE samples per pixel and averaged; a mask pixel is head when at
+    least half its samples are: the head's outline is shaded by coverage, not cut at whole pixels."""
+    import torch
+
+    from megafr.datasets import synthheads as sh
+    from megafr.face3d.framing import aligned_camera
+
+    cfg, _ = built
+    _, table = load_split(cfg, "test")
+    params = sh.table_to_params(table.iloc[:4])
+    world = sh.HeadWorld(cfg.model_path, cfg.landmark_path, cfg.image_size)
+    rendered = world.render(params)
+
+    def tensor(values):
+        return torch.from_numpy(np.ascontiguousarray(values))
+
+    out = world.flame(tensor(params.shape), tensor(params.expression), tensor(params.pose))
+    camera = aligned_camera(out.landmarks, tensor(params.zoom), tensor(params.shift))
+    samples = world.renderer(out.vertices, camera, mode="photo", albedo=world.appearance.albedo(tensor(params.appearance)),
+                             sh=tensor(params.sh),
+                             background=sh.gradient_background(tensor(params.background), cfg.image_size * sh.SUPERSAMPLE))
+    k = sh.SUPERSAMPLE
+    assert k >= 2 and samples.image.shape[-1] == cfg.image_size * k
+    blocks = samples.image.unflatten(2, (cfg.image_size, k)).unflatten(4, (cfg.image_size, k))  # [B, 3, S, k, S, k]
+    expected = ((blocks.mean(dim=(3, 5)).clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).numpy()
+    assert np.abs(rendered["images"].astype(np.float64) - expected).max() <= 0.5 + 1e-3
+    coverage = samples.mask[:, 0].unflatten(1, (cfg.image_size, k)).unflatten(3, (cfg.image_size, k)).float().mean(dim=(2, 4))
+    np.testing.assert_array_equal(rendered["masks"], (coverage >= 0.5).numpy().astype(np.uint8))
+    partial = ((coverage > 0) & (coverage < 1)).sum().item()
+    assert partial > 0  # pixels the outline crosses: blended, neither head nor background

@@ -10,6 +10,12 @@ reenactment error, which the paper's real photos cannot give.
 All randomness comes from one ``numpy.random.Generator`` seeded from the params seed,
 and rendering is deterministic on CPU, so the same params give byte-identical files.
 
+Every image is rendered at ``SUPERSAMPLE`` x ``SUPERSAMPLE`` samples per pixel and averaged down
+(head masks: a pixel is head when at least half its samples are). At 64 px an open eye is about
+1.7 px high; with one sample per pixel the lids land on whole pixels, while the averaged samples
+shade the partly covered ones, which is what lets a network read the eyelid gap
+(``docs/experiments/train_face3d.md``).
+
 The evaluation sets render the right answer with the same renderer:
 ``cross`` (source identity with the target's expression and pose, target of another
 identity), ``self`` (same identity), ``frontal`` (source identity and expression, frontal
@@ -44,6 +50,7 @@ AMBIENT_RANGE = (1.05, 1.35)  # band-0 SH light strength
 DIRECTIONAL_RANGE = (0.2, 0.5)  # band-1 SH light strength
 TALKING_MOUTH_CYCLES = 4  # mouth open/close cycles over the talking-head sequence
 EYE_DEGREES = (0.0, 0.25, 0.5, 0.75, 1.0)  # eye-opening degrees rendered as ground truth
+SUPERSAMPLE = 2  # each image is rendered at 2 x 2 samples per pixel and averaged down (anti-aliased edges and lids)
 RENDER_BATCH = 64
 
 
@@ -80,7 +87,7 @@ class HeadWorld:
         self.flame = FLAME.from_files(model_path, landmark_path, headmodel.N_IDENTITY, headmodel.N_EXPRESSION)
         appearance_path = Path(model_path).with_name(headmodel.APPEARANCE_FILE)
         self.appearance = headmodel.AppearanceModel.load(appearance_path)
-        self.renderer = Renderer(self.flame.faces, image_size)
+        self.renderer = Renderer(self.flame.faces, image_size * SUPERSAMPLE)
         self.image_size = image_size
         self.expression_names = headmodel.EXPRESSION_COMPONENTS
 
@@ -148,10 +155,10 @@ class HeadWorld:
                 mode="photo",
                 albedo=albedo,
                 sh=torch.from_numpy(batch.sh),
-                background=gradient_background(torch.from_numpy(batch.background), self.image_size),
+                background=gradient_background(torch.from_numpy(batch.background), self.image_size * SUPERSAMPLE),
             )
-            images.append(to_uint8(rendered.image))
-            masks.append(rendered.mask[:, 0].to(torch.uint8).numpy())
+            images.append(to_uint8(downsample(rendered.image)))
+            masks.append((downsample(rendered.mask[:, :1].float())[:, 0] >= 0.5).to(torch.uint8).numpy())
             lmk2d.append(landmarks_to_pixels(out.landmarks, camera, self.image_size).numpy())
             lmk3d.append(out.landmarks.numpy())
             scales.append(camera.scale.numpy())
@@ -186,6 +193,11 @@ def gradient_background(colours: torch.Tensor, size: int) -> torch.Tensor:
     top, bottom = colours[:, 0, :, None, None], colours[:, 1, :, None, None]  # [B, 3, 1, 1]
     image = top * (1 - t) + bottom * t
     return (image * 2.0 - 1.0).expand(-1, -1, -1, size).contiguous()
+
+
+def downsample(image: torch.Tensor, factor: int = SUPERSAMPLE) -> torch.Tensor:
+    """[B, C, H * factor, W * factor] -> [B, C, H, W]: each pixel the mean of its factor x factor samples."""
+    return torch.nn.functional.avg_pool2d(image, factor) if factor > 1 else image
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

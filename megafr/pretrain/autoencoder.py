@@ -207,9 +207,12 @@ class GeneratorStageConfig(common.StageFolders):
                                    *common.split_files(self.data_dir, self.UPSTREAM_SPLIT)])
 
     def pool_digest(self) -> str:
-        """Digest of the files the swap pool is rendered from: the head model, its landmarks, the split's table."""
+        """Digest of what the swap pool is rendered from: the head model, its landmarks, the split's table and
+        SynthHeads' samples per pixel."""
+        from megafr.datasets.synthheads import SUPERSAMPLE
+
         table = f"{self.data_dir}/{self.UPSTREAM_SPLIT}/meta.parquet"
-        return study_files_digest((self.model_path, self.landmark_path, table))
+        return f"{study_files_digest((self.model_path, self.landmark_path, table))}:supersample={SUPERSAMPLE}"
 
     @property
     def total_steps(self) -> int:
