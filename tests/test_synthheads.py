@@ -146,15 +146,16 @@ def test_each_pixel_averages_its_samples(built):
 
     out = world.flame(tensor(params.shape), tensor(params.expression), tensor(params.pose))
     camera = aligned_camera(out.landmarks, tensor(params.zoom), tensor(params.shift))
-    samples = world.renderer(out.vertices, camera, mode="photo", albedo=world.appearance.albedo(tensor(params.appearance)),
-                             sh=tensor(params.sh),
-                             background=sh.gradient_background(tensor(params.background), cfg.image_size * sh.SUPERSAMPLE))
     k = sh.SUPERSAMPLE
+    background = sh.gradient_background(tensor(params.background), cfg.image_size * k)
+    albedo = world.appearance.albedo(tensor(params.appearance))
+    samples = world.renderer(out.vertices, camera, mode="photo", albedo=albedo, sh=tensor(params.sh), background=background)
     assert k >= 2 and samples.image.shape[-1] == cfg.image_size * k
     blocks = samples.image.unflatten(2, (cfg.image_size, k)).unflatten(4, (cfg.image_size, k))  # [B, 3, S, k, S, k]
     expected = ((blocks.mean(dim=(3, 5)).clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).numpy()
     assert np.abs(rendered["images"].astype(np.float64) - expected).max() <= 0.5 + 1e-3
-    coverage = samples.mask[:, 0].unflatten(1, (cfg.image_size, k)).unflatten(3, (cfg.image_size, k)).float().mean(dim=(2, 4))
+    mask = samples.mask[:, 0].float().unflatten(1, (cfg.image_size, k)).unflatten(3, (cfg.image_size, k))  # [B, S, k, S, k]
+    coverage = mask.mean(dim=(2, 4))
     np.testing.assert_array_equal(rendered["masks"], (coverage >= 0.5).numpy().astype(np.uint8))
     partial = ((coverage > 0) & (coverage < 1)).sum().item()
     assert partial > 0  # pixels the outline crosses: blended, neither head nor background
