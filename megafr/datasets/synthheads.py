@@ -136,6 +136,22 @@ class HeadWorld:
 
     # ----------------------------------------------------------------- rendering
     @torch.no_grad()
+    def render_samples(self, batch: SceneParams):
+        """One batch at ``SUPERSAMPLE`` x ``SUPERSAMPLE`` samples per pixel, before averaging -> (FLAME output,
+        the aligned camera, the renderer's output at ``image_size * SUPERSAMPLE`` px)."""
+        out = self.flame(torch.from_numpy(batch.shape), torch.from_numpy(batch.expression), torch.from_numpy(batch.pose))
+        camera = aligned_camera(out.landmarks, torch.from_numpy(batch.zoom), torch.from_numpy(batch.shift))
+        rendered = self.renderer(
+            out.vertices,
+            camera,
+            mode="photo",
+            albedo=self.appearance.albedo(torch.from_numpy(batch.appearance)),
+            sh=torch.from_numpy(batch.sh),
+            background=gradient_background(torch.from_numpy(batch.background), self.image_size * SUPERSAMPLE),
+        )
+        return out, camera, rendered
+
+    @torch.no_grad()
     def render(self, params: SceneParams, progress: str | None = None) -> dict[str, np.ndarray]:
         """Render ``params`` -> uint8 images [B, H, W, 3], head masks uint8 [B, H, W] (1 = head),
         2D landmarks [B, 68, 2] (pixels), 3D landmarks [B, 68, 3] and the orthographic camera
@@ -144,19 +160,7 @@ class HeadWorld:
         starts = range(0, len(params), RENDER_BATCH)
         for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
             batch = params.take(np.arange(start, min(start + RENDER_BATCH, len(params))))
-            out = self.flame(
-                torch.from_numpy(batch.shape), torch.from_numpy(batch.expression), torch.from_numpy(batch.pose)
-            )
-            camera = aligned_camera(out.landmarks, torch.from_numpy(batch.zoom), torch.from_numpy(batch.shift))
-            albedo = self.appearance.albedo(torch.from_numpy(batch.appearance))
-            rendered = self.renderer(
-                out.vertices,
-                camera,
-                mode="photo",
-                albedo=albedo,
-                sh=torch.from_numpy(batch.sh),
-                background=gradient_background(torch.from_numpy(batch.background), self.image_size * SUPERSAMPLE),
-            )
+            out, camera, rendered = self.render_samples(batch)
             images.append(to_uint8(downsample(rendered.image)))
             masks.append((downsample(rendered.mask[:, :1].float())[:, 0] >= 0.5).to(torch.uint8).numpy())
             lmk2d.append(landmarks_to_pixels(out.landmarks, camera, self.image_size).numpy())
