@@ -76,6 +76,7 @@ SECTIONS: dict[str, dict[str, Row]] = {
                 "efr_train_step_omp_passive": Row(training.efr_step_threads, PASSIVE),
                 "efr_train_processes": Row(training.efr_step_processes, PASSIVE)},
     "optimizer": {"": Row(training.adam_step)},
+    "precision": {"efr_train_step": Row(training.efr_step_precision, PASSIVE)},
     "memory_format": {"face3d_train_step": Row(training.face3d_memory_format, PASSIVE)},
     "profile": {"reenactment": Row(profiling.profile_reenactment), "efr_train_step": Row(profiling.profile_efr_step)},
     "gpu": {"": Row(gpu.gpu)},

@@ -16,6 +16,7 @@ depend on pixel values); the face3d case also gets random landmarks and head mas
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import multiprocessing
 import time
@@ -31,6 +32,7 @@ from benchmarks.cases import pick, thread_comparison
 from benchmarks.timing import rate, side_by_side, timed
 from benchmarks.worlds import (Settings, face3d_config, frozen_networks, generator_config, idnet_config, image_size,
                                inversion_config, profile_params, random_images, reenact_config)
+from megafr.devices import autocast, cpu_bf16_native
 from megafr.face3d import train as face3d_train
 from megafr.imageio import images_to_tensor
 from megafr.nets.irse import ArcFace
@@ -197,10 +199,13 @@ def inversion_psp(settings: Settings) -> dict:
     return {**out, "batch_size": cfg.batch_size}
 
 
-def efr_step(settings: Settings):
-    """(one E_FR training step as a callable, its config): train_reenact's loop body."""
+def efr_step(settings: Settings, cpu_bf16: bool | None = None):
+    """(one E_FR training step as a callable, its config): train_reenact's loop body, in the profile's
+    precision (``cpu_bf16``: the profile's ``train_reenact.cpu_bf16`` unless given)."""
     frozen = frozen_networks(settings)
     cfg = reenact_config(settings)
+    if cpu_bf16 is not None:
+        cfg = dataclasses.replace(cfg, cpu_bf16=cpu_bf16)
     model = reenact_train.build_model(cfg, frozen)
     optimizer = adam(model.encoder.parameters(), cfg.lr)  # the stage's optimizer
     model.encoder.train()
@@ -209,8 +214,9 @@ def efr_step(settings: Settings):
 
     def step():
         src, tgt = reenact_train.batch_indices(cfg.seed, next(counter), len(images), cfg.batch_size)
-        total, _ = reenact_train.step_losses(model, frozen, cfg, images_to_tensor(images[src]),
-                                             images_to_tensor(images[tgt]))
+        with autocast(torch.device("cpu"), training=True, cpu_bf16=cfg.cpu_bf16):
+            total, _ = reenact_train.step_losses(model, frozen, cfg, images_to_tensor(images[src]),
+                                                 images_to_tensor(images[tgt]))
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -255,6 +261,17 @@ def efr_step_processes(settings: Settings) -> dict:
     return {"workload": "E_FR training steps, mini sizes, random weights", "timed_steps": steps,
             "one_process_2_threads_s_per_step": alone, "two_processes_1_thread_s_per_step": pair,
             "steps_per_s_one_process": one, "steps_per_s_two_processes": two, "two_over_one": two / one}
+
+
+def efr_step_precision(settings: Settings) -> dict:
+    """One E_FR training step in float32 and under ``train_reenact.cpu_bf16``'s bfloat16 autocast, side
+    by side in one process with one torch thread (as each of the stage's worker processes runs)."""
+    torch.set_num_threads(1)
+    steps = {"float32": efr_step(settings, cpu_bf16=False)[0], "cpu_bf16": efr_step(settings, cpu_bf16=True)[0]}
+    rows = side_by_side(steps, max(settings.repeats, 3))
+    return {"workload": "one E_FR training step, mini sizes, random weights, 1 thread",
+            "native_bf16": cpu_bf16_native(), **rows,
+            "time_ratio_float32_over_cpu_bf16": rows["float32"]["median_s"] / rows["cpu_bf16"]["median_s"]}
 
 
 def adam_step(settings: Settings) -> dict:

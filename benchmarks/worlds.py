@@ -106,7 +106,15 @@ def idnet_config(settings: Settings, **overrides) -> idnet.IdNetConfig:
 
 
 def generator_config(settings: Settings, **overrides) -> autoencoder.GeneratorStageConfig:
-    return stage_config(autoencoder.GeneratorStageConfig, settings, "train_generator", **overrides)
+    """The profile's generator config with its networks started from seeded random weights (``init_from: ""``:
+    a profile whose stage fine-tunes a release names a folder that only a study run has). A profile that
+    only fine-tunes (``steps: 0``) is timed as a plain run of ``finetune_steps`` steps: the autoencoder
+    terms without the fine-tune's extra ones (3D-network distance, SSIM), which need the study's files."""
+    block = profile_params(settings)["train_generator"]
+    defaults = {"init_from": ""}
+    if block["steps"] == 0:
+        defaults.update(steps=max(block["finetune_steps"], 1), finetune_steps=0)
+    return stage_config(autoencoder.GeneratorStageConfig, settings, "train_generator", **{**defaults, **overrides})
 
 
 def inversion_config(settings: Settings, **overrides) -> inversion.InversionStageConfig:

@@ -38,7 +38,7 @@ def _config(out_dir: str, batch_size: int) -> rt.ReenactConfig:
                             lambda_pair=1.0, lambda_cyc=1.0, lambda_self=1.0, lambda_latent=0.1, lambda_l2=1.0,
                             lambda_lpips=0.0, lambda_rec_id=0.5, checkpoint_every=2, generator_path="", e4e_path="",
                             psp_path="", face3d_path="", idnet_path="", model_path="", landmark_path="",
-                            train_images="", out_dir=out_dir)
+                            train_images="", out_dir=out_dir, cpu_bf16=False)
 
 
 def _rank(rank: int, world: int, port: int, out_dir: str, images: str) -> None:

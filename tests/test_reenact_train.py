@@ -19,7 +19,8 @@ def _config(tmp_path, **overrides):
                   edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0, lambda_pair=1.0, lambda_cyc=1.0,
                   lambda_self=1.0, lambda_latent=0.1, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5,
                   checkpoint_every=1, generator_path="", e4e_path="", psp_path="", face3d_path="",
-                  idnet_path="", model_path="", landmark_path="", train_images="", out_dir=str(tmp_path))
+                  idnet_path="", model_path="", landmark_path="", train_images="", out_dir=str(tmp_path),
+                  cpu_bf16=False)
     values.update(overrides)
     return rt.ReenactConfig(**values)
 
@@ -151,3 +152,53 @@ def test_refine_steps_parse_a_list_or_a_single_int():
     assert parse_steps("2") == (2,)
     with pytest.raises(InputError, match="refine steps"):
         parse_steps("-1")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_trains_in_bfloat16_only_where_the_cpu_has_it(tiny_frozen, tmp_path, monkeypatch, native):
+    from megafr import devices
+
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: native)
+    seen = []
+    real_step = rt.step_losses
+
+    def recording_step(*args, **kwargs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(rt, "step_losses", recording_step)
+    plain, _ = rt.train(_config(tmp_path / "fp32", steps=2), tiny_frozen, _images(), progress=False)
+    mixed, curve = rt.train(_config(tmp_path / "bf16", steps=2, cpu_bf16=True), tiny_frozen, _images(), progress=False)
+    assert seen == [torch.float32] * 2 + [torch.bfloat16 if native else torch.float32] * 2
+    assert np.isfinite(curve.to_numpy()).all()
+    same = all(torch.equal(a, b) for a, b in zip(plain.encoder.state_dict().values(), mixed.encoder.state_dict().values()))
+    assert same is not native  # bfloat16 steps move the weights differently; without native bf16 nothing changes
+    assert rt.read_checkpoint(rt.checkpoint_path(_config(tmp_path / "bf16", cpu_bf16=True)))["config"]["cpu_bf16"]
+
+
+def test_checkpoint_written_before_cpu_bf16_reads_as_float32(tiny_frozen, tmp_path):
+    cfg = _config(tmp_path, steps=1)
+    rt.train(cfg, tiny_frozen, _images(), progress=False)
+    path = rt.checkpoint_path(cfg)
+    data = torch.load(path, weights_only=False)
+    del data["config"]["cpu_bf16"]
+    torch.save(data, path)
+    assert rt.read_checkpoint(path)["config"]["cpu_bf16"] is False
+    with pytest.raises(InputError, match="cpu_bf16"):
+        _config(tmp_path, cpu_bf16="yes")
+
+
+def test_autocast_dtype_on_the_cpu_follows_the_request_the_instructions_and_the_switch(monkeypatch):
+    from megafr import devices
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)
+    assert devices.autocast_dtype(cpu, training=True) is None  # not asked for: float32, as every other stage
+    assert devices.autocast_dtype(cpu, training=True, cpu_bf16=True) == torch.bfloat16
+    monkeypatch.setenv(devices.AUTOCAST_VARIABLE, "0")
+    assert devices.autocast_dtype(cpu, training=True, cpu_bf16=True) is None
+    monkeypatch.delenv(devices.AUTOCAST_VARIABLE)
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: False)
+    assert devices.autocast_dtype(cpu, training=True, cpu_bf16=True) is None
+    with devices.autocast(cpu, training=True, cpu_bf16=True):
+        assert not torch.is_autocast_enabled("cpu")

@@ -96,6 +96,10 @@ class ReenactConfig:
     landmark_path: str  # its landmark embedding
     train_images: str  # uint8 [N, S, S, 3] .npy of training photos (SynthHeads train split)
     out_dir: str  # where checkpoints go
+    # bfloat16 autocast of the training step on a CPU with native bf16 (megafr.devices.cpu_bf16_native;
+    # float32 on other CPUs; CUDA trains in bf16 where it can either way). Keyword-only: a stage field
+    # without a default that subclasses' fields may follow.
+    cpu_bf16: bool = dataclasses.field(kw_only=True)
 
     def __post_init__(self):
         require(self.steps >= 0, f"train_reenact.steps must be >= 0, got {self.steps}")
@@ -105,6 +109,7 @@ class ReenactConfig:
                 f"train_reenact.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         require(self.encoder in ENCODERS, f"train_reenact.encoder must be one of {ENCODERS}, got {self.encoder!r}")
         require(self.condition in CONDITIONS, f"train_reenact.condition must be one of {CONDITIONS}, got {self.condition!r}")
+        require(isinstance(self.cpu_bf16, bool), f"train_reenact.cpu_bf16 must be true or false, got {self.cpu_bf16!r}")
         require(self.checkpoint_every >= 1, f"train_reenact.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         unknown = set(self.groups) - set(LAYER_GROUP_NAMES)
         require(bool(self.groups) and not unknown,
@@ -292,6 +297,7 @@ def read_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path}: expected keys state_dict, config, step; it is not a MegaFR checkpoint")
     if isinstance(data["config"], dict):
         data["config"].setdefault("lr_schedule", "constant")  # written before the field existed: a constant rate
+        data["config"].setdefault("cpu_bf16", False)  # likewise: float32 on the CPU
     return data
 
 
@@ -359,7 +365,7 @@ def train(cfg: ReenactConfig, frozen: Frozen, images, progress: bool = True) -> 
         x = to_model_input(batch, device)
         if cfg.lr_schedule == "cosine":
             training.set_lr(optimizer, training.cosine_lr(cfg.lr, step, cfg.steps))
-        with autocast(device, training=True):
+        with autocast(device, training=True, cpu_bf16=cfg.cpu_bf16):
             total, log = engine(x[:local], x[local:])
         check_finite("train_reenact", step, total, log, path)
         optimizer.zero_grad(set_to_none=True)
