@@ -194,6 +194,18 @@ def _memory_format_rows(section: dict) -> list[list[str]]:
     return rows
 
 
+def _precision_rows(section: dict) -> list[list[str]]:
+    rows = []
+    for row in section.values():
+        if not _ok(row):
+            continue
+        full, half = row["float32"]["median_s"], row["cpu_bf16"]["median_s"]
+        native = "native bf16" if row["native_bf16"] else "no bf16 instructions: float32 both"
+        rows.append([f"float32 vs `cpu_bf16`, {row['workload']}", native, f"{seconds(full)} vs {seconds(half)}",
+                     f"cpu_bf16: {full / half:.2f}x the speed", ""])
+    return rows
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -206,7 +218,7 @@ def main_table(result: dict) -> str:
                 ("e4e", lambda s: _network_rows(s, "e4e encoder")), ("reenactment", _reenactment_rows),
                 ("driving", _driving_rows),
                 ("training", _training_rows), ("threads", _thread_rows), ("optimizer", _optimizer_rows),
-                ("memory_format", _memory_format_rows))
+                ("precision", _precision_rows), ("memory_format", _memory_format_rows))
     rows = []
     for name, build in builders:
         if _ok(result.get(name)):
