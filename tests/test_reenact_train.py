@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from megafr import training
+from megafr import devices, training
 from megafr.errors import InputError
 from megafr.fileio import file_digest
 from megafr.reenact import train as rt
@@ -156,8 +156,6 @@ def test_refine_steps_parse_a_list_or_a_single_int():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_bf16_trains_in_bfloat16_only_where_the_cpu_has_it(tiny_frozen, tmp_path, monkeypatch, native):
-    from megafr import devices
-
     monkeypatch.setattr(devices, "cpu_bf16_native", lambda: native)
     seen = []
     real_step = rt.step_losses
@@ -189,8 +187,6 @@ def test_checkpoint_written_before_cpu_bf16_reads_as_float32(tiny_frozen, tmp_pa
 
 
 def test_autocast_dtype_on_the_cpu_follows_the_request_the_instructions_and_the_switch(monkeypatch):
-    from megafr import devices
-
     cpu = torch.device("cpu")
     monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)
     assert devices.autocast_dtype(cpu, training=True) is None  # not asked for: float32, as every other stage
