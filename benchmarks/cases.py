@@ -8,6 +8,7 @@ Each case is a function ``case(settings) -> dict`` that the suite runs in a fres
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Callable, Iterator
 
 import numpy as np
@@ -28,6 +29,8 @@ from megafr.reenact.train import build_model, invert, make_targets
 
 # Batches (full suite, --quick)
 RENDER_BATCH = (16, 2)  # renderer calls
+SYNTHHEADS_SCENES = (1024, 64)  # scenes rendered per timing of the prepare stage's renderer
+SYNTHHEADS_WORKERS = 2  # worker processes compared with one process
 FLAME_BATCH = (16, 2)  # FLAME layer forward (batch 16, the target's)
 GENERATOR_BATCH = (16, 2)  # batched generator rows at the profile's size
 LARGE_GENERATOR_BATCH = (4, 2)  # batched rows at the larger size (activations of [4, 48, 256, 256] already 50 MB)
@@ -77,6 +80,33 @@ def rendering(settings: Settings, device: str = "cpu") -> dict:
         f"flame_sized_{large}_photo": row(flame_verts, flame_faces, large, batch, repeats, device=device),
     }
     return {"head_mesh": source, "batch": batch, "rows": rows}
+
+
+def synthheads_workers(settings: Settings) -> dict:
+    """The prepare stage's SynthHeads rendering (``HeadWorld.render``) in this process with SYNTHHEADS_WORKERS
+    torch threads vs in SYNTHHEADS_WORKERS single-thread worker processes (``render_pool``): the same cores, side
+    by side on the same scenes, the pool started beforehand (its first task, start-up included, is timed
+    apart); the images are checked equal."""
+    from megafr.datasets import synthheads as sh
+
+    files = head_files(settings)
+    world = sh.HeadWorld(files.model_path, files.landmark_path, image_size(settings))
+    n = pick(SYNTHHEADS_SCENES, settings)
+    params = sh.sample_split(world, np.random.default_rng(0), np.arange(n), 1, (60.0, 30.0, 15.0))
+    threads = SYNTHHEADS_WORKERS
+    torch.set_num_threads(threads)  # the pool's workers get threads // workers = 1 each
+    with sh.render_pool(world, SYNTHHEADS_WORKERS) as pool:
+        began = time.perf_counter()
+        pool.render(params.take(np.arange(SYNTHHEADS_WORKERS)))  # the workers start on their first task
+        started = time.perf_counter() - began
+        identical = bool(np.array_equal(world.render(params)["images"], pool.render(params)["images"]))
+
+        rows = side_by_side({"one_process": lambda: world.render(params), "workers": lambda: pool.render(params)},
+                            settings.repeats)
+    return {"workload": f"SynthHeads rendering, {n} scenes at {image_size(settings)} px", "scenes": n,
+            "threads": threads, "workers": SYNTHHEADS_WORKERS, "pool_start_s": started,
+            "identical_images": identical, **rows,
+            "workers_speedup": rows["one_process"]["median_s"] / rows["workers"]["median_s"]}
 
 
 # --------------------------------------------------------------------------- FLAME layer

@@ -206,6 +206,19 @@ def _precision_rows(section: dict) -> list[list[str]]:
     return rows
 
 
+def _render_worker_rows(section: dict) -> list[list[str]]:
+    rows = []
+    for row in section.values():
+        if not _ok(row):
+            continue
+        one, pool = row["one_process"]["median_s"], row["workers"]["median_s"]
+        same = "same images" if row["identical_images"] else "IMAGES DIFFER"
+        rows.append([f"one process vs {row['workers']} worker processes, {row['workload']}",
+                     f"{row['threads']} torch threads vs 1 per worker; {same}", f"{seconds(one)} vs {seconds(pool)}",
+                     f"workers: {one / pool:.2f}x the speed", ""])
+    return rows
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -218,7 +231,8 @@ def main_table(result: dict) -> str:
                 ("e4e", lambda s: _network_rows(s, "e4e encoder")), ("reenactment", _reenactment_rows),
                 ("driving", _driving_rows),
                 ("training", _training_rows), ("threads", _thread_rows), ("optimizer", _optimizer_rows),
-                ("precision", _precision_rows), ("memory_format", _memory_format_rows))
+                ("precision", _precision_rows), ("memory_format", _memory_format_rows),
+                ("render_workers", _render_worker_rows))
     rows = []
     for name, build in builders:
         if _ok(result.get(name)):

@@ -78,6 +78,7 @@ SECTIONS: dict[str, dict[str, Row]] = {
     "optimizer": {"": Row(training.adam_step)},
     "precision": {"efr_train_step": Row(training.efr_step_precision, PASSIVE)},
     "memory_format": {"face3d_train_step": Row(training.face3d_memory_format, PASSIVE)},
+    "render_workers": {"synthheads": Row(cases.synthheads_workers, PASSIVE)},
     "profile": {"reenactment": Row(profiling.profile_reenactment), "efr_train_step": Row(profiling.profile_efr_step)},
     "gpu": {"": Row(gpu.gpu)},
     "data_pipeline": {"files_1k": Row(data_pipeline.small_folder), "files_10k": Row(data_pipeline.large_folder)},

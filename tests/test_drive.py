@@ -378,7 +378,7 @@ def talking_world(tmp_path_factory):
         n_train_identities=2, n_test_identities=2, images_per_identity=2, n_idnet_identities=2,
         idnet_images_per_identity=2, n_cross_pairs=2, n_self_pairs=1, n_frontal=2, n_eye_sources=1, talking_frames=20,
         max_yaw_deg=60.0, max_pitch_deg=30.0, max_roll_deg=15.0, photos_dir="", test_photos_dir="", photos_aligned=False,
-        align_workers=0, write_stand_ins=False, out_dir=str(root / "prepare")))
+        align_workers=0, render_workers=1, write_stand_ins=False, out_dir=str(root / "prepare")))
     return root / "prepare"
 
 

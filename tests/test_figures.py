@@ -47,7 +47,7 @@ def study(tmp_path_factory, tiny_frozen):
                          idnet_images_per_identity=2, n_cross_pairs=6,
                          n_self_pairs=1, n_frontal=4, n_eye_sources=2, talking_frames=6, max_yaw_deg=60.0,
                          max_pitch_deg=30.0, max_roll_deg=15.0, photos_dir="", test_photos_dir="", photos_aligned=False,
-                         align_workers=0, write_stand_ins=False, out_dir=str(root / "prepare"))
+                         align_workers=0, render_workers=1, write_stand_ins=False, out_dir=str(root / "prepare"))
     build_synthheads(prep)
     files = write_frozen_files(root, tiny_frozen, headmodel.HeadModelFiles(head / headmodel.MODEL_FILE,
                                                                             head / headmodel.LANDMARK_FILE, None))

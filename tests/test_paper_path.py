@@ -34,7 +34,7 @@ def world(tmp_path_factory):
         idnet_images_per_identity=0, n_cross_pairs=4, n_self_pairs=0, n_frontal=3, n_eye_sources=0,
         talking_frames=0, max_yaw_deg=60.0, max_pitch_deg=30.0, max_roll_deg=15.0, photos_dir=str(root / "ffhq"),
         out_dir=str(root / "prepare"), test_photos_dir=str(root / "celebahq"), photos_aligned=False,
-        align_workers=1, write_stand_ins=False))
+        align_workers=1, render_workers=1, write_stand_ins=False))
     prep.run_prepare(cfg)
     files = write_official_layout(root / "weights", size=SIZE, style_dim=32)
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ def _config(tmp_path, photos, test_photos="", aligned=False, out="prepare"):
         n_train_identities=0, n_test_identities=0, images_per_identity=0, n_idnet_identities=0,
         idnet_images_per_identity=0, n_cross_pairs=7, n_self_pairs=0, n_frontal=2, n_eye_sources=0,
         talking_frames=0, max_yaw_deg=60.0, max_pitch_deg=30.0, max_roll_deg=15.0, photos_dir=str(photos),
-        out_dir=str(tmp_path / out), test_photos_dir=str(test_photos), photos_aligned=aligned, align_workers=2, write_stand_ins=False))
+        out_dir=str(tmp_path / out), test_photos_dir=str(test_photos), photos_aligned=aligned, align_workers=2, render_workers=1, write_stand_ins=False))
 
 
 @pytest.fixture(scope="module")

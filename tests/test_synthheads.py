@@ -100,9 +100,15 @@ def test_frontal_eyes_and_talking_sets(built):
     assert np.abs(np.diff(frames["yaw_deg"])).max() < 25.0
 
 
-def test_same_params_give_byte_identical_files(built, tmp_path):
+def test_same_params_give_byte_identical_files_in_worker_processes_too(built, tmp_path, monkeypatch):
+    """The fixture rendered in the stage's process; this run renders in two spawned workers, in chunks of 8
+    scenes (smaller than a render batch, so the batches differ too: each image is rendered on its own)."""
+    from megafr.datasets import synthheads as sh
+
     cfg, _ = built
-    again = _config(tmp_path / "prepare", talking_frames=8)
+    assert cfg.render_workers == 1
+    monkeypatch.setattr(sh, "POOL_CHUNK", 8)
+    again = _config(tmp_path / "prepare", talking_frames=8, render_workers=2)
     run_prepare(again)
     assert _digests(cfg.data_dir) == _digests(again.data_dir)
 
@@ -125,6 +131,8 @@ def test_bad_params_are_refused(tmp_path):
         _config(tmp_path, source="photos", photos_dir=str(tmp_path / "missing"))
     with pytest.raises(InputError, match="n_idnet_identities"):
         _config(tmp_path, n_idnet_identities=1)
+    with pytest.raises(InputError, match="render_workers"):
+        _config(tmp_path, render_workers=-1)
 
 
 def test_each_pixel_averages_its_samples(built):

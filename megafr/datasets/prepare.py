@@ -50,6 +50,8 @@ disjoint from the train and the test identities. ``train_idnet`` reads it (what 
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,11 +104,15 @@ class PrepareConfig:
     align_workers: int  # photos source: processes aligning photos (0: one per CPU core)
     write_stand_ins: bool  # photos source: first write sample photos into photos_dir and test_photos_dir and
     #                        small official-layout files into <out_dir>/official (paper-ci; no downloads)
+    # synthetic source: processes rendering SynthHeads (0: one per CPU core; 1: in this process). The files
+    # are byte-identical whatever the number (megafr.datasets.synthheads.render_pool)
+    render_workers: int = dataclasses.field(kw_only=True)
     out_dir: str = "data/prepare"  # where the stage writes
     run_dir: str = ""  # set by a sweep: write everything under <run_dir>/ instead of the canonical places
 
     def __post_init__(self):
         require(self.source in SOURCES, f"prepare.source must be one of {SOURCES}, got {self.source!r}")
+        require(self.render_workers >= 0, f"prepare.render_workers must be >= 0, got {self.render_workers}")
         require(self.image_size >= 16, f"prepare.image_size must be at least 16 px, got {self.image_size}")
         if self.source == "synthetic":
             for name in ("n_train_identities", "n_test_identities"):
@@ -190,6 +196,15 @@ def build_synthheads(cfg: PrepareConfig) -> dict:
         shutil.rmtree(out)  # the stage rewrites its outputs whole
     files = headmodel.write_head_model(out / "head_model")
     world = sh.HeadWorld(files.model_path, files.landmark_path, cfg.image_size)
+    with sh.render_pool(world, cfg.render_workers or os.cpu_count() or 1) as renderer:
+        return _render_synthheads(cfg, world, renderer)
+
+
+def _render_synthheads(cfg: PrepareConfig, world, renderer) -> dict:
+    """build_synthheads' sampling (by ``world``) and rendering (by ``renderer``: the world or a pool of them)."""
+    from megafr.datasets import synthheads as sh
+
+    out = cfg.data_dir
     streams = dict(zip(STREAMS, (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(len(STREAMS)))))
 
     n_split = cfg.n_train_identities + cfg.n_test_identities
@@ -202,7 +217,7 @@ def build_synthheads(cfg: PrepareConfig) -> dict:
     test_params = None
     for split, (identities, per_identity, with_masks) in splits.items():
         params = sh.sample_split(world, streams[split], identities, per_identity, cfg.bounds)
-        rendered = world.render(params, progress=f"render {split}")
+        rendered = renderer.render(params, progress=f"render {split}")
         tables[split] = sh.scene_table(params, rendered, split)
         arrays = {"images": rendered["images"], **({"masks": rendered["masks"]} if with_masks else {})}
         _write_set(out / split, arrays, tables[split], "meta.parquet")
@@ -217,7 +232,7 @@ def build_synthheads(cfg: PrepareConfig) -> dict:
     for name, sampler, n in (("cross", sh.cross_pairs, cfg.n_cross_pairs), ("self", sh.self_pairs, cfg.n_self_pairs)):
         source, target = sampler(streams[name], identity, n)
         truth = sh.reenact_truth(test_params, source, target)
-        rendered = world.render(truth, progress=f"render {name} truth")
+        rendered = renderer.render(truth, progress=f"render {name} truth")
         table = sh.scene_table(truth, rendered, f"eval_{name}").assign(source_row=source, target_row=target)
         arrays = {"source": test_images[source], "target": test_images[target], "truth": rendered["images"]}
         _write_set(out / "eval" / name, arrays, table, "pairs.parquet")
@@ -225,7 +240,7 @@ def build_synthheads(cfg: PrepareConfig) -> dict:
 
     source = streams["frontal"].integers(0, len(identity), cfg.n_frontal)
     truth = sh.frontal_truth(test_params, source)
-    rendered = world.render(truth, progress="render frontal truth")
+    rendered = renderer.render(truth, progress="render frontal truth")
     table = sh.scene_table(truth, rendered, "eval_frontal").assign(source_row=source)
     _write_set(out / "eval" / "frontal", {"source": test_images[source], "truth": rendered["images"]}, table,
                "pairs.parquet")
@@ -233,8 +248,8 @@ def build_synthheads(cfg: PrepareConfig) -> dict:
 
     source = streams["eyes"].choice(len(identity), cfg.n_eye_sources, replace=cfg.n_eye_sources > len(identity))
     closed, opened = sh.eye_opening_set(test_params, source)
-    closed_images = world.render(closed)["images"]
-    rendered = world.render(opened, progress="render eye truth")
+    closed_images = renderer.render(closed)["images"]
+    rendered = renderer.render(opened, progress="render eye truth")
     degree = np.tile(np.asarray(sh.EYE_DEGREES, dtype=np.float32), len(source))
     table = sh.scene_table(opened, rendered, "eval_eyes").assign(
         source_index=np.repeat(np.arange(len(source)), len(sh.EYE_DEGREES)), degree=degree)
@@ -244,8 +259,8 @@ def build_synthheads(cfg: PrepareConfig) -> dict:
     first = np.flatnonzero(identity == identity[0])[0]
     driver = np.flatnonzero(identity != identity[0])[0]
     driving, truth = sh.talking_sequence(test_params, int(first), int(driver), cfg.talking_frames)
-    driving_images = world.render(driving, progress="render driving")["images"]
-    rendered = world.render(truth, progress="render talking truth")
+    driving_images = renderer.render(driving, progress="render driving")["images"]
+    rendered = renderer.render(truth, progress="render talking truth")
     table = sh.scene_table(truth, rendered, "eval_talking").assign(frame=np.arange(cfg.talking_frames))
     _write_set(out / "eval" / "talking", {"driving": driving_images, "truth": rendered["images"]}, table,
                "frames.parquet")
@@ -285,8 +300,6 @@ PHOTO_TEST_EVERY = 10  # without a test folder, every 10th photo is a test photo
 def _photo_set(cfg: PrepareConfig, folder: str, aligned_dir: Path, key: str) -> tuple[Path, list[str], dict]:
     """(root, image paths under it, alignment counts) of one photo folder: indexed as it is when
     ``photos_aligned``, else aligned into ``aligned_dir`` (in parallel, resuming an interrupted run)."""
-    import os
-
     from megafr.datasets.align import align_folder
     from megafr.datasets.manifest import list_images
 

@@ -9,6 +9,10 @@ reenactment error, which the paper's real photos cannot give.
 
 All randomness comes from one ``numpy.random.Generator`` seeded from the params seed,
 and rendering is deterministic on CPU, so the same params give byte-identical files.
+:func:`render_pool` spreads the rendering over worker processes (``prepare.render_workers``): one
+single-thread process per core renders faster than one process with as many threads (the rasterizer's
+small per-batch operations use a second thread poorly), and each image is rendered by the same code
+in the same batch of ``RENDER_BATCH`` scenes, so the files are byte-identical to a serial run.
 
 Every image is rendered at ``SUPERSAMPLE`` x ``SUPERSAMPLE`` samples per pixel and averaged down
 (head masks: a pixel is head when at least half its samples are). At 64 px an open eye is about
@@ -25,9 +29,13 @@ pose), ``eyes`` (a closed-eye source and the same face opened to several degrees
 
 from __future__ import annotations
 
+import contextlib
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -52,6 +60,7 @@ TALKING_MOUTH_CYCLES = 4  # mouth open/close cycles over the talking-head sequen
 EYE_DEGREES = (0.0, 0.25, 0.5, 0.75, 1.0)  # eye-opening degrees rendered as ground truth
 SUPERSAMPLE = 2  # each image is rendered at 2 x 2 samples per pixel and averaged down (anti-aliased edges and lids)
 RENDER_BATCH = 64
+POOL_CHUNK = 4 * RENDER_BATCH  # scenes a render worker takes at a time (whole batches: the same images as serially)
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class HeadWorld:
     """The synthetic head model and renderer, ready to sample and render SynthHeads scenes."""
 
     def __init__(self, model_path: str | Path, landmark_path: str | Path, image_size: int):
+        self.files = (str(model_path), str(landmark_path))  # what a worker process builds its own copy from
         self.flame = FLAME.from_files(model_path, landmark_path, headmodel.N_IDENTITY, headmodel.N_EXPRESSION)
         appearance_path = Path(model_path).with_name(headmodel.APPEARANCE_FILE)
         self.appearance = headmodel.AppearanceModel.load(appearance_path)
@@ -176,6 +186,63 @@ class HeadWorld:
             cam_translation=np.concatenate(translations).astype(np.float32),
         )
 
+
+
+def _concatenated(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+_WORKER_WORLD: Optional[HeadWorld] = None  # the HeadWorld of a render worker process
+
+
+def _start_render_worker(files: tuple[str, str], image_size: int, threads: int) -> None:
+    global _WORKER_WORLD
+    from megafr.distributed import exit_with_parent
+
+    exit_with_parent()  # a worker whose prepare run is killed ends too
+    torch.set_num_threads(threads)
+    _WORKER_WORLD = HeadWorld(*files, image_size)
+
+
+def _render_in_worker(params: SceneParams) -> dict[str, np.ndarray]:
+    return _WORKER_WORLD.render(params)
+
+
+class RenderPool:
+    """:meth:`HeadWorld.render` in ``workers`` spawned processes, each with its own copy of the world and
+    an equal share of this process's torch threads; use through :func:`render_pool`."""
+
+    def __init__(self, world: HeadWorld, workers: int):
+        threads = max(1, torch.get_num_threads() // workers)
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start_render_worker,
+                                        initargs=(world.files, world.image_size, threads))
+
+    def render(self, params: SceneParams, progress: str | None = None) -> dict[str, np.ndarray]:
+        """The same arrays as ``HeadWorld.render(params)``, rendered POOL_CHUNK scenes per task."""
+        chunks = [params.take(np.arange(start, min(start + POOL_CHUNK, len(params))))
+                  for start in range(0, len(params), POOL_CHUNK)]
+        parts = self.pool.map(_render_in_worker, chunks)
+        return _concatenated(list(tqdm(parts, total=len(chunks), desc=progress, disable=progress is None, leave=False)))
+
+    def close(self, cancel: bool = False) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+@contextlib.contextmanager
+def render_pool(world: HeadWorld, workers: int) -> Iterator[HeadWorld | RenderPool]:
+    """Something with ``world``'s ``render``: the world itself for ``workers`` <= 1, else a :class:`RenderPool`
+    of that many processes, shut down on leaving (queued chunks dropped when the block raises)."""
+    if workers <= 1:
+        yield world
+        return
+    pool = RenderPool(world, workers)
+    try:
+        yield pool
+    except BaseException:
+        pool.close(cancel=True)
+        raise
+    pool.close()
 
 
 def make_pose(yaw, pitch, roll, jaw, gaze) -> np.ndarray:
