@@ -101,12 +101,12 @@ def synthheads_workers(settings: Settings) -> dict:
         started = time.perf_counter() - began
         identical = bool(np.array_equal(world.render(params)["images"], pool.render(params)["images"]))
 
-        rows = side_by_side({"one_process": lambda: world.render(params), "workers": lambda: pool.render(params)},
-                            settings.repeats)
+        variants = {"one_process": lambda: world.render(params), "worker_processes": lambda: pool.render(params)}
+        rows = side_by_side(variants, settings.repeats)
     return {"workload": f"SynthHeads rendering, {n} scenes at {image_size(settings)} px", "scenes": n,
             "threads": threads, "workers": SYNTHHEADS_WORKERS, "pool_start_s": started,
             "identical_images": identical, **rows,
-            "workers_speedup": rows["one_process"]["median_s"] / rows["workers"]["median_s"]}
+            "workers_speedup": rows["one_process"]["median_s"] / rows["worker_processes"]["median_s"]}
 
 
 # --------------------------------------------------------------------------- FLAME layer

@@ -211,7 +211,7 @@ def _render_worker_rows(section: dict) -> list[list[str]]:
     for row in section.values():
         if not _ok(row):
             continue
-        one, pool = row["one_process"]["median_s"], row["workers"]["median_s"]
+        one, pool = row["one_process"]["median_s"], row["worker_processes"]["median_s"]
         same = "same images" if row["identical_images"] else "IMAGES DIFFER"
         rows.append([f"one process vs {row['workers']} worker processes, {row['workload']}",
                      f"{row['threads']} torch threads vs 1 per worker; {same}", f"{seconds(one)} vs {seconds(pool)}",

@@ -108,9 +108,9 @@ def test_memory_format_section_compares_layouts_of_a_face3d_step(quick_run):
 def test_render_workers_section_renders_the_same_images_in_worker_processes(quick_run):
     row = quick_run["render_workers"]["synthheads"]
     assert row["identical_images"] is True
-    one, pool = row["one_process"]["median_s"], row["workers"]["median_s"]
+    one, pool = row["one_process"]["median_s"], row["worker_processes"]["median_s"]
     assert _positive(one) and _positive(pool) and _positive(row["pool_start_s"])
-    assert row["workers_speedup"] == one / pool
+    assert row["workers_speedup"] == one / pool and row["workers"] == 2
     assert "worker processes, SynthHeads rendering" in report.markdown(quick_run)
 
 
