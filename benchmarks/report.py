@@ -44,6 +44,11 @@ def _ok(section: Optional[dict]) -> bool:
     return isinstance(section, dict) and "error" not in section
 
 
+def _measured(section: dict) -> list[dict]:
+    """The rows of a section with several rows that were measured (not recorded as errors)."""
+    return [row for row in section.values() if _ok(row)]
+
+
 def machine_line(result: dict) -> str:
     m = result["machine"]
     threads = m.get("torch_threads")
@@ -158,8 +163,8 @@ def _training_rows(section: dict) -> list[list[str]]:
 
 def _thread_rows(section: dict) -> list[list[str]]:
     rows = []
-    for name, row in section.items():
-        if not _ok(row) or "threads_1" not in row:
+    for row in _measured(section):
+        if "threads_1" not in row:
             continue
         policy = "OMP_WAIT_POLICY=PASSIVE" if row.get("environment") else "default OpenMP wait policy"
         t1, t2 = row["threads_1"]["median_s"], row["threads_2"]["median_s"]
@@ -183,9 +188,7 @@ def _optimizer_rows(section: dict) -> list[list[str]]:
 
 def _memory_format_rows(section: dict) -> list[list[str]]:
     rows = []
-    for name, row in section.items():
-        if not _ok(row):
-            continue
+    for row in _measured(section):
         for threads in (1, 2):
             run = row[f"threads_{threads}"]
             base, nhwc = run["contiguous"]["median_s"], run["channels_last"]["median_s"]
@@ -196,9 +199,7 @@ def _memory_format_rows(section: dict) -> list[list[str]]:
 
 def _precision_rows(section: dict) -> list[list[str]]:
     rows = []
-    for row in section.values():
-        if not _ok(row):
-            continue
+    for row in _measured(section):
         full, half = row["float32"]["median_s"], row["cpu_bf16"]["median_s"]
         native = "native bf16" if row["native_bf16"] else "no bf16 instructions: float32 both"
         rows.append([f"float32 vs `cpu_bf16`, {row['workload']}", native, f"{seconds(full)} vs {seconds(half)}",
@@ -208,9 +209,7 @@ def _precision_rows(section: dict) -> list[list[str]]:
 
 def _render_worker_rows(section: dict) -> list[list[str]]:
     rows = []
-    for row in section.values():
-        if not _ok(row):
-            continue
+    for row in _measured(section):
         one, pool = row["one_process"]["median_s"], row["worker_processes"]["median_s"]
         same = "same images" if row["identical_images"] else "IMAGES DIFFER"
         rows.append([f"one process vs {row['workers']} worker processes, {row['workload']}",
