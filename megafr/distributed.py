@@ -12,9 +12,11 @@ losses this is the single-process step at the global batch, so N ranks at batch 
 weights of one process at batch N * B. Only rank 0 writes checkpoints and curves; the others wait
 at a barrier and then read the same files when resuming.
 
-Local worker pools (E_FR trainings side by side on a CPU, photo alignment) pass
-:func:`exit_with_parent` as their ``initializer``: a worker whose caller died without a word (a
-killed process, a restarted Jupyter kernel) then ends too, instead of working on beside the next run.
+Local worker pools (E_FR trainings side by side on a CPU, SynthHeads rendering, photo alignment) run
+:func:`exit_with_parent` in each worker first: a worker whose caller died without a word (a killed
+process, a restarted Jupyter kernel) then ends too, instead of working on beside the next run.
+:func:`spawn_pool` makes such a pool of fresh interpreters, and :func:`worker_threads` shares this
+process's torch threads out among its workers.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import datetime
 import multiprocessing
 import os
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -43,6 +47,26 @@ def exit_with_parent() -> None:
         os._exit(1)  # callers write their outputs atomically: stopping mid-task loses only that task
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def worker_threads(workers: int, threads: int | None = None) -> int:
+    """Threads each of ``workers`` processes gets out of ``threads`` (default: this process's torch threads)."""
+    total = torch.get_num_threads() if threads is None else threads
+    return max(1, total // workers)
+
+
+def _start_worker(initializer: Optional[Callable[..., Any]], initargs: tuple) -> None:
+    exit_with_parent()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def spawn_pool(workers: int, initializer: Optional[Callable[..., Any]] = None,
+               initargs: tuple = ()) -> ProcessPoolExecutor:
+    """A pool of ``workers`` spawned processes (fresh interpreters: no forked torch thread pools) that end
+    when this process ends (:func:`exit_with_parent`), each calling ``initializer(*initargs)`` first."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(initializer, tuple(initargs)))
 
 
 @dataclass(frozen=True)

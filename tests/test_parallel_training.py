@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from megafr import distributed
 from megafr.errors import InputError
 from megafr.face3d import headmodel
 from megafr.reenact import parallel
@@ -58,8 +59,8 @@ def test_two_worker_processes_train_what_one_process_trains(files, tmp_path):
 
 
 def test_worker_counts_are_checked_and_a_gpu_trains_one_at_a_time(monkeypatch, capsys):
-    assert parallel.worker_threads(2, 2) == 1 and parallel.worker_threads(2, 1) == 1
-    assert parallel.worker_threads(3, 8) == 2
+    assert distributed.worker_threads(2, 2) == 1 and distributed.worker_threads(2, 1) == 1
+    assert distributed.worker_threads(3, 8) == 2
     assert parallel.effective_workers(2, "evaluate.ablation_workers") == 2
     with pytest.raises(InputError, match="evaluate.ablation_workers must be >= 1"):
         parallel.effective_workers(0, "evaluate.ablation_workers")
@@ -107,13 +108,22 @@ _ORPHAN_SCRIPT = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 from megafr import distributed
-watch = sys.argv[1] == "watch"
-pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                           initializer=distributed.exit_with_parent if watch else None)
+if sys.argv[1] == "watch":  # the study's pools
+    pool = distributed.spawn_pool(1)
+else:
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 print(pool.submit(os.getpid).result(), flush=True)
 pool.submit(time.sleep, 120)
 time.sleep(120)
 """
+
+
+def test_a_spawned_pool_runs_its_initializer_after_the_watch():
+    pool = distributed.spawn_pool(1, torch.set_num_threads, (3,))
+    try:
+        assert pool.submit(torch.get_num_threads).result() == 3
+    finally:
+        pool.shutdown()
 
 
 def _alive(pid: int) -> bool:

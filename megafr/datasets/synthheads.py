@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional
@@ -187,7 +185,6 @@ class HeadWorld:
         )
 
 
-
 def _concatenated(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
@@ -197,9 +194,6 @@ _WORKER_WORLD: Optional[HeadWorld] = None  # the HeadWorld of a render worker pr
 
 def _start_render_worker(files: tuple[str, str], image_size: int, threads: int) -> None:
     global _WORKER_WORLD
-    from megafr.distributed import exit_with_parent
-
-    exit_with_parent()  # a worker whose prepare run is killed ends too
     torch.set_num_threads(threads)
     _WORKER_WORLD = HeadWorld(*files, image_size)
 
@@ -210,13 +204,14 @@ def _render_in_worker(params: SceneParams) -> dict[str, np.ndarray]:
 
 class RenderPool:
     """:meth:`HeadWorld.render` in ``workers`` spawned processes, each with its own copy of the world and
-    an equal share of this process's torch threads; use through :func:`render_pool`."""
+    an equal share of this process's torch threads; use through :func:`render_pool`. The workers end
+    when this process does (a killed prepare run leaves none rendering)."""
 
     def __init__(self, world: HeadWorld, workers: int):
-        threads = max(1, torch.get_num_threads() // workers)
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_start_render_worker,
-                                        initargs=(world.files, world.image_size, threads))
+        from megafr.distributed import spawn_pool, worker_threads
+
+        self.pool = spawn_pool(workers, _start_render_worker,
+                               (world.files, world.image_size, worker_threads(workers)))
 
     def render(self, params: SceneParams, progress: str | None = None) -> dict[str, np.ndarray]:
         """The same arrays as ``HeadWorld.render(params)``, rendered POOL_CHUNK scenes per task."""

@@ -16,22 +16,21 @@ Each worker loads the frozen networks and the training images from the files the
 trainings resumes like a single one: every training continues from its own checkpoint.
 On a GPU there is one device to share: there the trainings run one at a time, in the caller's process.
 A worker whose caller dies without a word (a killed process, a restarted Jupyter kernel) exits too
-(:func:`megafr.distributed.exit_with_parent`), instead of training on beside the next run over the same
+(:func:`megafr.distributed.spawn_pool`), instead of training on beside the next run over the same
 checkpoints.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from typing import Mapping
 
 import torch
 
 from megafr.config import require, study_path, torch_device
 from megafr.datasets.loader import open_images
-from megafr.distributed import exit_with_parent
+from megafr.distributed import spawn_pool, worker_threads
 from megafr.progress import progress_bar
 from megafr.reenact.train import ReenactConfig, load_frozen, train
 
@@ -42,12 +41,6 @@ def _train_in_worker(cfg: ReenactConfig, threads: int) -> float:
     start = time.perf_counter()
     train(cfg, load_frozen(cfg), open_images(study_path(cfg.train_images)), progress=False)
     return time.perf_counter() - start
-
-
-def worker_threads(workers: int, threads: int | None = None) -> int:
-    """Threads each of ``workers`` processes gets out of ``threads`` (default: this process's torch threads)."""
-    total = torch.get_num_threads() if threads is None else threads
-    return max(1, total // workers)
 
 
 def effective_workers(workers: int, what: str) -> int:
@@ -72,8 +65,7 @@ def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool =
     processes = min(workers, max(1, len(cfgs)))
     threads = worker_threads(processes)
     seconds: dict[str, float] = {}
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-    pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=exit_with_parent)
+    pool = spawn_pool(processes)
     try:
         futures = {pool.submit(_train_in_worker, cfg, threads): name for name, cfg in cfgs.items()}
         bar = progress_bar(as_completed(futures), total=len(futures), disable=not progress,
