@@ -108,8 +108,8 @@ _ORPHAN_SCRIPT = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 from megafr import distributed
-if sys.argv[1] == "watch":  # the study's pools
-    pool = distributed.spawn_pool(1)
+if sys.argv[1] == "watch":  # the study's pools: exit_with_parent, then their own initializer
+    pool = distributed.spawn_pool(1, time.sleep, (0,))
 else:
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 print(pool.submit(os.getpid).result(), flush=True)
@@ -118,7 +118,7 @@ time.sleep(120)
 """
 
 
-def test_a_spawned_pool_runs_its_initializer_after_the_watch():
+def test_a_spawned_pool_runs_its_own_initializer_too():
     pool = distributed.spawn_pool(1, torch.set_num_threads, (3,))
     try:
         assert pool.submit(torch.get_num_threads).result() == 3
