@@ -6,9 +6,13 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
-# Idle OpenMP threads sleep instead of spinning: on a 2-core machine shared with other work, spinning
-# threads ran 0.01-0.26x the speed of one thread (benchmarks/, `threads` section).
-export OMP_WAIT_POLICY ?= PASSIVE
+# OpenMP's wait policy (read when torch starts; a value you set yourself is kept). Tests, benchmarks and the
+# release's long trainings share the machine with other work, so their idle OpenMP threads sleep instead of
+# spinning: on a busy 2-core machine spinning threads ran 0.01-0.26x the speed of one thread. `make study`
+# runs its stages one at a time and keeps OpenMP's default (a short spin before sleeping): on an idle machine
+# the 3D network's 2-thread step is then about 1.3x as fast. Measured side by side: benchmarks/, `threads`
+# section. On a machine busy with other work, run `OMP_WAIT_POLICY=PASSIVE make study`.
+test benchmarks release release-mini: export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: study test validate release release-mini profile-smoke profile-mini profile-paper profile-paper-ci benchmarks lab
 

@@ -166,7 +166,8 @@ def _thread_rows(section: dict) -> list[list[str]]:
     for row in _measured(section):
         if "threads_1" not in row:
             continue
-        policy = "OMP_WAIT_POLICY=PASSIVE" if row.get("environment") else "default OpenMP wait policy"
+        passive = (row.get("environment") or {}).get("OMP_WAIT_POLICY") == "PASSIVE"
+        policy = "OMP_WAIT_POLICY=PASSIVE" if passive else "default OpenMP wait policy"
         t1, t2 = row["threads_1"]["median_s"], row["threads_2"]["median_s"]
         rows.append([f"1 vs 2 torch threads, {row['workload']}", policy,
                      f"{seconds(t1)} vs {seconds(t2)}", f"2 threads: {t1 / t2:.2f}x the speed of 1", ""])

@@ -56,10 +56,15 @@ def baseline(settings: Settings) -> dict:
 
 
 @contextlib.contextmanager
-def environment(env: Mapping[str, str]) -> Iterator[None]:
-    """``os.environ`` updated with ``env`` for the block (a child started inside inherits it)."""
+def environment(env: Mapping[str, Optional[str]]) -> Iterator[None]:
+    """``os.environ`` updated with ``env`` for the block, a value of None removing its variable (a child
+    started inside inherits the result)."""
     saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     try:
         yield
     finally:
@@ -71,10 +76,10 @@ def environment(env: Mapping[str, str]) -> Iterator[None]:
 
 
 def run_isolated(case: Callable[[Settings], dict], settings: Settings,
-                 env: Optional[Mapping[str, str]] = None) -> dict:
+                 env: Optional[Mapping[str, Optional[str]]] = None) -> dict:
     """``case(settings)`` in a fresh child process; its result with ``peak_rss_mb`` and ``case_wall_s``.
 
-    With ``env``, the child is a new interpreter (``spawn``) started with those variables set.
+    With ``env``, the child is a new interpreter (``spawn``) started with those variables set (None: unset).
     """
     context = _context() if env is None else multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:

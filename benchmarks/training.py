@@ -110,37 +110,52 @@ def face3d(settings: Settings) -> dict:
     return {**out, "batch_size": cfg.batch_size, "silhouette_every": cfg.sil_every, "input_size": cfg.input_size}
 
 
-def face3d_memory_format(settings: Settings) -> dict:
-    """One train_face3d step (the loop body: loss, backward, Adam; no silhouette term, as on 9 steps in 10) with
-    the network and batch in torch's default layout vs channels_last (what the stage uses), side by side in one
-    process, with 1 and with 2 torch threads."""
+def _face3d_step(settings: Settings, layout: torch.memory_format) -> tuple[Callable[[], None], face3d_train.TrainConfig]:
+    """One train_face3d step as the loop body runs it (loss, backward, Adam; no silhouette term, as on 9 steps
+    in 10) on a fixed random batch, with the network and batch in ``layout``."""
     cfg = face3d_config(settings, checkpoint_every=NO_CHECKPOINT, threads=0)
     rng = np.random.default_rng(0)
-    s = cfg.input_size
-    images = images_to_tensor(random_images(cfg.batch_size, s))
+    batch = images_to_tensor(random_images(cfg.batch_size, cfg.input_size)).contiguous(memory_format=layout)
     target = torch.from_numpy(rng.uniform(-LANDMARK_RANGE, LANDMARK_RANGE, (cfg.batch_size, 68, 2)).astype(np.float32))
     loss_fn = face3d_train.Face3dLoss(cfg)
+    model = face3d_train.build_model(cfg)
+    model.net.train().to(memory_format=layout)
+    optimizer = torch.optim.Adam(model.net.parameters(), lr=cfg.lr)
+
+    def step():
+        total, _ = loss_fn(model, batch, target, None)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+
+    return step, cfg
+
+
+def _face3d_workload(cfg: face3d_train.TrainConfig) -> str:
+    return f"one train_face3d step, batch {cfg.batch_size}, {cfg.input_size} px, without the silhouette term"
+
+
+def face3d_memory_format(settings: Settings) -> dict:
+    """:func:`_face3d_step` in torch's default layout vs channels_last (what the stage uses), side by side in
+    one process, with 1 and with 2 torch threads."""
     steps = {}
     for name, layout in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        model = face3d_train.build_model(cfg)
-        model.net.train().to(memory_format=layout)
-        optimizer = torch.optim.Adam(model.net.parameters(), lr=cfg.lr)
-        batch = images.contiguous(memory_format=layout)
-
-        def step(model=model, optimizer=optimizer, batch=batch):
-            total, _ = loss_fn(model, batch, target, None)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-
-        steps[name] = step
-    out = {"workload": f"one train_face3d step, batch {cfg.batch_size}, {s} px, without the silhouette term"}
+        steps[name], cfg = _face3d_step(settings, layout)
+    out = {"workload": _face3d_workload(cfg)}
     for threads in (1, 2):
         torch.set_num_threads(threads)
         rows = side_by_side(steps, max(settings.repeats, 3) * 10)
         out[f"threads_{threads}"] = {**rows, "time_ratio_contiguous_over_channels_last":
                                      rows["contiguous"]["median_s"] / rows["channels_last"]["median_s"]}
     return out
+
+
+def face3d_step_threads(settings: Settings) -> dict:
+    """:func:`_face3d_step` (channels_last, as the stage) with 1 vs 2 torch threads, side by side in one process:
+    the stage trains in one process with every core, so its speed is how well the two threads share a step."""
+    step, cfg = _face3d_step(settings, torch.channels_last)
+    return {"workload": _face3d_workload(cfg), "batch": cfg.batch_size,
+            **thread_comparison(step, max(settings.repeats, 3) * 10)}
 
 
 def identity_net(settings: Settings) -> dict:

@@ -6,6 +6,7 @@ depend on the machine and on what else runs on it.
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,26 @@ def test_thread_comparison_restores_threads_and_gives_a_ratio():
     assert _positive(out["time_ratio_1_over_2"]) and out["threads_1"]["repeats"] == 2
 
 
+def test_face3d_thread_comparison_times_the_stage_step_with_both_thread_counts(tmp_path):
+    from benchmarks.training import face3d_step_threads
+
+    settings = Settings(quick=True, repeats=1, threads=1, head_dir=str(write_head_model(tmp_path / "head")),
+                        work_dir=str(tmp_path / "work"))
+    out = face3d_step_threads(settings)
+    assert _positive(out["threads_1"]["median_s"]) and _positive(out["threads_2"]["median_s"])
+    assert out["time_ratio_1_over_2"] == out["threads_1"]["median_s"] / out["threads_2"]["median_s"]
+    assert "train_face3d step" in out["workload"]
+
+
+def test_thread_rows_name_the_wait_policy_each_row_ran_under():
+    timing = {"threads_1": {"median_s": 0.2}, "threads_2": {"median_s": 0.1}, "workload": "w"}
+    section = {"a": {**timing, "environment": {"OMP_WAIT_POLICY": None}},
+               "b": {**timing, "environment": {"OMP_WAIT_POLICY": "PASSIVE"}}}
+    rows = report._thread_rows(section)
+    assert [row[1] for row in rows] == ["default OpenMP wait policy", "OMP_WAIT_POLICY=PASSIVE"]
+    assert rows[0][3] == "2 threads: 2.00x the speed of 1"
+
+
 def test_chunked_synthesis_variant_gives_the_same_images_and_is_removed_after():
     torch.manual_seed(0)
     g = Generator(16, 8, n_mlp=1, channel_multiplier=1, max_channels=8).eval()
@@ -182,6 +203,18 @@ def test_a_case_with_its_own_environment_runs_in_a_fresh_process(tmp_path):
     settings = Settings(quick=True, repeats=1, threads=1, head_dir=str(tmp_path), work_dir=str(tmp_path))
     out = runner.run_isolated(runner.baseline, settings, {"OMP_WAIT_POLICY": "PASSIVE"})
     assert out["environment"] == {"OMP_WAIT_POLICY": "PASSIVE"} and _positive(out["peak_rss_mb"])
+
+
+def _wait_policy(settings: Settings) -> dict:
+    return {"policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
+
+
+def test_a_case_environment_of_none_unsets_the_variable_in_the_child_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    settings = Settings(quick=True, repeats=1, threads=1, head_dir=str(tmp_path), work_dir=str(tmp_path))
+    assert runner.run_isolated(_wait_policy, settings, {"OMP_WAIT_POLICY": None})["policy"] == "unset"
+    assert runner.run_isolated(_wait_policy, settings, {"OMP_WAIT_POLICY": "ACTIVE"})["policy"] == "ACTIVE"
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # the suite's own environment is left as it was
 
 
 def test_pipeline_records_are_read_with_their_sources(tmp_path):
