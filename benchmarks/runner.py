@@ -55,24 +55,25 @@ def baseline(settings: Settings) -> dict:
     return {}
 
 
-@contextlib.contextmanager
-def environment(env: Mapping[str, Optional[str]]) -> Iterator[None]:
-    """``os.environ`` updated with ``env`` for the block, a value of None removing its variable (a child
-    started inside inherits the result)."""
-    saved = {key: os.environ.get(key) for key in env}
+def _set_environment(env: Mapping[str, Optional[str]]) -> None:
+    """Set each variable of ``env`` in ``os.environ``; a value of None removes it."""
     for key, value in env.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@contextlib.contextmanager
+def environment(env: Mapping[str, Optional[str]]) -> Iterator[None]:
+    """``os.environ`` updated with ``env`` for the block, a value of None removing its variable (a child
+    started inside inherits the result)."""
+    saved = {key: os.environ.get(key) for key in env}
+    _set_environment(env)
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(saved)
 
 
 def run_isolated(case: Callable[[Settings], dict], settings: Settings,
