@@ -324,3 +324,29 @@ def test_loss_evaluation_and_figure_run_on_the_chosen_device(world_dir, train_se
     assert float(total) == pytest.approx(float(expected_total), rel=1e-5)
     assert terms == pytest.approx(expected_terms, rel=1e-5, abs=1e-7)
     assert metrics == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_runs_the_cnn_in_bfloat16_only_where_the_cpu_has_it(world_dir, tmp_path, monkeypatch, native):
+    from megafr import devices
+    from megafr.face3d.recon import FaceReconstructor
+
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: native)
+    seen = []
+    real = FaceReconstructor.regress_with_keypoints
+
+    def recording(self, images):
+        params, keypoints = real(self, images)
+        seen.append(keypoints.dtype)
+        return params, keypoints
+
+    monkeypatch.setattr(FaceReconstructor, "regress_with_keypoints", recording)
+    plain = train_face3d(_config(world_dir, tmp_path / "fp32", steps=2), load_landmark_set(_config(world_dir, tmp_path), "train"))
+    mixed = train_face3d(_config(world_dir, tmp_path / "bf16", steps=2, cpu_bf16=True),
+                         load_landmark_set(_config(world_dir, tmp_path), "train"))
+    assert seen == [torch.float32] * 2 + [torch.bfloat16 if native else torch.float32] * 2
+    assert np.isfinite(mixed.curve.to_numpy()).all()
+    same = all(torch.equal(a, b) for a, b in zip(plain.model.net.state_dict().values(), mixed.model.net.state_dict().values()))
+    assert same is not native  # bfloat16 steps move the weights differently; without native bf16 nothing changes
+    with pytest.raises(InputError, match="cpu_bf16"):
+        _config(world_dir, tmp_path, cpu_bf16="yes")

@@ -137,6 +137,9 @@ class TrainConfig:
     lambda_pose: float  # L2 prior on jaw and eye rotations
     checkpoint_every: int  # write a checkpoint every this many steps (and at the end)
     threads: int  # torch CPU threads during training (0: leave torch's setting alone)
+    # bfloat16 autocast of the CNN on a CPU with native bf16 (megafr.devices.cpu_bf16_native; float32 on other
+    # CPUs); FLAME, landmarks and losses stay float32. On CUDA the CNN runs in bf16 where supported either way.
+    cpu_bf16: bool = False
     out_dir: str = "data/train_face3d"  # checkpoint folder
     run_dir: str = ""  # set by a sweep: write under <run_dir>/train_face3d instead
 
@@ -150,6 +153,7 @@ class TrainConfig:
         require(self.lr > 0, f"train_face3d.lr must be positive, got {self.lr}")
         require(self.sil_sigma > 0, f"train_face3d.sil_sigma must be positive, got {self.sil_sigma}")
         require(self.threads >= 0, f"train_face3d.threads must be >= 0, got {self.threads}")
+        require(isinstance(self.cpu_bf16, bool), f"train_face3d.cpu_bf16 must be true or false, got {self.cpu_bf16!r}")
         for split in self.extra_split_names:
             require(split in EXTRA_SPLITS, f"train_face3d.extra_splits may name {', '.join(EXTRA_SPLITS)} (comma-separated) "
                                            f"or be empty, got {split!r}")
@@ -358,7 +362,7 @@ class Face3dLoss(torch.nn.Module):
     def forward(self, model: FaceModel, small_images: torch.Tensor, target_ndc: torch.Tensor,
                 masks: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        with autocast(small_images.device, training=True):  # the CNN in bf16 on CUDA; FLAME and losses in float32
+        with autocast(small_images.device, training=True, cpu_bf16=cfg.cpu_bf16):  # the CNN only; FLAME and losses in float32
             params, keypoints = model.net.regress_with_keypoints(small_images)
         params, keypoints = FaceParams(*(t.float() for t in params)), keypoints.float()
         _, predicted = model.landmarks(params)  # [B, 68, 2] NDC
