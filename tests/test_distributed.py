@@ -31,22 +31,22 @@ def _frozen(root):
     return conftest.tiny_frozen.__wrapped__(_Folders(root))  # the same seeded random networks in every process
 
 
-def _config(out_dir: str, batch_size: int) -> rt.ReenactConfig:
+def _config(out_dir: str, batch_size: int, input_cache: str = "") -> rt.ReenactConfig:
     return rt.ReenactConfig(profile="smoke", seed=3, steps=STEPS, batch_size=batch_size, lr=1e-3,
                             lr_schedule="constant", encoder="e4e",
                             condition="render", edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0,
                             lambda_pair=1.0, lambda_cyc=1.0, lambda_self=1.0, lambda_latent=0.1, lambda_l2=1.0,
                             lambda_lpips=0.0, lambda_rec_id=0.5, checkpoint_every=2, generator_path="", e4e_path="",
                             psp_path="", face3d_path="", idnet_path="", model_path="", landmark_path="",
-                            train_images="", out_dir=out_dir, cpu_bf16=False)
+                            train_images="", out_dir=out_dir, cpu_bf16=False, input_cache=input_cache)
 
 
-def _rank(rank: int, world: int, port: int, out_dir: str, images: str) -> None:
+def _rank(rank: int, world: int, port: int, out_dir: str, images: str, input_cache: str = "") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), MEGAFR_DEVICE="cpu")
     torch.set_num_threads(1)
     try:
-        rt.train(_config(out_dir, BATCH), _frozen(Path(images).parent), np.load(images), progress=False)
+        rt.train(_config(out_dir, BATCH, input_cache), _frozen(Path(images).parent), np.load(images), progress=False)
     finally:
         distributed.shutdown()
 
@@ -129,6 +129,24 @@ def test_two_ranks_match_one_process_at_the_doubled_batch(tmp_path, monkeypatch)
     assert list(curve_one.columns) == list(curve_two.columns) and len(curve_one) == len(curve_two) == STEPS
     # step 1 starts from the same weights: the loss averaged over the ranks is the doubled batch's loss
     pd.testing.assert_series_equal(curve_two.iloc[0], curve_one.iloc[0], rtol=1e-4)
+
+
+def test_two_ranks_share_one_input_cache_that_rank_0_computes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEGAFR_DEVICE", "cpu")
+    images = tmp_path / "images.npy"
+    np.save(images, np.random.default_rng(0).integers(0, 256, (N_IMAGES, conftest.TINY_SIZE, conftest.TINY_SIZE, 3),
+                                                      dtype=np.uint8))
+    cache = tmp_path / "cache"
+    assert STEPS * 2 * BATCH >= N_IMAGES  # enough pairs for the cache to be computed
+    mp.spawn(_rank, args=(2, conftest.free_port(), str(tmp_path / "plain"), str(images)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, conftest.free_port(), str(tmp_path / "cached"), str(images), str(cache)), nprocs=2,
+             join=True)
+    assert [p.name[:4] for p in cache.iterdir()] == ["e4e-"]  # one cache, no temporary folder of another rank
+    import pandas as pd
+
+    plain = pd.read_csv(tmp_path / "plain" / "megafr_e4e_render.curve.csv")
+    cached = pd.read_csv(tmp_path / "cached" / "megafr_e4e_render.curve.csv")
+    pd.testing.assert_series_equal(cached.iloc[0], plain.iloc[0], rtol=1e-2)  # float16-stored inputs
 
 
 def test_two_ranks_give_the_gradient_of_the_doubled_batch(tmp_path, monkeypatch):

@@ -314,7 +314,7 @@ def _base_config(tmp_path):
         lambda_self=1.0, lambda_latent=0.1, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5,
         checkpoint_every=1, generator_path="", e4e_path="", psp_path="", face3d_path="", idnet_path="",
         model_path="", landmark_path="", train_images="", out_dir=str(tmp_path / "canonical"),
-        cpu_bf16=False)
+        cpu_bf16=False, input_cache="")
 
 
 def test_plan_and_configs_change_one_thing(tmp_path):

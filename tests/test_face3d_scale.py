@@ -41,7 +41,7 @@ def _config(root: Path, out: Path, **overrides) -> ft.TrainConfig:
         cam_scale_init=8.0, cam_ty_init=0.0, steps=STEPS, batch_size=BATCH, lr=1e-3, lambda_lmk=1.0, lambda_kp=1.0,
         lambda_eye=3.0, lambda_mouth=2.0, lambda_pair=1.0, lambda_sil=0.5, sil_every=2, sil_size=16, sil_batch=2 * BATCH,
         sil_sigma=1.0, lambda_shape=1e-3, lambda_expr=1e-3, lambda_pose=1e-3, checkpoint_every=2, threads=0,
-        out_dir=str(out))
+        cpu_bf16=False, out_dir=str(out))
     values.update(overrides)
     return build_config(ft.TrainConfig, values)
 

@@ -59,7 +59,7 @@ def study(tmp_path_factory, tiny_frozen):
                            lr_schedule="constant", encoder="e4e", condition="render",
                            edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0, lambda_pair=1.0, lambda_cyc=1.0,
                            lambda_self=1.0, lambda_latent=0.1, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5,
-                           checkpoint_every=1, train_images="", out_dir=str(root / "train_reenact"), cpu_bf16=False,
+                           checkpoint_every=1, train_images="", out_dir=str(root / "train_reenact"), cpu_bf16=False, input_cache="",
                            **files)
     rt.save_checkpoint(rt.checkpoint_path(cfg), model, torch.optim.Adam(model.encoder.parameters()), cfg, 1)
     return {"root": root, "files": files, "checkpoint": str(rt.checkpoint_path(cfg)), "model": model}

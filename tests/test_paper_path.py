@@ -49,7 +49,7 @@ def world(tmp_path_factory):
         generator_path=files["stylegan2"], e4e_path=files["e4e"], psp_path=files["psp"],
         face3d_path=str(root / "face3d.pt"), idnet_path=files["arcface"], model_path=files["flame_model"],
         landmark_path=files["flame_landmarks"], train_images=str(cfg.data_dir / "train" / "manifest.csv"),
-        out_dir=str(root / "train_reenact"), cpu_bf16=False)
+        out_dir=str(root / "train_reenact"), cpu_bf16=False, input_cache="")
     return cfg, files, reenact
 
 

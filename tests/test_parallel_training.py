@@ -30,7 +30,7 @@ def _config(files, out_dir, **changes) -> rt.ReenactConfig:
                   condition="render",
                   edit_groups="coarse,medium", lambda_id=1.0, lambda_lmk=1.0, lambda_pair=1.0, lambda_cyc=1.0,
                   lambda_self=1.0, lambda_latent=0.0, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5,
-                  checkpoint_every=1, out_dir=str(out_dir), cpu_bf16=False, **files)
+                  checkpoint_every=1, out_dir=str(out_dir), cpu_bf16=False, input_cache="", **files)
     return dataclasses.replace(rt.ReenactConfig(**values), **changes)
 
 

@@ -58,7 +58,7 @@ def _config(root, out, **overrides) -> TrainConfig:
         image_size=SIZE, input_size=SIZE, n_shape=headmodel.N_IDENTITY, n_expr=headmodel.N_EXPRESSION, width=4,
         eye_patch=4, extra_splits="", cam_scale_init=CAM_SCALE_INIT, cam_ty_init=0.0, steps=6, batch_size=4, lr=1e-3, lambda_lmk=1.0, lambda_kp=1.0,
         lambda_eye=3.0, lambda_mouth=2.0, lambda_pair=1.0, lambda_sil=0.5, sil_every=2, sil_size=16, sil_batch=2, sil_sigma=1.0,
-        lambda_shape=1e-3, lambda_expr=1e-3, lambda_pose=1e-3, checkpoint_every=2, threads=0, out_dir=str(out),
+        lambda_shape=1e-3, lambda_expr=1e-3, lambda_pose=1e-3, checkpoint_every=2, threads=0, cpu_bf16=False, out_dir=str(out),
     )
     values.update(overrides)
     return build_config(TrainConfig, values)

@@ -20,7 +20,7 @@ def _config(tmp_path, **overrides):
                   lambda_self=1.0, lambda_latent=0.1, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5,
                   checkpoint_every=1, generator_path="", e4e_path="", psp_path="", face3d_path="",
                   idnet_path="", model_path="", landmark_path="", train_images="", out_dir=str(tmp_path),
-                  cpu_bf16=False)
+                  cpu_bf16=False, input_cache="")
     values.update(overrides)
     return rt.ReenactConfig(**values)
 
@@ -198,3 +198,112 @@ def test_autocast_dtype_on_the_cpu_follows_the_request_the_instructions_and_the_
     assert devices.autocast_dtype(cpu, training=True, cpu_bf16=True) is None
     with devices.autocast(cpu, training=True, cpu_bf16=True):
         assert not torch.is_autocast_enabled("cpu")
+
+
+# ----------------------------------------------------------------------------- the per-image input cache
+from megafr.reenact import inputs as ri  # noqa: E402
+from megafr.reenact import parallel  # noqa: E402
+from megafr.reenact.parallel import prepare_caches  # noqa: E402
+
+
+class _NoImages(torch.utils.data.Dataset):
+    """A training set whose images must not be read (a cached training reads none)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        raise AssertionError("a training with an input cache read an image")
+
+
+def test_cached_inputs_are_the_steps_own(tiny_frozen, tmp_path):
+    images = _images()
+    cfg = _config(tmp_path / "run", input_cache=str(tmp_path / "cache"))
+    cache = ri.input_cache(cfg, tiny_frozen, images, rt.input_cache_digest(cfg), progress=False)
+    assert len(cache) == len(images) and cache.folder.name.startswith("e4e-")
+    sources, targets = np.array([4, 1, 1]), np.array([0, 5, 2])
+    got = cache.batch(sources, targets, torch.device("cpu"), render=True)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    want = ri.step_inputs(tiny_frozen, x[sources], x[targets])
+    for name in ("w_s", "shape", "expression", "pose", "target_expression", "target_pose"):
+        assert torch.allclose(getattr(got, name), getattr(want, name), atol=1e-5), name
+    assert torch.allclose(got.x_s, want.x_s, atol=2e-3)  # stored in float16
+    own = rt.make_targets(tiny_frozen.face, want.shape, want.expression, want.pose, "render").condition
+    assert torch.allclose(got.render, own, atol=2e-3)
+    assert cache.batch(sources, targets, torch.device("cpu"), render=False).render is None
+
+
+@pytest.mark.parametrize("condition", ["render", "params"])
+def test_a_cached_training_reads_no_image_and_trains_as_an_uncached_one(tiny_frozen, tmp_path, condition,
+                                                                         monkeypatch):
+    monkeypatch.setattr(ri, "HALF", ())  # float32 storage: the two runs differ only in the order of float operations
+    images = _images()
+    _, plain_curve = rt.train(_config(tmp_path / "plain", condition=condition), tiny_frozen, images, progress=False)
+    cfg = _config(tmp_path / "cached", condition=condition, input_cache=str(tmp_path / "cache"))
+    ri.input_cache(cfg, tiny_frozen, images, rt.input_cache_digest(cfg), progress=False)
+    _, cached_curve = rt.train(cfg, tiny_frozen, _NoImages(len(images)), progress=False)
+    # every loss term of every step; not the weights: Adam turns rounding-sized gradients into whole steps
+    assert np.allclose(plain_curve.to_numpy(), cached_curve.to_numpy(), rtol=1e-4, atol=1e-6)
+    assert rt.read_checkpoint(rt.checkpoint_path(cfg))["config"]["input_cache"] == str(tmp_path / "cache")
+
+
+def test_the_cache_is_reused_and_replaced_when_what_it_depends_on_changes(tiny_frozen, tmp_path, monkeypatch):
+    cfg = _config(tmp_path / "run", input_cache=str(tmp_path / "cache"))
+    first = ri.input_cache(cfg, tiny_frozen, _images(), rt.input_cache_digest(cfg), progress=False).folder
+
+    def no_build(*args):
+        raise AssertionError("the cache was computed again")
+
+    monkeypatch.setattr(ri, "_build", no_build)
+    assert ri.input_cache(cfg, tiny_frozen, _images(), rt.input_cache_digest(cfg), progress=False).folder == first
+    monkeypatch.undo()
+    monkeypatch.setattr(rt, "upstream_digest", lambda c: "other networks")
+    second = ri.input_cache(cfg, tiny_frozen, _images(), rt.input_cache_digest(cfg), progress=False).folder
+    assert second != first and second.is_dir() and not first.exists()  # one cache per encoder
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [second.name]  # no temporary folder left
+
+
+def test_a_cache_too_large_is_refused_with_the_key_to_change(tiny_frozen, tmp_path, monkeypatch):
+    monkeypatch.setattr(ri, "MAX_CACHE_GIB", 1e-6)
+    with pytest.raises(InputError, match='input_cache: ""'):
+        ri.input_cache(_config(tmp_path, input_cache=str(tmp_path / "cache")), tiny_frozen, _images(), "d",
+                       progress=False)
+    assert ri.input_cache(_config(tmp_path), tiny_frozen, _images(), "d", progress=False) is None  # key empty: no cache
+
+
+def test_prepare_caches_computes_each_encoders_cache_once_and_skips_finished_trainings(tiny_frozen, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(parallel, "load_frozen", lambda cfg, lpips=True: tiny_frozen)
+    np.save(tmp_path / "images.npy", _images())
+    built = []
+    real = ri._build
+    monkeypatch.setattr(ri, "_build", lambda cfg, *rest: (built.append(cfg.condition), real(cfg, *rest)))
+    common = dict(input_cache=str(tmp_path / "cache"), train_images=str(tmp_path / "images.npy"))
+    finished = _config(tmp_path / "done", steps=1, **common)
+    rt.train(dataclasses.replace(finished, input_cache=""), tiny_frozen, _images(), progress=False)
+    data = torch.load(rt.checkpoint_path(finished), weights_only=False)
+    data["config"] = dataclasses.asdict(finished)  # as if trained with the cache
+    torch.save(data, rt.checkpoint_path(finished))
+    prepare_caches([finished], progress=False)
+    assert built == []  # nothing left to train: no cache
+    prepare_caches([_config(tmp_path / "a", condition="render", **common),
+                       _config(tmp_path / "b", condition="params", **common)], progress=False)
+    assert built == ["render"]
+
+
+def test_a_cache_is_computed_only_when_the_pairs_drawn_outnumber_the_images(tiny_frozen, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    few = _config(tmp_path / "few", steps=2, batch_size=2, input_cache=str(cache))  # 4 pairs, 6 images
+    _, curve = rt.train(few, tiny_frozen, _images(), progress=False)
+    assert len(curve) == 2 and not cache.exists()  # the steps computed their own inputs
+    monkeypatch.setattr(parallel, "load_frozen", lambda cfg, lpips=True: tiny_frozen)
+    np.save(tmp_path / "images.npy", _images())
+    few = dataclasses.replace(few, train_images=str(tmp_path / "images.npy"), out_dir=str(tmp_path / "other"))
+    prepare_caches([few], progress=False)
+    assert not cache.exists()
+    prepare_caches([few, dataclasses.replace(few, condition="params")], progress=False)  # 8 pairs together
+    assert len(list(cache.iterdir())) == 1
+    assert ri.pays(6, 6) and not ri.pays(5, 6)

@@ -476,7 +476,7 @@ def _face3d_values(world, out_dir: Path, **overrides) -> dict:
         steps=KILL_STEPS, batch_size=4, lr=1e-3, lambda_lmk=1.0, lambda_kp=1.0, lambda_eye=3.0, lambda_mouth=2.0,
         lambda_pair=1.0,
         lambda_sil=0.5, sil_every=2, sil_size=16, sil_batch=2, sil_sigma=1.0, lambda_shape=1e-3, lambda_expr=1e-3,
-        lambda_pose=1e-3, checkpoint_every=KILL_CHECKPOINT_EVERY, threads=1, out_dir=str(out_dir))
+        lambda_pose=1e-3, checkpoint_every=KILL_CHECKPOINT_EVERY, threads=1, cpu_bf16=False, out_dir=str(out_dir))
     values.update(overrides)
     return values
 

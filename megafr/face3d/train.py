@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -139,7 +139,7 @@ class TrainConfig:
     threads: int  # torch CPU threads during training (0: leave torch's setting alone)
     # bfloat16 autocast of the CNN on a CPU with native bf16 (megafr.devices.cpu_bf16_native; float32 on other
     # CPUs); FLAME, landmarks and losses stay float32. On CUDA the CNN runs in bf16 where supported either way.
-    cpu_bf16: bool = False
+    cpu_bf16: bool = field(kw_only=True)  # keyword-only: a stage field without a default before the defaults
     out_dir: str = "data/train_face3d"  # checkpoint folder
     run_dir: str = ""  # set by a sweep: write under <run_dir>/train_face3d instead
 

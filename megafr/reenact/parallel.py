@@ -14,7 +14,8 @@ the models is the same whether they were trained here or in-process.
 Each worker loads the frozen networks and the training images from the files the configuration names
 (what the caller loaded too), so nothing large is sent between processes. An interrupted batch of
 trainings resumes like a single one: every training continues from its own checkpoint.
-On a GPU there is one device to share: there the trainings run one at a time, in the caller's process.
+Inputs cached per training image (``input_cache``, :mod:`megafr.reenact.inputs`) are computed here,
+once, before the workers start. On a GPU there is one device to share: there the trainings run one at a time, in the caller's process.
 A worker whose caller dies without a word (a killed process, a restarted Jupyter kernel) exits too
 (:func:`megafr.distributed.spawn_pool`), instead of training on beside the next run over the same
 checkpoints.
@@ -22,9 +23,11 @@ checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import as_completed
-from typing import Mapping
+from pathlib import Path
+from typing import Iterable, Mapping
 
 import torch
 
@@ -32,7 +35,9 @@ from megafr.config import require, study_path, torch_device
 from megafr.datasets.loader import open_images
 from megafr.distributed import spawn_pool, worker_threads
 from megafr.progress import progress_bar
-from megafr.reenact.train import ReenactConfig, load_frozen, train
+from megafr.reenact.inputs import DONE_FILE, cache_folder, input_cache, pays
+from megafr.reenact.train import (ReenactConfig, checkpoint_path, input_cache_digest, load_frozen, read_checkpoint,
+                                  train, upstream_digest)
 
 
 def _train_in_worker(cfg: ReenactConfig, threads: int) -> float:
@@ -41,6 +46,34 @@ def _train_in_worker(cfg: ReenactConfig, threads: int) -> float:
     start = time.perf_counter()
     train(cfg, load_frozen(cfg), open_images(study_path(cfg.train_images)), progress=False)
     return time.perf_counter() - start
+
+
+def _finished(cfg: ReenactConfig) -> bool:
+    """Whether ``cfg``'s checkpoint already holds its last step for the same configuration and networks."""
+    path = checkpoint_path(cfg)
+    if not path.is_file():
+        return False
+    data = read_checkpoint(path)
+    return (int(data["step"]) >= cfg.steps and data["config"] == dataclasses.asdict(cfg)
+            and data.get("upstream") == upstream_digest(cfg))
+
+
+def prepare_caches(cfgs: Iterable[ReenactConfig], progress: bool = True) -> None:
+    """Compute, in this process, every input cache (:mod:`megafr.reenact.inputs`) that ``cfgs``' unfinished
+    trainings will read and that pays for them together (:func:`megafr.reenact.inputs.pays`), before worker
+    processes start them, so that they do not each compute the same one."""
+    wanted: dict[Path, tuple[ReenactConfig, str, int]] = {}  # cache folder -> (a config reading it, digest, pairs)
+    for cfg in cfgs:
+        if cfg.input_cache and cfg.steps > 0 and not _finished(cfg):
+            digest = input_cache_digest(cfg)
+            folder = cache_folder(cfg, digest)
+            first, _, pairs = wanted.get(folder, (cfg, digest, 0))
+            wanted[folder] = (first, digest, pairs + cfg.steps * cfg.batch_size)
+    for folder, (cfg, digest, pairs) in wanted.items():
+        if not (folder / DONE_FILE).is_file():
+            images = open_images(study_path(cfg.train_images))
+            if pays(pairs, len(images)):
+                input_cache(cfg, load_frozen(cfg, lpips=False), images, digest, progress)
 
 
 def effective_workers(workers: int, what: str) -> int:
@@ -62,6 +95,7 @@ def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool =
     raised here once the running ones have ended (an interrupt from a terminal or Jupyter reaches the workers
     too, so they stop at once, each resumable from its last checkpoint)."""
     require(workers >= 2, f"train_many runs >= 2 worker processes, got {workers} (train in-process instead)")
+    prepare_caches(cfgs.values(), progress)  # once here, not once per worker
     processes = min(workers, max(1, len(cfgs)))
     threads = worker_threads(processes)
     seconds: dict[str, float] = {}

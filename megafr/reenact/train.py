@@ -28,11 +28,15 @@ networks' files and the training images (:func:`upstream_digest`): a checkpoint 
 when its configuration, that digest and the training code's digest (:func:`megafr.training.code_digest`,
 blind to comments and docstrings) match, so E_FR is retrained, not reused, after an earlier stage
 (generator, inversion encoder, 3D network, identity network) or its training code changed.
+With ``input_cache`` set, steps 1-2 and the source's own rendering come from a per-image cache computed
+once before the first step (:mod:`megafr.reenact.inputs`); only ``r_t`` is rendered in each step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,25 +49,25 @@ import torch
 from megafr import distributed, losses, training
 from megafr.config import require, study_files_digest, study_path, torch_device
 from megafr.datasets.loader import StepBatches, as_dataset, batch_loader, to_model_input
-from megafr.devices import autocast, full_precision
+from megafr.devices import autocast, autocast_dtype, full_precision
 from megafr.errors import CheckpointError, MissingFileError
-from megafr.face3d.framing import aligned_camera
-from megafr.face3d.pose import GLOBAL, JAW, LEFT_EYE, RIGHT_EYE
 from megafr.face3d.recon import FaceModel, load_face_model
 from megafr.fileio import atomic_path
 from megafr.nets import checkpoints
 from megafr.progress import progress_bar
+from megafr.reenact.inputs import (CONDITION_POSE, StepInputs, Targets, input_cache, invert, make_targets,  # noqa: F401
+                                   step_inputs)  # (invert, Targets: imported from here by other modules)
 from megafr.reenact.model import RENDER_CHANNELS, MegaFR
 from megafr.training import adam, check_finite
 
 CONDITIONS = ("render", "params")
 ENCODERS = ("e4e", "psp")
 LR_SCHEDULES = ("constant", "cosine")
-CONDITION_POSE = (GLOBAL, JAW, LEFT_EYE, RIGHT_EYE)  # pose parts fed to the params baseline (neck is zero)
 LOSS_NAMES = ("id", "lmk", "pair", "cyc", "self", "latent")
 LAYER_GROUP_NAMES = ("coarse", "medium", "fine")  # W+ groups of megafr.nets.encoders.layer_groups
-TRAINING_CODE = ("reenact/train.py", "reenact/model.py", "face3d", "nets", "losses", "training.py",
+TRAINING_CODE = ("reenact/train.py", "reenact/inputs.py", "reenact/model.py", "face3d", "nets", "losses", "training.py",
                  "imageio.py")  # the sources E_FR's weights depend on (resume key)
+INPUT_CACHE_VERSION = 1  # bump when the input cache's arrays change meaning
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,9 @@ class ReenactConfig:
     # float32 on other CPUs; CUDA trains in bf16 where it can either way). Keyword-only: a stage field
     # without a default that subclasses' fields may follow.
     cpu_bf16: bool = dataclasses.field(kw_only=True)
+    # folder where each training image's no-gradient inputs are computed once and shared by every training
+    # (megafr.reenact.inputs; small worlds only); "": each step computes its own
+    input_cache: str = dataclasses.field(kw_only=True)
 
     def __post_init__(self):
         require(self.steps >= 0, f"train_reenact.steps must be >= 0, got {self.steps}")
@@ -110,6 +117,8 @@ class ReenactConfig:
         require(self.encoder in ENCODERS, f"train_reenact.encoder must be one of {ENCODERS}, got {self.encoder!r}")
         require(self.condition in CONDITIONS, f"train_reenact.condition must be one of {CONDITIONS}, got {self.condition!r}")
         require(isinstance(self.cpu_bf16, bool), f"train_reenact.cpu_bf16 must be true or false, got {self.cpu_bf16!r}")
+        require(isinstance(self.input_cache, str),
+                f"train_reenact.input_cache must be a folder or \"\", got {self.input_cache!r}")
         require(self.checkpoint_every >= 1, f"train_reenact.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         unknown = set(self.groups) - set(LAYER_GROUP_NAMES)
         require(bool(self.groups) and not unknown,
@@ -194,47 +203,17 @@ def condition_width(face: FaceModel) -> int:
     return face.config.n_expr + 3 * len(CONDITION_POSE)
 
 
-class Targets(NamedTuple):
-    condition: torch.Tensor  # [B, C, S, S] r_t (or the tiled parameters of the baseline)
-    landmarks: torch.Tensor  # [B, 68, 3] p_t
-    expression: torch.Tensor  # [B, n_expr] psi_t
-    pose: torch.Tensor  # [B, 15] theta_t
-
-
-@torch.no_grad()
-def make_targets(face: FaceModel, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor,
-                 condition: str) -> Targets:
-    """Target condition and landmarks for FLAME(shape, expression, pose), framed like an FFHQ crop (float32,
-    also inside an autocast region)."""
-    with full_precision(shape.device):
-        shape, expression, pose = shape.float(), expression.float(), pose.float()
-        points = face.landmark_flame(shape, expression, pose)  # [B, 68, 3]
-        if condition == "render":
-            cond = face.render_geometry(shape, expression, pose, aligned_camera(points))
-        else:
-            flat = torch.cat([expression] + [pose[:, part] for part in CONDITION_POSE], dim=1)  # [B, C]
-            size = face.config.image_size
-            cond = flat[:, :, None, None].expand(-1, -1, size, size).contiguous()
-    return Targets(cond, points, expression, pose)
-
-
-@torch.no_grad()
-def invert(frozen: Frozen, x_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``w_s = E_inv(x_real)`` and ``x_s = G(w_s)`` (fixed noise, clamped to the image range)."""
-    w_s = frozen.inversion.encode(x_real)
-    noise = frozen.generator.stored_noise()
-    return frozen.generator.synthesis(w_s, noise=noise).clamp(-1, 1), w_s
-
-
-def step_losses(model: MegaFR, frozen: Frozen, cfg: ReenactConfig, x_real: torch.Tensor,
-                x_t: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """The weighted MegaFR loss of one batch -> (total, {term: float})."""
-    x_s, w_s = invert(frozen, x_real)
-    with torch.no_grad():
-        source = frozen.face.net(x_s)
-        target = frozen.face.net(x_t)
-    to_t = make_targets(frozen.face, source.shape, target.expression, target.pose, cfg.condition)
-    to_s = make_targets(frozen.face, source.shape, source.expression, source.pose, cfg.condition)
+def step_losses(model: MegaFR, frozen: Frozen, cfg: ReenactConfig, x_real: Optional[torch.Tensor],
+                x_t: Optional[torch.Tensor], given: Optional[StepInputs] = None) -> tuple[torch.Tensor, dict]:
+    """The weighted MegaFR loss of one batch -> (total, {term: float}). ``given``: the batch's inputs read from
+    the input cache (:mod:`megafr.reenact.inputs`); ``x_real`` and ``x_t`` are then not used."""
+    found = given if given is not None else step_inputs(frozen, x_real, x_t)
+    x_s, w_s = found.x_s, found.w_s
+    to_t = make_targets(frozen.face, found.shape, found.target_expression, found.target_pose, cfg.condition)
+    if found.render is not None and cfg.condition == "render":
+        source_condition = found.render
+    else:
+        source_condition = make_targets(frozen.face, found.shape, found.expression, found.pose, cfg.condition).condition
     out = model(x_s, to_t.condition, w_s)
     terms: dict[str, torch.Tensor] = {}
     weights = cfg.weights
@@ -249,10 +228,10 @@ def step_losses(model: MegaFR, frozen: Frozen, cfg: ReenactConfig, x_real: torch
         terms["lmk"] = losses.landmark_loss(to_t.landmarks, p_f)
         terms["pair"] = losses.pair_loss(to_t.landmarks, p_f)
     if weights["cyc"]:
-        back = model(out.image, to_s.condition, out.latent)
+        back = model(out.image, source_condition, out.latent)
         terms["cyc"] = losses.reconstruction_loss(x_s, back.image, **rec)
     if weights["self"]:
-        same = model(x_s, to_s.condition, w_s)
+        same = model(x_s, source_condition, w_s)
         terms["self"] = losses.reconstruction_loss(x_s, same.image, **rec)
     if weights["latent"] and frozen.latent_d is not None:
         terms["latent"] = losses.latent_loss(frozen.latent_d, out.latent)
@@ -263,6 +242,14 @@ def batch_indices(seed: int, step: int, n: int, batch_size: int) -> tuple[np.nda
     """Source and target rows of step ``step``: a function of (seed, step) only, so resuming is exact."""
     rng = np.random.default_rng([seed, step])
     return rng.integers(0, n, batch_size), rng.integers(0, n, batch_size)
+
+
+def input_cache_digest(cfg: ReenactConfig) -> str:
+    """What the input cache of ``cfg.encoder`` depends on: the frozen networks' files and training images
+    (:func:`upstream_digest`), the precision the step runs in, the training code."""
+    precision = autocast_dtype(torch_device(), training=True, cpu_bf16=cfg.cpu_bf16)
+    parts = [INPUT_CACHE_VERSION, cfg.encoder, upstream_digest(cfg), str(precision), training.code_digest(TRAINING_CODE)]
+    return hashlib.md5(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def checkpoint_path(cfg: ReenactConfig) -> Path:
@@ -298,6 +285,7 @@ def read_checkpoint(path: Path) -> dict:
     if isinstance(data["config"], dict):
         data["config"].setdefault("lr_schedule", "constant")  # written before the field existed: a constant rate
         data["config"].setdefault("cpu_bf16", False)  # likewise: float32 on the CPU
+        data["config"].setdefault("input_cache", "")  # likewise: each step computed its inputs
     return data
 
 
@@ -327,8 +315,9 @@ class StepLoss(torch.nn.Module):
         self.frozen = frozen  # a NamedTuple: not registered, so DDP neither broadcasts nor reduces it
         self.cfg = cfg
 
-    def forward(self, x_real: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        return step_losses(self.model, self.frozen, self.cfg, x_real, x_t)
+    def forward(self, x_real: Optional[torch.Tensor], x_t: Optional[torch.Tensor],
+                given: Optional[StepInputs] = None) -> tuple[torch.Tensor, dict]:
+        return step_losses(self.model, self.frozen, self.cfg, x_real, x_t, given)
 
 
 def train(cfg: ReenactConfig, frozen: Frozen, images, progress: bool = True) -> tuple[MegaFR, pd.DataFrame]:
@@ -358,15 +347,30 @@ def train(cfg: ReenactConfig, frozen: Frozen, images, progress: bool = True) -> 
         src, tgt = batch_indices(cfg.seed, step, len(images), local * here.size)
         return np.concatenate([distributed.shard(src, here), distributed.shard(tgt, here)])
 
-    batches = batch_loader(images, StepBatches(step_rows, start, cfg.steps), device)
+    cache = None
+    if cfg.steps > start and cfg.input_cache:  # rank 0 computes a missing cache; the others then read it
+        pairs = (cfg.steps - start) * local * here.size  # what the steps left draw: is a new cache worth it?
+        if here.main:
+            cache = input_cache(cfg, frozen, images, input_cache_digest(cfg), progress, pairs)
+        distributed.barrier()
+        if not here.main:
+            cache = input_cache(cfg, frozen, images, input_cache_digest(cfg), False, pairs)
+    if cache is None:
+        batches = batch_loader(images, StepBatches(step_rows, start, cfg.steps), device)
+    else:  # the inputs come from the cache: no images are read
+        batches = (step_rows(step) for step in range(start, cfg.steps))
     steps = progress_bar(range(start, cfg.steps), desc=f"train E_FR {cfg.encoder}:{cfg.condition}", initial=start,
                          total=cfg.steps, disable=not (progress and here.main), leave=True)
     for step, batch in zip(steps, batches):
-        x = to_model_input(batch, device)
         if cfg.lr_schedule == "cosine":
             training.set_lr(optimizer, training.cosine_lr(cfg.lr, step, cfg.steps))
         with autocast(device, training=True, cpu_bf16=cfg.cpu_bf16):
-            total, log = engine(x[:local], x[local:])
+            if cache is None:
+                x = to_model_input(batch, device)
+                total, log = engine(x[:local], x[local:])
+            else:
+                total, log = engine(None, None, cache.batch(batch[:local], batch[local:], device,
+                                                            render=cfg.condition == "render"))
         check_finite("train_reenact", step, total, log, path)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
