@@ -208,6 +208,16 @@ def _precision_rows(section: dict) -> list[list[str]]:
     return rows
 
 
+def _input_cache_rows(section: dict) -> list[list[str]]:
+    rows = []
+    for row in _measured(section):
+        computed, cached = row["computed"]["median_s"], row["cached"]["median_s"]
+        rows.append([f"E_FR inputs computed in the step vs read from `input_cache`, {row['workload']}",
+                     f"cache of {row['images']} images: {row['cache_build_s_per_image'] * 1000:.1f} ms / image to compute",
+                     f"{seconds(computed)} vs {seconds(cached)}", f"cached: {computed / cached:.2f}x the speed", ""])
+    return rows
+
+
 def _render_worker_rows(section: dict) -> list[list[str]]:
     rows = []
     for row in _measured(section):
@@ -232,7 +242,7 @@ def main_table(result: dict) -> str:
                 ("driving", _driving_rows),
                 ("training", _training_rows), ("threads", _thread_rows), ("optimizer", _optimizer_rows),
                 ("precision", _precision_rows), ("memory_format", _memory_format_rows),
-                ("render_workers", _render_worker_rows))
+                ("render_workers", _render_worker_rows), ("input_cache", _input_cache_rows))
     rows = []
     for name, build in builders:
         if _ok(result.get(name)):

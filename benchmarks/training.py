@@ -21,6 +21,7 @@ import itertools
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator
 
@@ -38,6 +39,7 @@ from megafr.imageio import images_to_tensor
 from megafr.nets.irse import ArcFace
 from megafr.pretrain import autoencoder, idnet, inversion
 from megafr.reenact import train as reenact_train
+from megafr.reenact.inputs import InputCache, input_cache
 from megafr import training as megafr_training
 from megafr.training import adam
 
@@ -110,10 +112,14 @@ def face3d(settings: Settings) -> dict:
     return {**out, "batch_size": cfg.batch_size, "silhouette_every": cfg.sil_every, "input_size": cfg.input_size}
 
 
-def _face3d_step(settings: Settings, layout: torch.memory_format) -> tuple[Callable[[], None], face3d_train.TrainConfig]:
+def _face3d_step(settings: Settings, layout: torch.memory_format,
+                 cpu_bf16: bool | None = None) -> tuple[Callable[[], None], face3d_train.TrainConfig]:
     """One train_face3d step as the loop body runs it (loss, backward, Adam; no silhouette term, as on 9 steps
-    in 10) on a fixed random batch, with the network and batch in ``layout``."""
+    in 10) on a fixed random batch, with the network and batch in ``layout``, in the profile's precision
+    (``cpu_bf16``: the profile's ``train_face3d.cpu_bf16`` unless given)."""
     cfg = face3d_config(settings, checkpoint_every=NO_CHECKPOINT, threads=0)
+    if cpu_bf16 is not None:
+        cfg = dataclasses.replace(cfg, cpu_bf16=cpu_bf16)
     rng = np.random.default_rng(0)
     batch = images_to_tensor(random_images(cfg.batch_size, cfg.input_size)).contiguous(memory_format=layout)
     target = torch.from_numpy(rng.uniform(-LANDMARK_RANGE, LANDMARK_RANGE, (cfg.batch_size, 68, 2)).astype(np.float32))
@@ -148,6 +154,18 @@ def face3d_memory_format(settings: Settings) -> dict:
         out[f"threads_{threads}"] = {**rows, "time_ratio_contiguous_over_channels_last":
                                      rows["contiguous"]["median_s"] / rows["channels_last"]["median_s"]}
     return out
+
+
+def face3d_step_precision(settings: Settings) -> dict:
+    """:func:`_face3d_step` (channels_last) in float32 and under ``train_face3d.cpu_bf16``'s bfloat16 autocast,
+    side by side in one process with two torch threads (as the stage trains on 2 cores)."""
+    torch.set_num_threads(2)
+    steps = {name: _face3d_step(settings, torch.channels_last, cpu_bf16=half)[0]
+             for name, half in (("float32", False), ("cpu_bf16", True))}
+    rows = side_by_side(steps, max(settings.repeats, 3) * 10)
+    _, cfg = _face3d_step(settings, torch.channels_last)
+    return {"workload": _face3d_workload(cfg) + ", 2 threads", "native_bf16": cpu_bf16_native(), **rows,
+            "time_ratio_float32_over_cpu_bf16": rows["float32"]["median_s"] / rows["cpu_bf16"]["median_s"]}
 
 
 def face3d_step_threads(settings: Settings) -> dict:
@@ -214,9 +232,10 @@ def inversion_psp(settings: Settings) -> dict:
     return {**out, "batch_size": cfg.batch_size}
 
 
-def efr_step(settings: Settings, cpu_bf16: bool | None = None):
+def efr_step(settings: Settings, cpu_bf16: bool | None = None, cache: InputCache | None = None):
     """(one E_FR training step as a callable, its config): train_reenact's loop body, in the profile's
-    precision (``cpu_bf16``: the profile's ``train_reenact.cpu_bf16`` unless given)."""
+    precision (``cpu_bf16``: the profile's ``train_reenact.cpu_bf16`` unless given), computing its inputs, or
+    reading them from ``cache`` (:func:`efr_input_cache`'s)."""
     frozen = frozen_networks(settings)
     cfg = reenact_config(settings)
     if cpu_bf16 is not None:
@@ -224,19 +243,49 @@ def efr_step(settings: Settings, cpu_bf16: bool | None = None):
     model = reenact_train.build_model(cfg, frozen)
     optimizer = adam(model.encoder.parameters(), cfg.lr)  # the stage's optimizer
     model.encoder.train()
-    images = random_images(_data_size(cfg.batch_size), image_size(settings))
+    images = _efr_images(settings, cfg)
     counter = itertools.count()
+    cpu = torch.device("cpu")
 
     def step():
         src, tgt = reenact_train.batch_indices(cfg.seed, next(counter), len(images), cfg.batch_size)
-        with autocast(torch.device("cpu"), training=True, cpu_bf16=cfg.cpu_bf16):
-            total, _ = reenact_train.step_losses(model, frozen, cfg, images_to_tensor(images[src]),
-                                                 images_to_tensor(images[tgt]))
+        with autocast(cpu, training=True, cpu_bf16=cfg.cpu_bf16):
+            if cache is None:
+                total, _ = reenact_train.step_losses(model, frozen, cfg, images_to_tensor(images[src]),
+                                                     images_to_tensor(images[tgt]))
+            else:
+                given = cache.batch(src, tgt, cpu, render=cfg.condition == "render")
+                total, _ = reenact_train.step_losses(model, frozen, cfg, None, None, given)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
 
     return step, cfg
+
+
+def _efr_images(settings: Settings, cfg: reenact_train.ReenactConfig) -> np.ndarray:
+    return random_images(_data_size(cfg.batch_size), image_size(settings))
+
+
+def efr_input_cache(settings: Settings) -> tuple[InputCache, float]:
+    """The input cache of :func:`efr_step`'s images and frozen networks, computed in the scratch folder ->
+    (cache, seconds it took)."""
+    cfg = dataclasses.replace(reenact_config(settings), input_cache=str(Path(settings.work_dir) / "input_cache"))
+    start = time.perf_counter()
+    cache = input_cache(cfg, frozen_networks(settings), _efr_images(settings, cfg), "benchmark", progress=False)
+    return cache, time.perf_counter() - start
+
+
+def efr_step_input_cache(settings: Settings) -> dict:
+    """One E_FR training step computing its no-gradient inputs vs reading them from ``train_reenact.input_cache``,
+    side by side in one process with one torch thread (as each worker process runs), the same batches."""
+    torch.set_num_threads(1)
+    cache, build_s = efr_input_cache(settings)
+    steps = {"computed": efr_step(settings)[0], "cached": efr_step(settings, cache=cache)[0]}
+    rows = side_by_side(steps, max(settings.repeats, 3) * 2)
+    return {"workload": "one E_FR training step, mini sizes, random weights, 1 thread", "images": len(cache),
+            "cache_build_s": build_s, "cache_build_s_per_image": build_s / len(cache), **rows,
+            "time_ratio_computed_over_cached": rows["computed"]["median_s"] / rows["cached"]["median_s"]}
 
 
 def reenact_efr(settings: Settings) -> dict:

@@ -96,6 +96,23 @@ def test_optimizer_section_compares_default_and_fused_adam(quick_run):
     assert "Default vs fused Adam" in report.markdown(quick_run)
 
 
+def test_precision_section_compares_float32_and_bfloat16_steps(quick_run):
+    for name in ("efr_train_step", "face3d_train_step"):
+        row = quick_run["precision"][name]
+        full, half = row["float32"]["median_s"], row["cpu_bf16"]["median_s"]
+        assert _positive(full) and _positive(half) and isinstance(row["native_bf16"], bool)
+        assert row["time_ratio_float32_over_cpu_bf16"] == full / half
+    assert "float32 vs `cpu_bf16`, one train_face3d step" in report.markdown(quick_run)
+
+
+def test_input_cache_section_compares_computed_and_cached_inputs(quick_run):
+    row = quick_run["input_cache"]["efr_train_step"]
+    computed, cached = row["computed"]["median_s"], row["cached"]["median_s"]
+    assert _positive(computed) and _positive(cached) and row["images"] > 0 and _positive(row["cache_build_s"])
+    assert row["time_ratio_computed_over_cached"] == computed / cached
+    assert "read from `input_cache`" in report.markdown(quick_run)
+
+
 def test_memory_format_section_compares_layouts_of_a_face3d_step(quick_run):
     row = quick_run["memory_format"]["face3d_train_step"]
     for threads in (1, 2):
