@@ -23,7 +23,6 @@ checkpoints.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from concurrent.futures import as_completed
 from pathlib import Path
@@ -36,8 +35,8 @@ from megafr.datasets.loader import open_images
 from megafr.distributed import spawn_pool, worker_threads
 from megafr.progress import progress_bar
 from megafr.reenact.inputs import DONE_FILE, cache_folder, input_cache, pays
-from megafr.reenact.train import (ReenactConfig, checkpoint_path, input_cache_digest, load_frozen, read_checkpoint,
-                                  train, upstream_digest)
+from megafr.reenact.train import (ReenactConfig, checkpoint_path, input_cache_digest, load_frozen,
+                                  resumable_checkpoint, train, upstream_digest)
 
 
 def _train_in_worker(cfg: ReenactConfig, threads: int) -> float:
@@ -49,13 +48,11 @@ def _train_in_worker(cfg: ReenactConfig, threads: int) -> float:
 
 
 def _finished(cfg: ReenactConfig) -> bool:
-    """Whether ``cfg``'s checkpoint already holds its last step for the same configuration and networks."""
-    path = checkpoint_path(cfg)
-    if not path.is_file():
-        return False
-    data = read_checkpoint(path)
-    return (int(data["step"]) >= cfg.steps and data["config"] == dataclasses.asdict(cfg)
-            and data.get("upstream") == upstream_digest(cfg))
+    """Whether ``cfg``'s checkpoint already holds its last step and resumes ``cfg`` (the check :func:`train`
+    makes: configuration, networks, training code; a checkpoint that does not is deleted here, as it would be
+    there)."""
+    data = resumable_checkpoint(checkpoint_path(cfg), cfg, upstream_digest(cfg))
+    return data is not None and int(data["step"]) >= cfg.steps
 
 
 def prepare_caches(cfgs: Iterable[ReenactConfig], progress: bool = True) -> None:
