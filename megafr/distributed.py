@@ -16,18 +16,19 @@ Local worker pools (E_FR trainings side by side on a CPU, SynthHeads rendering, 
 :func:`exit_with_parent` in each worker first: a worker whose caller died without a word (a killed
 process, a restarted Jupyter kernel) then ends too, instead of working on beside the next run.
 :func:`spawn_pool` makes such a pool of fresh interpreters, and :func:`worker_threads` shares this
-process's torch threads out among its workers.
+process's torch threads out among its workers (:func:`torch_threads` sets them for a block).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import multiprocessing
 import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -47,6 +48,18 @@ def exit_with_parent() -> None:
         os._exit(1)  # callers write their outputs atomically: stopping mid-task loses only that task
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (0: leave torch's setting alone)."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def worker_threads(workers: int, threads: int | None = None) -> int:

@@ -58,6 +58,44 @@ def test_two_worker_processes_train_what_one_process_trains(files, tmp_path):
     assert rt.read_checkpoint(rt.checkpoint_path(jobs["b"]))["step"] == 2
 
 
+class _RecordingPool:
+    """A worker pool that notes, in ``events``, the output folder of every training submitted to it."""
+
+    def __init__(self, pool, events):
+        self.pool, self.events = pool, events
+
+    def submit(self, fn, cfg, *args):
+        self.events.append(("start", os.path.basename(cfg.out_dir)))
+        return self.pool.submit(fn, cfg, *args)
+
+    def shutdown(self, *args, **kwargs):
+        return self.pool.shutdown(*args, **kwargs)
+
+
+def test_the_cache_is_built_while_the_trainings_that_do_not_read_it_run(files, tmp_path, monkeypatch):
+    """Trainings without a cache to wait for start first; the cache is built beside them on the threads they
+    leave, then its readers start; each finished training is handed to on_trained, with one thread while
+    another still trains."""
+    events = []
+    real_pool, real_build = parallel.spawn_pool, parallel.build_caches
+    monkeypatch.setattr(parallel, "spawn_pool", lambda n: _RecordingPool(real_pool(n), events))
+    monkeypatch.setattr(parallel, "build_caches", lambda builds, progress: (
+        events.append(("build", torch.get_num_threads(), len(builds))), real_build(builds, progress)))
+    cache = str(tmp_path / "cache")  # 3 steps x 2 pairs = the 6 training images: the cache pays
+    jobs = {"plain": _config(files, tmp_path / "plain", steps=3, condition="params"),
+            "cached": _config(files, tmp_path / "cached", steps=3, input_cache=cache)}
+    handed = []
+    with distributed.torch_threads(2):
+        seconds = parallel.train_many(jobs, workers=2, progress=False,
+                                      on_trained=lambda name: handed.append((name, torch.get_num_threads())))
+        assert torch.get_num_threads() == 2
+    assert events == [("start", "plain"), ("build", 1, 1), ("start", "cached")]
+    assert sorted(name for name, _ in handed) == ["cached", "plain"] and sorted(seconds) == ["cached", "plain"]
+    assert [threads for _, threads in handed] == [1, 2]  # the last one has the cores to itself
+    assert all(rt.read_checkpoint(rt.checkpoint_path(cfg))["step"] == 3 for cfg in jobs.values())
+    assert len(os.listdir(cache)) == 1
+
+
 def test_worker_counts_are_checked_and_a_gpu_trains_one_at_a_time(monkeypatch, capsys):
     assert distributed.worker_threads(2, 2) == 1 and distributed.worker_threads(2, 1) == 1
     assert distributed.worker_threads(3, 8) == 2

@@ -158,8 +158,8 @@ def run_ablations(base: ReenactConfig, frozen: Frozen, images: np.ndarray, pairs
                   progress: bool = True, seeds: Optional[Iterable[int]] = None, workers: int = 1) -> pd.DataFrame:
     """Train (or resume) every ablation's E_FR once per seed and score it on the cross pairs -> one row per
     (ablation, seed), seeds outermost (``seeds`` None: the base's seed only). ``workers`` > 1: the trainings
-    run that many at a time in CPU processes first (:func:`megafr.reenact.parallel.train_many`), then are
-    loaded and scored here.
+    run that many at a time in CPU processes (:func:`megafr.reenact.parallel.train_many`), each loaded and
+    scored here as soon as it has finished.
 
     Each seed's models go to ``folder/seed=<s>/<name>/``. ``digest`` identifies the frozen networks and training
     images (:func:`ablation_digest`); checkpoints in ``folder`` trained against other ones are deleted first
@@ -169,33 +169,44 @@ def run_ablations(base: ReenactConfig, frozen: Frozen, images: np.ndarray, pairs
     clear_if_stale(folder, digest)
     drop_unseeded(folder)
     seconds: dict[str, float] = {}
-    if workers > 1:
-        jobs = {f"{seed_folder(folder, seed).name}/{a.name}": ablation_config(base, a, steps, seed_folder(folder, seed),
-                                                                              seed)
-                for seed in seeds for a in ablations if a.kind != "refine"}
-        seconds.update(train_many(jobs, workers, progress))
-    rows = []
-    for seed in seeds:
+    rows: dict[tuple[int, str], dict] = {}  # (seed, ablation name) -> table row
+    scored: set[tuple[int, str]] = set()  # (seed, trained name) of the models scored
+
+    def score(seed: int, trained_name: str) -> None:  # load (or train) one model, score every row that uses it
         here = seed_folder(folder, seed)
-        models: dict[str, Reenactor] = {}  # this seed's models only (the next seed trains its own)
-        for ablation in ablations:
+        reenactor = None
+        scored.add((seed, trained_name))
+        for ablation in (a for a in ablations if a.trained_name == trained_name):
             cfg = ablation_config(base, ablation, steps, here, seed)
-            if ablation.trained_name not in models:
+            if reenactor is None:
                 start = time.perf_counter()
                 model, _ = train(cfg, frozen, images, progress=progress)
-                seconds.setdefault(f"{here.name}/{ablation.trained_name}", round(time.perf_counter() - start, 2))
-                models[ablation.trained_name] = Reenactor(model, frozen, cfg.condition)
-            reenactor, k = models[ablation.trained_name], ablation.refine_steps
+                seconds.setdefault(f"{here.name}/{trained_name}", round(time.perf_counter() - start, 2))
+                reenactor = Reenactor(model, frozen, cfg.condition)
+            k = ablation.refine_steps
             result = score_method(lambda s, t, r=reenactor, k=k: r.reenact(s, t, refine_steps=k).image,
                                   pairs, judge, progress, desc=f"ablation {ablation.name}, seed {seed}")
             weights = {f"lambda_{n}": getattr(cfg, f"lambda_{n}") for n in LOSS_NAMES}
-            rows.append({"ablation": ablation.name, "kind": ablation.kind, "seed": seed, "steps": steps,
-                         "batch_size": cfg.batch_size, "edit_groups": cfg.edit_groups, "condition": cfg.condition,
-                         "refine_steps": ablation.refine_steps, **weights, "pairs": len(pairs),
-                         **{k: v for k, v in result.scores.items() if v is not None}})
+            rows[seed, ablation.name] = {
+                "ablation": ablation.name, "kind": ablation.kind, "seed": seed, "steps": steps,
+                "batch_size": cfg.batch_size, "edit_groups": cfg.edit_groups, "condition": cfg.condition,
+                "refine_steps": ablation.refine_steps, **weights, "pairs": len(pairs),
+                **{k: v for k, v in result.scores.items() if v is not None}}
+
+    trained = {(seed, a.trained_name): f"{seed_folder(folder, seed).name}/{a.trained_name}"
+               for seed in seeds for a in ablations}  # every model, in table order
+    if workers > 1:  # each model is scored here as soon as its worker has trained it
+        jobs = {job: ablation_config(base, next(a for a in ablations if a.trained_name == name), steps,
+                                     seed_folder(folder, seed), seed)
+                for (seed, name), job in trained.items()}
+        by_job = {job: key for key, job in trained.items()}
+        seconds.update(train_many(jobs, workers, progress, on_trained=lambda job: score(*by_job[job])))
+    for seed, name in trained:
+        if (seed, name) not in scored:
+            score(seed, name)
     write_json(run_log_path(folder.parent, RUN_LOG), {"train_seconds": seconds, "steps": steps, "seeds": list(seeds),
                                                       "workers": workers})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([rows[seed, a.name] for seed in seeds for a in ablations])
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:

@@ -82,6 +82,7 @@ import torch.nn.functional as F
 
 from megafr import training
 from megafr.config import require, require_at_least, study_files_digest, study_path, study_relative
+from megafr.distributed import torch_threads
 from megafr.errors import InputError
 from megafr.fileio import atomic_path, write_json
 from megafr.face3d.recon import load_face_model
@@ -489,7 +490,7 @@ def train_generator(cfg: GeneratorStageConfig, images: np.ndarray, pool: Optiona
         raise InputError("train_generator: swap_batch > 0 needs the swap pool (load_or_render_pool)")
     if cfg.lambda_id > 0 and idnet is None:
         raise InputError("train_generator: lambda_id > 0 needs the identity network (train_generator.idnet_path)")
-    with common.torch_threads(cfg.threads):
+    with torch_threads(cfg.threads):
         return _train(cfg, images, pool, idnet, progress, stop_after)
 
 

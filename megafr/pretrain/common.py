@@ -15,14 +15,13 @@ with the weights of an uninterrupted run (``tests/test_pretrain.py`` checks it b
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import filecmp
 import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -50,18 +49,6 @@ def irse_body(width: int, units: int):
 def seed_step(seed: int, step: int) -> None:
     """Seed torch's global RNG from ``(seed, step)``: every draw of the step is then reproducible."""
     torch.manual_seed((seed * SEED_MIX + step) % (2**63 - 1))
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` intra-op threads (0: leave torch's setting alone)."""
-    previous = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

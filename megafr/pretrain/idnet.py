@@ -53,6 +53,7 @@ import torch.nn.functional as F
 
 from megafr import training
 from megafr.config import require, require_at_least, study_path, study_relative
+from megafr.distributed import torch_threads
 from megafr.errors import InputError, MissingFileError
 from megafr.fileio import write_json
 from megafr.metrics import identity_embeddings, tar_at_far, verification_pairs
@@ -192,7 +193,7 @@ def train_idnet(cfg: IdNetConfig, images: np.ndarray, identity: np.ndarray, prog
     """Train (or resume) the identity network. ``stop_after``: return after that many steps (tests)."""
     if len(images) < cfg.batch_size:
         raise InputError(f"train_idnet: {len(images)} images but batch_size={cfg.batch_size}; lower batch_size")
-    with common.torch_threads(cfg.threads):
+    with torch_threads(cfg.threads):
         return _train(cfg, images, label_indices(identity), progress, stop_after)
 
 

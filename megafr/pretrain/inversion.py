@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from megafr import training
 from megafr.config import require, require_at_least, study_path, study_relative
+from megafr.distributed import torch_threads
 from megafr.errors import InputError
 from megafr.fileio import write_json
 from megafr.losses import LpipsLoss, id_loss, w_norm_loss
@@ -118,7 +119,7 @@ def train_psp(cfg: InversionStageConfig, net: InversionNet, images: np.ndarray, 
     """Train (or resume) ``net.encoder`` on uint8 images [N, S, S, 3]; the decoder stays frozen."""
     if cfg.lambda_id > 0 and idnet is None:
         raise InputError("train_inversion: lambda_id > 0 needs the identity network (idnet_path)")
-    with common.torch_threads(cfg.threads):
+    with torch_threads(cfg.threads):
         return _train(cfg, net, images, idnet, progress, stop_after)
 
 

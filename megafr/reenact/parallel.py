@@ -9,13 +9,17 @@ single-thread processes take 0.50 s each, 0.25 s per step together (``docs/exper
 (at least one; fewer trainings than ``workers`` start fewer processes), and leaves each
 finished checkpoint where :func:`megafr.reenact.train.train` writes it. The caller then calls
 ``train`` itself, which finds the finished checkpoint and loads it without a step: the code that scores
-the models is the same whether they were trained here or in-process.
+the models is the same whether they were trained here or in-process. It can do so as each training
+finishes (``on_trained``), scoring one model while the workers train the others: on 2 cores the
+trainings' last minute otherwise leaves a core idle.
 
 Each worker loads the frozen networks and the training images from the files the configuration names
 (what the caller loaded too), so nothing large is sent between processes. An interrupted batch of
 trainings resumes like a single one: every training continues from its own checkpoint.
 Inputs cached per training image (``input_cache``, :mod:`megafr.reenact.inputs`) are computed here,
-once, before the workers start. On a GPU there is one device to share: there the trainings run one at a time, in the caller's process.
+once, while the trainings that do not read them (train_reenact's pSp variant) already run, and before
+the trainings that do. On a GPU there is one device to share: there the trainings run one at a time, in
+the caller's process.
 A worker whose caller dies without a word (a killed process, a restarted Jupyter kernel) exits too
 (:func:`megafr.distributed.spawn_pool`), instead of training on beside the next run over the same
 checkpoints.
@@ -26,13 +30,13 @@ from __future__ import annotations
 import time
 from concurrent.futures import as_completed
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Optional
 
 import torch
 
 from megafr.config import require, study_path, torch_device
 from megafr.datasets.loader import open_images
-from megafr.distributed import spawn_pool, worker_threads
+from megafr.distributed import spawn_pool, torch_threads, worker_threads
 from megafr.progress import progress_bar
 from megafr.reenact.inputs import DONE_FILE, cache_folder, input_cache, pays
 from megafr.reenact.train import (ReenactConfig, checkpoint_path, input_cache_digest, load_frozen,
@@ -55,22 +59,35 @@ def _finished(cfg: ReenactConfig) -> bool:
     return data is not None and int(data["step"]) >= cfg.steps
 
 
-def prepare_caches(cfgs: Iterable[ReenactConfig], progress: bool = True) -> None:
-    """Compute, in this process, every input cache (:mod:`megafr.reenact.inputs`) that ``cfgs``' unfinished
-    trainings will read and that pays for them together (:func:`megafr.reenact.inputs.pays`), before worker
-    processes start them, so that they do not each compute the same one."""
-    wanted: dict[Path, tuple[ReenactConfig, str, int]] = {}  # cache folder -> (a config reading it, digest, pairs)
+def caches_to_build(cfgs: Iterable[ReenactConfig]) -> dict[Path, tuple[ReenactConfig, str, list[ReenactConfig]]]:
+    """The input caches (:mod:`megafr.reenact.inputs`) that ``cfgs``' unfinished trainings will read, that do not
+    exist yet and that pay for those trainings together (:func:`megafr.reenact.inputs.pays`) -> {cache folder:
+    (a config reading it, its digest, every config reading it)}."""
+    wanted: dict[Path, tuple[ReenactConfig, str, list[ReenactConfig]]] = {}
     for cfg in cfgs:
         if cfg.input_cache and cfg.steps > 0 and not _finished(cfg):
             digest = input_cache_digest(cfg)
             folder = cache_folder(cfg, digest)
-            first, _, pairs = wanted.get(folder, (cfg, digest, 0))
-            wanted[folder] = (first, digest, pairs + cfg.steps * cfg.batch_size)
-    for folder, (cfg, digest, pairs) in wanted.items():
+            wanted.setdefault(folder, (cfg, digest, []))[2].append(cfg)
+    builds = {}
+    for folder, (cfg, digest, readers) in wanted.items():
         if not (folder / DONE_FILE).is_file():
             images = open_images(study_path(cfg.train_images))
-            if pays(pairs, len(images)):
-                input_cache(cfg, load_frozen(cfg, lpips=False), images, digest, progress)
+            if pays(sum(c.steps * c.batch_size for c in readers), len(images)):
+                builds[folder] = (cfg, digest, readers)
+    return builds
+
+
+def build_caches(builds: Mapping[Path, tuple[ReenactConfig, str, list[ReenactConfig]]], progress: bool = True) -> None:
+    """Compute, in this process, the caches :func:`caches_to_build` returned."""
+    for cfg, digest, _ in builds.values():
+        input_cache(cfg, load_frozen(cfg, lpips=False), open_images(study_path(cfg.train_images)), digest, progress)
+
+
+def prepare_caches(cfgs: Iterable[ReenactConfig], progress: bool = True) -> None:
+    """Compute, in this process, every input cache that ``cfgs``' unfinished trainings will read and that pays for
+    them together (:func:`caches_to_build`), so that worker processes do not each compute the same one."""
+    build_caches(caches_to_build(cfgs), progress)
 
 
 def effective_workers(workers: int, what: str) -> int:
@@ -83,26 +100,42 @@ def effective_workers(workers: int, what: str) -> int:
     return workers
 
 
-def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool = True) -> dict[str, float]:
+def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool = True,
+               on_trained: Optional[Callable[[str], None]] = None) -> dict[str, float]:
     """Train every configuration of ``cfgs`` (name -> config) to its checkpoint, ``workers`` (>= 2) at a time
     in spawned processes -> {name: seconds} (each from its worker's start: loading included, overlapping).
 
     The workers load the frozen networks and images from the files each configuration names, not from any
-    object the caller holds. A failed training or an interrupt cancels the queued trainings; the error is
-    raised here once the running ones have ended (an interrupt from a terminal or Jupyter reaches the workers
-    too, so they stop at once, each resumable from its last checkpoint)."""
+    object the caller holds. Trainings that read no input cache still to be built start first; this process
+    builds the caches meanwhile (on the threads those trainings leave free), then starts the trainings that
+    read them. ``on_trained(name)`` is called here as each training finishes (to load and score it while the
+    others train: with one thread while any other training still runs, so that it takes no more than its
+    share of the cores). A failed training or an interrupt cancels the queued trainings; the error is raised
+    here once the running ones have ended (an interrupt from a terminal or Jupyter reaches the workers too, so
+    they stop at once, each resumable from its last checkpoint)."""
     require(workers >= 2, f"train_many runs >= 2 worker processes, got {workers} (train in-process instead)")
-    prepare_caches(cfgs.values(), progress)  # once here, not once per worker
+    builds = caches_to_build(cfgs.values())  # computed once here, not once per worker
+    readers = [c for _, _, cached in builds.values() for c in cached]
+    waiting = {name for name, cfg in cfgs.items() if cfg in readers}  # start once their cache is built
     processes = min(workers, max(1, len(cfgs)))
     threads = worker_threads(processes)
+    total_threads = torch.get_num_threads()
     seconds: dict[str, float] = {}
     pool = spawn_pool(processes)
     try:
-        futures = {pool.submit(_train_in_worker, cfg, threads): name for name, cfg in cfgs.items()}
+        futures = {pool.submit(_train_in_worker, cfg, threads): name
+                   for name, cfg in cfgs.items() if name not in waiting}
+        with torch_threads(max(1, total_threads - threads * min(len(futures), processes))):
+            build_caches(builds, progress)
+        futures.update({pool.submit(_train_in_worker, cfg, threads): name
+                        for name, cfg in cfgs.items() if name in waiting})
         bar = progress_bar(as_completed(futures), total=len(futures), disable=not progress,
                            desc=f"train E_FR, {processes} processes x {threads} threads")
         for future in bar:
             seconds[futures[future]] = round(future.result(), 2)
+            if on_trained is not None:
+                with torch_threads(1 if len(seconds) < len(futures) else total_threads):
+                    on_trained(futures[future])
     except BaseException:  # a failed training or an interrupt: drop the queued trainings, let the running ones end
         pool.shutdown(wait=True, cancel_futures=True)  # (an interrupt reaches the workers too; they stop at once)
         raise

@@ -64,22 +64,30 @@ def run_variants(cfg: ReenactConfig, variants: str, pairs: dict[str, np.ndarray]
                  progress: bool = True, workers: int = 1) -> tuple[dict[str, pd.DataFrame], pd.DataFrame,
                                                                   dict[str, Reenactor]]:
     """Train (or resume) every variant and score it -> (curves, scores table, reenactors). ``workers`` > 1:
-    the variants train that many at a time in CPU processes first (:func:`megafr.reenact.parallel.train_many`)."""
+    the variants train that many at a time in CPU processes (:func:`megafr.reenact.parallel.train_many`), each
+    scored here as soon as it has finished."""
     images = open_images(study_path(cfg.train_images))  # memory-mapped array or manifest: read batch by batch
     configs = {variant_name(encoder, condition): dataclasses.replace(cfg, encoder=encoder, condition=condition)
                for encoder, condition in parse_variants(variants)}
-    if workers > 1:
-        train_many(configs, workers, progress)
-    curves, tables, reenactors = {}, [], {}
-    for name, variant_cfg in configs.items():
+    done: dict[str, tuple[pd.DataFrame, Reenactor, pd.DataFrame]] = {}
+
+    def finish(name: str) -> None:  # load (or train) the variant and score it
+        variant_cfg = configs[name]
         frozen = load_frozen(variant_cfg)
         model, curve = train(variant_cfg, frozen, images, progress=progress)
-        curves[name] = curve
-        reenactors[name] = Reenactor(model, frozen, variant_cfg.condition)
-        table = evaluate_pairs(reenactors[name], pairs["source"], pairs["target"], pairs["truth"],
+        reenactor = Reenactor(model, frozen, variant_cfg.condition)
+        table = evaluate_pairs(reenactor, pairs["source"], pairs["target"], pairs["truth"],
                                parse_steps(refine_steps), progress=progress)
-        tables.append(table.assign(variant=name))
-    return curves, pd.concat(tables, ignore_index=True), reenactors
+        done[name] = curve, reenactor, table.assign(variant=name)
+
+    if workers > 1:
+        train_many(configs, workers, progress, on_trained=finish)
+    for name in configs:
+        if name not in done:
+            finish(name)
+    curves = {name: done[name][0] for name in configs}
+    reenactors = {name: done[name][1] for name in configs}
+    return curves, pd.concat([done[name][2] for name in configs], ignore_index=True), reenactors
 
 
 def metrics_tree(scores: pd.DataFrame) -> dict:
