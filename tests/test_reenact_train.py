@@ -103,6 +103,28 @@ def test_upstream_digest_reads_contents_not_names(tmp_path):
     assert file_digest([str(a)]) != file_digest([""]) != file_digest([str(tmp_path / "missing.pt")])
 
 
+def test_a_settled_files_digest_is_kept_and_a_changed_file_is_read_again(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from megafr import fileio
+
+    path = tmp_path / "net.pt"
+    path.write_bytes(b"first")
+    assert file_digest([str(path)]) == hashlib.md5(b"first").hexdigest()
+    path.write_bytes(b"other")  # rewritten in place at once, same size: the mtime cannot be trusted yet
+    assert file_digest([str(path)]) == hashlib.md5(b"other").hexdigest()
+    old = path.stat().st_mtime_ns - 10 ** 10
+    os.utime(path, ns=(old, old))  # settled: unchanged for 10 s
+    reads, md5 = [], hashlib.md5
+    monkeypatch.setattr(fileio.hashlib, "md5", lambda: (reads.append(1), md5())[1])
+    assert file_digest([str(path), ""]) == file_digest([str(path), ""]) != file_digest([str(path)])
+    assert len(reads) == 2  # [path, ""] read once, then kept; [path] once
+    monkeypatch.undo()
+    path.write_bytes(b"third")  # the same size, a new mtime: read again, not taken from what was kept
+    assert file_digest([str(path)]) == hashlib.md5(b"third").hexdigest()
+
+
 def test_params_baseline_feeds_parameters(tiny_frozen, tmp_path):
     frozen = tiny_frozen
     model, curve = rt.train(_config(tmp_path, condition="params", steps=1), frozen, _images(), progress=False)
