@@ -288,6 +288,27 @@ def test_the_cache_is_reused_and_replaced_when_what_it_depends_on_changes(tiny_f
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [second.name]  # no temporary folder left
 
 
+def test_a_new_cache_leaves_another_running_processs_unfinished_cache_alone(tiny_frozen, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    cfg = _config(tmp_path / "run", input_cache=str(tmp_path / "cache"))
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live process
+    try:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        live = tmp_path / "cache" / f"e4e-other{ri.TEMP_MARKER}{writer.pid}"
+        stale = tmp_path / "cache" / f"e4e-older{ri.TEMP_MARKER}{dead.pid}"
+        old = tmp_path / "cache" / "e4e-older"
+        for folder in (live, stale, old):
+            folder.mkdir(parents=True)
+        made = ri.input_cache(cfg, tiny_frozen, _images(), rt.input_cache_digest(cfg), progress=False).folder
+        assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([made.name, live.name])
+    finally:
+        writer.kill()
+        writer.wait()
+
+
 def test_a_cache_too_large_is_refused_with_the_key_to_change(tiny_frozen, tmp_path, monkeypatch):
     monkeypatch.setattr(ri, "MAX_CACHE_GIB", 1e-6)
     with pytest.raises(InputError, match='input_cache: ""'):

@@ -15,12 +15,13 @@ of recomputing them (about a sixth of a mini step: ``docs/experiments/training.m
 70,000 photos would need hundreds of gigabytes, so there the key stays empty and each step computes its
 inputs; :func:`input_cache` refuses a cache larger than ``MAX_CACHE_GIB``. Computing an image's entry costs
 about what reading it saves a step, so a missing cache is computed only for trainings that draw more pairs
-than there are images (:func:`pays`; :func:`megafr.reenact.parallel.prepare_caches` adds up the trainings
+than there are images (:func:`pays`; :func:`megafr.reenact.parallel.caches_to_build` adds up the trainings
 of a worker pool).
 
 A cache folder is named after the encoder and a digest of everything its values depend on (the frozen
 networks' and training images' files, the autocast precision, the training code), is written under a
-temporary name and renamed when complete, and replaces the encoder's older caches. The images ``x_s`` and
+temporary name and renamed when complete, and replaces the encoder's older caches (but not a cache another
+running process is still writing). The images ``x_s`` and
 renderings ``r_s`` are stored in float16 (the step runs its networks in bfloat16 on the mini world's CPUs
 anyway), codes and parameters in float32. No library keeps such a cache of a network's outputs across
 processes, hence this module.
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
+import psutil
 import torch
 
 from megafr.config import study_path
@@ -53,6 +55,7 @@ CONDITION_POSE = (GLOBAL, JAW, LEFT_EYE, RIGHT_EYE)  # pose parts fed to the par
 MAX_CACHE_GIB = 16.0  # larger caches are refused: compute the inputs in each step instead
 BUILD_BATCH = 64  # images per batch while the cache is computed
 DONE_FILE = "cache.json"
+TEMP_MARKER = ".tmp"  # a cache being written: <folder name>.tmp<pid of the writer>
 SOURCE_FIELDS = ("x_s", "w_s", "shape", "expression", "pose", "render")  # indexed by the source rows
 TARGET_FIELDS = ("target_expression", "target_pose")  # indexed by the target rows
 HALF = ("x_s", "render")  # stored in float16
@@ -182,15 +185,23 @@ def input_cache(cfg, frozen, images, digest: str, progress: bool = True,
         raise InputError(f"train_reenact.input_cache: {need / 2 ** 30:.2f} GiB needed in {root}, {free / 2 ** 30:.2f} "
                          "GiB free; free some space or set input_cache: \"\"")
     for old in root.glob(f"{cfg.encoder}-*"):  # an encoder keeps one cache: the current networks'
-        shutil.rmtree(old, ignore_errors=True)
+        if not _built_elsewhere(old):
+            shutil.rmtree(old, ignore_errors=True)
     _build(cfg, frozen, images, folder, progress)
     return InputCache(folder)
+
+
+def _built_elsewhere(path: Path) -> bool:
+    """Whether ``path`` is a cache another running process is writing (``<name>.tmp<pid>``, that pid alive):
+    it is left alone; the temporary folders of processes that died are removed with the old caches."""
+    _, marker, pid = path.name.rpartition(TEMP_MARKER)
+    return bool(marker) and pid.isdigit() and int(pid) != os.getpid() and psutil.pid_exists(int(pid))
 
 
 def _build(cfg, frozen, images, folder: Path, progress: bool) -> None:
     """Compute every image's inputs into ``folder`` (written under a temporary name, then renamed)."""
     device = next(frozen.generator.parameters()).device
-    temp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    temp = folder.with_name(f"{folder.name}{TEMP_MARKER}{os.getpid()}")
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
     began, arrays, n = time.perf_counter(), {}, len(images)
