@@ -277,8 +277,9 @@ def file_digest(paths: Iterable[str | Path]) -> str:
 
     An empty path counts as "unset" and a missing file by its name, so a digest can be taken of any
     configuration (resume checks compare the digests of a run's input files). The digest of files that
-    have not changed for :data:`SETTLED_SECONDS` is kept for this process, keyed by each file's inode, size and
-    modification time (the rule git and DVC use to skip re-reading a file): the study's resume checks digest
+    have not changed for :data:`SETTLED_SECONDS` is kept for this process, keyed by each file's device, inode,
+    size, modification and status-change times (the rule git uses to skip re-reading a file; a copy that keeps
+    the old modification time still changes the status-change time): the study's resume checks digest
     the same frozen networks and training images many times over (about 0.2 s each in the mini world).
     A file modified more recently is always read again, so a file rewritten in place within the clock's
     resolution is never taken for its old self."""
@@ -315,5 +316,6 @@ def _settled_key(paths: list[str]) -> tuple | None:
             continue
         if now - stat.st_mtime_ns < SETTLED_SECONDS * 1e9:
             return None
-        key.append((os.path.abspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns))
+        key.append((os.path.abspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns,
+                    stat.st_ctime_ns))
     return tuple(key)

@@ -74,8 +74,7 @@ class _RecordingPool:
 
 def test_the_cache_is_built_while_the_trainings_that_do_not_read_it_run(files, tmp_path, monkeypatch):
     """Trainings without a cache to wait for start first; the cache is built beside them on the threads they
-    leave, then its readers start; each finished training is handed to on_trained, with one thread while
-    another still trains."""
+    leave, then its readers start; each finished training is handed to on_trained with a worker's threads."""
     events = []
     real_pool, real_build = parallel.spawn_pool, parallel.build_caches
     monkeypatch.setattr(parallel, "spawn_pool", lambda n: _RecordingPool(real_pool(n), events))
@@ -91,7 +90,7 @@ def test_the_cache_is_built_while_the_trainings_that_do_not_read_it_run(files, t
         assert torch.get_num_threads() == 2
     assert events == [("start", "plain"), ("build", 1, 1), ("start", "cached")]
     assert sorted(name for name, _ in handed) == ["cached", "plain"] and sorted(seconds) == ["cached", "plain"]
-    assert [threads for _, threads in handed] == [1, 2]  # the last one has the cores to itself
+    assert [threads for _, threads in handed] == [1, 1]  # a worker's share, the last one too
     assert all(rt.read_checkpoint(rt.checkpoint_path(cfg))["step"] == 3 for cfg in jobs.values())
     assert len(os.listdir(cache)) == 1
 

@@ -225,7 +225,11 @@ def test_autocast_dtype_on_the_cpu_follows_the_request_the_instructions_and_the_
 # ----------------------------------------------------------------------------- the per-image input cache
 from megafr.reenact import inputs as ri  # noqa: E402
 from megafr.reenact import parallel  # noqa: E402
-from megafr.reenact.parallel import prepare_caches  # noqa: E402
+
+
+def prepare_caches(cfgs, progress=True):
+    """What train_many does before it starts the trainings that read a cache."""
+    parallel.build_caches(parallel.caches_to_build(cfgs), progress)
 
 
 class _NoImages(torch.utils.data.Dataset):
@@ -289,8 +293,10 @@ def test_the_cache_is_reused_and_replaced_when_what_it_depends_on_changes(tiny_f
 
 
 def test_a_new_cache_leaves_another_running_processs_unfinished_cache_alone(tiny_frozen, tmp_path, monkeypatch):
+    import os
     import subprocess
     import sys
+    import time
 
     cfg = _config(tmp_path / "run", input_cache=str(tmp_path / "cache"))
     writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live process
@@ -299,9 +305,12 @@ def test_a_new_cache_leaves_another_running_processs_unfinished_cache_alone(tiny
         dead.wait()
         live = tmp_path / "cache" / f"e4e-other{ri.TEMP_MARKER}{writer.pid}"
         stale = tmp_path / "cache" / f"e4e-older{ri.TEMP_MARKER}{dead.pid}"
+        reused = tmp_path / "cache" / f"e4e-oldest{ri.TEMP_MARKER}{writer.pid}"  # a live pid, two days old
         old = tmp_path / "cache" / "e4e-older"
-        for folder in (live, stale, old):
+        for folder in (live, stale, reused, old):
             folder.mkdir(parents=True)
+        two_days_ago = time.time() - 2 * 24 * 3600
+        os.utime(reused, (two_days_ago, two_days_ago))
         made = ri.input_cache(cfg, tiny_frozen, _images(), rt.input_cache_digest(cfg), progress=False).folder
         assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([made.name, live.name])
     finally:
@@ -317,7 +326,7 @@ def test_a_cache_too_large_is_refused_with_the_key_to_change(tiny_frozen, tmp_pa
     assert ri.input_cache(_config(tmp_path), tiny_frozen, _images(), "d", progress=False) is None  # key empty: no cache
 
 
-def test_prepare_caches_computes_each_encoders_cache_once_and_skips_finished_trainings(tiny_frozen, tmp_path,
+def test_caches_to_build_computes_each_encoders_cache_once_and_skips_finished_trainings(tiny_frozen, tmp_path,
                                                                                       monkeypatch):
     monkeypatch.setattr(parallel, "load_frozen", lambda cfg, lpips=True: tiny_frozen)
     np.save(tmp_path / "images.npy", _images())

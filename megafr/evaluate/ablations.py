@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from megafr.config import require, study_path, study_relative
+from megafr.config import require, study_relative
 from megafr.evaluate.tables import COLUMNS, EvalSet, Judge, score_method
 from megafr.fileio import write_json
 from megafr.reenact.inference import Reenactor

@@ -56,6 +56,7 @@ MAX_CACHE_GIB = 16.0  # larger caches are refused: compute the inputs in each st
 BUILD_BATCH = 64  # images per batch while the cache is computed
 DONE_FILE = "cache.json"
 TEMP_MARKER = ".tmp"  # a cache being written: <folder name>.tmp<pid of the writer>
+TEMP_MAX_AGE_S = 24 * 3600  # an unfinished cache older than this is another run's leftover, whatever its pid
 SOURCE_FIELDS = ("x_s", "w_s", "shape", "expression", "pose", "render")  # indexed by the source rows
 TARGET_FIELDS = ("target_expression", "target_pose")  # indexed by the target rows
 HALF = ("x_s", "render")  # stored in float16
@@ -192,10 +193,13 @@ def input_cache(cfg, frozen, images, digest: str, progress: bool = True,
 
 
 def _built_elsewhere(path: Path) -> bool:
-    """Whether ``path`` is a cache another running process is writing (``<name>.tmp<pid>``, that pid alive):
-    it is left alone; the temporary folders of processes that died are removed with the old caches."""
+    """Whether ``path`` is a cache another running process is writing (``<name>.tmp<pid>``, that pid alive,
+    the folder younger than :data:`TEMP_MAX_AGE_S`): it is left alone. The temporary folders of processes that
+    died, or older ones (whose pid may have been reused), are removed with the old caches."""
     _, marker, pid = path.name.rpartition(TEMP_MARKER)
-    return bool(marker) and pid.isdigit() and int(pid) != os.getpid() and psutil.pid_exists(int(pid))
+    if not marker or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    return psutil.pid_exists(int(pid)) and time.time() - path.stat().st_mtime < TEMP_MAX_AGE_S
 
 
 def _build(cfg, frozen, images, folder: Path, progress: bool) -> None:

@@ -84,12 +84,6 @@ def build_caches(builds: Mapping[Path, tuple[ReenactConfig, str, list[ReenactCon
         input_cache(cfg, load_frozen(cfg, lpips=False), open_images(study_path(cfg.train_images)), digest, progress)
 
 
-def prepare_caches(cfgs: Iterable[ReenactConfig], progress: bool = True) -> None:
-    """Compute, in this process, every input cache that ``cfgs``' unfinished trainings will read and that pays for
-    them together (:func:`caches_to_build`), so that worker processes do not each compute the same one."""
-    build_caches(caches_to_build(cfgs), progress)
-
-
 def effective_workers(workers: int, what: str) -> int:
     """The worker processes to use: ``workers`` on the CPU, 1 on a GPU (said once); ``what`` names the setting."""
     require(workers >= 1, f"{what} must be >= 1, got {workers}")
@@ -109,8 +103,8 @@ def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool =
     object the caller holds. Trainings that read no input cache still to be built start first; this process
     builds the caches meanwhile (on the threads those trainings leave free), then starts the trainings that
     read them. ``on_trained(name)`` is called here as each training finishes (to load and score it while the
-    others train: with one thread while any other training still runs, so that it takes no more than its
-    share of the cores). A failed training or an interrupt cancels the queued trainings; the error is raised
+    others train), with the threads of one worker, so that it takes no more than a worker's share of the
+    cores and every model is scored alike whatever order the trainings end in. A failed training or an interrupt cancels the queued trainings; the error is raised
     here once the running ones have ended (an interrupt from a terminal or Jupyter reaches the workers too, so
     they stop at once, each resumable from its last checkpoint)."""
     require(workers >= 2, f"train_many runs >= 2 worker processes, got {workers} (train in-process instead)")
@@ -134,7 +128,7 @@ def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool =
         for future in bar:
             seconds[futures[future]] = round(future.result(), 2)
             if on_trained is not None:
-                with torch_threads(1 if len(seconds) < len(futures) else total_threads):
+                with torch_threads(threads):  # a worker's share, whichever training ends last: the same rounding
                     on_trained(futures[future])
     except BaseException:  # a failed training or an interrupt: drop the queued trainings, let the running ones end
         pool.shutdown(wait=True, cancel_futures=True)  # (an interrupt reaches the workers too; they stop at once)
