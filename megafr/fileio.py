@@ -295,16 +295,17 @@ def file_digest(paths: Iterable[str | Path]) -> str:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(HASH_CHUNK), b""):
                 digest.update(block)
+    value = digest.hexdigest()
     if key is not None:
         if len(_DIGESTS) >= MAX_KEPT_DIGESTS:
             _DIGESTS.clear()
-        _DIGESTS[key] = digest.hexdigest()
-    return digest.hexdigest()
+        _DIGESTS[key] = value
+    return value
 
 
 def _settled_key(paths: list[str]) -> tuple | None:
-    """``paths`` with each file's identity (inode, size, mtime), or None when a file changed too recently to trust
-    its modification time."""
+    """``paths`` with each file's identity (device, inode, size, modification and status-change times), or None
+    when a file changed too recently to trust its modification time."""
     now, key = time.time_ns(), []
     for path in paths:
         try:

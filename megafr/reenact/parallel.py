@@ -104,22 +104,22 @@ def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool =
     builds the caches meanwhile (on the threads those trainings leave free), then starts the trainings that
     read them. ``on_trained(name)`` is called here as each training finishes (to load and score it while the
     others train), with the threads of one worker, so that it takes no more than a worker's share of the
-    cores and every model is scored alike whatever order the trainings end in. A failed training or an interrupt cancels the queued trainings; the error is raised
-    here once the running ones have ended (an interrupt from a terminal or Jupyter reaches the workers too, so
-    they stop at once, each resumable from its last checkpoint)."""
+    cores and every model is scored alike whatever order the trainings end in. A failed training or an
+    interrupt cancels the queued trainings; the error is raised here once the running ones have ended (an
+    interrupt from a terminal or Jupyter reaches the workers too, so they stop at once, each resumable from
+    its last checkpoint)."""
     require(workers >= 2, f"train_many runs >= 2 worker processes, got {workers} (train in-process instead)")
     builds = caches_to_build(cfgs.values())  # computed once here, not once per worker
     readers = [c for _, _, cached in builds.values() for c in cached]
     waiting = {name for name, cfg in cfgs.items() if cfg in readers}  # start once their cache is built
     processes = min(workers, max(1, len(cfgs)))
     threads = worker_threads(processes)
-    total_threads = torch.get_num_threads()
     seconds: dict[str, float] = {}
     pool = spawn_pool(processes)
     try:
         futures = {pool.submit(_train_in_worker, cfg, threads): name
                    for name, cfg in cfgs.items() if name not in waiting}
-        with torch_threads(max(1, total_threads - threads * min(len(futures), processes))):
+        with torch_threads(max(1, torch.get_num_threads() - threads * min(len(futures), processes))):
             build_caches(builds, progress)
         futures.update({pool.submit(_train_in_worker, cfg, threads): name
                         for name, cfg in cfgs.items() if name in waiting})
