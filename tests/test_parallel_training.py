@@ -95,6 +95,22 @@ def test_the_cache_is_built_while_the_trainings_that_do_not_read_it_run(files, t
     assert len(os.listdir(cache)) == 1
 
 
+def test_a_cache_that_would_not_fit_is_refused_before_any_training_starts(files, tmp_path, monkeypatch):
+    """The uncached training would otherwise start first, and the refusal wait for it to end."""
+    from megafr.reenact import inputs
+
+    events = []
+    real_pool = parallel.spawn_pool
+    monkeypatch.setattr(parallel, "spawn_pool", lambda n: _RecordingPool(real_pool(n), events))
+    monkeypatch.setattr(inputs, "MAX_CACHE_GIB", 1e-9)
+    jobs = {"plain": _config(files, tmp_path / "plain", steps=3, condition="params"),
+            "cached": _config(files, tmp_path / "cached", steps=3, input_cache=str(tmp_path / "cache"))}
+    with pytest.raises(InputError, match="input_cache: caching 6 images"):
+        parallel.train_many(jobs, workers=2, progress=False)
+    assert events == []
+    assert not rt.checkpoint_path(jobs["plain"]).exists()
+
+
 def test_worker_counts_are_checked_and_a_gpu_trains_one_at_a_time(monkeypatch, capsys):
     assert distributed.worker_threads(2, 2) == 1 and distributed.worker_threads(2, 1) == 1
     assert distributed.worker_threads(3, 8) == 2

@@ -229,7 +229,7 @@ from megafr.reenact import parallel  # noqa: E402
 
 def prepare_caches(cfgs, progress=True):
     """What train_many does before it starts the trainings that read a cache."""
-    parallel.build_caches(parallel.caches_to_build(cfgs), progress)
+    parallel.build_caches(parallel.check_caches(parallel.caches_to_build(cfgs)), progress)
 
 
 class _NoImages(torch.utils.data.Dataset):

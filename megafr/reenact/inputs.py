@@ -173,6 +173,20 @@ def input_cache(cfg, frozen, images, digest: str, progress: bool = True,
         return InputCache(folder)
     if pairs is not None and not pays(pairs, len(images)):
         return None
+    check_room(cfg, frozen, images)
+    for old in root.glob(f"{cfg.encoder}-*"):  # an encoder keeps one cache: the current networks'
+        if not _built_elsewhere(old):
+            shutil.rmtree(old, ignore_errors=True)
+    _build(cfg, frozen, images, folder, progress)
+    return InputCache(folder)
+
+
+def check_room(cfg, frozen, images) -> None:
+    """Refuse (``InputError``) a cache of ``images`` that would exceed :data:`MAX_CACHE_GIB` or the free disk
+    under ``cfg.input_cache`` (the folder is created to measure it). Callers that start trainings beside the
+    build (:func:`megafr.reenact.parallel.train_many`) check first, so that a refusal comes before any of
+    them starts rather than after they end."""
+    images = as_dataset(images)
     first = np.asarray(images[0])
     generator = frozen.generator
     need = cache_bytes(len(images), first.shape[0], generator.n_latent, generator.style_dim)
@@ -180,16 +194,12 @@ def input_cache(cfg, frozen, images, digest: str, progress: bool = True,
         raise InputError(f"train_reenact.input_cache: caching {len(images)} images of {first.shape[0]} px would take "
                          f"{need / 2 ** 30:.1f} GiB (limit {MAX_CACHE_GIB:g}); set input_cache: \"\" so that each step "
                          "computes its inputs")
+    root = study_path(cfg.input_cache)
     root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root).free
     if need > free:
         raise InputError(f"train_reenact.input_cache: {need / 2 ** 30:.2f} GiB needed in {root}, {free / 2 ** 30:.2f} "
                          "GiB free; free some space or set input_cache: \"\"")
-    for old in root.glob(f"{cfg.encoder}-*"):  # an encoder keeps one cache: the current networks'
-        if not _built_elsewhere(old):
-            shutil.rmtree(old, ignore_errors=True)
-    _build(cfg, frozen, images, folder, progress)
-    return InputCache(folder)
 
 
 def _built_elsewhere(path: Path) -> bool:

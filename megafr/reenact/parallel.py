@@ -38,7 +38,7 @@ from megafr.config import require, study_path, torch_device
 from megafr.datasets.loader import open_images
 from megafr.distributed import spawn_pool, torch_threads, worker_threads
 from megafr.progress import progress_bar
-from megafr.reenact.inputs import DONE_FILE, cache_folder, input_cache, pays
+from megafr.reenact.inputs import DONE_FILE, cache_folder, check_room, input_cache, pays
 from megafr.reenact.train import (ReenactConfig, checkpoint_path, input_cache_digest, load_frozen,
                                   resumable_checkpoint, train, upstream_digest)
 
@@ -78,10 +78,22 @@ def caches_to_build(cfgs: Iterable[ReenactConfig]) -> dict[Path, tuple[ReenactCo
     return builds
 
 
-def build_caches(builds: Mapping[Path, tuple[ReenactConfig, str, list[ReenactConfig]]], progress: bool = True) -> None:
-    """Compute, in this process, the caches :func:`caches_to_build` returned."""
+def check_caches(builds: Mapping[Path, tuple[ReenactConfig, str, list[ReenactConfig]]]) -> list[tuple]:
+    """Load what each cache :func:`caches_to_build` returned is computed from, and refuse one that would not fit
+    (:func:`megafr.reenact.inputs.check_room`) -> [(config, digest, frozen networks, images)], for
+    :func:`build_caches`."""
+    checked = []
     for cfg, digest, _ in builds.values():
-        input_cache(cfg, load_frozen(cfg, lpips=False), open_images(study_path(cfg.train_images)), digest, progress)
+        frozen, images = load_frozen(cfg, lpips=False), open_images(study_path(cfg.train_images))
+        check_room(cfg, frozen, images)
+        checked.append((cfg, digest, frozen, images))
+    return checked
+
+
+def build_caches(checked: list[tuple], progress: bool = True) -> None:
+    """Compute, in this process, the caches :func:`check_caches` returned."""
+    for cfg, digest, frozen, images in checked:
+        input_cache(cfg, frozen, images, digest, progress)
 
 
 def effective_workers(workers: int, what: str) -> int:
@@ -102,7 +114,8 @@ def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool =
     The workers load the frozen networks and images from the files each configuration names, not from any
     object the caller holds. Trainings that read no input cache still to be built start first; this process
     builds the caches meanwhile (on the threads those trainings leave free), then starts the trainings that
-    read them. ``on_trained(name)`` is called here as each training finishes (to load and score it while the
+    read them; a cache that would not fit (:func:`megafr.reenact.inputs.check_room`) is refused before any
+    training starts. ``on_trained(name)`` is called here as each training finishes (to load and score it while the
     others train), with the threads of one worker, so that it takes no more than a worker's share of the
     cores and every model is scored alike whatever order the trainings end in. A failed training or an
     interrupt cancels the queued trainings; the error is raised here once the running ones have ended (an
@@ -110,6 +123,7 @@ def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool =
     its last checkpoint)."""
     require(workers >= 2, f"train_many runs >= 2 worker processes, got {workers} (train in-process instead)")
     builds = caches_to_build(cfgs.values())  # computed once here, not once per worker
+    checked = check_caches(builds)  # a cache that cannot be built is refused before any training starts
     readers = [c for _, _, cached in builds.values() for c in cached]
     waiting = {name for name, cfg in cfgs.items() if cfg in readers}  # start once their cache is built
     processes = min(workers, max(1, len(cfgs)))
@@ -120,7 +134,7 @@ def train_many(cfgs: Mapping[str, ReenactConfig], workers: int, progress: bool =
         futures = {pool.submit(_train_in_worker, cfg, threads): name
                    for name, cfg in cfgs.items() if name not in waiting}
         with torch_threads(max(1, torch.get_num_threads() - threads * min(len(futures), processes))):
-            build_caches(builds, progress)
+            build_caches(checked, progress)
         futures.update({pool.submit(_train_in_worker, cfg, threads): name
                         for name, cfg in cfgs.items() if name in waiting})
         bar = progress_bar(as_completed(futures), total=len(futures), disable=not progress,
