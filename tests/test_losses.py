@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from megafr import losses
 from megafr.nets.encoders import LatentCodesDiscriminator
-from megafr.nets.identity import identity_similarity
+from megafr.nets.identity import identity_features, identity_similarity
 from megafr.nets.irse import ArcFace, ArcFaceConfig
 from tests.conftest import TINY_BODY, TINY_SIZE
 
@@ -33,6 +33,24 @@ def test_identity_loss_is_one_minus_similarity(inputs):
     _, idnet, _, x, y = inputs
     assert torch.equal(losses.id_loss(idnet, x, y), (1 - identity_similarity(idnet, x, y)).mean())
     assert float(losses.id_loss(idnet, x, x).detach()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_identity_terms_take_the_reference_features_computed_once(inputs):
+    """Given ``x``'s features, the identity and reconstruction terms are the same numbers without running the
+    network on ``x`` (MegaFR's step compares three images with one source)."""
+    _, idnet, _, x, y = inputs
+    features = identity_features(idnet, x)
+    assert torch.equal(losses.id_loss(idnet, x, y, features), losses.id_loss(idnet, x, y))
+    rec = dict(idnet=idnet, lpips_fn=None, lambda_l2=1.0, lambda_lpips=0.0, lambda_rec_id=0.5)
+    assert torch.equal(losses.reconstruction_loss(x, y, **rec, x_features=features),
+                       losses.reconstruction_loss(x, y, **rec))
+    calls = []
+    hook = idnet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    try:
+        losses.id_loss(idnet, x, y, features)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # the network ran on y only
 
 
 def test_code_regularisers(inputs):

@@ -66,6 +66,21 @@ def test_pivotal_tuning_fits_the_photo_and_leaves_the_original(tiny_frozen):
     assert all(torch.equal(before[k], v) for k, v in generator.state_dict().items())
 
 
+def test_reenact_steps_equal_one_reenactment_per_step(reenactor):
+    """One chain gives, bit for bit, what a separate reenactment at each number of steps gives."""
+    s, t = torch.rand(2, 3, SIZE, SIZE) * 2 - 1, torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    runs = reenactor.reenact_steps(s, t, (2, 0, 1))
+    assert sorted(runs) == [0, 1, 2]
+    for k, run in runs.items():
+        alone = reenactor.reenact(s, t, refine_steps=k)
+        assert all(torch.equal(a, b) for a, b in zip(run[:4], alone[:4]))
+        assert all(torch.equal(a, b) for a, b in zip(run.target_params, alone.target_params))
+    assert not torch.equal(runs[0].image, runs[2].image)
+    for wrong in ((), (-1, 1)):
+        with pytest.raises(InputError, match="refine_steps"):
+            reenactor.reenact_steps(s, t, wrong)
+
+
 def test_evaluate_pairs_scores_every_method(reenactor):
     import numpy as np
 

@@ -493,7 +493,8 @@ def _train(cfg: TrainConfig, data: LandmarkSet, flame, progress: bool, stop_afte
     device = torch_device()  # the GPU when there is one (this process's GPU under torchrun)
     model = build_model(cfg, flame).to(device)
     model.net.to(memory_format=MEMORY_FORMAT)
-    optimizer = torch.optim.Adam(model.net.parameters(), lr=cfg.lr, betas=ADAM_BETAS)
+    # foreach: one call per operation for all the tensors, the same numbers as the per-tensor loop, a little faster
+    optimizer = torch.optim.Adam(model.net.parameters(), lr=cfg.lr, betas=ADAM_BETAS, foreach=True)
     loss_fn = Face3dLoss(cfg).to(device)
     path = cfg.checkpoint_path
     start, curve, window = 0, [], {}

@@ -15,12 +15,11 @@ import pandas as pd
 import torch
 
 from megafr import plots
-from megafr.devices import autocast, to_cpu
 from megafr.errors import CheckpointError
 from megafr.figures.inputs import POSE_AXES, Eyes, Frontal, Grid, Pairs, Sweep
 from megafr.figures.measure import as_images, as_tensor, eyelid_gaps, inversions, latent_edit, pose_degrees
 from megafr.reenact.directions import LatentDirection
-from megafr.reenact.inference import ReenactOutput, Reenactor
+from megafr.reenact.inference import Reenactor
 
 PLOT_INCHES = 2.8  # height of the plot under an image table
 MEASURED_TRUTH = "right answer (3D network)"  # the right answers as the measuring network sees them
@@ -85,25 +84,6 @@ def grid_figure(reenactor: Reenactor, grid: Grid, refine_steps: int, title: str)
 
 # ------------------------------------------------------------------------------------------ 2. refinement
 @torch.no_grad()
-def refinement_chain(reenactor: Reenactor, first: ReenactOutput, max_refine: int) -> list[torch.Tensor]:
-    """Outputs [B, 3, S, S] after 0 .. ``max_refine`` refinement steps, from one refine-0 reenactment.
-
-    Each step is F applied to the previous output (unclamped image and its code), exactly what
-    ``MegaFR.refine`` does, so step k equals ``reenact(..., refine_steps=k)`` without recomputing 0..k-1.
-    The chain runs on the networks' device; the outputs come back on the CPU.
-    """
-    model = reenactor.model
-    latent, condition = first.latent.to(reenactor.device), first.condition.to(reenactor.device)
-    with autocast(reenactor.device):
-        image = model.synthesize(latent)
-        outputs = [to_cpu(image.clamp(-1, 1))]
-        for _ in range(max_refine):
-            image, latent = model(image, condition, latent)
-            outputs.append(to_cpu(image.clamp(-1, 1)))
-    return outputs
-
-
-@torch.no_grad()
 def refinement_figure(reenactor: Reenactor, pairs: Pairs, max_refine: int, title: str):
     """Hard pairs (largest target yaw, widest jaw) after 0 .. ``max_refine`` refinement steps.
 
@@ -111,8 +91,8 @@ def refinement_figure(reenactor: Reenactor, pairs: Pairs, max_refine: int, title
     the target's measured values head the target column's cells.
     """
     s, t = as_tensor(pairs.source), as_tensor(pairs.target)
-    first = reenactor.reenact(s, t, refine_steps=0)
-    outs = refinement_chain(reenactor, first, max_refine)
+    runs = reenactor.reenact_steps(s, t, range(max_refine + 1))  # one chain: step k equals reenact(..., k)
+    first, outs = runs[0], [runs[k].image for k in range(max_refine + 1)]
     images = [as_images(o) for o in outs]
     measured = [pose_degrees(reenactor, o) for o in outs]
     target = pose_degrees(reenactor, t)

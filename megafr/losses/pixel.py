@@ -40,11 +40,13 @@ def reconstruction_loss(
     lambda_l2: float,
     lambda_lpips: float,
     lambda_rec_id: float,
+    x_features: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """L_rec of ``y`` against ``x``: weighted pixel L2 + LPIPS (skipped when ``lpips_fn`` is None) + identity loss."""
+    """L_rec of ``y`` against ``x``: weighted pixel L2 + LPIPS (skipped when ``lpips_fn`` is None) + identity loss
+    (``x_features``: ``x``'s identity features, when the caller has them: :func:`megafr.losses.identity.id_loss`)."""
     total = lambda_l2 * F.mse_loss(y, x)
     if lpips_fn is not None and lambda_lpips > 0:
         total = total + lambda_lpips * lpips_fn(y, x).mean()
     if lambda_rec_id > 0:
-        total = total + lambda_rec_id * id_loss(idnet, x, y)
+        total = total + lambda_rec_id * id_loss(idnet, x, y, x_features)
     return total

@@ -17,6 +17,8 @@ provides it.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -50,13 +52,16 @@ def identity_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(net(face_crop(x, net.config.input_size)), dim=1)
 
 
-def identity_similarity(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def identity_similarity(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        x_features: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Cosine similarity of the ArcFace identities of ``x`` and ``y``. [B]
 
     ``net`` is an ``megafr.nets.irse.ArcFace`` in eval mode (the loaders return it so);
     gradients flow to both inputs, so the loss ``1 - identity_similarity`` can detach the
-    reference itself where pSp does (``y.detach()``).
+    reference itself where pSp does (``y.detach()``). ``x_features``: ``identity_features(net, x)``
+    computed by the caller (``net`` then does not run on ``x``).
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"identity_similarity needs equal batch sizes, got {x.shape[0]} and {y.shape[0]}")
-    return (identity_features(net, x) * identity_features(net, y)).sum(dim=1)
+    first = identity_features(net, x) if x_features is None else x_features
+    return (first * identity_features(net, y)).sum(dim=1)

@@ -13,7 +13,7 @@ Methods: MegaFR at a number of refinement steps, and "inversion only" (the inver
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -41,28 +41,26 @@ def score(reenactor: Reenactor, output: torch.Tensor, source: torch.Tensor, targ
     return scores
 
 
-def methods(reenactor: Reenactor, refine_steps: Iterable[int]) -> dict[str, Callable]:
-    """Name -> function (sources, targets) -> outputs, for MegaFR at each refinement and inversion only."""
-    table = {"inversion only": lambda s, t: reenactor.reenact(s, t, refine_steps=0).inverted}
-    for steps in refine_steps:
-        table[f"refine {steps}"] = lambda s, t, k=steps: reenactor.reenact(s, t, refine_steps=k).image
-    return table
+def outputs(reenactor: Reenactor, sources: torch.Tensor, targets: torch.Tensor,
+            refine_steps: Iterable[int]) -> dict[str, torch.Tensor]:
+    """Method name -> outputs of one batch, for "inversion only" and MegaFR at each refinement step, from one
+    inversion and one chain of F (:meth:`Reenactor.reenact_steps`)."""
+    steps = list(refine_steps)
+    runs = reenactor.reenact_steps(sources, targets, steps or (0,))
+    return {"inversion only": runs[min(runs)].inverted, **{f"refine {k}": runs[k].image for k in steps}}
 
 
-@torch.no_grad()
 def evaluate_pairs(reenactor: Reenactor, sources: np.ndarray, targets: np.ndarray, truths: np.ndarray | None,
                    refine_steps: Iterable[int] = (0, 1, 2), progress: bool = True) -> pd.DataFrame:
-    """Mean metrics per method over uint8 pairs [N, S, S, 3] -> one row per method."""
-    rows = []
-    for name, run in methods(reenactor, refine_steps).items():
-        collected: dict[str, list] = {}
-        starts = range(0, len(sources), EVAL_BATCH)
-        for start in tqdm(starts, desc=f"evaluate {name}", disable=not progress, leave=False):
-            part = slice(start, start + EVAL_BATCH)
-            s, t = images_to_tensor(sources[part]), images_to_tensor(targets[part])
-            truth = None if truths is None else images_to_tensor(truths[part])
-            for key, value in score(reenactor, run(s, t), s, t, truth).items():
-                collected.setdefault(key, []).append(value)
-        rows.append({"method": name, "pairs": len(sources),
-                     **{k: float(torch.cat(v).mean()) for k, v in collected.items()}})
-    return pd.DataFrame(rows)
+    """Mean metrics per method over uint8 pairs [N, S, S, 3] -> one row per method (:func:`outputs`)."""
+    refine_steps = tuple(refine_steps)
+    collected: dict[str, dict[str, list]] = {}
+    for start in tqdm(range(0, len(sources), EVAL_BATCH), desc="evaluate", disable=not progress, leave=False):
+        part = slice(start, start + EVAL_BATCH)
+        s, t = images_to_tensor(sources[part]), images_to_tensor(targets[part])
+        truth = None if truths is None else images_to_tensor(truths[part])
+        for name, output in outputs(reenactor, s, t, refine_steps).items():
+            for key, value in score(reenactor, output, s, t, truth).items():
+                collected.setdefault(name, {}).setdefault(key, []).append(value)
+    return pd.DataFrame([{"method": name, "pairs": len(sources), **{k: float(torch.cat(v).mean()) for k, v in values.items()}}
+                         for name, values in collected.items()])

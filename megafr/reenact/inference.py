@@ -3,7 +3,8 @@
 ``Reenactor`` bundles the trained E_FR with the frozen networks:
 
 - :meth:`Reenactor.reenact` takes source and target images and applies F, then ``refine_steps``
-  more times (paper eq. 9; default 1, "one extra step usually enough");
+  more times (paper eq. 9; default 1, "one extra step usually enough"); :meth:`Reenactor.reenact_steps`
+  returns the outputs after several numbers of steps from one chain (what scoring refine 0, 1, 2 needs);
 - :meth:`Reenactor.reenact_params` takes explicit FLAME expression and pose instead of a target
   image (yaw/pitch control, frontalization, eye opening): the source's own parameters, edited;
 - :meth:`Reenactor.encode_source` and :meth:`Reenactor.reenact_code` split :meth:`reenact` in two, so
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Mapping, NamedTuple, Optional
+from typing import Iterable, Mapping, NamedTuple, Optional
 
 import torch
 
@@ -87,13 +88,19 @@ class Reenactor:
         return self.frozen.face.net(images.clamp(-1, 1))
 
     @torch.no_grad()
-    def _run(self, x_s, w_s, source: FaceParams, expression, pose, refine_steps: int, model: MegaFR) -> ReenactOutput:
+    def _run(self, x_s, w_s, source: FaceParams, expression, pose, refine_steps: Iterable[int],
+             model: MegaFR) -> dict[int, ReenactOutput]:
+        """The outputs after each of ``refine_steps`` refinement steps, from one chain of F."""
+        steps = sorted(set(refine_steps))
+        if not steps or steps[0] < 0:
+            raise InputError(f"refine_steps must be one or more numbers >= 0, got {list(refine_steps)}")
         targets = make_targets(self.frozen.face, source.shape, expression, pose, self.condition)
         with autocast(self.device):
-            out = model.refine(x_s, targets.condition, w_s, refine_steps)
-        params = source._replace(expression=expression, pose=pose)
-        return ReenactOutput(to_cpu(out.image.clamp(-1, 1)), to_cpu(out.latent), to_cpu(x_s),
-                             to_cpu(targets.condition), _cpu(params))
+            chain = model.refinements(x_s, targets.condition, w_s, steps[-1])
+        inverted, condition = to_cpu(x_s), to_cpu(targets.condition)
+        params = _cpu(source._replace(expression=expression, pose=pose))
+        return {k: ReenactOutput(to_cpu(chain[k].image.clamp(-1, 1)), to_cpu(chain[k].latent), inverted, condition,
+                                 params) for k in steps}
 
     def invert_sources(self, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x_s = G(w_s)`` and ``w_s = E_inv(sources)`` for sources [B, 3, S, S] in [-1, 1], on the networks'
@@ -114,6 +121,13 @@ class Reenactor:
     def reenact(self, sources: torch.Tensor, targets: torch.Tensor, refine_steps: int = 1,
                 pti_steps: int = 0) -> ReenactOutput:
         """Sources take the targets' expression and pose; both [B, 3, S, S] in [-1, 1]."""
+        return self.reenact_steps(sources, targets, (refine_steps,), pti_steps)[refine_steps]
+
+    def reenact_steps(self, sources: torch.Tensor, targets: torch.Tensor, refine_steps: Iterable[int],
+                      pti_steps: int = 0) -> dict[int, ReenactOutput]:
+        """:meth:`reenact` at several refinement steps at once -> {k: the output after k steps}, each equal to
+        ``reenact(sources, targets, refine_steps=k)``. The sources are inverted and measured, the targets
+        measured and rendered, and F applied ``1 + max(k)`` times, once for all of them."""
         if sources.shape != targets.shape:
             raise InputError(f"sources and targets must have the same shape, got {tuple(sources.shape)} and {tuple(targets.shape)}")
         x_s, w_s, model = self._source(sources.to(self.device), pti_steps)
@@ -170,7 +184,7 @@ class Reenactor:
             expr[:, index] = torch.as_tensor(value, dtype=expr.dtype).to(expr.device)
         pose = edit_pose(source.pose, *(None if v is None else torch.as_tensor(v).to(self.device)
                                         for v in (yaw_deg, pitch_deg, roll_deg, jaw_deg)))
-        return self._run(x_s, w_s, source, expr, pose, refine_steps, model)
+        return self._run(x_s, w_s, source, expr, pose, (refine_steps,), model)[refine_steps]
 
 
 def _cpu(params: FaceParams) -> FaceParams:

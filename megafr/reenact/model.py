@@ -100,11 +100,17 @@ class MegaFR(nn.Module):
         w_f = w_s + self.residual(x_s, r_t, w_s)
         return Reenactment(self.synthesize(w_f), w_f)
 
-    def refine(self, x_s: torch.Tensor, r_t: torch.Tensor, w_s: torch.Tensor, refine_steps: int = 1) -> Reenactment:
-        """F applied ``1 + refine_steps`` times, each output fed back as the source (eq. 9, inference only)."""
+    def refinements(self, x_s: torch.Tensor, r_t: torch.Tensor, w_s: torch.Tensor,
+                    refine_steps: int = 1) -> list[Reenactment]:
+        """F applied ``1 + refine_steps`` times, each output fed back as the source (eq. 9, inference only):
+        every application's result, entry ``k`` after ``k`` refinement steps."""
         if refine_steps < 0:
             raise InputError(f"refine_steps must be >= 0, got {refine_steps}")
-        out = self(x_s, r_t, w_s)
+        outs = [self(x_s, r_t, w_s)]
         for _ in range(refine_steps):
-            out = self(out.image, r_t, out.latent)
-        return out
+            outs.append(self(outs[-1].image, r_t, outs[-1].latent))
+        return outs
+
+    def refine(self, x_s: torch.Tensor, r_t: torch.Tensor, w_s: torch.Tensor, refine_steps: int = 1) -> Reenactment:
+        """The result after ``refine_steps`` refinement steps (the last of :meth:`refinements`)."""
+        return self.refinements(x_s, r_t, w_s, refine_steps)[-1]

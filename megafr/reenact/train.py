@@ -54,6 +54,7 @@ from megafr.errors import CheckpointError, MissingFileError
 from megafr.face3d.recon import FaceModel, load_face_model
 from megafr.fileio import atomic_path
 from megafr.nets import checkpoints
+from megafr.nets.identity import identity_features
 from megafr.progress import progress_bar
 from megafr.reenact.inputs import (CONDITION_POSE, StepInputs, Targets, input_cache, invert, make_targets,  # noqa: F401
                                    step_inputs)  # (invert, Targets: imported from here by other modules)
@@ -217,10 +218,12 @@ def step_losses(model: MegaFR, frozen: Frozen, cfg: ReenactConfig, x_real: Optio
     out = model(x_s, to_t.condition, w_s)
     terms: dict[str, torch.Tensor] = {}
     weights = cfg.weights
+    compares_ids = weights["id"] or (cfg.lambda_rec_id > 0 and (weights["cyc"] or weights["self"]))
+    x_id = identity_features(frozen.idnet, x_s) if compares_ids else None  # once for the three terms below
     rec = dict(idnet=frozen.idnet, lpips_fn=frozen.lpips, lambda_l2=cfg.lambda_l2,
-               lambda_lpips=cfg.lambda_lpips, lambda_rec_id=cfg.lambda_rec_id)
+               lambda_lpips=cfg.lambda_lpips, lambda_rec_id=cfg.lambda_rec_id, x_features=x_id)
     if weights["id"]:
-        terms["id"] = losses.id_loss(frozen.idnet, x_s, out.image)
+        terms["id"] = losses.id_loss(frozen.idnet, x_s, out.image, x_id)
     if weights["lmk"] or weights["pair"]:
         measured = frozen.face.net(out.image.clamp(-1, 1))
         with full_precision(out.image.device):
