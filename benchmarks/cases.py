@@ -41,6 +41,8 @@ SYNTHESIS_CHUNK = (8, 2)  # ... and with the generator synthesising this many im
 PAPER_RENDER_SIZE = (256, 64)  # a larger size (the released encoders see 256 px); --quick: 64
 CONFIG_F_SIZE = (1024, 32)  # StyleGAN2 config-f output size; --quick uses its widths at 32 px
 
+SCORING_BATCH = (32, 4)  # pairs per batch of train_reenact's scoring (megafr.reenact.evaluate.EVAL_BATCH)
+SCORED_REFINE_STEPS = (0, 1, 2)  # the refinement steps train_reenact scores
 REFINE_STEPS = 1  # refinement steps of a reenactment (paper eq. 9: "one extra step usually enough")
 TARGET_IMAGES_PER_S = 20.0  # the suite's target: at least 20 images/s at 64 px on CPU, batched
 CONFIG_F = dict(style_dim=512, n_mlp=8, channel_multiplier=2, max_channels=512)  # StyleGAN2 config-f (docs/method.md 7)
@@ -358,6 +360,31 @@ def reenactment(settings: Settings) -> dict:
         "generator_chunk_speedup": rows[g_chunked]["images_per_s"] / best,
         "phases": reenactment_phases(reenactor, largest, size, repeats),
     }
+
+
+def scoring(settings: Settings) -> dict:
+    """The outputs train_reenact scores per batch (inversion only, refine 0, 1 and 2), made one reenactment per
+    refinement step as before (each inverts the sources, measures and renders again, and runs F from the
+    start) and from one chain (``Reenactor.reenact_steps``), side by side on one thread."""
+    size, batch = image_size(settings), pick(SCORING_BATCH, settings)
+    reenactor = build_reenactor(settings)
+    sources, targets = random_batch(batch, size, seed=1), random_batch(batch, size, seed=2)
+    steps = SCORED_REFINE_STEPS
+
+    def separately():
+        return [reenactor.reenact(sources, targets, refine_steps=0).inverted,
+                *(reenactor.reenact(sources, targets, refine_steps=k).image for k in steps)]
+
+    def one_chain():
+        runs = reenactor.reenact_steps(sources, targets, steps)
+        return [runs[0].inverted, *(runs[k].image for k in steps)]
+
+    first, second = separately(), one_chain()
+    rows = side_by_side({"separately": no_grad_call(separately), "one_chain": no_grad_call(one_chain)},
+                        settings.repeats)
+    return {"workload": f"a batch of {batch} pairs at {size} px: inversion only and refine {', '.join(map(str, steps))}",
+            "batch": batch, **rows, "same_outputs": all(torch.equal(a, b) for a, b in zip(first, second)),
+            "time_ratio_separately_over_chain": rows["separately"]["median_s"] / rows["one_chain"]["median_s"]}
 
 
 def reenactment_threads(settings: Settings) -> dict:

@@ -218,6 +218,13 @@ def _input_cache_rows(section: dict) -> list[list[str]]:
     return rows
 
 
+def _scoring_rows(section: dict) -> list[list[str]]:
+    separately, chain = section["separately"]["median_s"], section["one_chain"]["median_s"]
+    same = "same outputs" if section["same_outputs"] else "OUTPUTS DIFFER"
+    return [[f"scoring's outputs, one reenactment per refinement step vs one chain, {section['workload']}", same,
+             f"{seconds(separately)} vs {seconds(chain)}", f"one chain: {separately / chain:.2f}x the speed", ""]]
+
+
 def _render_worker_rows(section: dict) -> list[list[str]]:
     rows = []
     for row in _measured(section):
@@ -242,7 +249,8 @@ def main_table(result: dict) -> str:
                 ("driving", _driving_rows),
                 ("training", _training_rows), ("threads", _thread_rows), ("optimizer", _optimizer_rows),
                 ("precision", _precision_rows), ("memory_format", _memory_format_rows),
-                ("render_workers", _render_worker_rows), ("input_cache", _input_cache_rows))
+                ("render_workers", _render_worker_rows), ("input_cache", _input_cache_rows),
+                ("scoring", _scoring_rows))
     rows = []
     for name, build in builders:
         if _ok(result.get(name)):

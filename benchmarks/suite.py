@@ -7,6 +7,8 @@ Runs every case in its own process (:mod:`benchmarks.runner`) and writes one JSO
 - ``rendering``, ``flame_layer``, ``generator``, ``e4e``: building blocks, forward only;
 - ``reenactment``: one full reenactment per image at the mini size, batched, against the suite's
   target of 20 images/s, and its phases;
+- ``scoring``: the outputs train_reenact scores per batch (inversion only, refine 0, 1, 2), one reenactment
+  per refinement step vs one chain (``Reenactor.reenact_steps``), side by side;
 - ``training``: step time, images/s and peak memory of each training stage;
 - ``threads``: the batched reenactment, an E_FR step and a train_face3d step with 1 vs 2 torch threads side
   by side, with OpenMP's default wait policy (``OMP_WAIT_POLICY`` unset, whatever the suite's environment
@@ -70,6 +72,7 @@ SECTIONS: dict[str, dict[str, Row]] = {
     "generator": {"": Row(cases.generator_forward)},
     "e4e": {"": Row(cases.e4e_forward)},
     "reenactment": {"": Row(cases.reenactment)},
+    "scoring": {"": Row(cases.scoring)},
     "driving": {"": Row(driving.driving)},
     "training": {name: Row(case) for name, (case, _) in training.STAGES.items()},
     "threads": {"reenactment": Row(cases.reenactment_threads, OPENMP_DEFAULT),

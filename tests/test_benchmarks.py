@@ -113,6 +113,14 @@ def test_input_cache_section_compares_computed_and_cached_inputs(quick_run):
     assert "read from `input_cache`" in report.markdown(quick_run)
 
 
+def test_scoring_section_compares_separate_reenactments_with_one_chain(quick_run):
+    row = quick_run["scoring"]
+    separately, chain = row["separately"]["median_s"], row["one_chain"]["median_s"]
+    assert _positive(separately) and _positive(chain) and row["same_outputs"] is True
+    assert row["time_ratio_separately_over_chain"] == separately / chain
+    assert "one reenactment per refinement step vs one chain" in report.markdown(quick_run)
+
+
 def test_memory_format_section_compares_layouts_of_a_face3d_step(quick_run):
     row = quick_run["memory_format"]["face3d_train_step"]
     for threads in (1, 2):
