@@ -50,6 +50,7 @@ def outputs(reenactor: Reenactor, sources: torch.Tensor, targets: torch.Tensor,
     return {"inversion only": runs[min(runs)].inverted, **{f"refine {k}": runs[k].image for k in steps}}
 
 
+@torch.no_grad()
 def evaluate_pairs(reenactor: Reenactor, sources: np.ndarray, targets: np.ndarray, truths: np.ndarray | None,
                    refine_steps: Iterable[int] = (0, 1, 2), progress: bool = True) -> pd.DataFrame:
     """Mean metrics per method over uint8 pairs [N, S, S, 3] -> one row per method (:func:`outputs`)."""

@@ -91,9 +91,10 @@ class Reenactor:
     def _run(self, x_s, w_s, source: FaceParams, expression, pose, refine_steps: Iterable[int],
              model: MegaFR) -> dict[int, ReenactOutput]:
         """The outputs after each of ``refine_steps`` refinement steps, from one chain of F."""
-        steps = sorted(set(refine_steps))
+        given = list(refine_steps)
+        steps = sorted(set(given))
         if not steps or steps[0] < 0:
-            raise InputError(f"refine_steps must be one or more numbers >= 0, got {list(refine_steps)}")
+            raise InputError(f"refine_steps must be one or more numbers >= 0, got {given}")
         targets = make_targets(self.frozen.face, source.shape, expression, pose, self.condition)
         with autocast(self.device):
             chain = model.refinements(x_s, targets.condition, w_s, steps[-1])
