@@ -16,15 +16,18 @@ import torch
 
 from benchmarks import bench_render
 from benchmarks.timing import rate, side_by_side, timed
-from benchmarks.worlds import (Settings, frozen_networks, generator_config, head_files, image_size, random_batch,
-                               reenact_config)
+from benchmarks.worlds import (Settings, frozen_networks, generator_config, head_files, image_size, profile_params,
+                               random_batch, reenact_config)
 from megafr.config import load_params, profile_file, study_root
 from megafr.face3d.flame import FILE_SHAPE_COMPONENTS, FLAME, POSE_DIM, FlameAssets
 from megafr.face3d.framing import aligned_camera
 from megafr.nets.encoders import Encoder4Editing, EncoderConfig
 from megafr.nets.stylegan2 import Generator
 from megafr.pretrain import autoencoder
+from megafr.reenact.evaluate import EVAL_BATCH
+from megafr.reenact.evaluate import outputs as scored_outputs
 from megafr.reenact.inference import Reenactor
+from megafr.reenact.stage import parse_steps
 from megafr.reenact.train import build_model, invert, make_targets
 
 # Batches (full suite, --quick)
@@ -41,8 +44,7 @@ SYNTHESIS_CHUNK = (8, 2)  # ... and with the generator synthesising this many im
 PAPER_RENDER_SIZE = (256, 64)  # a larger size (the released encoders see 256 px); --quick: 64
 CONFIG_F_SIZE = (1024, 32)  # StyleGAN2 config-f output size; --quick uses its widths at 32 px
 
-SCORING_BATCH = (32, 4)  # pairs per batch of train_reenact's scoring (megafr.reenact.evaluate.EVAL_BATCH)
-SCORED_REFINE_STEPS = (0, 1, 2)  # the refinement steps train_reenact scores
+SCORING_BATCH = (EVAL_BATCH, 4)  # pairs per batch of train_reenact's scoring; --quick: 4
 REFINE_STEPS = 1  # refinement steps of a reenactment (paper eq. 9: "one extra step usually enough")
 TARGET_IMAGES_PER_S = 20.0  # the suite's target: at least 20 images/s at 64 px on CPU, batched
 CONFIG_F = dict(style_dim=512, n_mlp=8, channel_multiplier=2, max_channels=512)  # StyleGAN2 config-f (docs/method.md 7)
@@ -369,15 +371,14 @@ def scoring(settings: Settings) -> dict:
     size, batch = image_size(settings), pick(SCORING_BATCH, settings)
     reenactor = build_reenactor(settings)
     sources, targets = random_batch(batch, size, seed=1), random_batch(batch, size, seed=2)
-    steps = SCORED_REFINE_STEPS
+    steps = parse_steps(profile_params(settings)["train_reenact"]["refine_steps"])  # what the stage scores
 
     def separately():
         return [reenactor.reenact(sources, targets, refine_steps=0).inverted,
                 *(reenactor.reenact(sources, targets, refine_steps=k).image for k in steps)]
 
-    def one_chain():
-        runs = reenactor.reenact_steps(sources, targets, steps)
-        return [runs[0].inverted, *(runs[k].image for k in steps)]
+    def one_chain():  # what evaluate_pairs runs per batch
+        return list(scored_outputs(reenactor, sources, targets, steps).values())
 
     first, second = separately(), one_chain()
     rows = side_by_side({"separately": no_grad_call(separately), "one_chain": no_grad_call(one_chain)},
