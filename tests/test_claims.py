@@ -210,6 +210,33 @@ def test_every_claim_compares_rows_that_the_full_plan_trains():
     assert len({c.key for c in cl.CLAIMS}) == len(cl.CLAIMS)
 
 
+def test_layer_claims_take_the_paper_layers_from_their_ablation_when_the_reference_edits_others():
+    """A world whose train_reenact edits other layers (the mini world's coarse,16px) trains the paper's coarse +
+    medium as an ablation; the layer claims compare that model, the rest the reference."""
+    names = [a.name for a in abl.plan(("layers",), 1, reference_groups="coarse, 16px")]
+    assert names == ["reference", "edit_groups=coarse", "edit_groups=coarse,medium", "edit_groups=coarse,medium,fine"]
+    assert [a.name for a in abl.plan(("layers",), 1, reference_groups="medium,coarse")] == [
+        "reference", "edit_groups=coarse", "edit_groups=coarse,medium,fine"]
+    rows = []
+    for s in SEEDS:
+        rows.append({**_row("reference", s, apd=2.0, csim=0.9), "edit_groups": "coarse,16px"})
+        rows.append({**_row("edit_groups=coarse", s, apd=4.0 + 0.1 * s, csim=0.8), "edit_groups": "coarse"})
+        rows.append({**_row("edit_groups=coarse,medium", s, apd=3.0, csim=0.5), "edit_groups": "coarse,medium"})
+        rows.append({**_row("edit_groups=coarse,medium,fine", s, apd=3.5 + 0.1 * s, csim=0.4),
+                     "edit_groups": "coarse,medium,fine"})
+    runs = _runs(rows)
+    assert cl.reference_groups(runs) == "coarse,16px"
+    table = _by_key(cl.claims_table(runs))
+    coarse = table.loc["coarse_medium_beats_coarse_csim"]
+    assert coarse["winner"] == "edit_groups=coarse,medium" and coarse["loser"] == "edit_groups=coarse"
+    assert coarse["effect_mean"] == pytest.approx(-0.3) and coarse["verdict"] == cl.CONTRADICTED
+    assert table.loc["coarse_medium_beats_coarse_apd", "effect_mean"] == pytest.approx(1.1)
+    assert table.loc["coarse_medium_beats_all_layers_csim", "effect_mean"] == pytest.approx(0.1)
+    paper = _runs([{**r, "edit_groups": "coarse,medium"} if r["ablation"] == "reference" else r for r in rows
+                   if r["ablation"] != "edit_groups=coarse,medium"])
+    assert _by_key(cl.claims_table(paper)).loc["coarse_medium_beats_coarse_csim", "winner"] == "reference"
+
+
 # ------------------------------------------------------------------------------ the ablation table
 def test_summary_is_the_mean_and_sample_std_over_seeds_in_the_runs_order():
     runs = _runs([_row("reference", 0, aed=0.2, csim=0.7), _row("lambda_id=0", 0, aed=0.4, csim=0.5),

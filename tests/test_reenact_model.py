@@ -31,6 +31,17 @@ def test_edit_layers_follow_the_paper_groups():
         edit_layers(18, ("eyes",))
 
 
+def test_edit_layers_named_by_size_pick_the_generator_layers_at_that_size():
+    assert edit_layers(10, ("16px",)) == (3, 4)  # the 64 px generator's 16 px convolutions
+    assert edit_layers(10, ("coarse", "16px")) == (0, 1, 2, 3, 4)
+    assert edit_layers(10, ("coarse", "medium")) == edit_layers(10, ("coarse", "16px", "32px"))
+    assert edit_layers(18, ("coarse", "16px")) == (0, 1, 2, 3, 4)
+    assert edit_layers(10, ("64px",)) == (7, 8, 9)  # the last index feeds the final ToRGB, at the output size
+    for wrong in (("128px",), ("12px",), ()):  # no layer of that size on a 64 px generator; nothing named
+        with pytest.raises(InputError, match="edit groups"):
+            edit_layers(10, wrong)
+
+
 @pytest.mark.parametrize("encoder_cls", [Encoder4Editing, GradualStyleEncoder])
 def test_efr_starts_as_the_inversion_encoder_and_edits_only_chosen_layers(encoder_cls):
     generator, inversion = _parts(encoder_cls)

@@ -139,6 +139,9 @@ def test_bad_config_is_refused(tmp_path):
         _config(tmp_path, lambda_cyc=-1.0)
     with pytest.raises(InputError, match="edit_groups"):
         _config(tmp_path, edit_groups="coarse,mouth")
+    with pytest.raises(InputError, match="edit_groups"):
+        _config(tmp_path, edit_groups="coarse,16")
+    assert _config(tmp_path, edit_groups="coarse,16px").groups == ("coarse", "16px")
     with pytest.raises(InputError, match="lr_schedule"):
         _config(tmp_path, lr_schedule="step")
 

@@ -2,9 +2,11 @@
 
 Every trained ablation is E_FR (``e4e:render``) re-trained with train_reenact's configuration
 (read from its checkpoint) changed in one place, for ``ablation_steps`` steps; the canonical
-checkpoints are never touched. The reference ("all losses", coarse + medium, conditioned on the
-rendering, the tables' refinement steps) is trained the same way for the same number of steps, so
-every comparison is between equally trained models. Refinement-step rows evaluate the reference
+checkpoints are never touched. The reference ("all losses", train_reenact's edited layers, conditioned
+on the rendering, the tables' refinement steps) is trained the same way for the same number of steps,
+so every comparison is between equally trained models. The ``layers`` kind trains coarse only, the
+paper's coarse + medium and all layers, except the set the reference edits itself (the paper's, unless
+a world edits others: the mini world's ``coarse,16px``). Refinement-step rows evaluate the reference
 model at another number of steps (nothing is trained for them). The ``condition`` kind feeds E_FR
 the raw FLAME parameters instead of the rendering (train_reenact's ``condition="params"``, the
 ``e4e:params`` variant), at the same budget as the reference.
@@ -49,7 +51,8 @@ from megafr.training import run_log_path
 
 KINDS = ("loss", "layers", "condition", "refine")  # ablation groups; "reference" is always trained
 REFERENCE = "reference"
-LAYER_CHOICES = ("coarse", "coarse,medium,fine")  # besides the paper's coarse,medium (the reference)
+PAPER_GROUPS = "coarse,medium"  # the layers the paper edits
+LAYER_CHOICES = ("coarse", PAPER_GROUPS, "coarse,medium,fine")  # trained as ablations, except the reference's own
 CONDITION_CHOICES = ("params",)  # besides the paper's rendering r_t (the reference)
 REFINE_CHOICES = (0, 1, 2, 3)  # refinement steps evaluated on the reference model
 SEED_PREFIX = "seed="  # per-seed folders: <folder>/seed=<s>/<name>/
@@ -86,8 +89,22 @@ def parse_kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
-def plan(kinds: Iterable[str], refine_steps: int) -> list[Ablation]:
-    """The reference, then every ablation of the requested kinds, in table order."""
+def same_groups(a: str, b: str) -> bool:
+    """Whether two ``edit_groups`` values name the same groups (order and spaces aside)."""
+    def tokens(text: str) -> set[str]:
+        return {g.strip() for g in text.split(",") if g.strip()}
+    return tokens(a) == tokens(b)
+
+
+def layer_choices(reference_groups: str) -> tuple[str, ...]:
+    """The layer sets trained as ``layers`` ablations: coarse, the paper's coarse + medium and all layers, less
+    the one the reference already edits."""
+    return tuple(g for g in LAYER_CHOICES if not same_groups(g, reference_groups))
+
+
+def plan(kinds: Iterable[str], refine_steps: int, reference_groups: str = PAPER_GROUPS) -> list[Ablation]:
+    """The reference (editing ``reference_groups``, train_reenact's ``edit_groups``), then every ablation of the
+    requested kinds, in table order."""
     kinds = tuple(kinds)
     rows = [Ablation(REFERENCE, "reference", (), refine_steps)]
     if "loss" in kinds:
@@ -95,7 +112,7 @@ def plan(kinds: Iterable[str], refine_steps: int) -> list[Ablation]:
                  for n in LOSS_NAMES]
     if "layers" in kinds:
         rows += [Ablation(run_name("edit_groups", g), "layers", (("edit_groups", g),), refine_steps)
-                 for g in LAYER_CHOICES]
+                 for g in layer_choices(reference_groups)]
     if "condition" in kinds:
         rows += [Ablation(run_name("condition", c), "condition", (("condition", c),), refine_steps)
                  for c in CONDITION_CHOICES]

@@ -47,10 +47,12 @@ has; the table's ``metric`` column says which was used):
     where its Inception weights are on the machine, else **FD-id** (the outputs' ID-feature
     distribution against the reference photos'): both measure whether outputs stay in distribution.
 
-- **coarse + medium editing beats coarse only, and beats all layers**: the reference against
-  ``edit_groups=coarse`` and against ``edit_groups=coarse,medium,fine``, each on CSIM (editing fine
-  layers is expected to change colour and identity) and on APD (coarse layers alone are expected to
-  miss motion the medium layers carry).
+- **coarse + medium editing beats coarse only, and beats all layers**: the model editing the paper's
+  coarse + medium layers against ``edit_groups=coarse`` and against ``edit_groups=coarse,medium,fine``,
+  each on CSIM (editing fine layers is expected to change colour and identity) and on APD (coarse
+  layers alone are expected to miss motion the medium layers carry). The coarse + medium model is the
+  reference when train_reenact edits those layers (the paper's setting), else its ``layers`` ablation
+  (``edit_groups=coarse,medium``; :func:`claims_for`).
 
 A claim whose rows were not trained (its ablation kind is not in ``evaluate.ablations``) or whose
 metrics are all n/a is left out of the table and listed under it as not measured.
@@ -65,7 +67,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from megafr.evaluate.ablations import REFERENCE, run_name
+from megafr.evaluate.ablations import PAPER_GROUPS, REFERENCE, run_name, same_groups
 from megafr.evaluate.tables import LOWER_IS_BETTER
 
 HOLDS = "holds"
@@ -116,23 +118,40 @@ def _loss_claims() -> list[Claim]:
             for loss, choices in LOSS_METRICS.items() for choice in choices]
 
 
-def _layer_claims() -> list[Claim]:
-    reference = Arm(REFERENCE)
-    return [Claim(f"coarse_medium_beats_{short}_{metric}", f"editing coarse + medium beats {words}", reference,
-                  Arm(run_name("edit_groups", groups)), (metric,))
+def _layer_claims(reference_groups: str) -> list[Claim]:
+    def arm(groups: str) -> Arm:  # the reference when it edits these groups itself, else their ablation
+        return Arm(REFERENCE) if same_groups(groups, reference_groups) else Arm(run_name("edit_groups", groups))
+
+    return [Claim(f"coarse_medium_beats_{short}_{metric}", f"editing coarse + medium beats {words}",
+                  arm(PAPER_GROUPS), arm(groups), (metric,))
             for short, words, groups in (("coarse", "coarse only", "coarse"),
                                          ("all_layers", "all layers", "coarse,medium,fine"))
             for metric in ("csim", "apd")]
 
 
-CLAIMS: tuple[Claim, ...] = (
-    *(Claim(f"render_beats_params_{m}", "rendering beats raw parameters", Arm(REFERENCE),
-            Arm(run_name("condition", "params")), (m,)) for m in ("apd", "aed")),
-    Claim("refine_1_beats_0_apd", "refinement helps (1 step beats 0)", Arm(REFERENCE, 1), Arm(REFERENCE, 0), ("apd",)),
-    Claim("refine_2_beats_1_apd", "refinement helps (2 steps beat 1)", Arm(REFERENCE, 2), Arm(REFERENCE, 1), ("apd",)),
-    *_loss_claims(),
-    *_layer_claims(),
-)
+def claims_for(reference_groups: str = PAPER_GROUPS) -> tuple[Claim, ...]:
+    """Every claim, for a reference that edits ``reference_groups`` (train_reenact's ``edit_groups``)."""
+    return (
+        *(Claim(f"render_beats_params_{m}", "rendering beats raw parameters", Arm(REFERENCE),
+                Arm(run_name("condition", "params")), (m,)) for m in ("apd", "aed")),
+        Claim("refine_1_beats_0_apd", "refinement helps (1 step beats 0)", Arm(REFERENCE, 1), Arm(REFERENCE, 0),
+              ("apd",)),
+        Claim("refine_2_beats_1_apd", "refinement helps (2 steps beat 1)", Arm(REFERENCE, 2), Arm(REFERENCE, 1),
+              ("apd",)),
+        *_loss_claims(),
+        *_layer_claims(reference_groups),
+    )
+
+
+CLAIMS = claims_for()  # with the paper's reference (coarse + medium)
+
+
+def reference_groups(runs: pd.DataFrame) -> str:
+    """The layers the runs' reference edits (their ``edit_groups`` column; the paper's when it is not recorded)."""
+    if "edit_groups" not in runs.columns:
+        return PAPER_GROUPS
+    groups = runs.loc[runs["ablation"] == REFERENCE, "edit_groups"].unique()
+    return str(groups[0]) if len(groups) else PAPER_GROUPS
 
 
 # ------------------------------------------------------------------------------------- the rule
@@ -196,10 +215,12 @@ def _budget(runs: pd.DataFrame) -> dict:
     return budget
 
 
-def claims_table(runs: pd.DataFrame, claims: Iterable[Claim] = CLAIMS) -> pd.DataFrame:
+def claims_table(runs: pd.DataFrame, claims: Optional[Iterable[Claim]] = None) -> pd.DataFrame:
     """One row per measurable claim: ``key``, ``claim``, ``winner``, ``loser``, ``metric``, ``better`` (lower or
     higher), ``effect_seed_<s>`` per seed, ``effect_mean``, ``effect_std``, the budget (``steps``, ``batch_size``,
-    ``pairs``, ``seeds``) and ``verdict``. Claims that cannot be measured are in ``not_measured(runs)``."""
+    ``pairs``, ``seeds``) and ``verdict``. Claims that cannot be measured are in ``not_measured(runs)``.
+    ``claims`` None: every claim, for the layers the runs' reference edits (:func:`claims_for`)."""
+    claims = claims_for(reference_groups(runs)) if claims is None else claims
     seeds = sorted(int(s) for s in runs["seed"].unique())
     budget = _budget(runs)
     rows = []
@@ -224,8 +245,9 @@ def claims_table(runs: pd.DataFrame, claims: Iterable[Claim] = CLAIMS) -> pd.Dat
     return pd.DataFrame(rows, columns=columns)
 
 
-def not_measured(runs: pd.DataFrame, claims: Iterable[Claim] = CLAIMS) -> list[tuple[Claim, str]]:
+def not_measured(runs: pd.DataFrame, claims: Optional[Iterable[Claim]] = None) -> list[tuple[Claim, str]]:
     """The claims left out of :func:`claims_table`, each with the reason."""
+    claims = claims_for(reference_groups(runs)) if claims is None else claims
     left = []
     for claim in claims:
         winner, loser = _arm_rows(runs, claim.winner), _arm_rows(runs, claim.loser)

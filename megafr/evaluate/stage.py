@@ -188,7 +188,8 @@ def run_ablations(cfg: EvaluateConfig, trained: Trained, judge: Judge, pairs, pr
 
     images = open_images(study_path(trained.base.train_images))  # memory-mapped array or manifest
     runs = abl.run_ablations(trained.base, trained.frozen, images, pairs, judge,
-                             abl.plan(abl.parse_kinds(cfg.ablations), cfg.refine_steps), cfg.ablation_steps,
+                             abl.plan(abl.parse_kinds(cfg.ablations), cfg.refine_steps, trained.base.edit_groups),
+                             cfg.ablation_steps,
                              cfg.folder / "ablations", abl.ablation_digest(trained.base), progress,
                              seeds=abl.seed_list(cfg.seed, cfg.ablation_seeds),
                              workers=effective_workers(cfg.ablation_workers, "evaluate.ablation_workers"))

@@ -13,32 +13,57 @@ layers (coarse + medium by default, paper section 3.2), fine layers untouched:
 Written this way, at initialisation (new channels zero, ``x_s = G(w_s)``) E_FR reproduces the
 inversion of ``x_s``, so the residual starts near zero instead of at an arbitrary code.
 Iterative refinement (eq. 9, inference only) feeds ``(x_f, w_f)`` back as the new source.
+
+Which layers. The paper edits the coarse and medium groups (StyleGAN2's layers at 4-32 px) because,
+on its 1024 px generator, they hold pose and expression while the fine ones hold colour and detail.
+A smaller generator draws the face's details at lower resolutions, so the edited layers can also be
+named by size: ``"coarse,16px"`` is the coarse group and the medium group's 16 px layers (what the
+mini world edits: ``docs/method.md``, "Layer groups of a smaller generator").
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import NamedTuple, Sequence
+import re
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
 from megafr.errors import InputError
-from megafr.nets.encoders import InversionNet, expand_input_channels, layer_groups
+from megafr.nets.encoders import InversionNet, expand_input_channels, latent_resolution, layer_groups
 
 EDIT_GROUPS = ("coarse", "medium")  # the paper's choice; "fine" adds colour layers (ablation)
 IMAGE_CHANNELS = 3  # x_s
 RENDER_CHANNELS = 3  # r_t, the shaded geometry image (the paper's input: 3 + 3 = 6 channels)
 
 
+def resolution_token(token: str) -> Optional[int]:
+    """``"16px"`` -> 16 (the W+ entries of the generator's layers at 16 px); None for anything else."""
+    match = re.fullmatch(r"(\d+)px", token)
+    return int(match.group(1)) if match else None
+
+
 def edit_layers(n_latent: int, groups: Sequence[str] = EDIT_GROUPS) -> tuple[int, ...]:
-    """W+ indices edited for the named layer groups (e.g. coarse + medium = 0..6 at 1024 px)."""
+    """W+ indices edited for the named layer groups (e.g. coarse + medium = 0..6 at 1024 px). An entry
+    ``"<N>px"`` names the entries of the generator's layers at N px (``"coarse,16px"``: coarse, and of the
+    medium group only its 16 px layers)."""
     table = layer_groups(n_latent)
-    unknown = [g for g in groups if g not in table]
-    if unknown or not groups:
-        raise InputError(f"edit groups must be a non-empty subset of {tuple(table)}, got {tuple(groups)}")
-    return tuple(sorted(i for g in groups for i in table[g]))
+    chosen: set[int] = set()
+    for group in groups:
+        size = resolution_token(group)
+        if group in table:
+            chosen.update(table[group])
+        elif size is not None and any(latent_resolution(i, n_latent) == size for i in range(n_latent)):
+            chosen.update(i for i in range(n_latent) if latent_resolution(i, n_latent) == size)
+        else:
+            sizes = sorted({latent_resolution(i, n_latent) for i in range(n_latent)})
+            raise InputError(f"edit groups must be a non-empty list of {tuple(table)} or layer sizes "
+                             f"{', '.join(f'{r}px' for r in sizes)} of this generator, got {tuple(groups)}")
+    if not chosen:
+        raise InputError(f"edit groups must name at least one W+ entry, got {tuple(groups)}")
+    return tuple(sorted(chosen))
 
 
 class Reenactment(NamedTuple):

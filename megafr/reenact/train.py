@@ -58,7 +58,7 @@ from megafr.nets.identity import identity_features
 from megafr.progress import progress_bar
 from megafr.reenact.inputs import (CONDITION_POSE, StepInputs, Targets, input_cache, invert, make_targets,  # noqa: F401
                                    step_inputs)  # (invert, Targets: imported from here by other modules)
-from megafr.reenact.model import RENDER_CHANNELS, MegaFR
+from megafr.reenact.model import RENDER_CHANNELS, MegaFR, resolution_token
 from megafr.training import adam, check_finite
 
 CONDITIONS = ("render", "params")
@@ -81,7 +81,7 @@ class ReenactConfig:
     lr_schedule: str  # "constant", or "cosine": linear warm-up over 3 % of the steps, cosine decay to 5 % of lr
     encoder: str  # inversion encoder E_FR starts from: "e4e" or "psp"
     condition: str  # "render" (MegaFR: r_t) or "params" (baseline: raw FLAME parameters)
-    edit_groups: str  # comma-separated W+ groups the residual edits ("coarse,medium" in the paper)
+    edit_groups: str  # comma-separated W+ groups the residual edits ("coarse,medium" in the paper; "<N>px": the layers at N px)
     lambda_id: float  # L_ID weight (eq. 3)
     lambda_lmk: float  # L_lmk weight (eq. 4)
     lambda_pair: float  # L_pair weight (eq. 5)
@@ -121,9 +121,10 @@ class ReenactConfig:
         require(isinstance(self.input_cache, str),
                 f"train_reenact.input_cache must be a folder or \"\", got {self.input_cache!r}")
         require(self.checkpoint_every >= 1, f"train_reenact.checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        unknown = set(self.groups) - set(LAYER_GROUP_NAMES)
+        unknown = [g for g in self.groups if g not in LAYER_GROUP_NAMES and not resolution_token(g)]
         require(bool(self.groups) and not unknown,
-                f"train_reenact.edit_groups must be a comma-separated subset of {LAYER_GROUP_NAMES}, got {self.edit_groups!r}")
+                f"train_reenact.edit_groups must be a comma-separated list of {LAYER_GROUP_NAMES} or layer sizes "
+                f"such as 16px, got {self.edit_groups!r}")
         for name in LOSS_NAMES + ("l2", "lpips", "rec_id"):
             value = getattr(self, f"lambda_{name}")
             require(value >= 0, f"train_reenact.lambda_{name} must be >= 0, got {value}")
