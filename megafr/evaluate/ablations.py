@@ -45,6 +45,7 @@ from megafr.config import require, study_relative
 from megafr.evaluate.tables import COLUMNS, EvalSet, Judge, score_method
 from megafr.fileio import write_json
 from megafr.reenact.inference import Reenactor
+from megafr.reenact.model import group_names
 from megafr.reenact.parallel import train_many
 from megafr.reenact.train import LOSS_NAMES, Frozen, ReenactConfig, train, upstream_digest
 from megafr.training import run_log_path
@@ -91,9 +92,7 @@ def parse_kinds(text: str) -> tuple[str, ...]:
 
 def same_groups(a: str, b: str) -> bool:
     """Whether two ``edit_groups`` values name the same groups (order and spaces aside)."""
-    def tokens(text: str) -> set[str]:
-        return {g.strip() for g in text.split(",") if g.strip()}
-    return tokens(a) == tokens(b)
+    return set(group_names(a)) == set(group_names(b))
 
 
 def layer_choices(reference_groups: str) -> tuple[str, ...]:

@@ -45,22 +45,27 @@ def resolution_token(token: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+def group_names(text: str) -> tuple[str, ...]:
+    """``"coarse, 16px"`` -> ("coarse", "16px"): the names of an ``edit_groups`` value, in order, blanks dropped."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def edit_layers(n_latent: int, groups: Sequence[str] = EDIT_GROUPS) -> tuple[int, ...]:
     """W+ indices edited for the named layer groups (e.g. coarse + medium = 0..6 at 1024 px). An entry
     ``"<N>px"`` names the entries of the generator's layers at N px (``"coarse,16px"``: coarse, and of the
     medium group only its 16 px layers)."""
     table = layer_groups(n_latent)
+    sizes = [latent_resolution(i, n_latent) for i in range(n_latent)]  # the layer size each W+ entry feeds
     chosen: set[int] = set()
     for group in groups:
         size = resolution_token(group)
         if group in table:
             chosen.update(table[group])
-        elif size is not None and any(latent_resolution(i, n_latent) == size for i in range(n_latent)):
-            chosen.update(i for i in range(n_latent) if latent_resolution(i, n_latent) == size)
+        elif size in sizes:
+            chosen.update(i for i, entry_size in enumerate(sizes) if entry_size == size)
         else:
-            sizes = sorted({latent_resolution(i, n_latent) for i in range(n_latent)})
             raise InputError(f"edit groups must be a non-empty list of {tuple(table)} or layer sizes "
-                             f"{', '.join(f'{r}px' for r in sizes)} of this generator, got {tuple(groups)}")
+                             f"{', '.join(f'{r}px' for r in sorted(set(sizes)))} of this generator, got {tuple(groups)}")
     if not chosen:
         raise InputError(f"edit groups must name at least one W+ entry, got {tuple(groups)}")
     return tuple(sorted(chosen))

@@ -58,7 +58,7 @@ from megafr.nets.identity import identity_features
 from megafr.progress import progress_bar
 from megafr.reenact.inputs import (CONDITION_POSE, StepInputs, Targets, input_cache, invert, make_targets,  # noqa: F401
                                    step_inputs)  # (invert, Targets: imported from here by other modules)
-from megafr.reenact.model import RENDER_CHANNELS, MegaFR, resolution_token
+from megafr.reenact.model import RENDER_CHANNELS, MegaFR, group_names, resolution_token
 from megafr.training import adam, check_finite
 
 CONDITIONS = ("render", "params")
@@ -135,7 +135,7 @@ class ReenactConfig:
 
     @property
     def groups(self) -> tuple[str, ...]:
-        return tuple(g.strip() for g in self.edit_groups.split(",") if g.strip())
+        return group_names(self.edit_groups)
 
     @property
     def weights(self) -> dict[str, float]:
