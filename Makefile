@@ -29,7 +29,7 @@ study: $(VENV)/.installed
 	$(BIN)/dvc repro
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile  # one worker per core, up to 4; a file's tests stay together (their module fixtures run once)
 
 validate: $(VENV)/.installed
 	$(BIN)/python -m megafr validate
