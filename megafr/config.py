@@ -181,6 +181,12 @@ def build_config(cls: type, values: dict[str, Any], keys: typing.Mapping[str, st
     return cls(**kwargs)
 
 
+def comma_list(text: str | int) -> tuple[str, ...]:
+    """``" coarse, 16px ,"`` -> ("coarse", "16px"): the items of a comma-separated params value, in order, each
+    stripped, blanks dropped; a single value may arrive as an int (``-p refine_steps 0``)."""
+    return tuple(item.strip() for item in str(text).split(",") if item.strip())
+
+
 def require(condition: bool, message: str) -> None:
     """Raise :class:`InputError` with ``message`` unless ``condition`` holds (for ``__post_init__`` checks)."""
     if not condition:

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from megafr.config import PROFILES, build_config, load_params, profile_file, require, study_root, use_profile
+from megafr.config import (PROFILES, build_config, comma_list, load_params, profile_file, require, study_root,
+                           use_profile)
 from megafr.errors import InputError
 
 ROOT = study_root(__file__)
@@ -19,6 +20,13 @@ def _keys(tree, prefix=""):
         if isinstance(value, dict):
             keys |= _keys(value, prefix + key + ".")
     return keys
+
+
+def test_comma_list_splits_a_params_value_in_order():
+    assert comma_list(" coarse, 16px ,") == ("coarse", "16px")
+    assert comma_list("medium,coarse") == ("medium", "coarse")
+    assert comma_list(" , ") == ()
+    assert comma_list(0) == ("0",)  # a single value that YAML or -p gave as an int
 
 
 def test_params_yaml_is_a_copy_of_the_profile_it_names():

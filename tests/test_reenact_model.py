@@ -9,7 +9,7 @@ from megafr.face3d.landmarks import PAIRS
 from megafr.nets.encoders import EncoderConfig, Encoder4Editing, GradualStyleEncoder, InversionNet, LatentCodesDiscriminator
 from megafr.nets.irse import ArcFace, ArcFaceConfig, IRSEConfig
 from megafr.nets.stylegan2 import Generator
-from megafr.reenact.model import MegaFR, edit_layers, group_names
+from megafr.reenact.model import MegaFR, edit_layers
 
 SIZE, STYLE = 32, 32
 BODY = IRSEConfig(widths=(8, 12, 16, 24), units=(1, 1, 1, 1), stem_channels=8)
@@ -40,12 +40,6 @@ def test_edit_layers_named_by_size_pick_the_generator_layers_at_that_size():
     for wrong in (("128px",), ("12px",), ()):  # no layer of that size on a 64 px generator; nothing named
         with pytest.raises(InputError, match="edit groups"):
             edit_layers(10, wrong)
-
-
-def test_group_names_split_an_edit_groups_value_in_order():
-    assert group_names(" coarse, 16px ,") == ("coarse", "16px")
-    assert group_names("medium,coarse") == ("medium", "coarse")
-    assert group_names(" , ") == ()
 
 
 @pytest.mark.parametrize("encoder_cls", [Encoder4Editing, GradualStyleEncoder])

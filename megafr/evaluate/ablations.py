@@ -41,11 +41,10 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from megafr.config import require, study_relative
+from megafr.config import comma_list, require, study_relative
 from megafr.evaluate.tables import COLUMNS, EvalSet, Judge, score_method
 from megafr.fileio import write_json
 from megafr.reenact.inference import Reenactor
-from megafr.reenact.model import group_names
 from megafr.reenact.parallel import train_many
 from megafr.reenact.train import LOSS_NAMES, Frozen, ReenactConfig, train, upstream_digest
 from megafr.training import run_log_path
@@ -84,7 +83,7 @@ def run_name(field: str, value: Any) -> str:
 
 def parse_kinds(text: str) -> tuple[str, ...]:
     """``"loss,layers,condition,refine"`` -> kinds ("" or "none": the reference only)."""
-    kinds = tuple(p.strip() for p in text.split(",") if p.strip() and p.strip() != "none")
+    kinds = tuple(kind for kind in comma_list(text) if kind != "none")
     require(all(k in KINDS for k in kinds),
             f"evaluate.ablations must be a comma list of {KINDS} (or none), got {text!r}")
     return kinds
@@ -92,7 +91,7 @@ def parse_kinds(text: str) -> tuple[str, ...]:
 
 def same_groups(a: str, b: str) -> bool:
     """Whether two ``edit_groups`` values name the same groups (order and spaces aside)."""
-    return set(group_names(a)) == set(group_names(b))
+    return set(comma_list(a)) == set(comma_list(b))
 
 
 def layer_choices(reference_groups: str) -> tuple[str, ...]:

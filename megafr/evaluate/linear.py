@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from megafr.config import comma_list
 from megafr.devices import to_cpu
 from megafr.errors import InputError
 from megafr.face3d import headmodel
@@ -45,7 +46,7 @@ HOLDOUT = 128  # training images kept out of the fit to choose the ridge penalty
 
 def parse_attributes(text: str) -> tuple[str, ...]:
     """``"yaw_deg,pitch_deg,expr_smile"`` -> names, each a pose angle or ``expr_<synthetic component>``."""
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    names = comma_list(text)
     known = POSE_ATTRIBUTES + tuple(EXPRESSION_PREFIX + c for c in headmodel.EXPRESSION_COMPONENTS)
     unknown = [n for n in names if n not in known]
     if unknown or not names:
@@ -87,7 +88,7 @@ def training_codes(frozen: Frozen, images: np.ndarray, measure: bool) -> tuple[t
 
 def parse_ridges(text: str) -> tuple[float, ...]:
     """``"0.01,1,100"`` -> candidate ridge penalties, each > 0."""
-    ridges = tuple(float(part) for part in text.split(",") if part.strip())
+    ridges = tuple(float(part) for part in comma_list(text))
     if not ridges or min(ridges) <= 0:
         raise InputError(f"direction ridges must be positive numbers, got {text!r}")
     return ridges

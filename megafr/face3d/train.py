@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Dataset
 
 from megafr import distributed, training
-from megafr.config import require, study_files_digest, study_path, study_relative, torch_device
+from megafr.config import comma_list, require, study_files_digest, study_path, study_relative, torch_device
 from megafr.datasets.loader import ImageArray, ImageRows, InMemory, StepBatches, batch_loader, to_model_input
 from megafr.devices import autocast, module_device, to_cpu
 from megafr.errors import InputError, MissingFileError
@@ -166,7 +166,7 @@ class TrainConfig:
 
     @property
     def extra_split_names(self) -> list[str]:
-        return [name.strip() for name in self.extra_splits.split(",") if name.strip()]
+        return list(comma_list(self.extra_splits))
 
     def recon_config(self) -> ReconConfig:
         return ReconConfig(n_shape=self.n_shape, n_expr=self.n_expr, image_size=self.image_size,

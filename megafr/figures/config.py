@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from megafr.config import build_config, require, require_at_least, study_path
+from megafr.config import build_config, comma_list, require, require_at_least, study_path
 from megafr.datasets.prepare import SOURCES
 from megafr.errors import CheckpointError
 from megafr.face3d import headmodel
@@ -86,7 +86,7 @@ def parse_components(text: str | int, names: tuple[str, ...] = headmodel.EXPRESS
     """``"blink_left,blink_right"`` (names of the synthetic head model), ``"1,2"`` or ``1`` (a single index, as
     ``-p eye_components 1`` arrives) -> expression indices."""
     indices = []
-    for item in (part.strip() for part in str(text).split(",") if part.strip()):
+    for item in comma_list(text):
         if item.isdigit():
             indices.append(int(item))
         else:

@@ -45,11 +45,6 @@ def resolution_token(token: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def group_names(text: str) -> tuple[str, ...]:
-    """``"coarse, 16px"`` -> ("coarse", "16px"): the names of an ``edit_groups`` value, in order, blanks dropped."""
-    return tuple(name.strip() for name in text.split(",") if name.strip())
-
-
 def edit_layers(n_latent: int, groups: Sequence[str] = EDIT_GROUPS) -> tuple[int, ...]:
     """W+ indices edited for the named layer groups (e.g. coarse + medium = 0..6 at 1024 px). An entry
     ``"<N>px"`` names the entries of the generator's layers at N px (``"coarse,16px"``: coarse, and of the

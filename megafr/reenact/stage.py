@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from megafr import plots
-from megafr.config import require, study_path
+from megafr.config import comma_list, require, study_path
 from megafr.datasets.loader import open_images
 from megafr.reenact.evaluate import evaluate_pairs
 from megafr.reenact.inference import Reenactor
@@ -28,7 +28,7 @@ GRID_PAIRS = 6  # sources x targets shown in the figure
 def parse_variants(text: str) -> list[tuple[str, str]]:
     """``"e4e:render,e4e:params"`` -> [("e4e", "render"), ("e4e", "params")], validated."""
     variants = []
-    for item in (part.strip() for part in text.split(",") if part.strip()):
+    for item in comma_list(text):
         encoder, _, condition = item.partition(":")
         require(encoder in ENCODERS and condition in CONDITIONS,
                 f"variant {item!r} must be <encoder>:<condition> with encoder in {ENCODERS} and condition in {CONDITIONS}")
@@ -39,7 +39,7 @@ def parse_variants(text: str) -> list[tuple[str, str]]:
 
 def parse_steps(text: str | int) -> tuple[int, ...]:
     """``"0,1,2"`` -> (0, 1, 2), each >= 0; a single value may arrive as an int (``-p refine_steps 0``)."""
-    steps = tuple(int(part) for part in str(text).split(",") if part.strip())
+    steps = tuple(int(part) for part in comma_list(text))
     require(all(s >= 0 for s in steps), f"refine steps must be >= 0, got {text!r}")
     return steps
 

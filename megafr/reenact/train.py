@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 
 from megafr import distributed, losses, training
-from megafr.config import require, study_files_digest, study_path, torch_device
+from megafr.config import comma_list, require, study_files_digest, study_path, torch_device
 from megafr.datasets.loader import StepBatches, as_dataset, batch_loader, to_model_input
 from megafr.devices import autocast, autocast_dtype, full_precision
 from megafr.errors import CheckpointError, MissingFileError
@@ -58,7 +58,7 @@ from megafr.nets.identity import identity_features
 from megafr.progress import progress_bar
 from megafr.reenact.inputs import (CONDITION_POSE, StepInputs, Targets, input_cache, invert, make_targets,  # noqa: F401
                                    step_inputs)  # (invert, Targets: imported from here by other modules)
-from megafr.reenact.model import RENDER_CHANNELS, MegaFR, group_names, resolution_token
+from megafr.reenact.model import RENDER_CHANNELS, MegaFR, resolution_token
 from megafr.training import adam, check_finite
 
 CONDITIONS = ("render", "params")
@@ -135,7 +135,7 @@ class ReenactConfig:
 
     @property
     def groups(self) -> tuple[str, ...]:
-        return group_names(self.edit_groups)
+        return comma_list(self.edit_groups)
 
     @property
     def weights(self) -> dict[str, float]:
